@@ -1,0 +1,374 @@
+//! Command-line interface. Every flag also reads an environment variable `WEIR_*`.
+//!
+//! Args are grouped per subsystem and flattened into the subcommands that need them, so that
+//! `controller`, `local`, `plan` and `explain` read their inputs the same way.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::backends::BackendType;
+use crate::selection::{AnnotationFilter, BindingDomain};
+
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about = "Multi-cluster, DNS-weighted traffic controller for Kubernetes")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(long, global = true, env = "WEIR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The per-cluster controller: publishes this cluster's weighted DNS records.
+    Controller(ControllerArgs),
+    /// The in-cluster xDS control plane and its admin API.
+    Xds(XdsArgs),
+    /// Everything in one process on the embedded default: file provider, SQLite store, embedded DNS.
+    Local(LocalArgs),
+    /// Operate the weight table.
+    Weights(WeightsArgs),
+    /// Explain the composition for one host: every factor and the resulting shares.
+    Explain(ExplainArgs),
+    /// Print the DNS changes that would be made, without making them.
+    Plan(PlanArgs),
+    /// Print the CRD YAML that the chart ships.
+    Crd,
+}
+
+/// Where Kubernetes-shaped inputs come from.
+#[derive(Debug, Clone, Args)]
+pub struct ProviderArgs {
+    /// Input provider.
+    #[arg(long, env = "WEIR_PROVIDER", value_enum, default_value_t = ProviderKind::Kubernetes)]
+    pub provider: ProviderKind,
+    /// Directory of YAML manifests (file provider). Multi-document files are allowed.
+    #[arg(long, env = "WEIR_MANIFESTS")]
+    pub manifests: Option<PathBuf>,
+    /// How often the file provider looks for changes.
+    #[arg(long, env = "WEIR_MANIFESTS_POLL_INTERVAL", value_parser = parse_duration, default_value = "1s")]
+    pub manifests_poll_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProviderKind {
+    Kubernetes,
+    File,
+}
+
+/// Which Ingresses and hosts are managed, and how they are read.
+#[derive(Debug, Clone, Args)]
+pub struct SelectionArgs {
+    /// Only hosts inside this domain (matched on a label boundary) are managed. Empty: every host.
+    #[arg(long, env = "WEIR_BINDING_DOMAIN", default_value = "")]
+    pub binding_domain: BindingDomain,
+    /// Only Ingresses with this annotation value (`key=value`); repeatable, all must match.
+    #[arg(long = "annotation-filter", env = "WEIR_ANNOTATION_FILTER", value_delimiter = ';')]
+    pub annotation_filters: Vec<AnnotationFilter>,
+    /// Prefix of weir's annotations; the weight is `<prefix>/traffic-weight`.
+    #[arg(long, env = "WEIR_ANNOTATION_PREFIX", default_value = crate::translate::DEFAULT_ANNOTATION_PREFIX)]
+    pub annotation_prefix: String,
+    /// React to Ingresses whose load-balancer status is not filled, with a placeholder target.
+    #[arg(long, env = "WEIR_DEV_MODE")]
+    pub dev_mode: bool,
+}
+
+/// The weight store.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// static (alias fake), sqlite, or dynamodb (alias dynamoDB).
+    #[arg(long, env = "WEIR_BACKEND_TYPE", default_value = "dynamodb")]
+    pub backend_type: BackendType,
+    /// SQLite database file (sqlite backend; the embedded DNS zone lives there too).
+    #[arg(long, env = "WEIR_DB")]
+    pub db: Option<PathBuf>,
+    /// DynamoDB table.
+    #[arg(long, env = "WEIR_TABLE_NAME", default_value = "traffic-controller")]
+    pub table_name: String,
+    /// Weight of a row created for a cluster that has none.
+    #[arg(long, env = "WEIR_INITIAL_WEIGHT", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub initial_weight: u8,
+    /// The cluster weight of the static backend.
+    #[arg(long, env = "WEIR_STATIC_WEIGHT", default_value_t = 100, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub static_weight: u8,
+    #[arg(long, env = "WEIR_AWS_REGION", default_value = "eu-west-1")]
+    pub aws_region: String,
+}
+
+/// Where records are published.
+#[derive(Debug, Clone, Args)]
+pub struct DnsArgs {
+    #[arg(long, env = "WEIR_DNS_PROVIDER", value_enum, default_value_t = DnsProviderKind::Route53)]
+    pub dns_provider: DnsProviderKind,
+    /// Address of the built-in authoritative DNS server (embedded provider), e.g. 127.0.0.1:5353.
+    #[arg(long, env = "WEIR_DNS_LISTEN")]
+    pub dns_listen: Option<SocketAddr>,
+    /// Route53 hosted zone; found from --binding-domain when absent.
+    #[arg(long, env = "WEIR_HOSTED_ZONE_ID")]
+    pub hosted_zone_id: Option<String>,
+    #[arg(long, env = "WEIR_RECORD_TTL", default_value_t = 60)]
+    pub record_ttl: u32,
+    /// Route53 health check attached to this cluster's records.
+    #[arg(long, env = "WEIR_AWS_HEALTH_CHECK_ID")]
+    pub aws_health_check_id: Option<String>,
+    /// Create a Route53 health check per cluster target probing this path.
+    #[arg(long, env = "WEIR_HEALTH_CHECK_PATH")]
+    pub health_check_path: Option<String>,
+    #[arg(long, env = "WEIR_HEALTH_CHECK_PORT", default_value_t = 443)]
+    pub health_check_port: u16,
+    #[arg(long, env = "WEIR_HEALTH_CHECK_PROTOCOL", default_value = "HTTPS")]
+    pub health_check_protocol: String,
+    /// Prefix of ownership TXT record names.
+    #[arg(long, env = "WEIR_TXT_PREFIX", default_value = crate::dns::record::DEFAULT_TXT_PREFIX)]
+    pub txt_prefix: String,
+    /// Allow publishing the last non-zero weight of a name as 0 (Route53 then splits equally).
+    #[arg(long, env = "WEIR_ALLOW_ALL_ZERO")]
+    pub allow_all_zero: bool,
+    /// Acknowledge a weight only once Route53 reports the change INSYNC.
+    #[arg(long, env = "WEIR_WAIT_INSYNC")]
+    pub wait_insync: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DnsProviderKind {
+    Route53,
+    Dnsendpoint,
+    Embedded,
+}
+
+/// Leader election on a coordination.k8s.io/v1 Lease.
+#[derive(Debug, Clone, Args)]
+pub struct LeaderArgs {
+    #[arg(long, env = "WEIR_ENABLE_LEADER_ELECTION")]
+    pub enable_leader_election: bool,
+    #[arg(long, env = "WEIR_LEADER_ELECTION_NAMESPACE", default_value = "default")]
+    pub leader_election_namespace: String,
+    #[arg(long, env = "WEIR_LEADER_ELECTION_ID", default_value = "weir-controller")]
+    pub leader_election_id: String,
+    #[arg(long, env = "WEIR_LEASE_DURATION", value_parser = parse_duration, default_value = "15s")]
+    pub lease_duration: Duration,
+    #[arg(long, env = "WEIR_RENEW_DEADLINE", value_parser = parse_duration, default_value = "10s")]
+    pub renew_deadline: Duration,
+    #[arg(long, env = "WEIR_RETRY_PERIOD", value_parser = parse_duration, default_value = "2s")]
+    pub retry_period: Duration,
+}
+
+/// Shared by every subcommand that computes this cluster's records.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// This cluster's name: the weight row key and the records' set identifier.
+    #[arg(long, env = "WEIR_CLUSTER_NAME")]
+    pub cluster_name: String,
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub provider: ProviderArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub dns: DnsArgs,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+    /// Prometheus metrics, /healthz and /readyz.
+    #[arg(long, env = "WEIR_METRICS_ADDR", value_parser = parse_listen_addr, default_value = ":8080")]
+    pub metrics_addr: SocketAddr,
+    /// How often the weight store is polled (consistent read of this cluster's row).
+    #[arg(long, env = "WEIR_WEIGHT_POLL_INTERVAL", value_parser = parse_duration, default_value = "5s")]
+    pub weight_poll_interval: Duration,
+    /// Full reconcile at least this often, even when no input changed.
+    #[arg(long, env = "WEIR_RESYNC_INTERVAL", value_parser = parse_duration, default_value = "5m")]
+    pub resync_interval: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LocalArgs {
+    /// Directory of YAML manifests.
+    #[arg(long, env = "WEIR_MANIFESTS")]
+    pub manifests: PathBuf,
+    /// SQLite file holding weights and the embedded zone; processes sharing it share both.
+    #[arg(long, env = "WEIR_DB")]
+    pub db: PathBuf,
+    #[arg(long, env = "WEIR_CLUSTER_NAME")]
+    pub cluster_name: String,
+    #[arg(long, env = "WEIR_DNS_LISTEN", default_value = "127.0.0.1:5353")]
+    pub dns_listen: SocketAddr,
+    #[arg(long, env = "WEIR_METRICS_ADDR", value_parser = parse_listen_addr, default_value = "127.0.0.1:8080")]
+    pub metrics_addr: SocketAddr,
+    #[arg(long, env = "WEIR_INITIAL_WEIGHT", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub initial_weight: u8,
+    #[arg(long, env = "WEIR_WEIGHT_POLL_INTERVAL", value_parser = parse_duration, default_value = "5s")]
+    pub weight_poll_interval: Duration,
+    #[arg(long, env = "WEIR_MANIFESTS_POLL_INTERVAL", value_parser = parse_duration, default_value = "1s")]
+    pub manifests_poll_interval: Duration,
+    #[arg(long, env = "WEIR_BINDING_DOMAIN", default_value = "")]
+    pub binding_domain: BindingDomain,
+    #[arg(long = "annotation-filter", env = "WEIR_ANNOTATION_FILTER", value_delimiter = ';')]
+    pub annotation_filters: Vec<AnnotationFilter>,
+    #[arg(long, env = "WEIR_ANNOTATION_PREFIX", default_value = crate::translate::DEFAULT_ANNOTATION_PREFIX)]
+    pub annotation_prefix: String,
+    #[arg(long, env = "WEIR_RECORD_TTL", default_value_t = 5)]
+    pub record_ttl: u32,
+    #[arg(long, env = "WEIR_ALLOW_ALL_ZERO")]
+    pub allow_all_zero: bool,
+    #[arg(long, env = "WEIR_DEV_MODE")]
+    pub dev_mode: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct XdsArgs {
+    #[command(flatten)]
+    pub provider: ProviderArgs,
+    /// Name of the traffic configuration (the TrafficInfra); clients dial `xds:///NAME`.
+    #[arg(long, env = "WEIR_XDS_NAME")]
+    pub name: String,
+    #[arg(long, env = "WEIR_XDS_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    #[arg(long, env = "WEIR_GRPC_ADDR", value_parser = parse_listen_addr, default_value = ":18000")]
+    pub grpc_addr: SocketAddr,
+    #[arg(long, env = "WEIR_ADMIN_ADDR", value_parser = parse_listen_addr, default_value = ":18080")]
+    pub admin_addr: SocketAddr,
+    /// Planner services to route to (besides labelled and registered ones); repeatable.
+    #[arg(long = "service", env = "WEIR_XDS_SERVICES", value_delimiter = ',')]
+    pub services: Vec<String>,
+    /// File where admin-API weights and registered services are kept (local mode).
+    #[arg(long, env = "WEIR_XDS_STATE")]
+    pub state: Option<PathBuf>,
+    /// Bearer token required for admin writes.
+    #[arg(long, env = "WEIR_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    #[arg(long, env = "WEIR_METRICS_ADDR", value_parser = parse_listen_addr)]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WeightsArgs {
+    #[command(subcommand)]
+    pub command: WeightsCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum WeightsCommand {
+    /// Every cluster's row.
+    List(WeightsStoreArgs),
+    /// One cluster's row.
+    Get {
+        #[command(flatten)]
+        store: WeightsStoreArgs,
+        #[arg(long, env = "WEIR_CLUSTER_NAME")]
+        cluster_name: String,
+    },
+    /// Set one cluster's DesiredWeight (the controller applies it, then acknowledges).
+    Set {
+        #[command(flatten)]
+        store: WeightsStoreArgs,
+        #[arg(long, env = "WEIR_CLUSTER_NAME")]
+        cluster_name: String,
+        /// 0-100.
+        #[arg(long)]
+        desired: String,
+    },
+}
+
+/// The store flags of `weir weights`: the backend is sqlite when --db is given, else dynamodb.
+#[derive(Debug, Clone, Args)]
+pub struct WeightsStoreArgs {
+    #[arg(long, env = "WEIR_BACKEND_TYPE")]
+    pub backend_type: Option<BackendType>,
+    #[arg(long, env = "WEIR_DB")]
+    pub db: Option<PathBuf>,
+    #[arg(long, env = "WEIR_TABLE_NAME", default_value = "traffic-controller")]
+    pub table_name: String,
+    #[arg(long, env = "WEIR_AWS_REGION", default_value = "eu-west-1")]
+    pub aws_region: String,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExplainArgs {
+    /// The host to explain.
+    pub host: String,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub provider: ProviderArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub dns: DnsArgs,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub provider: ProviderArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub dns: DnsArgs,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Durations as `500ms`, `5s`, `1m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration (e.g. 500ms, 5s, 1m): {e}"))
+}
+
+/// Listen addresses as `host:port`, or `:port` for every interface (the Go form the old flags used).
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
+    full.parse().map_err(|e| format!("{s:?} is not a listen address (host:port or :port): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(parse_listen_addr(":8080").unwrap(), "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(parse_listen_addr("127.0.0.1:9").unwrap(), "127.0.0.1:9".parse().unwrap());
+        assert!(parse_listen_addr("8080").is_err());
+    }
+
+    #[test]
+    fn malformed_annotation_filter_is_a_startup_error() {
+        let r = Cli::try_parse_from(["weir", "plan", "--cluster-name", "a", "--annotation-filter", "oops"]);
+        assert!(r.is_err());
+        let r = Cli::try_parse_from(["weir", "plan", "--cluster-name", "a", "--annotation-filter", "k=v"]);
+        assert!(r.is_ok(), "{r:?}");
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

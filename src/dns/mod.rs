@@ -1,0 +1,109 @@
+//! DNS: the record model, the planner, and the providers that publish records.
+//!
+//! Providers only read what is published and apply plans; everything that decides is in `record` and
+//! `plan`, which are pure.
+
+pub mod plan;
+pub mod record;
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use plan::Change;
+use record::{Ownership, RecordKey, RecordSet, RecordType};
+
+use crate::selection::is_dns_name;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    /// A call to the provider failed. `retryable` errors (throttling, a change still in progress,
+    /// a dropped connection) are worth another try on the next pass.
+    #[error("{provider} {operation} failed: {message}")]
+    Call { provider: &'static str, operation: &'static str, message: String, retryable: bool },
+    /// weir refused to send a record that the provider would reject or misapply.
+    #[error("invalid record {key}: {reason}")]
+    InvalidRecord { key: RecordKey, reason: String },
+}
+
+impl DnsError {
+    /// The `outcome`/`error` label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            DnsError::Call { retryable: true, .. } => "retryable",
+            DnsError::Call { .. } => "error",
+            DnsError::InvalidRecord { .. } => "invalid_record",
+        }
+    }
+}
+
+/// What happened when a plan was applied: every change either landed or is listed with its error.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    pub applied: Vec<Change>,
+    pub failed: Vec<(Change, DnsError)>,
+}
+
+impl ApplyReport {
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+/// A place where weighted records are published: Route53, external-dns DNSEndpoint objects, or the
+/// embedded zone served by weir's own DNS server.
+#[async_trait::async_trait]
+pub trait DnsProvider: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// The records published at `hosts` (every cluster's, ownership TXT names included) and every record
+    /// that `owner` owns anywhere in the zone, so that records of removed hosts can be deleted.
+    async fn current(&self, hosts: &BTreeSet<String>, owner: &Ownership) -> Result<Vec<RecordSet>, DnsError>;
+
+    /// Applies batches in order. One bad record never blocks the others: a provider that can reject a
+    /// batch splits it and retries, so that the rest lands; what failed is in the report.
+    async fn apply(&self, batches: Vec<Vec<Change>>) -> ApplyReport;
+}
+
+/// Checks a record before it is sent (the test endpoint validates nothing, and Route53 rejects a whole
+/// batch for one bad record).
+pub fn validate(record: &RecordSet) -> Result<(), DnsError> {
+    let invalid = |reason: String| DnsError::InvalidRecord { key: record.key.clone(), reason };
+    if !is_dns_name(&record.key.name) {
+        return Err(invalid("name is not a valid DNS name".into()));
+    }
+    if record.key.set_identifier.is_empty() || record.key.set_identifier.len() > 128 {
+        return Err(invalid("set identifier must be 1-128 characters".into()));
+    }
+    if record.values.is_empty() {
+        return Err(invalid("a record set needs at least one value".into()));
+    }
+    if record.ttl > 2_147_483_647 {
+        return Err(invalid("TTL out of range".into()));
+    }
+    match record.key.rtype {
+        RecordType::A => {
+            if let Some(v) = record.values.iter().find(|v| v.parse::<Ipv4Addr>().is_err()) {
+                return Err(invalid(format!("{v:?} is not an IPv4 address")));
+            }
+        }
+        RecordType::Aaaa => {
+            if let Some(v) = record.values.iter().find(|v| v.parse::<Ipv6Addr>().is_err()) {
+                return Err(invalid(format!("{v:?} is not an IPv6 address")));
+            }
+        }
+        RecordType::Cname => {
+            if record.values.len() != 1 {
+                return Err(invalid("a CNAME holds exactly one name".into()));
+            }
+            if !is_dns_name(&record.values[0]) {
+                return Err(invalid(format!("{:?} is not a DNS name", record.values[0])));
+            }
+        }
+        RecordType::Txt => {
+            if let Some(v) = record.values.iter().find(|v| v.len() > 255) {
+                return Err(invalid(format!("TXT string of {} characters is over 255", v.len())));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! The DNS record model shared by every DNS provider, and the records one cluster wants for its intents.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ir::{DesiredState, DnsIntent};
+use crate::model::ObjectRef;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RecordType {
+    A,
+    #[serde(rename = "AAAA")]
+    Aaaa,
+    #[serde(rename = "CNAME")]
+    Cname,
+    #[serde(rename = "TXT")]
+    Txt,
+}
+
+impl RecordType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordType::A => "A",
+            RecordType::Aaaa => "AAAA",
+            RecordType::Cname => "CNAME",
+            RecordType::Txt => "TXT",
+        }
+    }
+
+    /// The record types that carry traffic (everything but ownership TXT).
+    pub fn is_traffic(self) -> bool {
+        !matches!(self, RecordType::Txt)
+    }
+}
+
+impl std::str::FromStr for RecordType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "A" => Ok(RecordType::A),
+            "AAAA" => Ok(RecordType::Aaaa),
+            "CNAME" => Ok(RecordType::Cname),
+            "TXT" => Ok(RecordType::Txt),
+            other => Err(format!("unsupported record type {other:?}")),
+        }
+    }
+}
+
+impl fmt::Display for RecordType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identifies one weighted record set: Route53's (name, type, set identifier).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RecordKey {
+    /// Fully qualified, lower case, no trailing dot.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub rtype: RecordType,
+    /// The cluster name.
+    pub set_identifier: String,
+}
+
+impl fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} [{}]", self.name, self.rtype, self.set_identifier)
+    }
+}
+
+/// One weighted record set.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RecordSet {
+    #[serde(flatten)]
+    pub key: RecordKey,
+    pub weight: u8,
+    pub ttl: u32,
+    /// Sorted. For TXT, the unquoted text.
+    pub values: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_id: Option<String>,
+}
+
+/// How this cluster names and marks what it owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ownership {
+    /// This cluster's name: the set identifier of every record it writes.
+    pub cluster: String,
+    /// Prefix of ownership TXT names (`_weir.` by default): a CNAME cannot share its name with a TXT.
+    pub txt_prefix: String,
+}
+
+pub const DEFAULT_TXT_PREFIX: &str = "_weir.";
+pub const HERITAGE: &str = "heritage=weir";
+/// Weight of ownership TXT records (never used for traffic).
+pub const TXT_WEIGHT: u8 = 1;
+
+impl Ownership {
+    pub fn new(cluster: &str) -> Self {
+        Self { cluster: cluster.to_string(), txt_prefix: DEFAULT_TXT_PREFIX.to_string() }
+    }
+
+    pub fn txt_name(&self, host: &str) -> String {
+        format!("{}{}", self.txt_prefix, host)
+    }
+
+    /// The host a TXT ownership name stands for, if it is one.
+    pub fn host_of_txt<'a>(&self, txt_name: &'a str) -> Option<&'a str> {
+        txt_name.strip_prefix(&self.txt_prefix)
+    }
+
+    /// The ownership text: who owns the records of a host, and which object they come from.
+    pub fn txt_value(&self, source: &ObjectRef) -> String {
+        format!("{HERITAGE},weir/owner={},weir/resource={}", self.cluster, source.to_path())
+    }
+
+    /// Whether a TXT record marks this cluster as owner.
+    pub fn is_owner_txt(&self, record: &RecordSet) -> bool {
+        record.key.rtype == RecordType::Txt
+            && record.key.set_identifier == self.cluster
+            && record.values.iter().any(|v| {
+                let mut fields = v.split(',');
+                fields.next() == Some(HERITAGE) && fields.any(|f| f == format!("weir/owner={}", self.cluster))
+            })
+    }
+}
+
+/// Per-record settings that are not in the intent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordOptions {
+    pub ttl: u32,
+    pub health_check_id: Option<String>,
+}
+
+impl Default for RecordOptions {
+    fn default() -> Self {
+        Self { ttl: 60, health_check_id: None }
+    }
+}
+
+/// What this cluster wants published.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredRecords {
+    /// Traffic records and their ownership TXT, sorted by key.
+    pub records: Vec<RecordSet>,
+    /// Hosts whose published records must be kept as they are (weight not derivable, or no target yet).
+    pub keep: BTreeSet<String>,
+    /// Every managed host (to tell a removed host from a kept one).
+    pub hosts: BTreeSet<String>,
+}
+
+impl DesiredRecords {
+    pub fn build(state: &DesiredState, owner: &Ownership, opts: &RecordOptions) -> Self {
+        let mut out = DesiredRecords::default();
+        for intent in &state.dns {
+            out.hosts.insert(intent.host.clone());
+            match intent.weight {
+                Some(weight) if !intent.targets.is_empty() => {
+                    out.records.extend(records_for(intent, weight, owner, opts));
+                }
+                _ => {
+                    out.keep.insert(intent.host.clone());
+                }
+            }
+        }
+        out.records.sort();
+        out
+    }
+}
+
+/// The traffic record (CNAME to the first load-balancer hostname, else A and/or AAAA with every IP) and
+/// the ownership TXT of one host.
+pub fn records_for(intent: &DnsIntent, weight: u8, owner: &Ownership, opts: &RecordOptions) -> Vec<RecordSet> {
+    let make = |name: String, rtype: RecordType, values: Vec<String>, health: bool| RecordSet {
+        key: RecordKey { name, rtype, set_identifier: owner.cluster.clone() },
+        weight,
+        ttl: opts.ttl,
+        values,
+        health_check_id: if health { opts.health_check_id.clone() } else { None },
+    };
+    let mut out = Vec::with_capacity(3);
+    let t = &intent.targets;
+    if let Some(first) = t.hostnames.first() {
+        out.push(make(intent.host.clone(), RecordType::Cname, vec![first.clone()], true));
+    } else {
+        if !t.ipv4.is_empty() {
+            out.push(make(intent.host.clone(), RecordType::A, t.ipv4.iter().map(|ip| ip.to_string()).collect(), true));
+        }
+        if !t.ipv6.is_empty() {
+            out.push(make(
+                intent.host.clone(),
+                RecordType::Aaaa,
+                t.ipv6.iter().map(|ip| ip.to_string()).collect(),
+                true,
+            ));
+        }
+    }
+    // Ownership TXT records carry a fixed weight so that a traffic weight change never rewrites them.
+    let mut txt = make(owner.txt_name(&intent.host), RecordType::Txt, vec![owner.txt_value(&intent.source)], false);
+    txt.weight = TXT_WEIGHT;
+    out.push(txt);
+    for r in &mut out {
+        r.values.sort();
+    }
+    out
+}

@@ -1,0 +1,1 @@
+//! The loops: weight polling, DNS reconcile and acknowledgement.

@@ -1,0 +1,1 @@
+//! The in-cluster xDS control plane (not built yet).
