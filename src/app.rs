@@ -14,7 +14,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Controller(_) => bail!("weir controller is not built yet"),
         Command::Xds(_) => bail!("weir xds is not built yet"),
         Command::Local(_) => bail!("weir local is not built yet"),
-        Command::Weights(_) => bail!("weir weights is not built yet"),
+        Command::Weights(args) => {
+            print!("{}", crate::backends::cli_cmd::run_blocking(&args.command)?);
+            Ok(())
+        }
         Command::Explain(_) => bail!("weir explain is not built yet"),
         Command::Plan(_) => bail!("weir plan is not built yet"),
     }
