@@ -394,7 +394,7 @@ impl Default for EnvoyResources {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvoyPorts {
-    /// The proxy listener port (the Service exposes it as port 80).
+    /// The proxy listener port; the Envoy Service exposes the same port.
     #[serde(default = "grpc_envoy")]
     #[schemars(range(min = 1, max = 65535))]
     pub grpc: i32,

@@ -1,0 +1,1 @@
+//! Admission of TrafficInfra creates (not built yet).

@@ -1,0 +1,1 @@
+//! BackendTrafficPolicy resolution (not built yet).
