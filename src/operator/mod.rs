@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod children;
+pub mod envoy;
 pub mod policy;
 pub mod status;
 

@@ -634,6 +634,27 @@ mod opt_duration {
     }
 }
 
+/// A BackendTrafficPolicy spec body (without `targetRef`) with every field set: tests and the
+/// real-Envoy check of the translation use it.
+pub const EVERY_FIELD: &str = "
+circuitBreakers: {maxConnections: 100, maxPendingRequests: 50, maxRequests: 200, maxRetries: 5}
+retryStrategy:
+  httpRetryOn: 5xx,reset,connect-failure
+  grpcRetryOn: unavailable,resource-exhausted
+  numRetries: 3
+  perRetryTimeout: 250ms
+  backoffBaseInterval: 25ms
+  backoffMaxInterval: 1s
+healthChecking:
+  active: {type: http, path: /ready, interval: 2s, timeout: 500ms, healthyThreshold: 2, unhealthyThreshold: 3}
+  outlierDetection: {consecutive5xx: 5, consecutiveGatewayErrors: 3, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 50}
+timeouts: {connect: 2s, idle: 1m, maxConnectionDuration: 1h, request: 15s}
+loadBalancing:
+  type: ringHash
+  sessionAffinity: {header: X-User, cookie: session, sourceIp: true}
+keepAliveProbes: {probes: 3, time: 1m, interval: 10s}
+";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -714,7 +735,7 @@ mod tests {
 
     #[test]
     fn every_field_validates() {
-        let p = validate(&spec(EVERY_FIELD)).unwrap();
+        let p = validate(&spec(super::EVERY_FIELD)).unwrap();
         let r = p.retry.as_ref().unwrap();
         assert_eq!(r.retry_on, "5xx,reset,connect-failure,unavailable,resource-exhausted");
         assert_eq!(r.num_retries, 3);
@@ -723,26 +744,6 @@ mod tests {
         assert_eq!(lb.hash_on, [HashOn::Header("x-user".into()), HashOn::Cookie("session".into()), HashOn::SourceIp]);
         assert_eq!(p.keepalive, Some(Keepalive { probes: Some(3), time_secs: Some(60), interval_secs: Some(10) }));
     }
-
-    /// A policy with every field set (also used by the real-Envoy test of the translation).
-    pub const EVERY_FIELD: &str = "
-circuitBreakers: {maxConnections: 100, maxPendingRequests: 50, maxRequests: 200, maxRetries: 5}
-retryStrategy:
-  httpRetryOn: 5xx,reset,connect-failure
-  grpcRetryOn: unavailable,resource-exhausted
-  numRetries: 3
-  perRetryTimeout: 250ms
-  backoffBaseInterval: 25ms
-  backoffMaxInterval: 1s
-healthChecking:
-  active: {type: http, path: /ready, interval: 2s, timeout: 500ms, healthyThreshold: 2, unhealthyThreshold: 3}
-  outlierDetection: {consecutive5xx: 5, consecutiveGatewayErrors: 3, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 50}
-timeouts: {connect: 2s, idle: 1m, maxConnectionDuration: 1h, request: 15s}
-loadBalancing:
-  type: ringHash
-  sessionAffinity: {header: X-User, cookie: session, sourceIp: true}
-keepAliveProbes: {probes: 3, time: 1m, interval: 10s}
-";
 
     #[test]
     fn service_policy_overrides_infra_policy_field_by_field_at_the_top_level() {
