@@ -203,7 +203,7 @@ impl SotwStream {
         let version = version_of(selected.iter().map(|r| (r.name.as_str(), r.version.as_str())));
         let changed = t.sent.as_deref() != Some(version.as_str());
         let rejected = t.rejected.as_deref() == Some(version.as_str());
-        if !(force || changed) || (rejected && !force) {
+        if !force && (!changed || rejected) {
             return None;
         }
         self.nonces += 1;

@@ -11,3 +11,5 @@ pub mod ads;
 pub mod cache;
 pub mod model;
 pub mod resources;
+pub mod server;
+pub mod state;
