@@ -7,6 +7,7 @@ use crate::cli::{Cli, Command};
 mod factories;
 mod oneshot;
 mod run;
+mod xds;
 
 pub fn run(cli: Cli) -> Result<()> {
     init_logging(cli.log_format);
@@ -16,7 +17,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Controller(args) => runtime()?.block_on(run::controller(args)),
-        Command::Xds(_) => bail!("weir xds is not built yet"),
+        Command::Xds(args) => runtime()?.block_on(xds::xds(args)),
         Command::Local(args) => runtime()?.block_on(run::local(args)),
         Command::Weights(_) => bail!("weir weights is not built yet"),
         Command::Explain(args) => runtime()?.block_on(oneshot::explain_command(args)),

@@ -7,8 +7,10 @@
 //! admin API ─► state store (SQLite / Kubernetes) ─► shared TrafficState
 //! ```
 
+pub mod admin;
 pub mod ads;
 pub mod cache;
+pub mod controller;
 pub mod model;
 pub mod resources;
 pub mod server;

@@ -95,9 +95,11 @@ impl SqliteStore {
         let conn = self.conn.clone();
         let name = self.name.clone();
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || f(&conn.lock(), &name).map_err(|source| StateError::Sqlite { path, source }))
-            .await
-            .map_err(|e| StateError::Task(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            f(&conn.lock(), &name).map_err(|source| StateError::Sqlite { path, source })
+        })
+        .await
+        .map_err(|e| StateError::Task(e.to_string()))?
     }
 }
 
@@ -115,7 +117,8 @@ impl StateStore for SqliteStore {
     }
 
     async fn compare_and_swap(&self, expected: Option<u64>, next: &TrafficState) -> Result<bool, StateError> {
-        let body = serde_json::to_string(next).map_err(|source| StateError::Corrupt { path: self.path.clone(), source })?;
+        let body =
+            serde_json::to_string(next).map_err(|source| StateError::Corrupt { path: self.path.clone(), source })?;
         let revision = i64::try_from(next.revision).unwrap_or(i64::MAX);
         self.blocking(move |c, name| {
             let changed = match expected {
