@@ -3,8 +3,10 @@
 //! Providers only read what is published and apply plans; everything that decides is in `record` and
 //! `plan`, which are pure.
 
+pub mod embedded;
 pub mod plan;
 pub mod record;
+pub mod server;
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
