@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 use crate::cli::{Cli, Command};
 
 mod factories;
+mod kubernetes;
 mod oneshot;
 mod run;
 

@@ -95,9 +95,6 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     let readiness = Readiness::default();
     let cluster = args.cluster.cluster_name.clone();
     anyhow::ensure!(!cluster.is_empty(), "--cluster-name must not be empty");
-    if args.leader.enable_leader_election {
-        tracing::warn!("--enable-leader-election is not built in yet; running as the only writer");
-    }
 
     let (snapshots, provider_task) = start_provider(&args.provider, &invalid, shutdown.clone()).await?;
     let store = open_weight_store(&args.store, &cluster).await?;
@@ -111,6 +108,8 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         tasks.push(super::factories::serve_embedded_dns(addr, zone, &mut registry, shutdown.clone()).await?);
     }
 
+    let (_leader_tx, leader) =
+        super::kubernetes::start_leader_election(&args.leader, &mut registry, &shutdown, &mut tasks).await?;
     let weight_metrics = WeightMetrics::register(&mut registry);
     let reconcile_metrics = ReconcileMetrics::register(&mut registry);
     let router = telemetry::router(Arc::new(registry), readiness.clone());
@@ -139,6 +138,7 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         resync: args.resync_interval,
         poll_weight_now: poll_now,
         readiness,
+        leader,
     };
     tracing::info!(%cluster, "weir running");
     tasks.push(tokio::spawn(weight_loop.run(weight_tx, shutdown.clone())));

@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod explain;
+pub mod leader;
 pub mod metrics;
 pub mod weight;
 
