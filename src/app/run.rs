@@ -23,7 +23,6 @@ use crate::cli::{
 use crate::reconciler::dns::DnsLoop;
 use crate::reconciler::metrics::{ReconcileMetrics, WeightMetrics};
 use crate::reconciler::weight::WeightLoop;
-use crate::reconciler::NoRefusalSink;
 use crate::telemetry::{self, InvalidInputs, Readiness};
 
 /// How often `weir local` re-checks everything even when no input changed.
@@ -110,6 +109,8 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
 
     let (_leader_tx, leader) =
         super::kubernetes::start_leader_election(&args.leader, &mut registry, &shutdown, &mut tasks).await?;
+    // The sink's task ends when the DNS loop (and with it the sink) is dropped.
+    let (sink, _events_task) = super::kubernetes::refusal_sink(args.provider.provider).await?;
     let weight_metrics = WeightMetrics::register(&mut registry);
     let reconcile_metrics = ReconcileMetrics::register(&mut registry);
     let router = telemetry::router(Arc::new(registry), readiness.clone());
@@ -134,7 +135,7 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         store,
         metrics: reconcile_metrics,
         invalid,
-        sink: Arc::new(NoRefusalSink),
+        sink,
         resync: args.resync_interval,
         poll_weight_now: poll_now,
         readiness,
