@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 use crate::cli::{Cli, Command};
 
 mod factories;
+mod kubernetes;
 mod oneshot;
 mod run;
 mod xds;
@@ -33,7 +34,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn init_logging(format: crate::cli::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // No colour codes in files and pipes (test logs, log collectors).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         crate::cli::LogFormat::Text => builder.init(),
         crate::cli::LogFormat::Json => builder.json().init(),

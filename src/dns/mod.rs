@@ -6,6 +6,7 @@
 pub mod embedded;
 pub mod plan;
 pub mod record;
+pub mod server;
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr};

@@ -3,7 +3,9 @@
 //! acknowledges the weight. They talk through `watch` channels (one writer, many readers).
 
 pub mod dns;
+pub mod events;
 pub mod explain;
+pub mod leader;
 pub mod metrics;
 pub mod weight;
 
