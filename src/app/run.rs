@@ -113,6 +113,21 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     let (sink, _events_task) = super::kubernetes::refusal_sink(args.provider.provider).await?;
     let weight_metrics = WeightMetrics::register(&mut registry);
     let reconcile_metrics = ReconcileMetrics::register(&mut registry);
+    // The infra manager (TrafficInfra → child objects) needs the Kubernetes API.
+    let infra_loop = if args.provider.provider == ProviderKind::Kubernetes {
+        let client =
+            crate::providers::kubernetes::client().await.context("connecting to Kubernetes for the infra manager")?;
+        Some(crate::reconciler::infra::InfraLoop {
+            client,
+            metrics: crate::reconciler::infra::InfraMetrics::register(&mut registry),
+            invalid: invalid.clone(),
+            sink: sink.clone(),
+            resync: args.resync_interval,
+            leader: leader.clone(),
+        })
+    } else {
+        None
+    };
     let router = telemetry::router(Arc::new(registry), readiness.clone());
     let metrics_task = telemetry::serve(args.metrics_addr, router, wait_shutdown(shutdown.clone()))
         .await
@@ -143,6 +158,9 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     };
     tracing::info!(%cluster, "weir running");
     tasks.push(tokio::spawn(weight_loop.run(weight_tx, shutdown.clone())));
+    if let Some(infra_loop) = infra_loop {
+        tasks.push(tokio::spawn(infra_loop.run(snapshots.clone(), shutdown.clone())));
+    }
     tasks.push(tokio::spawn(dns_loop.run(snapshots, weight_rx, shutdown.clone())));
 
     wait_shutdown(shutdown).await;

@@ -5,6 +5,7 @@
 pub mod dns;
 pub mod events;
 pub mod explain;
+pub mod infra;
 pub mod leader;
 pub mod metrics;
 pub mod weight;

@@ -50,6 +50,9 @@ impl ResourceType {
             Self::new("apps", "v1", "deployments", "Deployment", true, true),
             Self::new("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", true, true),
             Self::new("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, true),
+            // The TrafficInfra operator's children.
+            Self::new("rbac.authorization.k8s.io", "v1", "roles", "Role", true, false),
+            Self::new("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true, false),
             Self::new(
                 "apiextensions.k8s.io",
                 "v1",
