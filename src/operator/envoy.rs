@@ -311,4 +311,67 @@ mod tests {
         apply_to_route(&Policy::default(), &mut a);
         assert_eq!(a, xroute::RouteAction::default());
     }
+
+    /// Through the xDS translator: a TrafficInfra-wide policy and a Service policy reach the
+    /// clusters and routes `weir xds` serves.
+    #[test]
+    fn policies_reach_the_xds_translation() {
+        use crate::xds::model::{build, TrafficState, XdsSettings};
+        use crate::xds::resources::{translate, ResourceType};
+        let yaml = "
+apiVersion: weir.dev/v1alpha1
+kind: TrafficInfra
+metadata: {name: shop, namespace: default}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: planner-blue, namespace: default, labels: {weir.dev/traffic-infra: shop, weir.dev/strategy: blue}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: planner-green, namespace: default, labels: {weir.dev/traffic-infra: shop, weir.dev/strategy: green}}
+---
+apiVersion: weir.dev/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {name: shop-wide, namespace: default}
+spec:
+  targetRef: {kind: TrafficInfra, group: weir.dev, name: shop}
+  retryStrategy: {numRetries: 2}
+  loadBalancing: {type: leastRequest}
+---
+apiVersion: weir.dev/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {name: green, namespace: default}
+spec:
+  targetRef: {kind: Service, name: planner-green}
+  loadBalancing: {type: maglev, sessionAffinity: {sourceIp: true}}
+";
+        let mut snap = crate::model::Snapshot::default();
+        for doc in serde_yaml::Deserializer::from_str(yaml) {
+            let v = <serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap();
+            match v["kind"].as_str().unwrap() {
+                "TrafficInfra" => snap.traffic_infras.push(serde_yaml::from_value(v).unwrap()),
+                "Service" => snap.services.push(serde_yaml::from_value(v).unwrap()),
+                _ => snap.backend_traffic_policies.push(serde_yaml::from_value(v).unwrap()),
+            }
+        }
+        snap.normalize();
+        let settings = XdsSettings { name: "shop".into(), namespace: "default".into(), services: vec![] };
+        let state = TrafficState::initial(&Default::default());
+        let cfg = build(&snap, &settings, &state);
+        let res = translate(&cfg);
+        let cluster = |name: &str| {
+            let r = res.of(ResourceType::Cluster).find(|r| r.name == name).unwrap();
+            xcluster::Cluster::decode(r.body.value.as_slice()).unwrap()
+        };
+        use xcluster::cluster::LbPolicy;
+        assert_eq!(cluster("default/planner-blue").lb_policy, LbPolicy::LeastRequest as i32);
+        // The Service policy replaces `loadBalancing` whole.
+        assert_eq!(cluster("default/planner-green").lb_policy, LbPolicy::Maglev as i32);
+        let rc = res.of(ResourceType::RouteConfiguration).next().unwrap();
+        let rc = xroute::RouteConfiguration::decode(rc.body.value.as_slice()).unwrap();
+        let weighted = rc.virtual_hosts[0].routes.iter().find(|r| r.name == "weighted").unwrap();
+        let Some(xroute::route::Action::Route(action)) = &weighted.action else { panic!("no route action") };
+        assert_eq!(action.retry_policy.as_ref().unwrap().num_retries, Some(u32v(2)));
+    }
 }

@@ -53,7 +53,7 @@ pub const DEFAULT_RETRY_ON: &str = "connect-failure,refused-stream,reset,5xx";
 
 /// A validated policy: durations parsed, enums closed. Every field is optional; an absent one
 /// leaves Envoy's (or the xDS translator's) default.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Policy {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -84,7 +84,7 @@ impl Policy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Retry {
     /// Envoy `retry_on`: HTTP and gRPC conditions joined.
@@ -98,7 +98,7 @@ pub struct Retry {
     pub backoff_max: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Health {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,7 +115,7 @@ pub enum CheckKind {
     Tcp,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ActiveCheck {
     pub kind: CheckKind,
@@ -127,7 +127,7 @@ pub struct ActiveCheck {
     pub unhealthy_threshold: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Outlier {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,7 +142,7 @@ pub struct Outlier {
     pub max_ejection_percent: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Timeouts {
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
@@ -188,7 +188,7 @@ pub enum HashOn {
     SourceIp,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancing {
     #[serde(rename = "type")]
@@ -456,6 +456,10 @@ pub struct Resolution {
     /// Per planner Service (namespace/name) that has any policy.
     #[serde(serialize_with = "values")]
     pub effective: BTreeMap<ObjectRef, EffectivePolicy>,
+    /// The accepted policy of each TrafficInfra (namespace/name) that has one: the route-level
+    /// fields of the weighted route come from it.
+    #[serde(skip)]
+    pub infra: BTreeMap<ObjectRef, Policy>,
     /// The `Accepted` condition to write on each policy.
     #[serde(serialize_with = "keyed")]
     pub conditions: BTreeMap<ObjectRef, Condition>,
@@ -562,6 +566,9 @@ pub fn resolve(snapshot: &Snapshot, now: &Time) -> Resolution {
 
     for ((ns, ti_name), services) in &planners {
         let infra = accepted.get(&Target::Infra { namespace: ns.clone(), name: ti_name.clone() });
+        if let Some((_, p)) = infra {
+            res.infra.insert(ObjectRef::new("TrafficInfra", ns, ti_name), p.clone());
+        }
         for svc in services.iter().collect::<BTreeSet<_>>() {
             let own = accepted.get(&Target::Service { namespace: ns.clone(), name: svc.clone() });
             let (sources, policy) = match (own, infra) {
@@ -575,6 +582,40 @@ pub fn resolve(snapshot: &Snapshot, now: &Time) -> Resolution {
     }
     res.refusals.sort();
     res
+}
+
+/// The policies one xDS configuration applies: what `weir xds` for TrafficInfra `namespace/name`
+/// puts on its clusters and routes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyPolicies {
+    /// The TrafficInfra-wide policy: the weighted route's retries, request timeout and hash policy,
+    /// and the cluster fields of any served Service without a policy of its own.
+    pub infra: Option<Policy>,
+    /// Effective policy per planner Service, keyed `namespace/name` (the xDS cluster name).
+    pub services: BTreeMap<String, Policy>,
+}
+
+impl ProxyPolicies {
+    /// The policy of the Service `namespace/name`: its effective policy, else the TrafficInfra's.
+    pub fn service(&self, qualified: &str) -> Option<&Policy> {
+        self.services.get(qualified).or(self.infra.as_ref())
+    }
+}
+
+/// The accepted policies of TrafficInfra `namespace/name`. Pure: conditions are not needed here,
+/// so no clock is read.
+pub fn for_proxy(snapshot: &Snapshot, namespace: &str, name: &str) -> ProxyPolicies {
+    let epoch = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    let res = resolve(snapshot, &epoch);
+    ProxyPolicies {
+        infra: res.infra.get(&ObjectRef::new("TrafficInfra", namespace, name)).cloned(),
+        services: res
+            .effective
+            .into_values()
+            .filter(|e| e.service.namespace == namespace)
+            .map(|e| (format!("{}/{}", e.service.namespace, e.service.name), e.policy))
+            .collect(),
+    }
 }
 
 fn describe(t: &Target) -> String {

@@ -386,6 +386,7 @@ mod tests {
                 .collect(),
         };
         ProxyConfig {
+            policies: Default::default(),
             name: "shop".into(),
             listener_port: 8080,
             strategies: [("blue".to_string(), blue), ("green".to_string(), green)].into(),

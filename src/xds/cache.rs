@@ -118,6 +118,7 @@ mod tests {
 
     fn cfg(blue: u32) -> ProxyConfig {
         ProxyConfig {
+            policies: Default::default(),
             name: "shop".into(),
             listener_port: 8080,
             strategies: [("blue".to_string(), blue)].into(),

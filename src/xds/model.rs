@@ -30,6 +30,9 @@ pub struct ProxyConfig {
     pub strategies: BTreeMap<String, u32>,
     /// Registered services, sorted by namespace/name.
     pub services: Vec<ServiceBackend>,
+    /// Accepted BackendTrafficPolicies (`operator::policy`), applied by the translator.
+    #[serde(skip)]
+    pub policies: crate::operator::policy::ProxyPolicies,
 }
 
 /// A registered planner service and the endpoints discovered for it.
@@ -187,7 +190,8 @@ pub fn build(snapshot: &Snapshot, settings: &XdsSettings, state: &TrafficState) 
             ServiceBackend { namespace, name, strategy: strategy_of(svc), endpoints }
         })
         .collect();
-    ProxyConfig { name: settings.name.clone(), listener_port, strategies: state.weights.clone(), services }
+    let policies = crate::operator::policy::for_proxy(snapshot, &settings.namespace, &settings.name);
+    ProxyConfig { name: settings.name.clone(), listener_port, strategies: state.weights.clone(), services, policies }
 }
 
 /// The endpoints of a Service from its EndpointSlices. A slice's port is the one named `grpc`, else

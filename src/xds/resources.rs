@@ -18,6 +18,7 @@ use xds_api::pb::google::protobuf::{Any, Duration, UInt32Value};
 use xds_api::WellKnownTypes;
 
 use super::model::{BackendEndpoint, EndpointHealth, ProxyConfig, ServiceBackend};
+use crate::operator::policy::Policy;
 
 /// The request header that pins a call to one discovered endpoint (`IP:PORT`).
 pub const PLANNERIP_HEADER: &str = "plannerip";
@@ -144,14 +145,15 @@ pub fn translate(cfg: &ProxyConfig) -> Resources {
     out.insert(ResourceType::RouteConfiguration, Resource::new(cfg.name.clone(), &route_configuration(cfg), true));
     for svc in &cfg.services {
         let name = svc.cluster_name();
-        out.insert(ResourceType::Cluster, Resource::new(name.clone(), &eds_cluster(&name), true));
+        let policy = cfg.policies.service(&name);
+        out.insert(ResourceType::Cluster, Resource::new(name.clone(), &eds_cluster(&name, policy), true));
         out.insert(
             ResourceType::ClusterLoadAssignment,
             Resource::new(name.clone(), &load_assignment(&name, &svc.endpoints), true),
         );
         for ep in &svc.endpoints {
             let name = endpoint_cluster_name(svc, ep.address);
-            out.insert(ResourceType::Cluster, Resource::new(name.clone(), &eds_cluster(&name), true));
+            out.insert(ResourceType::Cluster, Resource::new(name.clone(), &eds_cluster(&name, policy), true));
             let cla = load_assignment(&name, std::slice::from_ref(ep));
             out.insert(ResourceType::ClusterLoadAssignment, Resource::new(name, &cla, true));
         }
@@ -250,9 +252,10 @@ fn route_configuration(cfg: &ProxyConfig) -> xroute::RouteConfiguration {
                     }],
                     ..Default::default()
                 }),
-                action: Some(route_to(xroute::route_action::ClusterSpecifier::Cluster(endpoint_cluster_name(
-                    svc, ep.address,
-                )))),
+                action: Some(route_to(
+                    xroute::route_action::ClusterSpecifier::Cluster(endpoint_cluster_name(svc, ep.address)),
+                    cfg.policies.service(&svc.cluster_name()),
+                )),
                 ..Default::default()
             });
         }
@@ -267,10 +270,15 @@ fn route_configuration(cfg: &ProxyConfig) -> xroute::RouteConfiguration {
                 path_specifier: Some(xroute::route_match::PathSpecifier::Prefix("/".into())),
                 ..Default::default()
             }),
-            action: Some(route_to(xroute::route_action::ClusterSpecifier::WeightedClusters(xroute::WeightedCluster {
-                clusters: weighted,
-                ..Default::default()
-            }))),
+            action: Some(route_to(
+                xroute::route_action::ClusterSpecifier::WeightedClusters(xroute::WeightedCluster {
+                    clusters: weighted,
+                    ..Default::default()
+                }),
+                // One route spans every strategy: its retries and hashing come from the
+                // TrafficInfra-wide policy.
+                cfg.policies.infra.as_ref(),
+            )),
             ..Default::default()
         });
     }
@@ -286,13 +294,17 @@ fn route_configuration(cfg: &ProxyConfig) -> xroute::RouteConfiguration {
     }
 }
 
-fn route_to(spec: xroute::route_action::ClusterSpecifier) -> xroute::route::Action {
-    xroute::route::Action::Route(xroute::RouteAction {
+fn route_to(spec: xroute::route_action::ClusterSpecifier, policy: Option<&Policy>) -> xroute::route::Action {
+    let mut action = xroute::RouteAction {
         cluster_specifier: Some(spec),
         // Streams to planners may be long; Envoy's default 15 s would cut them.
         timeout: Some(Duration { seconds: 0, nanos: 0 }),
         ..Default::default()
-    })
+    };
+    if let Some(p) = policy {
+        crate::operator::envoy::apply_to_route(p, &mut action);
+    }
+    xroute::route::Action::Route(action)
 }
 
 /// One entry per service of a strategy with a non-zero weight. When a strategy has several
@@ -349,11 +361,11 @@ struct ExplicitHttpConfig {
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
-fn eds_cluster(name: &str) -> xcluster::Cluster {
+fn eds_cluster(name: &str, policy: Option<&Policy>) -> xcluster::Cluster {
     let h2 = UpstreamHttpProtocolOptions {
         explicit_http_config: Some(ExplicitHttpConfig { http2_protocol_options: Some(Default::default()) }),
     };
-    xcluster::Cluster {
+    let mut cluster = xcluster::Cluster {
         name: name.to_string(),
         cluster_discovery_type: Some(xcluster::cluster::ClusterDiscoveryType::Type(
             xcluster::cluster::DiscoveryType::Eds as i32,
@@ -370,7 +382,11 @@ fn eds_cluster(name: &str) -> xcluster::Cluster {
         )]
         .into(),
         ..Default::default()
+    };
+    if let Some(p) = policy {
+        crate::operator::envoy::apply_to_cluster(p, &mut cluster);
     }
+    cluster
 }
 
 /// One locality per zone, each with a `load_balancing_weight` (grpcio ignores a locality without
@@ -446,6 +462,7 @@ mod tests {
 
     fn cfg(weights: &[(&str, u32)], services: &[(&str, &str)]) -> ProxyConfig {
         ProxyConfig {
+            policies: Default::default(),
             name: "shop".into(),
             listener_port: 8080,
             strategies: weights.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
