@@ -13,13 +13,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::apiserver::{ApiServer, Options, WriteOp};
-use integration_tests::{free_port, free_udp_tcp_port, wait_for, weir_bin, Proc};
+use integration_tests::{free_port, free_udp_tcp_port, http_get, metric, wait_for, weir_bin, Proc};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(30);
 
-fn controller(server: &ApiServer, dir: &Path) -> Proc {
+/// The controller and its metrics URL.
+fn controller(server: &ApiServer, dir: &Path) -> (Proc, String) {
     let kubeconfig = server.write_kubeconfig(dir);
+    let metrics_port = free_port();
     let mut cmd = Command::new(weir_bin());
     cmd.env("KUBECONFIG", &kubeconfig)
         .env("WEIR_LOG", "info,weir=debug")
@@ -28,9 +30,13 @@ fn controller(server: &ApiServer, dir: &Path) -> Proc {
         .arg("--db")
         .arg(dir.join("weir.db"))
         .args(["--dns-provider", "embedded", "--dns-listen", &format!("127.0.0.1:{}", free_udp_tcp_port())])
-        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
         .args(["--resync-interval", "1s"]);
-    Proc::spawn("weir-controller", &mut cmd, dir)
+    (Proc::spawn("weir-controller", &mut cmd, dir), format!("http://127.0.0.1:{metrics_port}/metrics"))
+}
+
+fn counter(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    http_get(metrics).and_then(|body| metric(&body, name, labels)).unwrap_or(0.0)
 }
 
 fn get(server: &ApiServer, group: &str, version: &str, plural: &str, ns: &str, name: &str) -> Option<Value> {
@@ -96,7 +102,7 @@ fn traffic_infra_lifecycle_against_the_api_server() {
         &server,
         json!({"apiVersion": "weir.dev/v1alpha1", "kind": "TrafficInfra", "metadata": {"name": "edge", "namespace": "shop"}}),
     );
-    let _weir = controller(&server, dir.path());
+    let (_weir, metrics) = controller(&server, dir.path());
 
     // Every child, owned by the TrafficInfra.
     let uid = ti(&server, "shop", "edge")["metadata"]["uid"].as_str().unwrap().to_string();
@@ -139,6 +145,13 @@ fn traffic_infra_lifecycle_against_the_api_server() {
     let t = wait_phase(&server, "shop", "edge", "Ready");
     assert_eq!(t["status"]["envoyEndpoint"], "edge.elb.example.com");
     assert_eq!(condition(&t, "Ready")["status"], "True");
+    // Nothing changes, nothing is rewritten: two more passes write no status.
+    let status_writes = || counter(&metrics, "weir_infra_writes_total", &[("op", "status")]);
+    let passes = || counter(&metrics, "weir_infra_reconcile_total", &[("result", "success")]);
+    let (writes, start) = (status_writes(), passes());
+    assert!(writes >= 2.0, "status writes counted: {writes}");
+    wait_for("two more infra passes", T, || (passes() >= start + 2.0).then_some(()));
+    assert_eq!(status_writes(), writes, "an unchanged status was written again");
 
     // A spec change is followed: fixed replicas, no HPA.
     write(
