@@ -5,8 +5,10 @@ use anyhow::{bail, Result};
 use crate::cli::{Cli, Command};
 
 mod factories;
+mod kubernetes;
 mod oneshot;
 mod run;
+mod xds;
 
 pub fn run(cli: Cli) -> Result<()> {
     init_logging(cli.log_format);
@@ -16,7 +18,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Controller(args) => runtime()?.block_on(run::controller(args)),
-        Command::Xds(_) => bail!("weir xds is not built yet"),
+        Command::Xds(args) => runtime()?.block_on(xds::xds(args)),
         Command::Local(args) => runtime()?.block_on(run::local(args)),
         Command::Weights(args) => {
             print!("{}", crate::backends::cli_cmd::run_blocking(&args.command)?);

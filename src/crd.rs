@@ -2,34 +2,184 @@
 //!
 //! Defaults are those users of the earlier TrafficInfra know; they are both serde defaults (so a
 //! manifest read by the file provider gets them) and OpenAPI defaults (so the API server fills them).
+//! Validation lives in the OpenAPI schema (ranges, enums, patterns) for the API server, and again in
+//! the pure code that reads these objects (`operator::policy`), because the file provider has no API
+//! server in front of it. Free-form values that have an enum in the schema (service type, LB type,
+//! health-check type) stay `String`s in Rust so that a bad one is refused with a message naming the
+//! object instead of failing the whole manifest.
+//!
+//! The schema must stay structural (every node typed, no `$ref`, no untyped `anyOf`): the test
+//! `schema_is_structural` walks it.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::api::core::v1::{Affinity, LocalObjectReference, Toleration};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{CustomResourceDefinition, JSON};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub const GROUP: &str = "weir.dev";
 pub const VERSION: &str = "v1alpha1";
+pub const API_VERSION: &str = "weir.dev/v1alpha1";
 
 /// Label on a Service that links it to a TrafficInfra (value: the TrafficInfra's name).
 pub const LABEL_TRAFFIC_INFRA: &str = "weir.dev/traffic-infra";
 /// Label on a Service naming its strategy (blue, green, …).
 pub const LABEL_STRATEGY: &str = "weir.dev/strategy";
 
+/// A duration as Gateway API writes them: one to four `<number><unit>` groups, units h, m, s, ms
+/// (`250ms`, `2s`, `1m30s`). `operator::policy::parse_duration` accepts exactly this.
+pub const DURATION_PATTERN: &str = "^([0-9]{1,5}(h|m|s|ms)){1,4}$";
+/// A Kubernetes resource quantity (`200m`, `256Mi`, `1.5`).
+pub const QUANTITY_PATTERN: &str = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
+
 /// The traffic infrastructure of one namespace: the xDS control plane, the Envoy fleet it configures,
-/// and the default split between strategies.
+/// and the default split between strategies. One per namespace.
+///
+/// Written by hand rather than by `#[derive(CustomResource)]` so that `spec` may be omitted (every
+/// field has a default): the derive makes `spec` required in both serde and the schema.
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficInfra {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: TrafficInfraSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TrafficInfraStatus>,
+}
+
+impl TrafficInfra {
+    pub fn new(name: &str, spec: TrafficInfraSpec) -> Self {
+        Self { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, spec, status: None }
+    }
+}
+
+// The wire form has `apiVersion` and `kind`, like every Kubernetes object.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TrafficInfraRepr<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: &'a ObjectMeta,
+    spec: &'a TrafficInfraSpec,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: &'a Option<TrafficInfraStatus>,
+}
+
+impl Serialize for TrafficInfra {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        TrafficInfraRepr {
+            api_version: API_VERSION,
+            kind: "TrafficInfra",
+            metadata: &self.metadata,
+            spec: &self.spec,
+            status: &self.status,
+        }
+        .serialize(ser)
+    }
+}
+
+impl kube::Resource for TrafficInfra {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "TrafficInfra".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        GROUP.into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        VERSION.into()
+    }
+    fn api_version(_: &()) -> Cow<'_, str> {
+        API_VERSION.into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "trafficinfras".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl kube::core::object::HasSpec for TrafficInfra {
+    type Spec = TrafficInfraSpec;
+    fn spec(&self) -> &TrafficInfraSpec {
+        &self.spec
+    }
+    fn spec_mut(&mut self) -> &mut TrafficInfraSpec {
+        &mut self.spec
+    }
+}
+
+impl kube::core::object::HasStatus for TrafficInfra {
+    type Status = TrafficInfraStatus;
+    fn status(&self) -> Option<&TrafficInfraStatus> {
+        self.status.as_ref()
+    }
+    fn status_mut(&mut self) -> &mut Option<TrafficInfraStatus> {
+        &mut self.status
+    }
+}
+
+impl kube::CustomResourceExt for TrafficInfra {
+    /// The derived CRD with `spec` optional and defaulted to `{}`, so that the API server fills every
+    /// default of a TrafficInfra that has only metadata.
+    fn crd() -> CustomResourceDefinition {
+        let mut crd = TrafficInfraSchemaSource::crd();
+        for version in &mut crd.spec.versions {
+            let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) else { continue };
+            if let Some(required) = schema.required.as_mut() {
+                required.retain(|r| r != "spec");
+                if required.is_empty() {
+                    schema.required = None;
+                }
+            }
+            if let Some(spec) = schema.properties.as_mut().and_then(|p| p.get_mut("spec")) {
+                spec.default = Some(JSON(serde_json::json!({})));
+            }
+            schema.title = Some("TrafficInfra".into());
+            schema.description = Some("The traffic infrastructure of one namespace (weir.dev).".into());
+        }
+        crd
+    }
+    fn crd_name() -> &'static str {
+        "trafficinfras.weir.dev"
+    }
+    fn api_resource() -> kube::core::ApiResource {
+        kube::core::ApiResource::erase::<Self>(&())
+    }
+    fn shortnames() -> &'static [&'static str] {
+        &["ti"]
+    }
+}
+
+// Its derive also generates `TrafficInfraSchemaSource`, used only as the source of the schema.
+/// The desired traffic infrastructure: the xDS control plane, the Envoy fleet and the initial
+/// strategy weights. Every field has a default.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "weir.dev",
     version = "v1alpha1",
     kind = "TrafficInfra",
+    root = "TrafficInfraSchemaSource",
+    doc = "Only the source of the TrafficInfra schema; use `TrafficInfra`.",
     plural = "trafficinfras",
     shortname = "ti",
     namespaced,
     status = "TrafficInfraStatus",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"xDS","type":"boolean","jsonPath":".status.xdsReady"}"#,
+    printcolumn = r#"{"name":"Envoy","type":"boolean","jsonPath":".status.envoyReady"}"#,
+    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.envoyEndpoint"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -42,25 +192,28 @@ pub struct TrafficInfraSpec {
     pub traffic_defaults: TrafficDefaults,
 }
 
+/// The xDS control plane: a Deployment running `weir xds`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct XdsSpec {
     #[serde(default = "two")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 100))]
     pub replicas: i32,
-    #[serde(default = "ImageSpec::weir")]
-    pub image: ImageSpec,
-    #[serde(default = "ResourcesSpec::xds")]
-    pub resources: ResourcesSpec,
-    #[serde(default = "XdsPorts::default")]
+    #[serde(default)]
+    pub image: XdsImage,
+    #[serde(default)]
+    pub resources: XdsResources,
+    #[serde(default)]
     pub ports: XdsPorts,
     #[serde(default)]
     pub discovery: DiscoverySpec,
     /// Seconds between endpoint re-lists when watches are unavailable (a fallback only).
     #[serde(default = "five")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 3600))]
     pub poll_interval: i32,
+    /// The Envoy node id: in the bootstrap the operator writes, and what `weir xds` serves.
     #[serde(default = "default_node_id", rename = "nodeID")]
+    #[schemars(length(min = 1, max = 253))]
     pub node_id: String,
 }
 
@@ -68,8 +221,8 @@ impl Default for XdsSpec {
     fn default() -> Self {
         Self {
             replicas: 2,
-            image: ImageSpec::weir(),
-            resources: ResourcesSpec::xds(),
+            image: XdsImage::default(),
+            resources: XdsResources::default(),
             ports: XdsPorts::default(),
             discovery: DiscoverySpec::default(),
             poll_interval: 5,
@@ -78,18 +231,70 @@ impl Default for XdsSpec {
     }
 }
 
+/// The image of the xDS control plane; weir's own image by default, running `weir xds`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct XdsImage {
+    #[serde(default = "weir_repository")]
+    pub repository: String,
+    #[serde(default = "weir_image_name")]
+    #[schemars(length(min = 1))]
+    pub name: String,
+    #[serde(default = "weir_tag")]
+    #[schemars(length(min = 1))]
+    pub tag: String,
+    #[serde(default = "if_not_present")]
+    #[schemars(extend("enum" = ["Always", "IfNotPresent", "Never"]))]
+    pub pull_policy: String,
+}
+
+impl Default for XdsImage {
+    fn default() -> Self {
+        Self { repository: weir_repository(), name: weir_image_name(), tag: weir_tag(), pull_policy: if_not_present() }
+    }
+}
+
+impl XdsImage {
+    pub fn reference(&self) -> String {
+        image_reference(&self.repository, &self.name, &self.tag)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct XdsResources {
+    /// CPU request.
+    #[serde(default = "cpu_200m")]
+    #[schemars(regex(pattern = QUANTITY_PATTERN))]
+    pub cpu: String,
+    /// Memory request and limit.
+    #[serde(default = "mem_256mi")]
+    #[schemars(regex(pattern = QUANTITY_PATTERN))]
+    pub memory: String,
+}
+
+impl Default for XdsResources {
+    fn default() -> Self {
+        Self { cpu: cpu_200m(), memory: mem_256mi() }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct XdsPorts {
+    /// ADS (gRPC) port that Envoys connect to.
     #[serde(default = "grpc_xds")]
+    #[schemars(range(min = 1, max = 65535))]
     pub grpc: i32,
+    /// Admin API port (`/traffic`, `/services`, `/healthz`, `/readyz`).
     #[serde(default = "admin_xds")]
+    #[schemars(range(min = 1, max = 65535))]
     pub admin: i32,
 }
 
 impl Default for XdsPorts {
     fn default() -> Self {
-        Self { grpc: 18000, admin: 18080 }
+        Self { grpc: grpc_xds(), admin: admin_xds() }
     }
 }
 
@@ -101,19 +306,22 @@ pub struct DiscoverySpec {
     pub services: Vec<String>,
 }
 
+/// The Envoy fleet that `weir xds` configures.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvoySpec {
+    /// Replicas, and the HPA's minimum when the HPA is enabled.
     #[serde(default = "two")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
+    /// The HPA's maximum.
     #[serde(default = "ten")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
-    #[serde(default = "ImageSpec::envoy")]
-    pub image: ImageSpec,
-    #[serde(default = "ResourcesSpec::envoy")]
-    pub resources: ResourcesSpec,
+    #[serde(default)]
+    pub image: EnvoyImage,
+    #[serde(default)]
+    pub resources: EnvoyResources,
     #[serde(default)]
     pub ports: EnvoyPorts,
     #[serde(default)]
@@ -127,8 +335,8 @@ impl Default for EnvoySpec {
         Self {
             replicas: 2,
             max_replicas: 10,
-            image: ImageSpec::envoy(),
-            resources: ResourcesSpec::envoy(),
+            image: EnvoyImage::default(),
+            resources: EnvoyResources::default(),
             ports: EnvoyPorts::default(),
             hpa: HpaSpec::default(),
             service: EnvoyServiceSpec::default(),
@@ -138,16 +346,67 @@ impl Default for EnvoySpec {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+pub struct EnvoyImage {
+    #[serde(default = "docker_io")]
+    pub repository: String,
+    #[serde(default = "envoy_image_name")]
+    #[schemars(length(min = 1))]
+    pub name: String,
+    #[serde(default = "envoy_tag")]
+    #[schemars(length(min = 1))]
+    pub tag: String,
+    #[serde(default = "if_not_present")]
+    #[schemars(extend("enum" = ["Always", "IfNotPresent", "Never"]))]
+    pub pull_policy: String,
+}
+
+impl Default for EnvoyImage {
+    fn default() -> Self {
+        Self { repository: docker_io(), name: envoy_image_name(), tag: envoy_tag(), pull_policy: if_not_present() }
+    }
+}
+
+impl EnvoyImage {
+    pub fn reference(&self) -> String {
+        image_reference(&self.repository, &self.name, &self.tag)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvoyResources {
+    /// CPU request.
+    #[serde(default = "cpu_500m")]
+    #[schemars(regex(pattern = QUANTITY_PATTERN))]
+    pub cpu: String,
+    /// Memory request and limit.
+    #[serde(default = "mem_512mi")]
+    #[schemars(regex(pattern = QUANTITY_PATTERN))]
+    pub memory: String,
+}
+
+impl Default for EnvoyResources {
+    fn default() -> Self {
+        Self { cpu: cpu_500m(), memory: mem_512mi() }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct EnvoyPorts {
+    /// The proxy listener port; the Envoy Service exposes the same port.
     #[serde(default = "grpc_envoy")]
+    #[schemars(range(min = 1, max = 65535))]
     pub grpc: i32,
+    /// Envoy's admin interface (bound to the pod; not exposed by the Service).
     #[serde(default = "admin_envoy")]
+    #[schemars(range(min = 1, max = 65535))]
     pub admin: i32,
 }
 
 impl Default for EnvoyPorts {
     fn default() -> Self {
-        Self { grpc: 8080, admin: 9901 }
+        Self { grpc: grpc_envoy(), admin: admin_envoy() }
     }
 }
 
@@ -156,9 +415,11 @@ impl Default for EnvoyPorts {
 pub struct HpaSpec {
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Average CPU utilisation (percent of the request) the HPA aims for.
     #[serde(default = "seventy")]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization: i32,
+    /// Average memory utilisation (percent of the request) the HPA aims for.
     #[serde(default = "eighty")]
     #[schemars(range(min = 1, max = 100))]
     pub target_memory_utilization: i32,
@@ -175,7 +436,9 @@ impl Default for HpaSpec {
 pub struct EnvoyServiceSpec {
     /// `LoadBalancer` by default; `ClusterIP` when the Envoys sit behind an auth gateway.
     #[serde(default = "load_balancer", rename = "type")]
+    #[schemars(extend("enum" = ["ClusterIP", "NodePort", "LoadBalancer"]))]
     pub type_: String,
+    /// Annotations of the Envoy Service (e.g. the cloud load balancer's settings).
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
 }
@@ -186,68 +449,15 @@ impl Default for EnvoyServiceSpec {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ImageSpec {
-    pub repository: String,
-    pub name: String,
-    pub tag: String,
-    #[serde(default = "if_not_present")]
-    pub pull_policy: String,
-}
-
-impl ImageSpec {
-    /// weir's own image: the xDS deployment runs `weir xds`.
-    pub fn weir() -> Self {
-        Self {
-            repository: "ghcr.io/weir-dev".into(),
-            name: "weir".into(),
-            tag: env!("CARGO_PKG_VERSION").into(),
-            pull_policy: if_not_present(),
-        }
-    }
-    pub fn envoy() -> Self {
-        Self {
-            repository: "docker.io".into(),
-            name: "envoyproxy/envoy".into(),
-            tag: "v1.31-latest".into(),
-            pull_policy: if_not_present(),
-        }
-    }
-    pub fn reference(&self) -> String {
-        if self.repository.is_empty() {
-            format!("{}:{}", self.name, self.tag)
-        } else {
-            format!("{}/{}:{}", self.repository.trim_end_matches('/'), self.name, self.tag)
-        }
-    }
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ResourcesSpec {
-    pub cpu: String,
-    pub memory: String,
-}
-
-impl ResourcesSpec {
-    pub fn xds() -> Self {
-        Self { cpu: "200m".into(), memory: "256Mi".into() }
-    }
-    pub fn envoy() -> Self {
-        Self { cpu: "500m".into(), memory: "512Mi".into() }
-    }
-}
-
 /// Initial strategy weights, used until weights are set through the admin API.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficDefaults {
     #[serde(default = "hundred")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 1000000))]
     pub blue_weight: u32,
     #[serde(default)]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 1000000))]
     pub green_weight: u32,
 }
 
@@ -257,10 +467,12 @@ impl Default for TrafficDefaults {
     }
 }
 
+/// What the operator observed; written by weir only.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficInfraStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "phase_schema")]
     pub phase: Option<Phase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -268,8 +480,10 @@ pub struct TrafficInfraStatus {
     pub xds_ready: bool,
     #[serde(default)]
     pub envoy_ready: bool,
+    /// `{name}-xds.{namespace}.svc:{grpc}`: where Envoys reach the control plane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xds_endpoint: Option<String>,
+    /// The Envoy Service's load-balancer hostname or IP (its cluster DNS name for ClusterIP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envoy_endpoint: Option<String>,
     #[serde(default)]
@@ -280,37 +494,64 @@ pub struct TrafficInfraStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// When `phase` last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_transition_time: Option<String>,
+    pub last_transition_time: Option<Time>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum Phase {
+    /// Waiting for something outside the TrafficInfra (a NamespaceConfig).
     Pending,
+    /// Children created, not all ready yet.
     Deploying,
+    /// xDS and Envoy Deployments available and the Envoy Service has an address.
     Ready,
+    /// Was ready; some children are no longer.
     Degraded,
+    /// Refused (e.g. a second TrafficInfra in the namespace); nothing is created for it.
     Failed,
 }
 
-/// Scheduling settings inherited by every pod the operator creates in this namespace.
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Deploying => "Deploying",
+            Phase::Ready => "Ready",
+            Phase::Degraded => "Degraded",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+// `Option<Phase>` would put `null` into the enum; the field is never serialised as null.
+fn phase_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": ["Pending", "Deploying", "Ready", "Degraded", "Failed"],
+    })
+}
+
+/// Scheduling settings inherited by every pod the operator creates in this namespace. A
+/// TrafficInfra stays Pending until its namespace has one.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(group = "weir.dev", version = "v1alpha1", kind = "NamespaceConfig", plural = "namespaceconfigs", namespaced)]
 #[serde(rename_all = "camelCase")]
 pub struct NamespaceConfigSpec {
     #[serde(default)]
-    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
+    pub tolerations: Vec<Toleration>,
     #[serde(default)]
     pub node_selector: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub affinity: Option<k8s_openapi::api::core::v1::Affinity>,
+    pub affinity: Option<Affinity>,
     #[serde(default)]
-    pub image_pull_secrets: Vec<k8s_openapi::api::core::v1::LocalObjectReference>,
+    pub image_pull_secrets: Vec<LocalObjectReference>,
 }
 
 /// Backend policies (retries, timeouts, circuit breakers, health checks, load balancing) for a
-/// TrafficInfra or one planner Service. A policy on a Service overrides one on its TrafficInfra field
-/// by field at the top level.
+/// TrafficInfra or one planner Service. A policy on a Service overrides one on its TrafficInfra
+/// field by field at the top level (a top-level field is replaced whole).
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "weir.dev",
@@ -318,7 +559,10 @@ pub struct NamespaceConfigSpec {
     kind = "BackendTrafficPolicy",
     plural = "backendtrafficpolicies",
     namespaced,
-    status = "PolicyStatus"
+    status = "PolicyStatus",
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRef.name"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BackendTrafficPolicySpec {
@@ -337,38 +581,63 @@ pub struct BackendTrafficPolicySpec {
     pub keep_alive_probes: Option<KeepAliveProbes>,
 }
 
+/// The object a policy applies to, in the policy's namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyTargetRef {
-    /// `TrafficInfra` or `Service`.
+    /// `TrafficInfra` (every planner Service it routes to) or `Service` (one planner Service).
+    #[schemars(extend("enum" = ["TrafficInfra", "Service"]))]
     pub kind: String,
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// `weir.dev` for a TrafficInfra, empty or absent for a Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// Envoy circuit-breaker thresholds (default priority).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CircuitBreakers {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_pending_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryStrategy {
-    /// Envoy `retry_on` conditions for HTTP, e.g. `5xx,reset,connect-failure`.
+    /// Envoy `retry_on` conditions for HTTP, comma-separated: `5xx`, `gateway-error`, `reset`,
+    /// `reset-before-request`, `connect-failure`, `envoy-ratelimited`, `retriable-4xx`,
+    /// `refused-stream`, `retriable-status-codes`, `retriable-headers`, `http3-post-connect-failure`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_retry_on: Option<String>,
-    /// gRPC status conditions, e.g. `unavailable,resource-exhausted`.
+    /// gRPC status conditions, comma-separated: `cancelled`, `deadline-exceeded`, `internal`,
+    /// `resource-exhausted`, `unavailable`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_retry_on: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
     pub num_retries: Option<u32>,
-    /// Duration such as `250ms` or `2s`.
+    /// Timeout of each try, e.g. `250ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub per_retry_timeout: Option<String>,
+    /// Base of the exponential back-off between tries (Envoy default 25ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub backoff_base_interval: Option<String>,
+    /// Cap of the back-off (Envoy default 10 × base).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub backoff_max_interval: Option<String>,
 }
 
@@ -381,36 +650,75 @@ pub struct HealthChecking {
     pub outlier_detection: Option<OutlierDetection>,
 }
 
+/// An active health check Envoy runs against every endpoint.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActiveHealthCheck {
-    /// `http`, `grpc` or `tcp`.
+    /// `http`, `grpc` or `tcp` (connect only).
     #[serde(rename = "type")]
+    #[schemars(extend("enum" = ["http", "grpc", "tcp"]))]
     pub type_: String,
+    /// HTTP path (http only; default `/healthz`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// gRPC health service name (grpc only; default empty: the whole server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_service_name: Option<String>,
+    /// Default `5s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub interval: Option<String>,
+    /// Default `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub timeout: Option<String>,
+    /// Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
     pub healthy_threshold: Option<u32>,
+    /// Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
     pub unhealthy_threshold: Option<u32>,
 }
 
+/// Passive health checking: eject endpoints that keep failing.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OutlierDetection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consecutive_5xx: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consecutive_gateway_errors: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub base_ejection_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
     pub max_ejection_percent: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Timeouts {
+    /// TCP connect timeout to an endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub connect: Option<String>,
+    /// Upstream connection idle timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub idle: Option<String>,
+    /// Maximum lifetime of an upstream connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub max_connection_duration: Option<String>,
+    /// Whole-request timeout on the route (all tries included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub request: Option<String>,
 }
 
@@ -419,33 +727,60 @@ pub struct Timeouts {
 pub struct LoadBalancing {
     /// `roundRobin`, `leastRequest`, `ringHash` or `maglev`.
     #[serde(rename = "type")]
+    #[schemars(extend("enum" = ["roundRobin", "leastRequest", "ringHash", "maglev"]))]
     pub type_: String,
+    /// What to hash on (ringHash and maglev only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_affinity: Option<SessionAffinity>,
 }
 
+/// Hash inputs for consistent hashing; several may be set, the first present one wins per request.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionAffinity {
+    /// Request header name to hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+    /// Cookie name to hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cookie: Option<String>,
+    /// Hash the client's source IP.
     #[serde(default)]
     pub source_ip: bool,
 }
 
+/// TCP keepalive on upstream connections.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeepAliveProbes {
+    /// Unanswered probes before the connection is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
     pub probes: Option<u32>,
+    /// Idle time before the first probe (whole seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub time: Option<String>,
+    /// Time between probes (whole seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub interval: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyStatus {
+    /// `Accepted`: True when the policy is in effect, False with a reason and message when refused.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+}
+
+fn image_reference(repository: &str, name: &str, tag: &str) -> String {
+    if repository.is_empty() {
+        format!("{name}:{tag}")
+    } else {
+        format!("{}/{name}:{tag}", repository.trim_end_matches('/'))
+    }
 }
 
 fn two() -> i32 {
@@ -490,14 +825,334 @@ fn load_balancer() -> String {
 fn if_not_present() -> String {
     "IfNotPresent".into()
 }
+fn weir_repository() -> String {
+    "ghcr.io/weir-dev".into()
+}
+fn weir_image_name() -> String {
+    "weir".into()
+}
+fn weir_tag() -> String {
+    env!("CARGO_PKG_VERSION").into()
+}
+fn docker_io() -> String {
+    "docker.io".into()
+}
+fn envoy_image_name() -> String {
+    "envoyproxy/envoy".into()
+}
+fn envoy_tag() -> String {
+    "v1.31-latest".into()
+}
+fn cpu_200m() -> String {
+    "200m".into()
+}
+fn mem_256mi() -> String {
+    "256Mi".into()
+}
+fn cpu_500m() -> String {
+    "500m".into()
+}
+fn mem_512mi() -> String {
+    "512Mi".into()
+}
+
+/// The three CRDs, in the order `weir crd` prints them.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    use kube::CustomResourceExt;
+    vec![TrafficInfra::crd(), NamespaceConfig::crd(), BackendTrafficPolicy::crd()]
+}
 
 /// All CRDs as one multi-document YAML, as `weir crd` prints it and the chart ships it.
 pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
-    use kube::CustomResourceExt;
     let mut out = String::new();
-    for crd in [TrafficInfra::crd(), NamespaceConfig::crd(), BackendTrafficPolicy::crd()] {
+    for crd in crds() {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd)?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn crds_yaml_matches_golden() {
+        crate::golden::assert_golden("crd/crds.yaml", &crds_yaml().unwrap());
+    }
+
+    #[test]
+    fn names_are_the_published_interface() {
+        let crds = crds();
+        let names: Vec<_> = crds.iter().map(|c| c.metadata.name.clone().unwrap()).collect();
+        assert_eq!(names, ["trafficinfras.weir.dev", "namespaceconfigs.weir.dev", "backendtrafficpolicies.weir.dev"]);
+        assert_eq!(crds[0].spec.names.short_names.as_deref(), Some(&["ti".to_string()][..]));
+        for crd in &crds {
+            assert_eq!(crd.spec.group, GROUP);
+            assert_eq!(crd.spec.versions.len(), 1);
+            assert_eq!(crd.spec.versions[0].name, VERSION);
+            assert_eq!(crd.spec.scope, "Namespaced");
+        }
+    }
+
+    /// What the API server checks of a structural schema (and a little more): every node has a
+    /// type, no `$ref`, no `anyOf`/`oneOf`/`allOf`/`not`, enums match their type, and every default
+    /// validates against its own schema with no unknown fields (defaults are pruned otherwise).
+    #[test]
+    fn schema_is_structural() {
+        for crd in crds() {
+            let name = crd.metadata.name.clone().unwrap();
+            let schema =
+                serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref())
+                    .unwrap();
+            check_structural(&name, "", &schema);
+        }
+    }
+
+    fn check_structural(crd: &str, path: &str, s: &Value) {
+        let obj = s.as_object().unwrap_or_else(|| panic!("{crd}{path}: schema is not an object"));
+        for bad in ["$ref", "anyOf", "oneOf", "allOf", "not", "definitions", "$defs"] {
+            assert!(!obj.contains_key(bad), "{crd}{path}: has {bad}");
+        }
+        let ty = obj.get("type").and_then(Value::as_str);
+        let untyped_ok =
+            obj.contains_key("x-kubernetes-int-or-string") || obj.contains_key("x-kubernetes-preserve-unknown-fields");
+        assert!(ty.is_some() || untyped_ok, "{crd}{path}: no type");
+        if let Some(values) = obj.get("enum") {
+            for v in values.as_array().unwrap() {
+                assert!(type_matches(ty, v), "{crd}{path}: enum value {v} is not a {ty:?}");
+            }
+        }
+        if let Some(props) = obj.get("properties") {
+            assert_eq!(ty, Some("object"), "{crd}{path}: properties on a non-object");
+            for (k, v) in props.as_object().unwrap() {
+                check_structural(crd, &format!("{path}.{k}"), v);
+            }
+        }
+        if let Some(items) = obj.get("items") {
+            assert_eq!(ty, Some("array"), "{crd}{path}: items on a non-array");
+            check_structural(crd, &format!("{path}[]"), items);
+        }
+        if let Some(ap) = obj.get("additionalProperties").filter(|v| v.is_object()) {
+            assert!(obj.get("properties").is_none(), "{crd}{path}: properties and additionalProperties");
+            check_structural(crd, &format!("{path}{{}}"), ap);
+        }
+        if let Some(default) = obj.get("default") {
+            if let Err(e) = validate(default, s) {
+                panic!("{crd}{path}: default {default} is invalid: {e}");
+            }
+        }
+    }
+
+    fn type_matches(ty: Option<&str>, v: &Value) -> bool {
+        match ty {
+            Some("string") => v.is_string(),
+            Some("integer") => v.is_i64() || v.is_u64(),
+            Some("number") => v.is_number(),
+            Some("boolean") => v.is_boolean(),
+            Some("object") => v.is_object(),
+            Some("array") => v.is_array(),
+            _ => true,
+        }
+    }
+
+    /// A small OpenAPI validator: types, enums, ranges, lengths, patterns, required fields, and no
+    /// fields the schema does not know (which the API server would prune).
+    fn validate(v: &Value, s: &Value) -> Result<(), String> {
+        let ty = s.get("type").and_then(Value::as_str);
+        if v.is_null() {
+            return if s.get("nullable") == Some(&Value::Bool(true)) { Ok(()) } else { Err("null".into()) };
+        }
+        if !type_matches(ty, v) {
+            return Err(format!("{v} is not {ty:?}"));
+        }
+        if let Some(values) = s.get("enum").and_then(Value::as_array) {
+            if !values.contains(v) {
+                return Err(format!("{v} not in {values:?}"));
+            }
+        }
+        if let Some(n) = v.as_f64() {
+            if s.get("minimum").and_then(Value::as_f64).is_some_and(|m| n < m) {
+                return Err(format!("{n} below minimum"));
+            }
+            if s.get("maximum").and_then(Value::as_f64).is_some_and(|m| n > m) {
+                return Err(format!("{n} above maximum"));
+            }
+        }
+        if let Some(text) = v.as_str() {
+            if s.get("minLength").and_then(Value::as_u64).is_some_and(|m| (text.len() as u64) < m) {
+                return Err(format!("{text:?} too short"));
+            }
+            if let Some(p) = s.get("pattern").and_then(Value::as_str) {
+                if !regex::Regex::new(p).unwrap().is_match(text) {
+                    return Err(format!("{text:?} does not match {p}"));
+                }
+            }
+        }
+        if let Some(map) = v.as_object() {
+            let props = s.get("properties").and_then(Value::as_object);
+            for req in s.get("required").and_then(Value::as_array).into_iter().flatten() {
+                if !map.contains_key(req.as_str().unwrap()) {
+                    return Err(format!("missing required {req}"));
+                }
+            }
+            for (k, item) in map {
+                let sub = match (props.and_then(|p| p.get(k)), s.get("additionalProperties")) {
+                    (Some(sub), _) => sub,
+                    (None, Some(ap)) if ap.is_object() => ap,
+                    _ if s.get("x-kubernetes-preserve-unknown-fields").is_some() => continue,
+                    _ => return Err(format!("unknown field {k}")),
+                };
+                validate(item, sub).map_err(|e| format!("{k}: {e}"))?;
+            }
+        }
+        if let (Some(items), Some(sub)) = (v.as_array(), s.get("items")) {
+            for item in items {
+                validate(item, sub)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn schema_of(crd_index: usize) -> Value {
+        let crd = &crds()[crd_index];
+        serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref()).unwrap()
+    }
+
+    /// Applies OpenAPI defaults the way the API server does (a default fills an absent field; then
+    /// its children are defaulted in turn).
+    fn apply_defaults(v: &mut Value, s: &Value) {
+        let Some(props) = s.get("properties").and_then(Value::as_object) else { return };
+        let Some(map) = v.as_object_mut() else { return };
+        for (k, sub) in props {
+            if !map.contains_key(k) {
+                if let Some(d) = sub.get("default") {
+                    map.insert(k.clone(), d.clone());
+                }
+            }
+            if let Some(child) = map.get_mut(k) {
+                apply_defaults(child, sub);
+            }
+        }
+    }
+
+    const MINIMAL: &str =
+        "apiVersion: weir.dev/v1alpha1\nkind: TrafficInfra\nmetadata:\n  name: edge\n  namespace: shop\n";
+
+    fn expected_defaults() -> TrafficInfraSpec {
+        TrafficInfraSpec {
+            xds: XdsSpec {
+                replicas: 2,
+                image: XdsImage {
+                    repository: "ghcr.io/weir-dev".into(),
+                    name: "weir".into(),
+                    tag: env!("CARGO_PKG_VERSION").into(),
+                    pull_policy: "IfNotPresent".into(),
+                },
+                resources: XdsResources { cpu: "200m".into(), memory: "256Mi".into() },
+                ports: XdsPorts { grpc: 18000, admin: 18080 },
+                discovery: DiscoverySpec { services: vec![] },
+                poll_interval: 5,
+                node_id: "envoy-proxy".into(),
+            },
+            envoy: EnvoySpec {
+                replicas: 2,
+                max_replicas: 10,
+                image: EnvoyImage {
+                    repository: "docker.io".into(),
+                    name: "envoyproxy/envoy".into(),
+                    tag: "v1.31-latest".into(),
+                    pull_policy: "IfNotPresent".into(),
+                },
+                resources: EnvoyResources { cpu: "500m".into(), memory: "512Mi".into() },
+                ports: EnvoyPorts { grpc: 8080, admin: 9901 },
+                hpa: HpaSpec { enabled: true, target_cpu_utilization: 70, target_memory_utilization: 80 },
+                service: EnvoyServiceSpec { type_: "LoadBalancer".into(), annotations: BTreeMap::new() },
+            },
+            traffic_defaults: TrafficDefaults { blue_weight: 100, green_weight: 0 },
+        }
+    }
+
+    /// The file provider path: serde defaults.
+    #[test]
+    fn minimal_traffic_infra_gets_every_default_from_serde() {
+        let ti: TrafficInfra = serde_yaml::from_str(MINIMAL).unwrap();
+        assert_eq!(ti.metadata.name.as_deref(), Some("edge"));
+        assert_eq!(ti.spec, expected_defaults());
+        assert_eq!(ti.spec.xds.image.reference(), format!("ghcr.io/weir-dev/weir:{}", env!("CARGO_PKG_VERSION")));
+        assert_eq!(ti.spec.envoy.image.reference(), "docker.io/envoyproxy/envoy:v1.31-latest");
+        assert!(ti.status.is_none());
+    }
+
+    /// The API server path: OpenAPI defaults fill the same values, and the result validates.
+    #[test]
+    fn minimal_traffic_infra_gets_every_default_from_openapi() {
+        let schema = schema_of(0);
+        let mut obj: Value = serde_yaml::from_str(MINIMAL).unwrap();
+        apply_defaults(&mut obj, &schema);
+        let spec: TrafficInfraSpec = serde_json::from_value(obj["spec"].clone()).unwrap();
+        assert_eq!(spec, expected_defaults());
+        let mut spec_only = obj.clone();
+        spec_only.as_object_mut().unwrap().retain(|k, _| k == "spec");
+        validate(&spec_only, &schema).unwrap();
+    }
+
+    #[test]
+    fn partial_image_keeps_the_other_defaults() {
+        let yaml = format!("{MINIMAL}spec:\n  envoy:\n    image:\n      tag: v1.32-latest\n");
+        let ti: TrafficInfra = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(ti.spec.envoy.image.reference(), "docker.io/envoyproxy/envoy:v1.32-latest");
+        assert_eq!(ti.spec.envoy.replicas, 2);
+    }
+
+    #[test]
+    fn openapi_rejects_out_of_range_and_unknown_enum_values() {
+        let schema = schema_of(0);
+        let bad = [
+            serde_json::json!({"spec": {"xds": {"ports": {"grpc": 70000}}}}),
+            serde_json::json!({"spec": {"envoy": {"service": {"type": "Ingress"}}}}),
+            serde_json::json!({"spec": {"envoy": {"hpa": {"targetCpuUtilization": 0}}}}),
+            serde_json::json!({"spec": {"envoy": {"resources": {"cpu": "lots"}}}}),
+            serde_json::json!({"spec": {"xds": {"image": {"pullPolicy": "Sometimes"}}}}),
+            serde_json::json!({"status": {"phase": "Exploded"}}),
+        ];
+        for obj in bad {
+            assert!(validate(&obj, &schema).is_err(), "accepted {obj}");
+        }
+        let policy = schema_of(2);
+        let bad = [
+            serde_json::json!({"spec": {"targetRef": {"kind": "Ingress", "name": "x"}}}),
+            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "loadBalancing": {"type": "random"}}}),
+            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "timeouts": {"connect": "2 parsecs"}}}),
+            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "retryStrategy": {"numRetries": 1000}}}),
+            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "healthChecking": {"active": {"type": "icmp"}}}}),
+            serde_json::json!({"spec": {}}),
+        ];
+        for obj in bad {
+            assert!(validate(&obj, &policy).is_err(), "accepted {obj}");
+        }
+        let good = serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"},
+            "timeouts": {"connect": "1m30s"}, "loadBalancing": {"type": "ringHash", "sessionAffinity": {"header": "x-user"}}}});
+        validate(&good, &policy).unwrap();
+    }
+
+    #[test]
+    fn traffic_infra_serialises_as_a_kubernetes_object() {
+        let ti = TrafficInfra::new("edge", TrafficInfraSpec::default());
+        let v = serde_json::to_value(&ti).unwrap();
+        assert_eq!(v["apiVersion"], "weir.dev/v1alpha1");
+        assert_eq!(v["kind"], "TrafficInfra");
+        assert!(v.get("status").is_none());
+        assert_eq!(serde_json::from_value::<TrafficInfra>(v).unwrap(), ti);
+        assert_eq!(<TrafficInfra as kube::Resource>::plural(&()), "trafficinfras");
+    }
+
+    #[test]
+    fn status_round_trips_without_nulls() {
+        let status = TrafficInfraStatus { phase: Some(Phase::Ready), ..Default::default() };
+        let yaml = serde_yaml::to_string(&status).unwrap();
+        assert!(!yaml.contains("null"), "{yaml}");
+        assert_eq!(serde_yaml::from_str::<TrafficInfraStatus>(&yaml).unwrap(), status);
+    }
 }

@@ -10,8 +10,11 @@ pub mod backends;
 pub mod cli;
 pub mod crd;
 pub mod dns;
+#[cfg(test)]
+mod golden;
 pub mod ir;
 pub mod model;
+pub mod operator;
 pub mod providers;
 pub mod reconciler;
 pub mod selection;

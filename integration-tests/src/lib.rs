@@ -2,6 +2,8 @@
 //! and clean up processes even when a test fails.
 #![forbid(unsafe_code)]
 
+pub mod apiserver;
+
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -34,7 +34,28 @@ pub async fn start_provider(
             Ok((rx, tokio::spawn(provider.run(tx, shutdown))))
         }
         ProviderKind::Kubernetes => {
-            bail!("--provider kubernetes is not built in yet; use --provider file --manifests DIR")
+            let client = crate::providers::kubernetes::client().await.context("connecting to Kubernetes")?;
+            let (tx, mut rx) = watch::channel(Arc::new(crate::model::Snapshot::default()));
+            let config = crate::providers::kubernetes::KubernetesConfig::default();
+            let stop = shutdown.clone();
+            let task = tokio::spawn(async move {
+                tokio::select! {
+                    r = crate::providers::kubernetes::run(client, config, tx) => {
+                        if let Err(e) = r {
+                            tracing::error!(error = %e, "the Kubernetes provider stopped");
+                        }
+                    }
+                    _ = wait_shutdown(stop) => {}
+                }
+            });
+            // Nothing is reconciled from an empty cache: wait until Ingresses, Services and
+            // EndpointSlices are listed (the provider's first revision).
+            let mut stop = shutdown;
+            tokio::select! {
+                r = rx.wait_for(|s| s.revision > 0) => { r.context("the Kubernetes provider stopped before its first snapshot")?; }
+                _ = stop.wait_for(|v| *v) => bail!("shut down before the Kubernetes caches were filled"),
+            }
+            Ok((rx, task))
         }
     }
 }

@@ -23,7 +23,6 @@ use crate::cli::{
 use crate::reconciler::dns::DnsLoop;
 use crate::reconciler::metrics::{ReconcileMetrics, WeightMetrics};
 use crate::reconciler::weight::WeightLoop;
-use crate::reconciler::NoRefusalSink;
 use crate::telemetry::{self, InvalidInputs, Readiness};
 
 /// How often `weir local` re-checks everything even when no input changed.
@@ -95,9 +94,6 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     let readiness = Readiness::default();
     let cluster = args.cluster.cluster_name.clone();
     anyhow::ensure!(!cluster.is_empty(), "--cluster-name must not be empty");
-    if args.leader.enable_leader_election {
-        tracing::warn!("--enable-leader-election is not built in yet; running as the only writer");
-    }
 
     let (snapshots, provider_task) = start_provider(&args.provider, &invalid, shutdown.clone()).await?;
     let store = open_weight_store(&args.store, &cluster).await?;
@@ -111,8 +107,27 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         tasks.push(super::factories::serve_embedded_dns(addr, zone, &mut registry, shutdown.clone()).await?);
     }
 
+    let (_leader_tx, leader) =
+        super::kubernetes::start_leader_election(&args.leader, &mut registry, &shutdown, &mut tasks).await?;
+    // The sink's task ends when the DNS loop (and with it the sink) is dropped.
+    let (sink, _events_task) = super::kubernetes::refusal_sink(args.provider.provider).await?;
     let weight_metrics = WeightMetrics::register(&mut registry);
     let reconcile_metrics = ReconcileMetrics::register(&mut registry);
+    // The infra manager (TrafficInfra → child objects) needs the Kubernetes API.
+    let infra_loop = if args.provider.provider == ProviderKind::Kubernetes {
+        let client =
+            crate::providers::kubernetes::client().await.context("connecting to Kubernetes for the infra manager")?;
+        Some(crate::reconciler::infra::InfraLoop {
+            client,
+            metrics: crate::reconciler::infra::InfraMetrics::register(&mut registry),
+            invalid: invalid.clone(),
+            sink: sink.clone(),
+            resync: args.resync_interval,
+            leader: leader.clone(),
+        })
+    } else {
+        None
+    };
     let router = telemetry::router(Arc::new(registry), readiness.clone());
     let metrics_task = telemetry::serve(args.metrics_addr, router, wait_shutdown(shutdown.clone()))
         .await
@@ -135,13 +150,17 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         store,
         metrics: reconcile_metrics,
         invalid,
-        sink: Arc::new(NoRefusalSink),
+        sink,
         resync: args.resync_interval,
         poll_weight_now: poll_now,
         readiness,
+        leader,
     };
     tracing::info!(%cluster, "weir running");
     tasks.push(tokio::spawn(weight_loop.run(weight_tx, shutdown.clone())));
+    if let Some(infra_loop) = infra_loop {
+        tasks.push(tokio::spawn(infra_loop.run(snapshots.clone(), shutdown.clone())));
+    }
     tasks.push(tokio::spawn(dns_loop.run(snapshots, weight_rx, shutdown.clone())));
 
     wait_shutdown(shutdown).await;

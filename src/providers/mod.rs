@@ -2,6 +2,8 @@
 //! of manifests, `kubernetes` watches the API server. Both publish on a `watch` channel; the translator
 //! never knows which one it is reading.
 
+pub mod kubernetes;
+
 use std::sync::Arc;
 
 use tokio::sync::watch;

@@ -35,6 +35,9 @@ pub struct DnsLoop {
     /// Wakes the weight loop after an ack, so the gauges and the next signal follow promptly.
     pub poll_weight_now: Arc<Notify>,
     pub readiness: Readiness,
+    /// True while this replica may write (always, without leader election). A standby computes
+    /// nothing and writes nothing; it is ready once its caches are (the provider published).
+    pub leader: watch::Receiver<bool>,
 }
 
 /// How a pass ended.
@@ -62,9 +65,20 @@ impl DnsLoop {
     pub async fn run(self, mut snapshots: SnapshotRx, mut weights: WeightRx, mut shutdown: watch::Receiver<bool>) {
         let mut book = Bookkeeping::default();
         let mut retry = RETRY_MIN;
+        let mut leader = self.leader.clone();
         loop {
             if *shutdown.borrow() {
                 return;
+            }
+            if !*leader.borrow_and_update() {
+                self.readiness.set(true);
+                // Forget what was seen while leading: the next leadership starts from a fresh pass.
+                book = Bookkeeping::default();
+                tokio::select! {
+                    Ok(()) = leader.changed() => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
             }
             let snapshot = snapshots.borrow_and_update().clone();
             let signal = *weights.borrow_and_update();
@@ -84,6 +98,7 @@ impl DnsLoop {
                 Ok(()) = weights.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => {}
+                Ok(()) = leader.changed() => {}
             }
         }
     }

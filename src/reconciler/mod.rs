@@ -3,7 +3,10 @@
 //! acknowledges the weight. They talk through `watch` channels (one writer, many readers).
 
 pub mod dns;
+pub mod events;
 pub mod explain;
+pub mod infra;
+pub mod leader;
 pub mod metrics;
 pub mod weight;
 

@@ -1,0 +1,286 @@
+//! The test API server, exercised with kube's own client, watcher and reflector.
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::ResourceExt;
+use serde_json::json;
+
+use super::*;
+
+fn ingress(name: &str, host: &str) -> Ingress {
+    serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"rules": [{"host": host}]},
+    }))
+    .unwrap()
+}
+
+fn code(e: kube::Error) -> u16 {
+    match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("not an API error: {other:?}"),
+    }
+}
+
+/// The next watch event that is not a bookmark.
+async fn next_event<S>(stream: &mut S) -> WatchEvent<Ingress>
+where
+    S: futures::Stream<Item = kube::Result<WatchEvent<Ingress>>> + Unpin,
+{
+    loop {
+        match timeout(stream.try_next()).await.unwrap().unwrap() {
+            WatchEvent::Bookmark(_) => continue,
+            e => return e,
+        }
+    }
+}
+
+async fn timeout<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f).await.expect("timed out")
+}
+
+#[tokio::test]
+async fn discovery_lists_groups_and_resources() {
+    let server = ApiServer::start(Options::default()).await;
+    let discovery = kube::Discovery::new(server.client()).run().await.unwrap();
+    let groups: Vec<String> = discovery.groups().map(|g| g.name().to_string()).collect();
+    for g in ["", "networking.k8s.io", "discovery.k8s.io", "coordination.k8s.io", "events.k8s.io", "weir.dev"] {
+        assert!(groups.iter().any(|x| x == g), "group {g:?} missing from {groups:?}");
+    }
+    let (ar, caps) =
+        discovery.resolve_gvk(&kube::api::GroupVersionKind::gvk("networking.k8s.io", "v1", "Ingress")).unwrap();
+    assert_eq!(ar.plural, "ingresses");
+    assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
+    assert!(caps.subresources.iter().any(|(s, _)| s.plural == "ingresses/status" || s.plural == "status"));
+
+    let no_crds = ApiServer::start(Options { weir_crds: false, ..Default::default() }).await;
+    let discovery = kube::Discovery::new(no_crds.client()).run().await.unwrap();
+    assert!(!discovery.has_group("weir.dev"));
+}
+
+#[tokio::test]
+async fn create_get_conflicts_and_generation() {
+    let server = ApiServer::start(Options::default()).await;
+    let api: Api<Ingress> = Api::namespaced(server.client(), "default");
+    let created = api.create(&PostParams::default(), &ingress("web", "a.example.com")).await.unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
+    assert_eq!(code(api.create(&PostParams::default(), &ingress("web", "a.example.com")).await.unwrap_err()), 409);
+    assert_eq!(code(api.get("missing").await.unwrap_err()), 404);
+
+    // Update with the current resourceVersion works; replaying the stale one conflicts.
+    let mut changed = created.clone();
+    changed.spec.as_mut().unwrap().rules.as_mut().unwrap()[0].host = Some("b.example.com".into());
+    let updated = api.replace("web", &PostParams::default(), &changed).await.unwrap();
+    assert_eq!(updated.metadata.generation, Some(2), "spec change bumps generation");
+    assert_ne!(updated.resource_version(), created.resource_version());
+    assert_eq!(code(api.replace("web", &PostParams::default(), &changed).await.unwrap_err()), 409);
+
+    // Metadata-only changes do not bump generation.
+    let patched = api
+        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"x": "1"}}})))
+        .await
+        .unwrap();
+    assert_eq!(patched.metadata.generation, Some(2));
+    assert_eq!(patched.annotations().get("x").map(String::as_str), Some("1"));
+    // A no-op patch does not change the resourceVersion.
+    let again = api
+        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"x": "1"}}})))
+        .await
+        .unwrap();
+    assert_eq!(again.resource_version(), patched.resource_version());
+
+    // Status goes through /status only.
+    let lb = json!({"status": {"loadBalancer": {"ingress": [{"hostname": "lb.example.net"}]}}});
+    let main = api.patch("web", &PatchParams::default(), &Patch::Merge(lb.clone())).await.unwrap();
+    assert!(main.status.is_none(), "main resource ignores status");
+    let with_status = api.patch_status("web", &PatchParams::default(), &Patch::Merge(lb)).await.unwrap();
+    let lb_ingress = with_status.status.unwrap().load_balancer.unwrap().ingress.unwrap();
+    assert_eq!(lb_ingress[0].hostname.as_deref(), Some("lb.example.net"));
+    assert_eq!(with_status.metadata.generation, Some(2), "status does not bump generation");
+
+    // Lists carry a resourceVersion and honour label selectors and namespaces.
+    api.create(&PostParams::default(), &ingress("api", "c.example.com")).await.unwrap();
+    let list = api.list(&ListParams::default().labels("app=api")).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert!(list.metadata.resource_version.is_some());
+    let all: Api<Ingress> = Api::all(server.client());
+    assert_eq!(all.list(&ListParams::default()).await.unwrap().items.len(), 2);
+    let other: Api<Ingress> = Api::namespaced(server.client(), "other");
+    assert!(other.list(&ListParams::default()).await.unwrap().items.is_empty());
+}
+
+#[tokio::test]
+async fn server_side_apply_owns_fields_and_reports_conflicts() {
+    let server = ApiServer::start(Options::default()).await;
+    let api: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let cm = |data: serde_json::Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": data});
+    let a = PatchParams::apply("a");
+    let created = api.patch("cfg", &a, &Patch::Apply(cm(json!({"x": "1", "y": "2"})))).await.unwrap();
+    assert_eq!(created.data.as_ref().unwrap().len(), 2);
+    assert_eq!(created.metadata.managed_fields.as_ref().unwrap()[0].manager.as_deref(), Some("a"));
+
+    // Another manager changing an owned field conflicts unless it forces.
+    let b = PatchParams::apply("b");
+    assert_eq!(code(api.patch("cfg", &b, &Patch::Apply(cm(json!({"x": "9"})))).await.unwrap_err()), 409);
+    let forced = api.patch("cfg", &b.clone().force(), &Patch::Apply(cm(json!({"x": "9", "z": "3"})))).await.unwrap();
+    assert_eq!(forced.data.as_ref().unwrap()["x"], "9");
+
+    // `a` drops y from its configuration: y is removed; x now belongs to b and stays.
+    let dropped = api.patch("cfg", &a, &Patch::Apply(cm(json!({})))).await.unwrap();
+    let data = dropped.data.unwrap();
+    assert!(!data.contains_key("y"), "{data:?}");
+    assert_eq!(data["x"], "9");
+    assert_eq!(data["z"], "3");
+}
+
+#[tokio::test]
+async fn deletion_waits_for_finalizers() {
+    let server = ApiServer::start(Options::default()).await;
+    let api: Api<Ingress> = Api::namespaced(server.client(), "default");
+    let mut ing = ingress("web", "a.example.com");
+    ing.metadata.finalizers = Some(vec!["other.example.com/hold".into()]);
+    api.create(&PostParams::default(), &ing).await.unwrap();
+    api.delete("web", &DeleteParams::default()).await.unwrap();
+    let held = api.get("web").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+    api.patch("web", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
+    assert_eq!(code(api.get("web").await.unwrap_err()), 404);
+
+    api.create(&PostParams::default(), &ingress("plain", "b.example.com")).await.unwrap();
+    api.delete("plain", &DeleteParams::default()).await.unwrap();
+    assert_eq!(code(api.get("plain").await.unwrap_err()), 404);
+}
+
+#[tokio::test]
+async fn watch_streams_events_bookmarks_resumes_and_expires() {
+    let server =
+        ApiServer::start(Options { bookmark_interval: Duration::from_millis(100), ..Default::default() }).await;
+    let api: Api<Ingress> = Api::namespaced(server.client(), "default");
+    let list = api.list(&ListParams::default()).await.unwrap();
+    let start = list.metadata.resource_version.unwrap();
+    let mut stream =
+        api.watch(&WatchParams { bookmarks: true, ..WatchParams::default() }, &start).await.unwrap().boxed();
+
+    api.create(&PostParams::default(), &ingress("web", "a.example.com")).await.unwrap();
+    api.patch("web", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"v": "2"}}})))
+        .await
+        .unwrap();
+    api.delete("web", &DeleteParams::default()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut bookmarks = 0;
+    while seen.len() < 3 || bookmarks == 0 {
+        match timeout(stream.try_next()).await.unwrap().unwrap() {
+            WatchEvent::Added(i) => seen.push(("ADDED", i.name_any())),
+            WatchEvent::Modified(i) => seen.push(("MODIFIED", i.name_any())),
+            WatchEvent::Deleted(i) => seen.push(("DELETED", i.name_any())),
+            WatchEvent::Bookmark(_) => bookmarks += 1,
+            WatchEvent::Error(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(seen, vec![("ADDED", "web".into()), ("MODIFIED", "web".into()), ("DELETED", "web".into())]);
+
+    // Resuming from the start replays the same history.
+    let mut resumed = api.watch(&WatchParams::default(), &start).await.unwrap().boxed();
+    assert!(matches!(next_event(&mut resumed).await, WatchEvent::Added(_)));
+
+    // A selector that stops matching turns MODIFIED into DELETED.
+    api.create(&PostParams::default(), &ingress("sel", "s.example.com")).await.unwrap();
+    let rv = api.get("sel").await.unwrap().resource_version().unwrap();
+    let mut selected = api.watch(&WatchParams::default().labels("app=sel"), &rv).await.unwrap().boxed();
+    api.patch("sel", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"app": "gone"}}})))
+        .await
+        .unwrap();
+    assert!(matches!(next_event(&mut selected).await, WatchEvent::Deleted(_)));
+
+    // After compaction an old resourceVersion is 410 Gone.
+    server.store().compact();
+    let mut expired = api.watch(&WatchParams::default(), &start).await.unwrap().boxed();
+    match next_event(&mut expired).await {
+        WatchEvent::Error(e) => assert_eq!(e.code, 410),
+        other => panic!("expected 410, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reflector_follows_changes_and_recovers_from_expiry() {
+    let server = ApiServer::start(Options::default()).await;
+    let api: Api<Ingress> = Api::all(server.client());
+    let (reader, writer) = reflector::store();
+    let stream = reflector(writer, watcher(api, watcher::Config::default())).applied_objects();
+    let task = tokio::spawn(async move {
+        stream.for_each(|_| async {}).await;
+    });
+    reader.wait_until_ready().await.unwrap();
+    let ns: Api<Ingress> = Api::namespaced(server.client(), "team");
+    ns.create(&PostParams::default(), &ingress("a", "a.example.com")).await.unwrap();
+    ns.create(&PostParams::default(), &ingress("b", "b.example.com")).await.unwrap();
+    timeout(async {
+        while reader.state().len() != 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    server.store().compact();
+    ns.delete("a", &DeleteParams::default()).await.unwrap();
+    timeout(async {
+        while reader.state().len() != 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn leases_conflict_on_stale_versions_and_crds_register_types() {
+    let server = ApiServer::start(Options { weir_crds: false, ..Default::default() }).await;
+    let leases: Api<Lease> = Api::namespaced(server.client(), "default");
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "weir"}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}
+    }))
+    .unwrap();
+    let first = leases.create(&PostParams::default(), &lease).await.unwrap();
+    let mut a = first.clone();
+    a.spec.as_mut().unwrap().holder_identity = Some("a2".into());
+    let mut b = first.clone();
+    b.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    leases.replace("weir", &PostParams::default(), &a).await.unwrap();
+    assert_eq!(code(leases.replace("weir", &PostParams::default(), &b).await.unwrap_err()), 409);
+
+    // Creating a CRD through the API serves its type.
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "trafficinfras.weir.dev"},
+        "spec": {"group": "weir.dev", "scope": "Namespaced",
+                 "names": {"plural": "trafficinfras", "kind": "TrafficInfra", "singular": "trafficinfra"},
+                 "versions": [{"name": "v1alpha1", "served": true, "storage": true, "subresources": {"status": {}}}]}
+    });
+    assert!(server.store().find_type("weir.dev", "v1alpha1", "trafficinfras").is_none());
+    server.store().create_object(crd).unwrap();
+    assert!(server.store().find_type("weir.dev", "v1alpha1", "trafficinfras").is_some());
+}
+
+#[test]
+fn background_server_and_kubeconfig() {
+    let server = ApiServer::start_background(Options::default());
+    let dir = tempfile::tempdir().unwrap();
+    let path = server.write_kubeconfig(dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+        let client = kube::Client::try_from(cfg).unwrap();
+        let api: Api<Ingress> = Api::default_namespaced(client);
+        api.create(&PostParams::default(), &ingress("web", "a.example.com")).await.unwrap();
+    });
+    let rt_ = server.store().type_of(&json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress"})).unwrap();
+    assert!(server.store().get(&rt_, "default", "web").is_ok());
+}

@@ -1,0 +1,350 @@
+//! The Helm chart rendered by Helm's own engine (PyPI `helm-python-sdk`, in the test venv) with the
+//! default and the all-features values; every rendered object must parse as the Kubernetes type it
+//! claims to be, with no field the type does not know (a typo would be dropped silently by the API
+//! server's decoder, or rejected by a strict one).
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use integration_tests::{run, venv_bin, workspace_root};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Rendered objects by `Kind/name`, and the lint report.
+struct Rendered {
+    objects: BTreeMap<String, Value>,
+    crds: Vec<Value>,
+}
+
+fn render(values_file: Option<&str>, set: Value) -> Result<Rendered, String> {
+    let root = workspace_root();
+    let values = values_file.map(|f| root.join("charts/weir").join(f).display().to_string()).unwrap_or_default();
+    let (ok, stdout, stderr) = run(Command::new(venv_bin("python"))
+        .arg(root.join("integration-tests/render_chart.py"))
+        .arg(root.join("charts/weir"))
+        .arg(values)
+        .arg(set.to_string()));
+    if !ok {
+        return Err(stderr);
+    }
+    let out: Value = serde_json::from_str(&stdout).expect("renderer output is JSON");
+    let lint_problems: Vec<&Value> =
+        out["lint"]["messages"].as_array().unwrap().iter().filter(|m| m["severity"].as_i64() >= Some(2)).collect();
+    assert!(lint_problems.is_empty(), "helm lint: {lint_problems:#?}");
+    assert!(out["lint"]["errors"].as_array().unwrap().is_empty(), "helm lint: {}", out["lint"]);
+
+    let mut objects = BTreeMap::new();
+    for (template, text) in out["manifests"].as_object().unwrap() {
+        if template.ends_with("NOTES.txt") {
+            continue;
+        }
+        for doc in serde_yaml::Deserializer::from_str(text.as_str().unwrap()) {
+            let v = Value::deserialize(doc).unwrap_or_else(|e| panic!("{template}: not YAML: {e}"));
+            if v.is_null() {
+                continue;
+            }
+            let key = format!("{}/{}", v["kind"].as_str().unwrap(), v["metadata"]["name"].as_str().unwrap());
+            assert!(objects.insert(key.clone(), v).is_none(), "{key} rendered twice");
+        }
+    }
+    let crds = out["crds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| {
+            serde_yaml::Deserializer::from_str(c["data"].as_str().unwrap())
+                .map(|d| Value::deserialize(d).unwrap())
+                .filter(|v| !v.is_null())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    Ok(Rendered { objects, crds })
+}
+
+/// Every field of `original` must survive a round trip through the typed value `parsed`.
+fn unknown_fields(original: &Value, parsed: &Value, path: &str, out: &mut Vec<String>) {
+    match (original, parsed) {
+        (Value::Object(o), Value::Object(p)) => {
+            for (k, v) in o {
+                if v.is_null() {
+                    continue;
+                }
+                match p.get(k) {
+                    Some(pv) => unknown_fields(v, pv, &format!("{path}.{k}"), out),
+                    None => out.push(format!("{path}.{k}")),
+                }
+            }
+        }
+        (Value::Array(o), Value::Array(p)) if o.len() == p.len() => {
+            for (i, (ov, pv)) in o.iter().zip(p).enumerate() {
+                unknown_fields(ov, pv, &format!("{path}[{i}]"), out);
+            }
+        }
+        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => {}
+        (a, b) if a == b => {}
+        (a, b) => out.push(format!("{path}: {a} became {b}")),
+    }
+}
+
+fn typed<T: DeserializeOwned + Serialize>(v: &Value) -> Result<T, String> {
+    let t: T = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+    let back = serde_json::to_value(&t).unwrap();
+    let mut problems = Vec::new();
+    unknown_fields(v, &back, "", &mut problems);
+    if problems.is_empty() {
+        Ok(t)
+    } else {
+        Err(format!("fields the type does not know or changed: {problems:?}"))
+    }
+}
+
+// The Prometheus operator's types are not in k8s-openapi: the fields the chart uses, strictly.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Monitoring<S> {
+    api_version: String,
+    kind: String,
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    spec: S,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ServiceMonitorSpec {
+    selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    namespace_selector: NamespaceSelector,
+    endpoints: Vec<Endpoint>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct NamespaceSelector {
+    match_names: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Endpoint {
+    port: String,
+    path: String,
+    interval: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSpec {
+    groups: Vec<RuleGroup>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleGroup {
+    name: String,
+    rules: Vec<Rule>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rule {
+    alert: String,
+    expr: String,
+    #[serde(rename = "for")]
+    for_: String,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+}
+
+/// Parses every object as its claimed type; returns the kinds seen.
+fn check_types(r: &Rendered) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (key, v) in r.objects.iter().map(|(k, v)| (k.clone(), v)).chain(r.crds.iter().map(|v| ("crd".to_string(), v))) {
+        let api_version = v["apiVersion"].as_str().unwrap_or_default();
+        let kind = v["kind"].as_str().unwrap_or_default();
+        let result = match (api_version, kind) {
+            ("apps/v1", "Deployment") => typed::<Deployment>(v).map(drop),
+            ("v1", "ServiceAccount") => typed::<ServiceAccount>(v).map(drop),
+            ("v1", "Service") => typed::<Service>(v).map(drop),
+            ("v1", "ConfigMap") => typed::<ConfigMap>(v).map(drop),
+            ("policy/v1", "PodDisruptionBudget") => typed::<PodDisruptionBudget>(v).map(drop),
+            ("rbac.authorization.k8s.io/v1", "ClusterRole") => typed::<ClusterRole>(v).map(drop),
+            ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => typed::<ClusterRoleBinding>(v).map(drop),
+            ("rbac.authorization.k8s.io/v1", "Role") => typed::<Role>(v).map(drop),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding") => typed::<RoleBinding>(v).map(drop),
+            ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => typed::<CustomResourceDefinition>(v).map(drop),
+            ("monitoring.coreos.com/v1", "ServiceMonitor") => typed::<Monitoring<ServiceMonitorSpec>>(v).map(drop),
+            ("monitoring.coreos.com/v1", "PrometheusRule") => typed::<Monitoring<RuleSpec>>(v).map(drop),
+            _ => Err(format!("unexpected type {api_version} {kind}")),
+        };
+        if let Err(e) = result {
+            errors.push(format!("{key}: {e}"));
+        }
+    }
+    assert!(errors.is_empty(), "{errors:#?}");
+    r.objects.keys().cloned().collect()
+}
+
+fn deployment(r: &Rendered) -> Deployment {
+    serde_json::from_value(r.objects["Deployment/weir"].clone()).unwrap()
+}
+
+fn args(d: &Deployment) -> Vec<String> {
+    d.spec.template.spec.as_ref().unwrap().containers[0].args.clone().unwrap()
+}
+
+fn rules(r: &Rendered, key: &str) -> Vec<(Vec<String>, Vec<String>, Vec<String>)> {
+    let role: ClusterRole = serde_json::from_value(r.objects[key].clone())
+        .or_else(|_| {
+            serde_json::from_value::<Role>(r.objects[key].clone())
+                .map(|r| ClusterRole { rules: r.rules, ..Default::default() })
+        })
+        .unwrap();
+    role.rules
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.api_groups.unwrap_or_default(), r.resources.unwrap_or_default(), r.verbs))
+        .collect()
+}
+
+#[test]
+fn default_values_render_valid_least_privilege_objects() {
+    let r = render(None, json!({"controller": {"clusterName": "eu"}})).unwrap();
+    let kinds = check_types(&r);
+    for want in [
+        "Deployment/weir",
+        "ServiceAccount/weir",
+        "ClusterRole/weir",
+        "ClusterRoleBinding/weir",
+        "Role/weir-leader-election",
+        "RoleBinding/weir-leader-election",
+        "Service/weir-metrics",
+        "PodDisruptionBudget/weir",
+    ] {
+        assert!(kinds.iter().any(|k| k == want), "{want} missing from {kinds:?}");
+    }
+    assert!(!kinds.iter().any(|k| k.starts_with("ServiceMonitor") || k.starts_with("PrometheusRule")));
+    assert_eq!(r.crds.len(), 3, "the three weir.dev CRDs ship in crds/");
+
+    let d = deployment(&r);
+    let pod = d.spec.template.spec.as_ref().unwrap();
+    let c = &pod.containers[0];
+    assert_eq!(pod.security_context.as_ref().unwrap().run_as_non_root, Some(true));
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert!(c.resources.as_ref().unwrap().requests.is_some());
+    let probe_path =
+        |p: &Option<k8s_openapi::api::core::v1::Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();
+    assert_eq!(probe_path(&c.liveness_probe).as_deref(), Some("/healthz"));
+    assert_eq!(probe_path(&c.readiness_probe).as_deref(), Some("/readyz"));
+    let a = args(&d);
+    assert_eq!(a[0], "controller");
+    for want in [
+        "--cluster-name=eu",
+        "--enable-leader-election",
+        "--leader-election-namespace=weir-system",
+        "--metrics-addr=:8080",
+    ] {
+        assert!(a.iter().any(|x| x == want), "{want} missing from {a:?}");
+    }
+    assert!(!a.iter().any(|x| x.starts_with("--allow-all-zero") || x.starts_with("--db")), "{a:?}");
+    // The binary accepts the rendered arguments.
+    let (ok, _, stderr) = run(Command::new(integration_tests::weir_bin()).args(&a).arg("--help"));
+    assert!(ok, "weir rejects the chart's arguments: {stderr}");
+
+    // Least privilege: reads of inputs, Events, nothing written but Events; no DNSEndpoints by default.
+    let cluster_rules = rules(&r, "ClusterRole/weir");
+    for (groups, resources, verbs) in &cluster_rules {
+        for v in verbs {
+            let write = matches!(v.as_str(), "create" | "update" | "patch" | "delete");
+            assert!(
+                !write || (groups == &["events.k8s.io"] && resources == &["events"]),
+                "{groups:?} {resources:?} {verbs:?}"
+            );
+        }
+        assert!(!resources.iter().any(|r| r == "dnsendpoints" || r == "secrets" || r == "*"));
+    }
+    let lease_rules = rules(&r, "Role/weir-leader-election");
+    assert_eq!(
+        lease_rules,
+        vec![(
+            vec!["coordination.k8s.io".to_string()],
+            vec!["leases".to_string()],
+            vec!["get".into(), "create".into(), "update".into()]
+        )]
+    );
+    let sa = &r.objects["ServiceAccount/weir"];
+    assert!(sa["metadata"]["annotations"].is_null(), "no IRSA annotation unless a role is given");
+
+    // Without a cluster name the chart refuses to render.
+    let err = render(None, json!({})).err().expect("rendering without clusterName must fail");
+    assert!(err.contains("clusterName is required"), "{err}");
+}
+
+#[test]
+fn all_features_values_render_valid_objects() {
+    let r = render(Some("ci/all-features-values.yaml"), json!({})).unwrap();
+    let kinds = check_types(&r);
+    for want in ["ServiceMonitor/weir", "PrometheusRule/weir", "ConfigMap/weir-dashboard"] {
+        assert!(kinds.iter().any(|k| k == want), "{want} missing from {kinds:?}");
+    }
+    let sa = &r.objects["ServiceAccount/weir"];
+    assert_eq!(sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"], "arn:aws:iam::123456789012:role/weir");
+    assert_eq!(r.objects["Role/weir-leader-election"]["metadata"]["namespace"], "weir-system");
+
+    // dnsendpoint mode grants DNSEndpoint CRUD, and status patches are granted when asked for.
+    let cluster_rules = rules(&r, "ClusterRole/weir");
+    assert!(cluster_rules.iter().any(|(g, res, v)| g == &["externaldns.k8s.io"]
+        && res == &["dnsendpoints"]
+        && v.contains(&"delete".to_string())));
+    assert!(cluster_rules
+        .iter()
+        .any(|(_, res, v)| res.contains(&"trafficinfras/status".to_string()) && v == &["patch"]));
+
+    let a = args(&deployment(&r));
+    for want in [
+        "--annotation-filter=team=web",
+        "--annotation-filter=tier=frontend",
+        "--dns-provider=dnsendpoint",
+        "--allow-all-zero",
+        "--db=/data/weir.db",
+    ] {
+        assert!(a.iter().any(|x| x == want), "{want} missing from {a:?}");
+    }
+    let (ok, _, stderr) = run(Command::new(integration_tests::weir_bin()).args(&a).arg("--help"));
+    assert!(ok, "weir rejects the chart's arguments: {stderr}");
+
+    // The alerts compare the old controller's gauges and watch reconcile errors.
+    let rule: Monitoring<RuleSpec> = serde_json::from_value(r.objects["PrometheusRule/weir"].clone()).unwrap();
+    let alerts = &rule.spec.groups[0].rules;
+    let drift = alerts.iter().find(|a| a.alert == "WeirWeightDrift").unwrap();
+    assert!(drift.expr.contains("cluster_traffic_controller_ingress_weight_desired"));
+    assert!(drift.expr.contains("cluster_traffic_controller_ingress_weight_current"));
+    assert_eq!(drift.for_, "15m");
+    let errors = alerts.iter().find(|a| a.alert == "WeirReconcileErrors").unwrap();
+    assert!(errors.expr.contains("weir_reconcile_total{result=\"error\"}"));
+
+    // The dashboard is valid JSON and charts what it promises.
+    let dashboard: Value =
+        serde_json::from_str(r.objects["ConfigMap/weir-dashboard"]["data"]["weir.json"].as_str().unwrap()).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_string()))
+        .collect();
+    for metric in [
+        "cluster_traffic_controller_ingress_weight_desired",
+        "weir_record_weight",
+        "weir_weight_drift_seconds",
+        "weir_aws_requests_total",
+        "weir_xds_connected_clients",
+    ] {
+        assert!(exprs.iter().any(|e| e.contains(metric)), "dashboard lacks {metric}");
+    }
+}

@@ -1,0 +1,252 @@
+//! End to end: the real `weir controller --provider kubernetes` binary against the in-process test
+//! API server through a kubeconfig, with the SQLite store and the embedded DNS zone, queried over DNS.
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RData, RecordType};
+use integration_tests::apiserver::{ApiServer, Options, Selector, WriteOp};
+use integration_tests::{free_port, free_udp_tcp_port, http_get, metric, wait_for, weir_bin, Proc};
+use serde_json::{json, Value};
+
+const CLUSTER: &str = "eu";
+const T: Duration = Duration::from_secs(30);
+
+fn ingress(name: &str, hosts: &[(&str, &str)], ip: &str) -> Value {
+    let rules: Vec<Value> = hosts
+        .iter()
+        .map(|(host, svc)| {
+            json!({"host": host, "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": svc, "port": {"number": 80}}}}]}})
+        })
+        .collect();
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+           "metadata": {"name": name, "namespace": "default"},
+           "spec": {"rules": rules},
+           "status": {"loadBalancer": {"ingress": [{"ip": ip}]}}})
+}
+
+fn service(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+           "spec": {"ports": [{"port": 80}]}})
+}
+
+fn slice(service: &str, ready: bool) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": format!("{service}-1"), "namespace": "default",
+                        "labels": {"kubernetes.io/service-name": service}},
+           "addressType": "IPv4",
+           "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": ready}}]})
+}
+
+struct Controller {
+    proc: Proc,
+    metrics: String,
+    dns: SocketAddr,
+}
+
+fn controller(name: &str, server: &ApiServer, dir: &Path, extra: &[&str]) -> Controller {
+    let kubeconfig = server.write_kubeconfig(dir);
+    let metrics_port = free_port();
+    let dns: SocketAddr = format!("127.0.0.1:{}", free_udp_tcp_port()).parse().unwrap();
+    let mut cmd = Command::new(weir_bin());
+    cmd.env("KUBECONFIG", &kubeconfig)
+        .env("WEIR_LOG", "info,weir=debug")
+        .env("POD_NAME", name)
+        .args(["controller", "--provider", "kubernetes", "--cluster-name", CLUSTER])
+        .args(["--backend-type", "sqlite", "--initial-weight", "100", "--weight-poll-interval", "200ms"])
+        .arg("--db")
+        .arg(dir.join("weir.db"))
+        .args(["--dns-provider", "embedded", "--dns-listen", &dns.to_string(), "--record-ttl", "5"])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .args(extra);
+    let proc = Proc::spawn(name, &mut cmd, dir);
+    Controller { proc, metrics: format!("http://127.0.0.1:{metrics_port}"), dns }
+}
+
+impl Controller {
+    fn metrics(&self) -> String {
+        http_get(&format!("{}/metrics", self.metrics)).unwrap_or_default()
+    }
+
+    fn record_weight(&self, host: &str) -> Option<f64> {
+        metric(&self.metrics(), "weir_record_weight", &[("host", host), ("cluster", CLUSTER)])
+    }
+
+    fn wait_weight(&self, host: &str, want: Option<f64>) {
+        wait_for(&format!("{host} at weight {want:?} on {}", self.proc.name), T, || {
+            (self.record_weight(host) == want).then_some(())
+        });
+    }
+}
+
+/// The A records the embedded server answers for `host` (empty on NXDOMAIN or no data).
+fn query_a(server: SocketAddr, host: &str) -> Option<Vec<Ipv4Addr>> {
+    let mut msg = Message::new();
+    msg.set_id(rand_id())
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .add_query(Query::query(Name::from_ascii(format!("{host}.")).ok()?, RecordType::A));
+    let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
+    socket.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    socket.send_to(&msg.to_vec().ok()?, server).ok()?;
+    let mut buf = [0u8; 4096];
+    let (n, _) = socket.recv_from(&mut buf).ok()?;
+    let answer = Message::from_vec(&buf[..n]).ok()?;
+    Some(
+        answer
+            .answers()
+            .iter()
+            .filter_map(|r| match r.data() {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+fn rand_id() -> u16 {
+    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() & 0xffff) as u16
+}
+
+fn seed(server: &ApiServer, obj: Value) {
+    server.store().create_object(obj).unwrap();
+}
+
+fn merge(server: &ApiServer, sample: &Value, name: &str, patch: Value) {
+    let rt = server.store().type_of(sample).unwrap();
+    server.store().write(&rt, "default", name, WriteOp::Merge(patch), false).unwrap();
+}
+
+#[test]
+fn ingress_lifecycle_drives_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ApiServer::start_background(Options::default());
+    for svc in ["svc-a", "svc-b"] {
+        seed(&server, service(svc));
+        seed(&server, slice(svc, true));
+    }
+    let ing = ingress("web", &[("a.example.com", "svc-a"), ("b.example.com", "svc-b")], "192.0.2.10");
+    seed(&server, ing.clone());
+    let c = controller("controller", &server, dir.path(), &["--allow-all-zero"]);
+
+    // Ingress with a load-balancer address → its records appear, and the DNS server answers.
+    c.wait_weight("a.example.com", Some(100.0));
+    c.wait_weight("b.example.com", Some(100.0));
+    let answer =
+        wait_for("an A answer for a.example.com", T, || query_a(c.dns, "a.example.com").filter(|a| !a.is_empty()));
+    assert_eq!(answer, vec![Ipv4Addr::new(192, 0, 2, 10)]);
+    wait_for("readiness", T, || http_get(&format!("{}/readyz", c.metrics)));
+
+    // Annotate → the weight changes.
+    merge(&server, &ing, "web", json!({"metadata": {"annotations": {"dns.adevinta.com/traffic-weight": "40"}}}));
+    c.wait_weight("a.example.com", Some(40.0));
+    c.wait_weight("b.example.com", Some(40.0));
+
+    // svc-b's EndpointSlice loses its ready endpoint → weight 0 for b only.
+    let rt = server.store().type_of(&slice("x", true)).unwrap();
+    server.store().write(&rt, "default", "svc-b-1", WriteOp::Replace(slice("svc-b", false)), false).unwrap();
+    c.wait_weight("b.example.com", Some(0.0));
+    assert_eq!(c.record_weight("a.example.com"), Some(40.0), "a must keep its weight");
+
+    // Deleted while another finalizer holds it → no traffic; deleted for good → records gone.
+    merge(&server, &ing, "web", json!({"metadata": {"finalizers": ["other.example.com/hold"]}}));
+    let ing_rt = server.store().type_of(&ing).unwrap();
+    server.store().delete(&ing_rt, "default", "web").unwrap();
+    c.wait_weight("a.example.com", Some(0.0));
+    merge(&server, &ing, "web", json!({"metadata": {"finalizers": null}}));
+    c.wait_weight("a.example.com", None);
+    c.wait_weight("b.example.com", None);
+    wait_for("a.example.com gone from DNS", T, || query_a(c.dns, "a.example.com").filter(|a| a.is_empty()));
+}
+
+#[test]
+fn refused_inputs_become_events_on_the_ingress() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ApiServer::start_background(Options::default());
+    seed(&server, service("svc"));
+    seed(&server, slice("svc", true));
+    let mut ing = ingress("web", &[("a.example.com", "svc")], "192.0.2.10");
+    ing["metadata"]["annotations"] = json!({"dns.adevinta.com/traffic-weight": "abc"});
+    let uid = server.store().create_object(ing).unwrap()["metadata"]["uid"].clone();
+    seed(&server, ingress("ok", &[("b.example.com", "svc")], "192.0.2.11"));
+    let c = controller("controller", &server, dir.path(), &[]);
+    c.wait_weight("b.example.com", Some(100.0));
+
+    let events = server.store().type_of(&json!({"apiVersion": "events.k8s.io/v1", "kind": "Event"})).unwrap();
+    let find = |reason: &str| {
+        let (items, _) = server.store().list(&events, Some("default"), &Selector::default());
+        items.into_iter().find(|e| e["reason"] == reason)
+    };
+    let bad = wait_for("an InvalidTrafficWeight Event", T, || find("InvalidTrafficWeight"));
+    assert_eq!(bad["regarding"]["name"], "web");
+    assert_eq!(bad["regarding"]["uid"], uid);
+    assert!(bad["note"].as_str().unwrap().contains("\"abc\""), "{bad}");
+
+    // The only record of b.example.com going to 0 is refused by the all-zero guard, with an Event.
+    merge(
+        &server,
+        &slice("x", true),
+        "svc-1",
+        json!({"endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": false}}]}),
+    );
+    let guard = wait_for("an AllZeroGuard Event", T, || find("AllZeroGuard"));
+    assert_eq!(guard["regarding"]["kind"], "Ingress");
+    assert_eq!(c.record_weight("b.example.com"), Some(100.0), "the guard keeps the published weight");
+    assert!(metric(&c.metrics(), "weir_invalid_input_total", &[("kind", "all_zero_guard")]).is_some_and(|v| v >= 1.0));
+}
+
+#[test]
+fn leader_election_one_writer_and_takeover_after_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ApiServer::start_background(Options::default());
+    seed(&server, service("svc"));
+    seed(&server, slice("svc", true));
+    let ing = ingress("web", &[("a.example.com", "svc")], "192.0.2.10");
+    seed(&server, ing.clone());
+    let lease = [
+        "--enable-leader-election",
+        "--leader-election-namespace",
+        "default",
+        "--lease-duration",
+        "3s",
+        "--renew-deadline",
+        "2s",
+        "--retry-period",
+        "250ms",
+    ];
+    let a = controller("a", &server, dir.path(), &lease);
+    let leader_of = |c: &Controller| metric(&c.metrics(), "weir_leader", &[]);
+    wait_for("a leads", T, || (leader_of(&a) == Some(1.0)).then_some(()));
+    a.wait_weight("a.example.com", Some(100.0));
+    let mut b = controller("b", &server, dir.path(), &lease);
+    // b is up and ready (caches warm) but does not write.
+    wait_for("b ready as a standby", T, || http_get(&format!("{}/readyz", b.metrics)));
+    assert_eq!(leader_of(&b), Some(0.0));
+
+    merge(&server, &ing, "web", json!({"metadata": {"annotations": {"dns.adevinta.com/traffic-weight": "30"}}}));
+    a.wait_weight("a.example.com", Some(30.0));
+    assert_eq!(b.record_weight("a.example.com"), None, "the standby must not write");
+
+    // SIGKILL the leader: no release, so b takes over once the 3 s lease expires.
+    let mut a = a;
+    a.proc.kill();
+    let started = std::time::Instant::now();
+    wait_for("b takes over", Duration::from_secs(10), || (leader_of(&b) == Some(1.0)).then_some(()));
+    let took = started.elapsed();
+    assert!(took <= Duration::from_secs(3) + Duration::from_secs(2), "takeover took {took:?}");
+    // b now writes: a change lands through it.
+    merge(&server, &ing, "web", json!({"metadata": {"annotations": {"dns.adevinta.com/traffic-weight": "60"}}}));
+    b.wait_weight("a.example.com", Some(60.0));
+    let answer = wait_for("DNS still answers", T, || query_a(b.dns, "a.example.com").filter(|a| !a.is_empty()));
+    assert_eq!(answer, vec![Ipv4Addr::new(192, 0, 2, 10)]);
+
+    // A clean shutdown releases the lease.
+    b.proc.terminate(Duration::from_secs(10)).expect("b exits on SIGTERM");
+    let rt = server.store().type_of(&json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease"})).unwrap();
+    let lease = server.store().get(&rt, "default", "weir-controller").unwrap();
+    assert!(lease["spec"]["holderIdentity"].is_null(), "released: {lease}");
+}

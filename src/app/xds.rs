@@ -1,0 +1,118 @@
+//! `weir xds`: provider → xDS loop → snapshot cache → ADS server, plus the admin API and the shared
+//! state poller, wired in one place.
+//!
+//! Order: shutdown signal → input provider (first snapshot loaded) → shared state (seeded from the
+//! TrafficInfra's `trafficDefaults`) → xDS loop (subscribes to snapshots and state, publishes to the
+//! cache) → gRPC server (ADS) → admin API (+ metrics, health) → optional metrics server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use super::factories::{shutdown_signal, start_provider, wait_shutdown};
+use crate::cli::XdsArgs;
+use crate::telemetry::{self, InvalidInputs, Readiness};
+use crate::xds::admin::{Admin, AdminMetrics};
+use crate::xds::cache::new_cache;
+use crate::xds::controller::{View, XdsController};
+use crate::xds::model::{traffic_infra, TrafficState, XdsSettings};
+use crate::xds::server::{AdsServer, Clients, XdsMetrics};
+use crate::xds::state::{MemoryStore, SharedState, SqliteStore, StateStore};
+
+/// How often the shared state is re-read for other replicas' writes.
+const STATE_POLL: Duration = Duration::from_millis(200);
+
+pub async fn xds(args: XdsArgs) -> Result<()> {
+    anyhow::ensure!(!args.name.is_empty(), "--name must not be empty");
+    let shutdown = shutdown_signal();
+    let mut registry = Registry::default();
+    let invalid = InvalidInputs::register(&mut registry);
+    let readiness = Readiness::default();
+    let settings = XdsSettings { name: args.name.clone(), namespace: args.namespace.clone(), services: args.services };
+
+    let (snapshots, provider_task) = start_provider(&args.provider, &invalid, shutdown.clone()).await?;
+
+    let defaults =
+        traffic_infra(&snapshots.borrow(), &settings).map(|t| t.spec.traffic_defaults.clone()).unwrap_or_default();
+    let store: Arc<dyn StateStore> = match &args.state {
+        Some(path) => Arc::new(
+            SqliteStore::open(path, &format!("{}/{}", settings.namespace, settings.name))
+                .with_context(|| format!("opening the xDS state file {}", path.display()))?,
+        ),
+        None => {
+            tracing::warn!("no --state: admin API changes live in memory only (not shared, lost on restart)");
+            Arc::new(MemoryStore::default())
+        }
+    };
+    let shared = SharedState::open(store, TrafficState::initial(&defaults)).await.context("reading the xDS state")?;
+    tracing::info!(store = %shared.describe(), weights = ?shared.get().weights, "xDS state loaded");
+
+    let token = match &args.admin_token_file {
+        Some(path) => {
+            let t = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --admin-token-file {}", path.display()))?;
+            let t = t.trim().to_string();
+            anyhow::ensure!(!t.is_empty(), "--admin-token-file {} is empty", path.display());
+            Some(Arc::<str>::from(t))
+        }
+        None => None,
+    };
+
+    let (writer, cache) = new_cache();
+    let (view_tx, view_rx) = watch::channel(Arc::new(View::default()));
+    let xds_metrics = XdsMetrics::register(&mut registry);
+    let admin_metrics = AdminMetrics::register(&mut registry);
+    let clients = Clients::default();
+    let registry = Arc::new(registry);
+
+    let mut tasks = vec![provider_task];
+    tasks.push(tokio::spawn(shared.clone().poll(STATE_POLL, shutdown.clone())));
+    let controller = XdsController { settings: settings.clone(), writer, view: view_tx, readiness: readiness.clone() };
+    tasks.push(tokio::spawn(controller.run(snapshots, shared.subscribe(), shutdown.clone())));
+
+    let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
+        .await
+        .with_context(|| format!("binding the gRPC (ADS) server on {}", args.grpc_addr))?;
+    tracing::info!(addr = %grpc.local_addr()?, name = %settings.name, "serving ADS (state of the world and delta)");
+    let ads = AdsServer::new(cache.clone(), xds_metrics, clients.clone(), shutdown.clone());
+    let grpc_shutdown = wait_shutdown(shutdown.clone());
+    let grpc_task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(ads.into_service())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), grpc_shutdown)
+            .await
+    });
+
+    let admin =
+        Admin { settings, state: shared, view: view_rx, cache, clients, token, metrics: admin_metrics, invalid };
+    let router = admin.router(telemetry::router(registry.clone(), readiness.clone()));
+    let admin_task = telemetry::serve(args.admin_addr, router, wait_shutdown(shutdown.clone()))
+        .await
+        .with_context(|| format!("binding the admin API on {}", args.admin_addr))?;
+    if let Some(addr) = args.metrics_addr {
+        let task = telemetry::serve(addr, telemetry::router(registry, readiness), wait_shutdown(shutdown.clone()))
+            .await
+            .with_context(|| format!("binding the metrics server on {addr}"))?;
+        tasks.push(tokio::spawn(async move {
+            let _ = task.await;
+        }));
+    }
+
+    wait_shutdown(shutdown).await;
+    match tokio::time::timeout(Duration::from_secs(10), grpc_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server stopped with an error"),
+        Err(_) => tracing::warn!("gRPC server did not stop within 10s"),
+        _ => {}
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), admin_task).await;
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    tracing::info!("weir xds stopped");
+    Ok(())
+}

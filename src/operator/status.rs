@@ -1,0 +1,186 @@
+//! A TrafficInfra's status from what was decided about it and what its children report. Pure: the
+//! caller passes the observed children and the time.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+
+use crate::crd::{Phase, TrafficInfra, TrafficInfraStatus};
+
+use super::children::ChildNames;
+
+pub const CONDITION_ACCEPTED: &str = "Accepted";
+pub const CONDITION_NAMESPACE_CONFIGURED: &str = "NamespaceConfigured";
+pub const CONDITION_XDS_READY: &str = "XdsReady";
+pub const CONDITION_ENVOY_READY: &str = "EnvoyReady";
+pub const CONDITION_READY: &str = "Ready";
+
+/// What was decided about one TrafficInfra before looking at its children.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Children are (to be) applied.
+    Build,
+    /// Waiting for something outside it; nothing is created.
+    Pending { reason: String, message: String },
+    /// Refused; nothing is created.
+    Failed { reason: String, message: String },
+}
+
+/// The children as last read from the API server (absent: not created yet, or deleted).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Observed<'a> {
+    pub xds_deployment: Option<&'a Deployment>,
+    pub envoy_deployment: Option<&'a Deployment>,
+    pub envoy_service: Option<&'a Service>,
+}
+
+/// What else the status reports.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    pub discovered_services: Vec<String>,
+    pub traffic_weights: BTreeMap<String, u32>,
+}
+
+/// `(available, desired)` replicas of a Deployment; `desired` is the spec's, or (with an HPA, which
+/// owns the count) the status's, and at least 1.
+pub fn replicas(dep: &Deployment) -> (i32, i32) {
+    let available = dep.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
+    let desired = dep.spec.replicas.or_else(|| dep.status.as_ref().and_then(|s| s.replicas)).unwrap_or(1).max(1);
+    (available, desired)
+}
+
+/// Where clients reach the Envoys: the load balancer's hostname or IP for a LoadBalancer Service,
+/// else the Service's cluster DNS name and port.
+pub fn envoy_endpoint(svc: &Service) -> Option<String> {
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("LoadBalancer") {
+        let ingress = svc.status.as_ref()?.load_balancer.as_ref()?.ingress.as_ref()?.first()?;
+        return ingress.hostname.clone().or_else(|| ingress.ip.clone());
+    }
+    let port = spec.ports.as_ref()?.first()?.port;
+    Some(format!("{}.{}.svc:{port}", svc.name_any(), svc.namespace().unwrap_or_default()))
+}
+
+/// The status to write. Conditions and `lastTransitionTime` keep their previous times when nothing
+/// changed, so that writing the same status twice is a no-op.
+pub fn compute(
+    ti: &TrafficInfra,
+    outcome: &Outcome,
+    observed: Observed<'_>,
+    extra: &Extra,
+    now: &Time,
+) -> TrafficInfraStatus {
+    let previous = ti.status.clone().unwrap_or_default();
+    let generation = ti.metadata.generation;
+    let mut conds: Vec<(&str, bool, String, String)> = Vec::new();
+    let mut status = TrafficInfraStatus {
+        observed_generation: generation,
+        discovered_services: extra.discovered_services.clone(),
+        traffic_weights: extra.traffic_weights.clone(),
+        ..Default::default()
+    };
+
+    let (phase, message) = match outcome {
+        Outcome::Failed { reason, message } => {
+            conds.push((CONDITION_ACCEPTED, false, reason.clone(), message.clone()));
+            conds.push((CONDITION_READY, false, "Failed".into(), message.clone()));
+            (Phase::Failed, message.clone())
+        }
+        Outcome::Pending { reason, message } => {
+            conds.push((CONDITION_ACCEPTED, true, "Accepted".into(), "the only TrafficInfra in its namespace".into()));
+            conds.push((CONDITION_NAMESPACE_CONFIGURED, false, reason.clone(), message.clone()));
+            conds.push((CONDITION_READY, false, "Pending".into(), message.clone()));
+            (Phase::Pending, message.clone())
+        }
+        Outcome::Build => {
+            let names = ChildNames::of(&ti.name_any());
+            let ns = ti.namespace().unwrap_or_default();
+            conds.push((CONDITION_ACCEPTED, true, "Accepted".into(), "the only TrafficInfra in its namespace".into()));
+            conds.push((CONDITION_NAMESPACE_CONFIGURED, true, "Found".into(), "NamespaceConfig found".into()));
+            status.xds_endpoint = Some(format!("{}.{ns}.svc:{}", names.xds, ti.spec.xds.ports.grpc));
+
+            let mut missing = Vec::new();
+            let (xds_ready, xds_msg) = deployment_readiness("xDS", &names.xds, observed.xds_deployment);
+            let (envoy_ready, envoy_msg) = deployment_readiness("Envoy", &names.envoy, observed.envoy_deployment);
+            status.xds_ready = xds_ready;
+            status.envoy_ready = envoy_ready;
+            conds.push((
+                CONDITION_XDS_READY,
+                xds_ready,
+                if xds_ready { "Available" } else { "Unavailable" }.into(),
+                xds_msg.clone(),
+            ));
+            conds.push((
+                CONDITION_ENVOY_READY,
+                envoy_ready,
+                if envoy_ready { "Available" } else { "Unavailable" }.into(),
+                envoy_msg.clone(),
+            ));
+            if !xds_ready {
+                missing.push(xds_msg);
+            }
+            if !envoy_ready {
+                missing.push(envoy_msg);
+            }
+            status.envoy_endpoint = observed.envoy_service.and_then(envoy_endpoint);
+            if status.envoy_endpoint.is_none() {
+                missing.push(match observed.envoy_service {
+                    None => format!("Service {} does not exist yet", names.envoy),
+                    Some(_) => format!("Service {} has no load-balancer address yet", names.envoy),
+                });
+            }
+            if missing.is_empty() {
+                let msg = "xDS and Envoy available".to_string();
+                conds.push((CONDITION_READY, true, "Ready".into(), msg.clone()));
+                (Phase::Ready, msg)
+            } else {
+                let was_ready = matches!(previous.phase, Some(Phase::Ready | Phase::Degraded));
+                let phase = if was_ready { Phase::Degraded } else { Phase::Deploying };
+                let msg = missing.join("; ");
+                conds.push((CONDITION_READY, false, phase.as_str().into(), msg.clone()));
+                (phase, msg)
+            }
+        }
+    };
+
+    status.phase = Some(phase);
+    status.message = Some(message);
+    status.last_transition_time = match (&previous.phase, &previous.last_transition_time) {
+        (Some(p), Some(t)) if *p == phase => Some(t.clone()),
+        _ => Some(now.clone()),
+    };
+    status.conditions = conds
+        .into_iter()
+        .map(|(type_, ok, reason, message)| {
+            let status_text = if ok { "True" } else { "False" };
+            let since = previous
+                .conditions
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status_text)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| now.clone());
+            Condition {
+                type_: type_.into(),
+                status: status_text.into(),
+                reason,
+                message,
+                observed_generation: generation,
+                last_transition_time: since,
+            }
+        })
+        .collect();
+    status
+}
+
+fn deployment_readiness(what: &str, name: &str, dep: Option<&Deployment>) -> (bool, String) {
+    match dep {
+        None => (false, format!("{what} Deployment {name} does not exist yet")),
+        Some(d) => {
+            let (available, desired) = replicas(d);
+            (available >= 1, format!("{what} Deployment {name}: {available}/{desired} replicas available"))
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! The HTTP admin API (axum, its own port): read and set strategy weights, register services, and
+//! look at what is served. Every refused request is a 400 with `{"error": "..."}` and changes
+//! nothing; writes need `Authorization: Bearer <token>` when a token is configured.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::cache::SnapshotCache;
+use super::controller::View;
+use super::model::{find_service, ServiceSource, TrafficState, XdsSettings};
+use super::resources::ResourceType;
+use super::server::Clients;
+use super::state::{SharedState, StateError};
+use crate::ir::InputKind;
+use crate::telemetry::InvalidInputs;
+
+/// Largest weight accepted for one strategy; keeps every sum far from overflowing.
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error(transparent)]
+    Store(#[from] StateError),
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let code = match &self {
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        (code, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> AdminError {
+    AdminError::BadRequest(msg.into())
+}
+
+#[derive(Clone)]
+pub struct AdminMetrics {
+    requests: Family<Vec<(String, String)>, Counter>,
+}
+
+impl AdminMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self { requests: Family::default() };
+        registry.register("weir_admin_requests", "Admin API requests, by path and status code", m.requests.clone());
+        m
+    }
+}
+
+#[derive(Clone)]
+pub struct Admin {
+    pub settings: XdsSettings,
+    pub state: SharedState,
+    pub view: watch::Receiver<Arc<View>>,
+    pub cache: SnapshotCache,
+    pub clients: Clients,
+    pub token: Option<Arc<str>>,
+    pub metrics: AdminMetrics,
+    pub invalid: InvalidInputs,
+}
+
+type Params = Query<Vec<(String, String)>>;
+
+impl Admin {
+    /// The admin routes; `extra` (metrics, health) is merged in.
+    pub fn router(self, extra: Router) -> Router {
+        let metrics = self.metrics.clone();
+        Router::new()
+            .route("/traffic", get(get_traffic).post(post_traffic))
+            .route("/services", get(get_services).put(put_service).delete(delete_service))
+            .route("/endpoints", get(get_endpoints))
+            .route("/config_dump", get(config_dump))
+            .with_state(self)
+            .merge(extra)
+            .layer(middleware::from_fn_with_state(metrics, count))
+    }
+
+    fn view(&self) -> Arc<View> {
+        self.view.borrow().clone()
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), AdminError> {
+        let Some(token) = &self.token else { return Ok(()) };
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match given {
+            Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+            _ => Err(AdminError::Unauthorized),
+        }
+    }
+
+    /// Logs and counts a refused request; the caller returns the error.
+    fn refuse(&self, what: &str, e: AdminError) -> AdminError {
+        if let AdminError::BadRequest(msg) = &e {
+            self.invalid.inc(InputKind::AdminRequest);
+            tracing::warn!(request = what, "admin request refused: {msg}");
+        }
+        e
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+const PATHS: [&str; 7] = ["/traffic", "/services", "/endpoints", "/config_dump", "/healthz", "/readyz", "/metrics"];
+
+async fn count(State(m): State<AdminMetrics>, req: Request, next: Next) -> Response {
+    // Bounded label values: unknown paths are counted together.
+    let path = PATHS.iter().find(|p| **p == req.uri().path()).copied().unwrap_or("other").to_string();
+    let resp = next.run(req).await;
+    m.requests.get_or_create(&vec![("path".into(), path), ("code".into(), resp.status().as_u16().to_string())]).inc();
+    resp
+}
+
+async fn get_traffic(State(a): State<Admin>) -> Json<BTreeMap<String, u32>> {
+    Json(a.state.get().weights)
+}
+
+/// Parses the strategy weights of `POST /traffic`. Pure.
+pub fn parse_weights(params: &[(String, String)], known: &BTreeSet<String>) -> Result<BTreeMap<String, u32>, String> {
+    if params.is_empty() {
+        return Err("give at least one strategy weight, e.g. POST /traffic?blue=50&green=50".into());
+    }
+    let mut out = BTreeMap::new();
+    for (k, v) in params {
+        if !known.contains(k) {
+            let known: Vec<&str> = known.iter().map(String::as_str).collect();
+            return Err(format!("unknown strategy {k:?}; known strategies: {}", known.join(", ")));
+        }
+        if !v.bytes().all(|b| b.is_ascii_digit()) || v.is_empty() {
+            return Err(format!("weight of {k:?} must be a non-negative integer, got {v:?}"));
+        }
+        let w: u32 = v
+            .parse()
+            .ok()
+            .filter(|w| *w <= MAX_WEIGHT)
+            .ok_or_else(|| format!("weight of {k:?} must be at most {MAX_WEIGHT}, got {v:?}"))?;
+        if out.insert(k.clone(), w).is_some() {
+            return Err(format!("strategy {k:?} given twice"));
+        }
+    }
+    Ok(out)
+}
+
+/// Applies new weights to a state, refusing an all-zero result. Pure.
+pub fn apply_weights(state: &TrafficState, new: &BTreeMap<String, u32>) -> Result<TrafficState, String> {
+    let mut next = state.clone();
+    next.weights.extend(new.iter().map(|(k, v)| (k.clone(), *v)));
+    if next.weights.values().all(|w| *w == 0) {
+        return Err(format!("refusing weights {:?}: at least one strategy must have a weight above 0", next.weights));
+    }
+    Ok(next)
+}
+
+async fn post_traffic(
+    State(a): State<Admin>,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> Result<Response, AdminError> {
+    a.authorize(&headers)?;
+    let view = a.view();
+    let result = a
+        .state
+        .update(|cur| {
+            let new = parse_weights(&params, &view.known_strategies(cur))?;
+            apply_weights(cur, &new)
+        })
+        .await?;
+    match result {
+        Ok(next) => {
+            tracing::info!(weights = ?next.weights, revision = next.revision, "strategy weights set");
+            Ok(Json(next.weights).into_response())
+        }
+        Err(msg) => Err(a.refuse("POST /traffic", bad(msg))),
+    }
+}
+
+async fn get_services(State(a): State<Admin>) -> Response {
+    Json(a.view().services.clone()).into_response()
+}
+
+/// The one `service` parameter of `/services` writes, as `namespace/name`.
+fn service_param(settings: &XdsSettings, params: &[(String, String)]) -> Result<String, AdminError> {
+    if let Some((k, _)) = params.iter().find(|(k, _)| k != "service") {
+        return Err(bad(format!("unknown parameter {k:?}; use ?service=NAME")));
+    }
+    match params {
+        [(_, v)] if !v.trim().is_empty() => Ok(settings.qualify(v.trim())),
+        [] | [_] => Err(bad("missing service: use ?service=NAME (or NAMESPACE/NAME)")),
+        _ => Err(bad("give exactly one service")),
+    }
+}
+
+async fn put_service(
+    State(a): State<Admin>,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> Result<Response, AdminError> {
+    a.authorize(&headers)?;
+    let service = service_param(&a.settings, &params).map_err(|e| a.refuse("PUT /services", e))?;
+    let view = a.view();
+    if find_service(&view.snapshot, &service).is_none() {
+        return Err(a.refuse("PUT /services", bad(format!("unknown service {service:?}: no such Service"))));
+    }
+    let next = a
+        .state
+        .update(|cur| {
+            let mut next = cur.clone();
+            next.deregistered.remove(&service);
+            next.registered.insert(service.clone());
+            Ok::<_, ()>(next)
+        })
+        .await?;
+    tracing::info!(%service, revision = next.as_ref().map(|n| n.revision).unwrap_or_default(), "service registered");
+    Ok(Json(json!({ "registered": service })).into_response())
+}
+
+async fn delete_service(
+    State(a): State<Admin>,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> Result<Response, AdminError> {
+    a.authorize(&headers)?;
+    let service = service_param(&a.settings, &params).map_err(|e| a.refuse("DELETE /services", e))?;
+    let view = a.view();
+    let Some(selected) = view.services.iter().find(|s| s.service == service) else {
+        return Err(a.refuse("DELETE /services", bad(format!("unknown service {service:?}: it is not registered"))));
+    };
+    let by_api_only = selected.source == ServiceSource::Api;
+    a.state
+        .update(|cur| {
+            let mut next = cur.clone();
+            next.registered.remove(&service);
+            if !by_api_only {
+                // Selected by a flag, the TrafficInfra or a label: remember the removal.
+                next.deregistered.insert(service.clone());
+            }
+            Ok::<_, ()>(next)
+        })
+        .await?
+        .ok();
+    tracing::info!(%service, "service deregistered");
+    Ok(Json(json!({ "deregistered": service })).into_response())
+}
+
+async fn get_endpoints(State(a): State<Admin>) -> Response {
+    let view = a.view();
+    let out: BTreeMap<String, _> = view.config.services.iter().map(|s| (s.cluster_name(), &s.endpoints)).collect();
+    Json(json!(out)).into_response()
+}
+
+async fn config_dump(State(a): State<Admin>) -> Response {
+    let view = a.view();
+    let snap = a.cache.current();
+    let versions: BTreeMap<&str, &str> = ResourceType::ALL.iter().map(|t| (t.label(), snap.version(*t))).collect();
+    Json(json!({
+        "name": a.settings.name,
+        "state_store": a.state.describe(),
+        "traffic": view.state,
+        "services": view.services,
+        "config": view.config,
+        "versions": versions,
+        "resources": snap.resources.to_json(),
+        "clients": a.clients.all(),
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known() -> BTreeSet<String> {
+        ["blue".to_string(), "green".to_string()].into()
+    }
+
+    fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn weights_are_parsed_strictly() {
+        assert_eq!(
+            parse_weights(&p(&[("blue", "50"), ("green", "50")]), &known()).unwrap(),
+            [("blue".to_string(), 50), ("green".to_string(), 50)].into()
+        );
+        for bad in [
+            p(&[]),
+            p(&[("blue", "abc")]),
+            p(&[("blue", "-1")]),
+            p(&[("blue", "")]),
+            p(&[("blue", "1.5")]),
+            p(&[("blue", "5000000")]),
+            p(&[("red", "10")]),
+            p(&[("blue", "1"), ("blue", "2")]),
+        ] {
+            assert!(parse_weights(&bad, &known()).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn all_zero_is_refused_and_unnamed_strategies_keep_their_weight() {
+        let state = TrafficState::initial(&crate::crd::TrafficDefaults::default());
+        assert!(apply_weights(&state, &[("blue".to_string(), 0)].into()).is_err());
+        let next = apply_weights(&state, &[("green".to_string(), 10)].into()).unwrap();
+        assert_eq!(next.weights, [("blue".to_string(), 100), ("green".to_string(), 10)].into());
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,111 @@
+//! The xDS loop: whenever the provider snapshot or the shared state changes, rebuild the
+//! configuration (pure), translate it (pure) and publish it to the cache (which pushes only what
+//! changed). It also keeps the [`View`] the admin API answers from.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::cache::SnapshotWriter;
+use super::model::{self, ProxyConfig, ServiceSource, TrafficState, XdsSettings};
+use super::resources::translate;
+use crate::model::Snapshot;
+use crate::providers::SnapshotRx;
+use crate::telemetry::Readiness;
+
+/// What is being served, for the admin API.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub snapshot: Arc<Snapshot>,
+    pub state: TrafficState,
+    pub config: ProxyConfig,
+    pub services: Vec<ServiceView>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ServiceView {
+    /// `namespace/name`.
+    pub service: String,
+    pub source: ServiceSource,
+    /// The strategy, when the Service exists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// Whether the Service exists in the inputs (a selected but missing Service gets no traffic).
+    pub found: bool,
+    pub endpoints: usize,
+}
+
+impl View {
+    /// Strategies a weight may be set for: those with a weight already, and those of services.
+    pub fn known_strategies(&self, state: &TrafficState) -> std::collections::BTreeSet<String> {
+        state.weights.keys().cloned().chain(self.config.services.iter().map(|s| s.strategy.clone())).collect()
+    }
+}
+
+/// Pure: the view for one snapshot and state.
+pub fn compute(snapshot: Arc<Snapshot>, settings: &XdsSettings, state: TrafficState) -> View {
+    let config = model::build(&snapshot, settings, &state);
+    let by_key: BTreeMap<String, &model::ServiceBackend> =
+        config.services.iter().map(|s| (s.cluster_name(), s)).collect();
+    let services = model::selected_services(&snapshot, settings, &state)
+        .into_iter()
+        .map(|(service, source)| {
+            let found = by_key.get(&service);
+            ServiceView {
+                source,
+                strategy: found.map(|s| s.strategy.clone()),
+                found: found.is_some(),
+                endpoints: found.map(|s| s.endpoints.len()).unwrap_or(0),
+                service,
+            }
+        })
+        .collect();
+    View { snapshot, state, config, services }
+}
+
+pub struct XdsController {
+    pub settings: XdsSettings,
+    pub writer: SnapshotWriter,
+    pub view: watch::Sender<Arc<View>>,
+    pub readiness: Readiness,
+}
+
+impl XdsController {
+    fn step(&self, snapshot: Arc<Snapshot>, state: TrafficState) {
+        let view = compute(snapshot, &self.settings, state);
+        let changed = self.writer.publish(translate(&view.config));
+        if !changed.is_empty() {
+            let types: Vec<&str> = changed.iter().map(|t| t.label()).collect();
+            tracing::info!(
+                revision = view.state.revision,
+                weights = ?view.state.weights,
+                services = view.config.services.len(),
+                changed = ?types,
+                "xDS snapshot published"
+            );
+        }
+        self.view.send_replace(Arc::new(view));
+        self.readiness.set(true);
+    }
+
+    /// Runs until `shutdown` flips.
+    pub async fn run(
+        self,
+        mut snapshots: SnapshotRx,
+        mut state: watch::Receiver<TrafficState>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let snap = snapshots.borrow_and_update().clone();
+            let st = state.borrow_and_update().clone();
+            self.step(snap, st);
+            tokio::select! {
+                r = snapshots.changed() => if r.is_err() { return },
+                r = state.changed() => if r.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! Pure translation of a [`ProxyConfig`] into Envoy resources: Listeners (a socket listener for
+//! Envoy, an `api_listener` for proxyless gRPC), one RouteConfiguration, EDS Clusters and
+//! ClusterLoadAssignments.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use prost::Message;
+use xds_api::pb::envoy::config::cluster::v3 as xcluster;
+use xds_api::pb::envoy::config::core::v3 as xcore;
+use xds_api::pb::envoy::config::endpoint::v3 as xendpoint;
+use xds_api::pb::envoy::config::listener::v3 as xlistener;
+use xds_api::pb::envoy::config::route::v3 as xroute;
+use xds_api::pb::envoy::extensions::filters::http::router::v3::Router;
+use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3 as xhcm;
+use xds_api::pb::envoy::r#type::matcher::v3 as xmatcher;
+use xds_api::pb::google::protobuf::{Any, Duration, UInt32Value};
+use xds_api::WellKnownTypes;
+
+use super::model::{BackendEndpoint, EndpointHealth, ProxyConfig, ServiceBackend};
+use crate::operator::policy::Policy;
+
+/// The request header that pins a call to one discovered endpoint (`IP:PORT`).
+pub const PLANNERIP_HEADER: &str = "plannerip";
+
+/// The resource types weir serves, in the order that is safe to send them: clusters before their
+/// endpoints, listeners before their routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResourceType {
+    Cluster,
+    ClusterLoadAssignment,
+    Listener,
+    RouteConfiguration,
+}
+
+impl ResourceType {
+    pub const ALL: [ResourceType; 4] = [
+        ResourceType::Cluster,
+        ResourceType::ClusterLoadAssignment,
+        ResourceType::Listener,
+        ResourceType::RouteConfiguration,
+    ];
+
+    pub fn type_url(self) -> &'static str {
+        self.well_known().type_url()
+    }
+
+    pub fn from_type_url(url: &str) -> Option<Self> {
+        Some(match WellKnownTypes::from_type_url(url)? {
+            WellKnownTypes::Cluster => ResourceType::Cluster,
+            WellKnownTypes::ClusterLoadAssignment => ResourceType::ClusterLoadAssignment,
+            WellKnownTypes::Listener => ResourceType::Listener,
+            WellKnownTypes::RouteConfiguration => ResourceType::RouteConfiguration,
+            _ => return None,
+        })
+    }
+
+    fn well_known(self) -> WellKnownTypes {
+        match self {
+            ResourceType::Cluster => WellKnownTypes::Cluster,
+            ResourceType::ClusterLoadAssignment => WellKnownTypes::ClusterLoadAssignment,
+            ResourceType::Listener => WellKnownTypes::Listener,
+            ResourceType::RouteConfiguration => WellKnownTypes::RouteConfiguration,
+        }
+    }
+
+    /// Short label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => "cluster",
+            ResourceType::ClusterLoadAssignment => "endpoint",
+            ResourceType::Listener => "listener",
+            ResourceType::RouteConfiguration => "route",
+        }
+    }
+
+    /// Whether a client that names no resources of this type means "all of them" (the legacy
+    /// wildcard of LDS and CDS).
+    pub fn empty_means_wildcard(self) -> bool {
+        matches!(self, ResourceType::Cluster | ResourceType::Listener)
+    }
+}
+
+/// One named resource, encoded once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    pub name: String,
+    pub body: Any,
+    /// Content hash; the per-resource version of delta xDS.
+    pub version: String,
+    /// Sent to wildcard subscribers. The `api_listener` is not: Envoy must never see it in LDS.
+    pub wildcard: bool,
+}
+
+impl Resource {
+    fn new<M: prost::Name>(name: String, msg: &M, wildcard: bool) -> Self {
+        use sha2::Digest;
+        let body = Any { type_url: M::type_url(), value: msg.encode_to_vec() };
+        let version = hex::encode(&sha2::Sha256::digest(&body.value)[..8]);
+        Self { name, body, version, wildcard }
+    }
+}
+
+/// Every resource of one configuration, by type and name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resources {
+    pub by_type: BTreeMap<ResourceType, BTreeMap<String, Resource>>,
+}
+
+impl Resources {
+    fn insert(&mut self, ty: ResourceType, r: Resource) {
+        self.by_type.entry(ty).or_default().insert(r.name.clone(), r);
+    }
+
+    pub fn of(&self, ty: ResourceType) -> impl Iterator<Item = &Resource> {
+        self.by_type.get(&ty).into_iter().flat_map(|m| m.values())
+    }
+
+    /// JSON of every resource (the canonical protobuf JSON), for golden files and `/config_dump`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for ty in ResourceType::ALL {
+            let items: Vec<serde_json::Value> =
+                self.of(ty).map(|r| serde_json::to_value(&r.body).unwrap_or(serde_json::Value::Null)).collect();
+            out.insert(ty.label().to_string(), serde_json::Value::Array(items));
+        }
+        serde_json::Value::Object(out)
+    }
+}
+
+/// Name of the socket listener Envoy receives.
+pub fn envoy_listener_name(cfg: &ProxyConfig) -> String {
+    format!("{}-envoy", cfg.name)
+}
+
+/// Name of the per-endpoint cluster a `plannerip` route pins to.
+pub fn endpoint_cluster_name(svc: &ServiceBackend, addr: SocketAddr) -> String {
+    format!("{}/{}", svc.cluster_name(), addr)
+}
+
+pub fn translate(cfg: &ProxyConfig) -> Resources {
+    let mut out = Resources::default();
+    out.insert(ResourceType::Listener, Resource::new(cfg.name.clone(), &api_listener(cfg), false));
+    out.insert(ResourceType::Listener, Resource::new(envoy_listener_name(cfg), &socket_listener(cfg), true));
+    out.insert(ResourceType::RouteConfiguration, Resource::new(cfg.name.clone(), &route_configuration(cfg), true));
+    for svc in &cfg.services {
+        let name = svc.cluster_name();
+        let policy = cfg.policies.service(&name);
+        out.insert(ResourceType::Cluster, Resource::new(name.clone(), &eds_cluster(&name, policy), true));
+        out.insert(
+            ResourceType::ClusterLoadAssignment,
+            Resource::new(name.clone(), &load_assignment(&name, &svc.endpoints), true),
+        );
+        for ep in &svc.endpoints {
+            let name = endpoint_cluster_name(svc, ep.address);
+            out.insert(ResourceType::Cluster, Resource::new(name.clone(), &eds_cluster(&name, policy), true));
+            let cla = load_assignment(&name, std::slice::from_ref(ep));
+            out.insert(ResourceType::ClusterLoadAssignment, Resource::new(name, &cla, true));
+        }
+    }
+    out
+}
+
+fn ads() -> xcore::ConfigSource {
+    xcore::ConfigSource {
+        resource_api_version: xcore::ApiVersion::V3 as i32,
+        config_source_specifier: Some(xcore::config_source::ConfigSourceSpecifier::Ads(
+            xcore::AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    }
+}
+
+fn any<M: prost::Name>(m: &M) -> Any {
+    Any { type_url: M::type_url(), value: m.encode_to_vec() }
+}
+
+fn http_connection_manager(cfg: &ProxyConfig) -> xhcm::HttpConnectionManager {
+    xhcm::HttpConnectionManager {
+        stat_prefix: cfg.name.clone(),
+        codec_type: xhcm::http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(xhcm::http_connection_manager::RouteSpecifier::Rds(xhcm::Rds {
+            config_source: Some(ads()),
+            route_config_name: cfg.name.clone(),
+        })),
+        http_filters: vec![xhcm::HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(xhcm::http_filter::ConfigType::TypedConfig(any(&Router::default()))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The listener proxyless gRPC clients receive when they dial `xds:///NAME`.
+fn api_listener(cfg: &ProxyConfig) -> xlistener::Listener {
+    xlistener::Listener {
+        name: cfg.name.clone(),
+        api_listener: Some(xlistener::ApiListener { api_listener: Some(any(&http_connection_manager(cfg))) }),
+        ..Default::default()
+    }
+}
+
+/// Envoy's socket listener: HTTP/2 (gRPC) in, the same routes as the proxyless clients.
+fn socket_listener(cfg: &ProxyConfig) -> xlistener::Listener {
+    xlistener::Listener {
+        name: envoy_listener_name(cfg),
+        address: Some(socket_address(SocketAddr::from(([0, 0, 0, 0], cfg.listener_port)))),
+        filter_chains: vec![xlistener::FilterChain {
+            filters: vec![xlistener::Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(xlistener::filter::ConfigType::TypedConfig(any(&http_connection_manager(cfg)))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn socket_address(addr: SocketAddr) -> xcore::Address {
+    xcore::Address {
+        address: Some(xcore::address::Address::SocketAddress(xcore::SocketAddress {
+            address: addr.ip().to_string(),
+            port_specifier: Some(xcore::socket_address::PortSpecifier::PortValue(u32::from(addr.port()))),
+            ..Default::default()
+        })),
+    }
+}
+
+/// `plannerip` routes first (one per discovered endpoint, exact match, pinned to that endpoint's own
+/// cluster), then the weighted default route. An unknown `plannerip` value matches no header route
+/// and falls through to the weighted route: no address is ever taken from a header.
+fn route_configuration(cfg: &ProxyConfig) -> xroute::RouteConfiguration {
+    let mut routes = Vec::new();
+    for svc in &cfg.services {
+        for ep in &svc.endpoints {
+            routes.push(xroute::Route {
+                name: format!("plannerip {}", ep.address),
+                r#match: Some(xroute::RouteMatch {
+                    path_specifier: Some(xroute::route_match::PathSpecifier::Prefix("/".into())),
+                    headers: vec![xroute::HeaderMatcher {
+                        name: PLANNERIP_HEADER.into(),
+                        header_match_specifier: Some(xroute::header_matcher::HeaderMatchSpecifier::StringMatch(
+                            xmatcher::StringMatcher {
+                                match_pattern: Some(xmatcher::string_matcher::MatchPattern::Exact(
+                                    ep.address.to_string(),
+                                )),
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                action: Some(route_to(
+                    xroute::route_action::ClusterSpecifier::Cluster(endpoint_cluster_name(svc, ep.address)),
+                    cfg.policies.service(&svc.cluster_name()),
+                )),
+                ..Default::default()
+            });
+        }
+    }
+    let weighted = weighted_clusters(cfg);
+    // No backend with a non-zero weight: no default route (Envoy answers 404, gRPC fails the call)
+    // rather than a weighted route whose weights sum to 0, which every client rejects.
+    if !weighted.is_empty() {
+        routes.push(xroute::Route {
+            name: "weighted".into(),
+            r#match: Some(xroute::RouteMatch {
+                path_specifier: Some(xroute::route_match::PathSpecifier::Prefix("/".into())),
+                ..Default::default()
+            }),
+            action: Some(route_to(
+                xroute::route_action::ClusterSpecifier::WeightedClusters(xroute::WeightedCluster {
+                    clusters: weighted,
+                    ..Default::default()
+                }),
+                // One route spans every strategy: its retries and hashing come from the
+                // TrafficInfra-wide policy.
+                cfg.policies.infra.as_ref(),
+            )),
+            ..Default::default()
+        });
+    }
+    xroute::RouteConfiguration {
+        name: cfg.name.clone(),
+        virtual_hosts: vec![xroute::VirtualHost {
+            name: cfg.name.clone(),
+            domains: vec!["*".into()],
+            routes,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn route_to(spec: xroute::route_action::ClusterSpecifier, policy: Option<&Policy>) -> xroute::route::Action {
+    let mut action = xroute::RouteAction {
+        cluster_specifier: Some(spec),
+        // Streams to planners may be long; Envoy's default 15 s would cut them.
+        timeout: Some(Duration { seconds: 0, nanos: 0 }),
+        ..Default::default()
+    };
+    if let Some(p) = policy {
+        crate::operator::envoy::apply_to_route(p, &mut action);
+    }
+    xroute::route::Action::Route(action)
+}
+
+/// One entry per service of a strategy with a non-zero weight. When a strategy has several
+/// services they share its weight equally (weights are scaled by the least common multiple of the
+/// service counts so that they stay integers). Zero-weight entries are omitted.
+pub fn weighted_clusters(cfg: &ProxyConfig) -> Vec<xroute::weighted_cluster::ClusterWeight> {
+    let mut per_strategy: BTreeMap<&str, Vec<&ServiceBackend>> = BTreeMap::new();
+    for svc in &cfg.services {
+        per_strategy.entry(svc.strategy.as_str()).or_default().push(svc);
+    }
+    let scale = per_strategy.values().map(|v| v.len() as u64).fold(1, lcm);
+    let mut out = Vec::new();
+    for (strategy, services) in per_strategy {
+        let weight = u64::from(cfg.strategies.get(strategy).copied().unwrap_or(0));
+        let each = weight * scale / services.len() as u64;
+        if each == 0 {
+            continue;
+        }
+        for svc in services {
+            out.push(xroute::weighted_cluster::ClusterWeight {
+                name: svc.cluster_name(),
+                weight: Some(UInt32Value { value: u32::try_from(each).unwrap_or(u32::MAX) }),
+                ..Default::default()
+            });
+        }
+    }
+    out
+}
+
+fn lcm(a: u64, b: u64) -> u64 {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    a / gcd(a, b) * b
+}
+
+/// HTTP/2 to the backends (`envoy.extensions.upstreams.http.v3.HttpProtocolOptions`; xds-api does not
+/// generate that message, so its two fields are declared here).
+#[derive(Clone, PartialEq, prost::Message)]
+struct UpstreamHttpProtocolOptions {
+    #[prost(message, optional, tag = "3")]
+    explicit_http_config: Option<ExplicitHttpConfig>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ExplicitHttpConfig {
+    #[prost(message, optional, tag = "2")]
+    http2_protocol_options: Option<xcore::Http2ProtocolOptions>,
+}
+
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+fn eds_cluster(name: &str, policy: Option<&Policy>) -> xcluster::Cluster {
+    let h2 = UpstreamHttpProtocolOptions {
+        explicit_http_config: Some(ExplicitHttpConfig { http2_protocol_options: Some(Default::default()) }),
+    };
+    let mut cluster = xcluster::Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(xcluster::cluster::ClusterDiscoveryType::Type(
+            xcluster::cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(xcluster::cluster::EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: name.to_string(),
+        }),
+        lb_policy: xcluster::cluster::LbPolicy::RoundRobin as i32,
+        connect_timeout: Some(Duration { seconds: 1, nanos: 0 }),
+        typed_extension_protocol_options: [(
+            HTTP_PROTOCOL_OPTIONS.to_string(),
+            Any { type_url: format!("type.googleapis.com/{HTTP_PROTOCOL_OPTIONS}"), value: h2.encode_to_vec() },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    if let Some(p) = policy {
+        crate::operator::envoy::apply_to_cluster(p, &mut cluster);
+    }
+    cluster
+}
+
+/// One locality per zone, each with a `load_balancing_weight` (grpcio ignores a locality without
+/// one) equal to its number of endpoints.
+fn load_assignment(cluster: &str, endpoints: &[BackendEndpoint]) -> xendpoint::ClusterLoadAssignment {
+    let mut by_zone: BTreeMap<&str, Vec<&BackendEndpoint>> = BTreeMap::new();
+    for ep in endpoints {
+        by_zone.entry(ep.zone.as_deref().unwrap_or("")).or_default().push(ep);
+    }
+    let localities = by_zone
+        .into_iter()
+        .map(|(zone, eps)| xendpoint::LocalityLbEndpoints {
+            locality: Some(xcore::Locality { zone: zone.to_string(), ..Default::default() }),
+            load_balancing_weight: Some(UInt32Value { value: u32::try_from(eps.len()).unwrap_or(u32::MAX) }),
+            lb_endpoints: eps
+                .into_iter()
+                .map(|ep| xendpoint::LbEndpoint {
+                    health_status: health(ep.health) as i32,
+                    load_balancing_weight: Some(UInt32Value { value: 1 }),
+                    host_identifier: Some(xendpoint::lb_endpoint::HostIdentifier::Endpoint(xendpoint::Endpoint {
+                        address: Some(socket_address(ep.address)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .collect();
+    xendpoint::ClusterLoadAssignment { cluster_name: cluster.to_string(), endpoints: localities, ..Default::default() }
+}
+
+fn health(h: EndpointHealth) -> xcore::HealthStatus {
+    match h {
+        EndpointHealth::Healthy => xcore::HealthStatus::Healthy,
+        EndpointHealth::Draining => xcore::HealthStatus::Draining,
+        EndpointHealth::Unhealthy => xcore::HealthStatus::Unhealthy,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// Golden files: `testdata/xds/*.in.yaml` (a ProxyConfig) → `*.out.yaml` (the resources as
+    /// canonical protobuf JSON, in YAML). `WEIR_UPDATE_GOLDEN=1` rewrites the outputs.
+    #[test]
+    fn golden() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/xds");
+        let update = std::env::var_os("WEIR_UPDATE_GOLDEN").is_some();
+        let mut seen = 0;
+        let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for input in entries {
+            let Some(stem) = input.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".in.yaml")) else {
+                continue;
+            };
+            seen += 1;
+            let cfg: ProxyConfig = serde_yaml::from_str(&std::fs::read_to_string(&input).unwrap()).unwrap();
+            let got = serde_yaml::to_string(&translate(&cfg).to_json()).unwrap();
+            let out = dir.join(format!("{stem}.out.yaml"));
+            if update {
+                std::fs::write(&out, &got).unwrap();
+            } else {
+                let want = std::fs::read_to_string(&out)
+                    .unwrap_or_else(|_| panic!("{} missing: run with WEIR_UPDATE_GOLDEN=1", out.display()));
+                pretty_assertions::assert_eq!(want, got, "golden file {}", out.display());
+            }
+        }
+        assert!(seen > 0, "no golden inputs in {}", dir.display());
+    }
+
+    fn cfg(weights: &[(&str, u32)], services: &[(&str, &str)]) -> ProxyConfig {
+        ProxyConfig {
+            policies: Default::default(),
+            name: "shop".into(),
+            listener_port: 8080,
+            strategies: weights.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            services: services
+                .iter()
+                .map(|(name, strategy)| ServiceBackend {
+                    namespace: "default".into(),
+                    name: name.to_string(),
+                    strategy: strategy.to_string(),
+                    endpoints: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    fn weights(cfg: &ProxyConfig) -> Vec<(String, u32)> {
+        weighted_clusters(cfg).into_iter().map(|c| (c.name, c.weight.unwrap().value)).collect()
+    }
+
+    #[test]
+    fn zero_weights_are_omitted_and_shared_strategies_split_evenly() {
+        let c = cfg(&[("blue", 100), ("green", 0)], &[("a-blue", "blue"), ("b-green", "green")]);
+        assert_eq!(weights(&c), vec![("default/a-blue".into(), 100)]);
+        let c = cfg(&[("blue", 50), ("green", 50)], &[("a-blue", "blue"), ("b-blue", "blue"), ("c-green", "green")]);
+        assert_eq!(
+            weights(&c),
+            vec![("default/a-blue".into(), 50), ("default/b-blue".into(), 50), ("default/c-green".into(), 100)]
+        );
+        let c = cfg(&[("blue", 0)], &[("a-blue", "blue"), ("x-canary", "canary")]);
+        assert!(weights(&c).is_empty());
+    }
+
+    #[test]
+    fn api_listener_is_not_offered_to_wildcard_subscribers() {
+        let r = translate(&cfg(&[("blue", 1)], &[]));
+        let listeners: Vec<_> = r.of(ResourceType::Listener).map(|l| (l.name.as_str(), l.wildcard)).collect();
+        assert_eq!(listeners, vec![("shop", false), ("shop-envoy", true)]);
+    }
+}
