@@ -39,7 +39,10 @@ fn controller_publishes_with_the_static_store() {
     });
     assert!(http_get(&format!("http://127.0.0.1:{metrics_port}/readyz")).is_some());
     let mut dns = DnsClient::new(dns_port);
-    assert_eq!(dns.first_a("www.example.com").as_deref(), Some("192.0.2.1"));
+    // The server reloads the zone when the file changes: the record shows up shortly after it is written.
+    wait_for("the DNS answer", Duration::from_secs(10), || {
+        (dns.first_a("www.example.com")? == "192.0.2.1").then_some(())
+    });
     let status = p.terminate(Duration::from_secs(10)).expect("exits on SIGTERM");
     assert!(status.success(), "{status:?}\n{}", p.log());
 }
