@@ -4,6 +4,8 @@
 //! same trait. Values are read raw and checked here, so that a bad row is refused the same way whatever
 //! the store.
 
+pub mod dynamodb;
+
 use std::fmt;
 use std::str::FromStr;
 

@@ -5,6 +5,8 @@
 
 pub mod plan;
 pub mod record;
+pub mod route53;
+mod route53_health;
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
