@@ -53,12 +53,25 @@ struct RequestLabels {
 }
 
 /// `weir_aws_requests_total{service,operation,outcome}`.
-#[derive(Clone, Default)]
+///
+/// One counter family per process: every [`Aws`] counts into it however it was built (a factory that
+/// knows nothing of the metrics registry included), and the wiring registers it once with
+/// [`AwsMetrics::register`]. So no call can go uncounted.
+#[derive(Clone)]
 pub struct AwsMetrics {
     requests: Family<RequestLabels, Counter>,
 }
 
+static SHARED: std::sync::OnceLock<AwsMetrics> = std::sync::OnceLock::new();
+
+impl Default for AwsMetrics {
+    fn default() -> Self {
+        SHARED.get_or_init(|| AwsMetrics { requests: Family::default() }).clone()
+    }
+}
+
 impl AwsMetrics {
+    /// Registers the process-wide family in `registry` (once per registry).
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
         registry.register(
@@ -69,7 +82,7 @@ impl AwsMetrics {
         metrics
     }
 
-    /// Calls counted so far for one service (all operations and outcomes), e.g. for benchmarks.
+    /// Calls counted so far for one service (all outcomes; one operation or all), e.g. for benchmarks.
     pub fn count(&self, service: &str, operation: Option<&str>) -> u64 {
         // prometheus-client has no iteration over a family; keep the label space small and known.
         let ops: &[&'static str] = &[

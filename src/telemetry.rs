@@ -83,3 +83,31 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
     }
 }
+
+/// `weir_invalid_input_total{kind}`: inputs weir refused, by [`InputKind`](crate::ir::InputKind).
+/// Shared (cheap clones) by every component of one process that refuses input, so that the family is
+/// registered once.
+#[derive(Clone, Default)]
+pub struct InvalidInputs(
+    prometheus_client::metrics::family::Family<Vec<(String, String)>, prometheus_client::metrics::counter::Counter>,
+);
+
+impl InvalidInputs {
+    pub fn register(registry: &mut Registry) -> Self {
+        let me = Self::default();
+        registry.register(
+            "weir_invalid_input",
+            "Inputs refused (bad manifest, annotation, weight, ...), by kind",
+            me.0.clone(),
+        );
+        me
+    }
+
+    pub fn inc(&self, kind: crate::ir::InputKind) {
+        self.0.get_or_create(&vec![("kind".to_string(), kind.label().to_string())]).inc();
+    }
+
+    pub fn get(&self, kind: crate::ir::InputKind) -> u64 {
+        self.0.get_or_create(&vec![("kind".to_string(), kind.label().to_string())]).get()
+    }
+}

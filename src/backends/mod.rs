@@ -5,9 +5,13 @@
 //! the store.
 
 pub mod dynamodb;
+pub mod sqlite;
+pub mod static_store;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -152,9 +156,73 @@ impl fmt::Display for BackendType {
     }
 }
 
+/// Everything needed to open any weight store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub backend: BackendType,
+    /// SQLite file (sqlite backend).
+    pub db: Option<PathBuf>,
+    /// DynamoDB table.
+    pub table_name: String,
+    pub aws_region: String,
+    /// The weight of the static backend.
+    pub static_weight: u8,
+    /// This cluster's name (the static backend's only row).
+    pub cluster: String,
+}
+
+/// Opens the configured weight store.
+pub async fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn WeightStore>, StoreError> {
+    match cfg.backend {
+        BackendType::Static => Ok(Arc::new(static_store::StaticStore::new(&cfg.cluster, cfg.static_weight))),
+        BackendType::Sqlite => {
+            let db = cfg.db.as_ref().ok_or_else(|| StoreError::Call {
+                store: "sqlite",
+                operation: "open",
+                message: "the sqlite backend needs --db PATH".into(),
+            })?;
+            Ok(Arc::new(sqlite::SqliteStore::open(db).await?))
+        }
+        BackendType::DynamoDb => open_dynamodb(cfg).await,
+    }
+}
+
+/// The DynamoDB table, on the SDK's standard environment (`AWS_ENDPOINT_URL`, `AWS_REGION`,
+/// credentials), `--aws-region` as the fallback region.
+async fn open_dynamodb(cfg: &StoreConfig) -> Result<Arc<dyn WeightStore>, StoreError> {
+    let store = dynamodb::DynamoStore::connect(&cfg.table_name, &cfg.aws_region, crate::aws::Aws::default()).await;
+    Ok(Arc::new(store))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cfg(backend: BackendType, db: Option<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            backend,
+            db,
+            table_name: "traffic-controller".into(),
+            aws_region: "eu-west-1".into(),
+            static_weight: 40,
+            cluster: "eu".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn factory_opens_static_and_sqlite() {
+        let s = open_store(&cfg(BackendType::Static, None)).await.unwrap();
+        assert_eq!(s.name(), "static");
+        assert_eq!(s.ensure("eu", 0).await.unwrap().desired, StoredWeight::Valid(40));
+
+        let dir = tempfile::tempdir().unwrap();
+        let s = open_store(&cfg(BackendType::Sqlite, Some(dir.path().join("w.db")))).await.unwrap();
+        assert_eq!(s.name(), "sqlite");
+        assert_eq!(s.ensure("eu", 7).await.unwrap().desired, StoredWeight::Valid(7));
+
+        let err = open_store(&cfg(BackendType::Sqlite, None)).await.err().unwrap();
+        assert!(err.to_string().contains("--db"), "{err}");
+    }
 
     #[test]
     fn backend_type_accepts_old_spellings() {

@@ -10,3 +10,5 @@ use crate::model::Snapshot;
 
 pub type SnapshotTx = watch::Sender<Arc<Snapshot>>;
 pub type SnapshotRx = watch::Receiver<Arc<Snapshot>>;
+
+pub mod file;

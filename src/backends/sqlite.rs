@@ -1,0 +1,363 @@
+//! The embedded weight store: one SQLite file that several weir processes (one per simulated cluster)
+//! share. The embedded DNS zone lives in the same file (`dns::embedded`).
+//!
+//! The weight columns have no type affinity, so whatever an operator writes with the `sqlite3` CLI
+//! (`'abc'`, `150`, `-1`, `2.5`, `NULL`) is stored as written and read back as
+//! [`StoredWeight::Invalid`], never coerced and never a crash.
+//!
+//! rusqlite is blocking: every call runs on `spawn_blocking`, and the connection sits behind a
+//! `parking_lot::Mutex` that is only taken inside the blocking closure (never across an `.await`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+use super::{AckOutcome, StoreError, StoredWeight, WeightRow, WeightStore};
+
+const STORE: &str = "sqlite";
+
+/// How long a writer waits for another process's transaction before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens (creating if `create`) an SQLite file for sharing between processes: WAL journal, so that
+/// readers never block the writer, and a busy timeout, so that concurrent writers wait instead of
+/// failing with SQLITE_BUSY. Used by the weight store and the embedded DNS zone alike.
+pub fn connect(path: &Path, create: bool) -> rusqlite::Result<Connection> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // journal_mode returns the resulting mode as a row, hence the query rather than an update.
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(path = %path.display(), mode, "SQLite did not switch to WAL; concurrent processes may wait");
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS weights (
+    cluster_name TEXT PRIMARY KEY NOT NULL,
+    desired_weight,
+    current_weight
+)";
+
+/// The `sqlite` weight store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens the file, creating it and the table when absent.
+    pub async fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        Self::open_inner(path.into(), true).await
+    }
+
+    /// Opens a file that must already exist (`weir weights` must not create a stray database because
+    /// of a typo in `--db`).
+    pub async fn open_existing(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        Self::open_inner(path.into(), false).await
+    }
+
+    async fn open_inner(path: PathBuf, create: bool) -> Result<Self, StoreError> {
+        let p = path.clone();
+        let conn = tokio::task::spawn_blocking(move || -> rusqlite::Result<Connection> {
+            let conn = connect(&p, create)?;
+            conn.execute_batch(SCHEMA)?;
+            Ok(conn)
+        })
+        .await
+        .map_err(|e| call_err("open", format!("{}: {e}", path.display())))?
+        .map_err(|e| call_err("open", format!("{}: {e}", path.display())))?;
+        Ok(Self { path, conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the connection in a blocking thread.
+    async fn blocking<T, F>(&self, operation: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock();
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| call_err(operation, format!("blocking task failed: {e}")))?
+    }
+}
+
+fn call_err(operation: &'static str, message: String) -> StoreError {
+    StoreError::Call { store: STORE, operation, message }
+}
+
+fn sql(operation: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| call_err(operation, e.to_string())
+}
+
+/// Reads a weight column as it is, whatever type the operator stored.
+fn stored(value: ValueRef<'_>) -> StoredWeight {
+    match value {
+        ValueRef::Integer(n) => StoredWeight::from_number(n.into()),
+        // 2.5 and 50.0 alike: a weight is an integer, and weir does not guess what a real meant.
+        ValueRef::Real(f) => StoredWeight::Invalid(format!("{f:?}")),
+        ValueRef::Text(t) => StoredWeight::from_text(&String::from_utf8_lossy(t)),
+        ValueRef::Null => StoredWeight::Invalid("NULL".into()),
+        ValueRef::Blob(b) => StoredWeight::Invalid(format!("<blob of {} bytes>", b.len())),
+    }
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WeightRow> {
+    Ok(WeightRow { cluster: r.get(0)?, desired: stored(r.get_ref(1)?), current: stored(r.get_ref(2)?) })
+}
+
+fn read_row(conn: &Connection, cluster: &str) -> rusqlite::Result<Option<WeightRow>> {
+    conn.query_row(
+        "SELECT cluster_name, desired_weight, current_weight FROM weights WHERE cluster_name = ?1",
+        [cluster],
+        row,
+    )
+    .optional()
+}
+
+fn read_all(conn: &Connection) -> rusqlite::Result<Vec<WeightRow>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT cluster_name, desired_weight, current_weight FROM weights ORDER BY cluster_name")?;
+    let rows = stmt.query_map([], row)?.collect();
+    rows
+}
+
+#[async_trait::async_trait]
+impl WeightStore for SqliteStore {
+    fn name(&self) -> &'static str {
+        STORE
+    }
+
+    async fn list(&self) -> Result<Vec<WeightRow>, StoreError> {
+        self.blocking("list", |conn| read_all(conn).map_err(sql("list"))).await
+    }
+
+    async fn get(&self, cluster: &str) -> Result<Option<WeightRow>, StoreError> {
+        let cluster = cluster.to_string();
+        self.blocking("get", move |conn| read_row(conn, &cluster).map_err(sql("get"))).await
+    }
+
+    async fn ensure(&self, cluster: &str, initial: u8) -> Result<WeightRow, StoreError> {
+        let cluster = cluster.to_string();
+        self.blocking("ensure", move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("ensure"))?;
+            tx.execute(
+                "INSERT INTO weights (cluster_name, desired_weight, current_weight) VALUES (?1, ?2, ?2)
+                 ON CONFLICT (cluster_name) DO NOTHING",
+                params![cluster, initial],
+            )
+            .map_err(sql("ensure"))?;
+            let row = read_row(&tx, &cluster).map_err(sql("ensure"))?;
+            tx.commit().map_err(sql("ensure"))?;
+            row.ok_or_else(|| call_err("ensure", format!("row of {cluster:?} vanished right after insert")))
+        })
+        .await
+    }
+
+    async fn ack(&self, cluster: &str, applied: u8) -> Result<AckOutcome, StoreError> {
+        let cluster = cluster.to_string();
+        self.blocking("ack", move |conn| {
+            // IMMEDIATE takes the write lock first, so no other process can change DesiredWeight
+            // between the check and the update.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("ack"))?;
+            let Some(row) = read_row(&tx, &cluster).map_err(sql("ack"))? else {
+                return Err(StoreError::NotFound(cluster));
+            };
+            if row.desired != StoredWeight::Valid(applied) {
+                return Ok(AckOutcome::DesiredChanged);
+            }
+            tx.execute("UPDATE weights SET current_weight = ?2 WHERE cluster_name = ?1", params![cluster, applied])
+                .map_err(sql("ack"))?;
+            tx.commit().map_err(sql("ack"))?;
+            Ok(AckOutcome::Acknowledged)
+        })
+        .await
+    }
+
+    async fn set_desired(&self, cluster: &str, desired: u8) -> Result<Option<StoredWeight>, StoreError> {
+        let cluster = cluster.to_string();
+        self.blocking("set_desired", move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("set_desired"))?;
+            let Some(row) = read_row(&tx, &cluster).map_err(sql("set_desired"))? else {
+                return Err(StoreError::NotFound(cluster));
+            };
+            tx.execute("UPDATE weights SET desired_weight = ?2 WHERE cluster_name = ?1", params![cluster, desired])
+                .map_err(sql("set_desired"))?;
+            tx.commit().map_err(sql("set_desired"))?;
+            Ok(Some(row.desired))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store(dir: &tempfile::TempDir) -> SqliteStore {
+        SqliteStore::open(dir.path().join("weir.db")).await.unwrap()
+    }
+
+    /// Writes a raw SQL value the way an operator with the sqlite3 CLI would.
+    fn raw_update(path: &Path, sql_value: &str) {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(&format!("UPDATE weights SET desired_weight = {sql_value} WHERE cluster_name = 'eu'"))
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn ensure_creates_once_and_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let row = s.ensure("eu", 30).await.unwrap();
+        assert_eq!(row.desired, StoredWeight::Valid(30));
+        assert_eq!(row.current, StoredWeight::Valid(30));
+        assert_eq!(s.set_desired("eu", 70).await.unwrap(), Some(StoredWeight::Valid(30)));
+        let row = s.ensure("eu", 0).await.unwrap();
+        assert_eq!(row.desired, StoredWeight::Valid(70), "ensure must not overwrite an operator's row");
+        assert_eq!(row.current, StoredWeight::Valid(30));
+        // Garbage is not "absent" either.
+        raw_update(s.path(), "'abc'");
+        let row = s.ensure("eu", 0).await.unwrap();
+        assert_eq!(row.desired, StoredWeight::Invalid("abc".into()));
+    }
+
+    #[tokio::test]
+    async fn invalid_values_of_every_type_are_read_as_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        s.ensure("eu", 50).await.unwrap();
+        let cases = [
+            ("'abc'", StoredWeight::Invalid("abc".into())),
+            ("''", StoredWeight::Invalid("".into())),
+            ("150", StoredWeight::Invalid("150".into())),
+            ("-1", StoredWeight::Invalid("-1".into())),
+            ("2.5", StoredWeight::Invalid("2.5".into())),
+            ("50.0", StoredWeight::Invalid("50.0".into())),
+            ("NULL", StoredWeight::Invalid("NULL".into())),
+            ("X'00ff'", StoredWeight::Invalid("<blob of 2 bytes>".into())),
+            ("'1e2'", StoredWeight::Invalid("1e2".into())),
+            // No type affinity: text stays text, and a clean number in text is a number.
+            ("'42'", StoredWeight::Valid(42)),
+            ("0", StoredWeight::Valid(0)),
+            ("100", StoredWeight::Valid(100)),
+        ];
+        for (sql_value, want) in cases {
+            raw_update(s.path(), sql_value);
+            let row = s.get("eu").await.unwrap().unwrap();
+            assert_eq!(row.desired, want, "after SET desired_weight = {sql_value}");
+            assert_eq!(row.current, StoredWeight::Valid(50));
+            let listed = s.list().await.unwrap();
+            assert_eq!(listed[0].desired, want);
+        }
+    }
+
+    #[tokio::test]
+    async fn ack_is_conditional_on_desired() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        s.ensure("eu", 100).await.unwrap();
+        s.set_desired("eu", 40).await.unwrap();
+        // The controller applied 40, but an operator moved it to 10 meanwhile.
+        s.set_desired("eu", 10).await.unwrap();
+        assert_eq!(s.ack("eu", 40).await.unwrap(), AckOutcome::DesiredChanged);
+        assert_eq!(s.get("eu").await.unwrap().unwrap().current, StoredWeight::Valid(100));
+        assert_eq!(s.ack("eu", 10).await.unwrap(), AckOutcome::Acknowledged);
+        let row = s.get("eu").await.unwrap().unwrap();
+        assert_eq!((row.desired, row.current), (StoredWeight::Valid(10), StoredWeight::Valid(10)));
+        // Garbage desired: never acknowledged, CurrentWeight untouched.
+        raw_update(s.path(), "'abc'");
+        assert_eq!(s.ack("eu", 10).await.unwrap(), AckOutcome::DesiredChanged);
+        assert_eq!(s.get("eu").await.unwrap().unwrap().current, StoredWeight::Valid(10));
+        assert!(matches!(s.ack("nope", 10).await, Err(StoreError::NotFound(c)) if c == "nope"));
+    }
+
+    #[tokio::test]
+    async fn set_desired_requires_the_row_and_returns_what_it_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        assert!(matches!(s.set_desired("eu", 5).await, Err(StoreError::NotFound(c)) if c == "eu"));
+        assert!(s.list().await.unwrap().is_empty(), "a failed set must not create a row");
+        s.ensure("eu", 0).await.unwrap();
+        raw_update(s.path(), "150");
+        assert_eq!(s.set_desired("eu", 5).await.unwrap(), Some(StoredWeight::Invalid("150".into())));
+        assert_eq!(s.get("eu").await.unwrap().unwrap().desired, StoredWeight::Valid(5));
+        assert_eq!(s.get("us").await.unwrap(), None);
+    }
+
+    /// Two stores on one file are two processes: each sees the other's writes, and concurrent
+    /// writers wait for each other instead of failing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_connections_share_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = store(&dir).await;
+        let b = store(&dir).await;
+        a.ensure("eu", 100).await.unwrap();
+        b.ensure("us", 0).await.unwrap();
+        let names: Vec<_> = a.list().await.unwrap().into_iter().map(|r| r.cluster).collect();
+        assert_eq!(names, ["eu", "us"]);
+        b.set_desired("eu", 25).await.unwrap();
+        assert_eq!(a.get("eu").await.unwrap().unwrap().desired, StoredWeight::Valid(25));
+        assert_eq!(a.ack("eu", 25).await.unwrap(), AckOutcome::Acknowledged);
+        assert_eq!(b.get("eu").await.unwrap().unwrap().current, StoredWeight::Valid(25));
+
+        let mode: String = a.conn.lock().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+
+        // Interleaved writers on both connections: every write lands.
+        let mut tasks = Vec::new();
+        for i in 0..40u8 {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                let cluster = format!("c{i:02}");
+                s.ensure(&cluster, i).await.unwrap();
+                s.set_desired(&cluster, 100 - i).await.unwrap();
+                assert_eq!(s.ack(&cluster, 100 - i).await.unwrap(), AckOutcome::Acknowledged);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let rows = b.list().await.unwrap();
+        assert_eq!(rows.len(), 42);
+        for r in rows.iter().filter(|r| r.cluster.starts_with('c')) {
+            let i: u8 = r.cluster[1..].parse().unwrap();
+            assert_eq!(
+                (r.desired.clone(), r.current.clone()),
+                (StoredWeight::Valid(100 - i), StoredWeight::Valid(100 - i))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn open_existing_does_not_create_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("typo.db");
+        assert!(SqliteStore::open_existing(&path).await.is_err());
+        assert!(!path.exists());
+    }
+}

@@ -1,0 +1,496 @@
+//! The file provider: a directory of Kubernetes manifests (YAML or JSON, multi-document files, any
+//! depth; hidden files and directories skipped) turned into a [`Snapshot`], re-read on change.
+//!
+//! Parsing ([`parse_manifests`]) is pure. The I/O side ([`ManifestDir`]) keeps, per file, the last
+//! content that parsed: a file that becomes unreadable or invalid is logged once per distinct problem,
+//! counted in `weir_invalid_input_total{kind="manifest"}`, and its last good objects keep serving while
+//! other files' changes still apply.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use super::SnapshotTx;
+use crate::crd::{BackendTrafficPolicy, NamespaceConfig, TrafficInfra};
+use crate::ir::InputKind;
+use crate::model::Snapshot;
+use crate::telemetry::InvalidInputs;
+
+/// One object read from a manifest.
+#[derive(Debug, Clone)]
+pub enum Object {
+    Ingress(Box<Ingress>),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    TrafficInfra(Box<TrafficInfra>),
+    BackendTrafficPolicy(Box<BackendTrafficPolicy>),
+    NamespaceConfig(Box<NamespaceConfig>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read: {0}")]
+    Read(String),
+    #[error("document {document}: not valid YAML: {message}")]
+    Yaml { document: usize, message: String },
+    #[error("document {document}: {message}")]
+    Shape { document: usize, message: String },
+    #[error("cannot list {path}: {message}")]
+    Directory { path: String, message: String },
+}
+
+/// Parses one file's text: every document (`---` separated; empty documents skipped) dispatched on
+/// apiVersion/kind. `v1 List` items are read too. Kinds weir does not use are skipped with a debug
+/// log. The first bad document fails the whole file, so that a half-read file never serves.
+pub fn parse_manifests(text: &str) -> Result<Vec<Object>, ManifestError> {
+    let mut out = Vec::new();
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize_from(document)
+            .map_err(|e| ManifestError::Yaml { document: index, message: e.to_string() })?;
+        parse_value(value, index, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// `serde::Deserialize` for `serde_yaml::Value` without naming the trait at every call site.
+trait DeserializeFrom: Sized {
+    fn deserialize_from(d: serde_yaml::Deserializer<'_>) -> Result<Self, serde_yaml::Error>;
+}
+
+impl DeserializeFrom for serde_yaml::Value {
+    fn deserialize_from(d: serde_yaml::Deserializer<'_>) -> Result<Self, serde_yaml::Error> {
+        serde::Deserialize::deserialize(d)
+    }
+}
+
+fn parse_value(value: serde_yaml::Value, document: usize, out: &mut Vec<Object>) -> Result<(), ManifestError> {
+    let shape = |message: String| ManifestError::Shape { document, message };
+    let map = match &value {
+        serde_yaml::Value::Null => return Ok(()),
+        serde_yaml::Value::Mapping(m) => m,
+        _ => return Err(shape("a manifest must be a mapping with apiVersion and kind".into())),
+    };
+    let field = |name: &str| map.get(name).and_then(serde_yaml::Value::as_str).map(str::to_string);
+    let (Some(api_version), Some(kind)) = (field("apiVersion"), field("kind")) else {
+        return Err(shape("missing apiVersion or kind".into()));
+    };
+    fn typed<T: DeserializeOwned>(
+        value: serde_yaml::Value,
+        api_version: &str,
+        kind: &str,
+        document: usize,
+    ) -> Result<Box<T>, ManifestError> {
+        serde_yaml::from_value(value)
+            .map(Box::new)
+            .map_err(|e| ManifestError::Shape { document, message: format!("not a valid {api_version} {kind}: {e}") })
+    }
+    let object = match (api_version.as_str(), kind.as_str()) {
+        ("networking.k8s.io/v1", "Ingress") => Object::Ingress(typed(value, &api_version, &kind, document)?),
+        ("v1", "Service") => Object::Service(typed(value, &api_version, &kind, document)?),
+        ("discovery.k8s.io/v1", "EndpointSlice") => Object::EndpointSlice(typed(value, &api_version, &kind, document)?),
+        ("weir.dev/v1alpha1", "TrafficInfra") => Object::TrafficInfra(typed(value, &api_version, &kind, document)?),
+        ("weir.dev/v1alpha1", "BackendTrafficPolicy") => {
+            Object::BackendTrafficPolicy(typed(value, &api_version, &kind, document)?)
+        }
+        ("weir.dev/v1alpha1", "NamespaceConfig") => {
+            Object::NamespaceConfig(typed(value, &api_version, &kind, document)?)
+        }
+        ("v1", "List") => {
+            let items = match map.get("items") {
+                None | Some(serde_yaml::Value::Null) => return Ok(()),
+                Some(serde_yaml::Value::Sequence(items)) => items.clone(),
+                Some(_) => return Err(shape("List items must be a sequence".into())),
+            };
+            for item in items {
+                parse_value(item, document, out)?;
+            }
+            return Ok(());
+        }
+        _ => {
+            tracing::debug!(api_version, kind, document, "ignoring a kind weir does not read");
+            return Ok(());
+        }
+    };
+    out.push(object);
+    Ok(())
+}
+
+/// Builds a normalised snapshot from objects.
+pub fn snapshot_of<'a>(objects: impl IntoIterator<Item = &'a Object>, revision: u64) -> Snapshot {
+    let mut s = Snapshot { revision, ..Snapshot::default() };
+    for object in objects {
+        match object {
+            Object::Ingress(o) => s.ingresses.push((**o).clone()),
+            Object::Service(o) => s.services.push((**o).clone()),
+            Object::EndpointSlice(o) => s.endpoint_slices.push((**o).clone()),
+            Object::TrafficInfra(o) => s.traffic_infras.push((**o).clone()),
+            Object::BackendTrafficPolicy(o) => s.backend_traffic_policies.push((**o).clone()),
+            Object::NamespaceConfig(o) => s.namespace_configs.push((**o).clone()),
+        }
+    }
+    s.normalize();
+    s
+}
+
+/// A problem with one file (or the directory), as logged and counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileProblem {
+    pub path: PathBuf,
+    pub error: ManifestError,
+    /// Whether objects of an earlier good version of the file keep serving.
+    pub serving_last_good: bool,
+}
+
+#[derive(Debug, Default)]
+struct FileState {
+    /// Hash of the content last looked at (good or bad), so unchanged files are not re-parsed and a
+    /// bad file is reported once per distinct content.
+    seen: Option<[u8; 32]>,
+    /// Last error reported for this file, to report each distinct problem once.
+    last_error: Option<ManifestError>,
+    /// Objects of the last content that parsed.
+    good: Option<Vec<Object>>,
+}
+
+/// The I/O side of the file provider, without the async loop: poll it, then take a snapshot.
+#[derive(Debug)]
+pub struct ManifestDir {
+    root: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+    dir_error: Option<ManifestError>,
+}
+
+/// What one poll found.
+#[derive(Debug, Default)]
+pub struct PollOutcome {
+    /// The served objects changed.
+    pub changed: bool,
+    /// New problems (each distinct problem is reported once).
+    pub problems: Vec<FileProblem>,
+}
+
+impl ManifestDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into(), files: BTreeMap::new(), dir_error: None }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Re-reads the directory. Files are compared by content hash.
+    pub fn poll(&mut self) -> PollOutcome {
+        let mut outcome = PollOutcome::default();
+        let paths = match list_manifests(&self.root) {
+            Ok(paths) => {
+                self.dir_error = None;
+                paths
+            }
+            Err(error) => {
+                // The whole directory is unreadable: keep everything serving as it was.
+                if self.dir_error.as_ref() != Some(&error) {
+                    self.dir_error = Some(error.clone());
+                    let serving_last_good = !self.files.is_empty();
+                    outcome.problems.push(FileProblem { path: self.root.clone(), error, serving_last_good });
+                }
+                return outcome;
+            }
+        };
+        let before = self.files.len();
+        self.files.retain(|p, _| paths.contains(p));
+        outcome.changed |= self.files.len() != before;
+
+        for path in paths {
+            let state = self.files.entry(path.clone()).or_default();
+            let result = std::fs::read(&path).map_err(|e| ManifestError::Read(e.to_string())).and_then(|bytes| {
+                let hash: [u8; 32] = Sha256::digest(&bytes).into();
+                if state.seen == Some(hash) {
+                    return Ok(None);
+                }
+                state.seen = Some(hash);
+                let text = String::from_utf8(bytes).map_err(|e| ManifestError::Read(format!("not UTF-8: {e}")))?;
+                parse_manifests(&text).map(Some)
+            });
+            match result {
+                Ok(None) => {}
+                Ok(Some(objects)) => {
+                    state.last_error = None;
+                    state.good = Some(objects);
+                    outcome.changed = true;
+                }
+                Err(error) => {
+                    if let ManifestError::Read(_) = error {
+                        // Unreadable: look at it again next time, whatever its content turns out to be.
+                        state.seen = None;
+                    }
+                    if state.last_error.as_ref() != Some(&error) {
+                        state.last_error = Some(error.clone());
+                        outcome.problems.push(FileProblem { path, error, serving_last_good: state.good.is_some() });
+                    }
+                }
+            }
+        }
+        outcome
+    }
+
+    /// The snapshot of every file's last good objects.
+    pub fn snapshot(&self, revision: u64) -> Snapshot {
+        snapshot_of(self.files.values().filter_map(|f| f.good.as_ref()).flatten(), revision)
+    }
+}
+
+/// Manifest files under `root`, recursively, sorted; hidden files and directories are skipped.
+fn list_manifests(root: &Path) -> Result<Vec<PathBuf>, ManifestError> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| ManifestError::Directory { path: dir.display().to_string(), message: e.to_string() })?;
+        for entry in entries {
+            let entry = entry
+                .map_err(|e| ManifestError::Directory { path: dir.display().to_string(), message: e.to_string() })?;
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            // Follows symlinks (ConfigMap mounts are symlinks).
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The file provider's loop.
+pub struct FileProvider {
+    dir: ManifestDir,
+    interval: Duration,
+    invalid: InvalidInputs,
+}
+
+impl FileProvider {
+    pub fn new(root: impl Into<PathBuf>, interval: Duration, invalid: InvalidInputs) -> Self {
+        Self { dir: ManifestDir::new(root), interval, invalid }
+    }
+
+    /// Reads the directory once; returns the first snapshot (revision 1) for the channel.
+    pub fn load(&mut self) -> Snapshot {
+        let outcome = self.dir.poll();
+        self.report(&outcome);
+        self.dir.snapshot(1)
+    }
+
+    fn report(&self, outcome: &PollOutcome) {
+        for p in &outcome.problems {
+            self.invalid.inc(InputKind::Manifest);
+            tracing::warn!(
+                file = %p.path.display(),
+                error = %p.error,
+                serving_last_good = p.serving_last_good,
+                "invalid manifest: {} ({}); {}",
+                p.path.display(),
+                p.error,
+                if p.serving_last_good { "its last good content keeps serving" } else { "nothing from it is served" }
+            );
+        }
+    }
+
+    /// Polls every interval until `shutdown` flips to true; publishes a new snapshot with a higher
+    /// revision only when the served objects changed. Call [`load`](Self::load) first.
+    pub async fn run(mut self, tx: SnapshotTx, mut shutdown: watch::Receiver<bool>) {
+        let mut revision = tx.borrow().revision;
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            // Reading files blocks: do it off the runtime's worker threads, moving the state in and out.
+            let mut dir = self.dir;
+            let (dir_back, outcome) = match tokio::task::spawn_blocking(move || {
+                let outcome = dir.poll();
+                (dir, outcome)
+            })
+            .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "manifest poll task failed; stopping the file provider");
+                    return;
+                }
+            };
+            self.dir = dir_back;
+            self.report(&outcome);
+            if outcome.changed {
+                revision += 1;
+                let snapshot = self.dir.snapshot(revision);
+                tracing::info!(
+                    revision,
+                    ingresses = snapshot.ingresses.len(),
+                    services = snapshot.services.len(),
+                    endpoint_slices = snapshot.endpoint_slices.len(),
+                    "manifests changed"
+                );
+                tx.send_replace(Arc::new(snapshot));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INGRESS: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: web, namespace: shop}
+spec:
+  rules:
+    - host: www.example.com
+      http:
+        paths:
+          - path: /
+            pathType: Prefix
+            backend: {service: {name: web, port: {number: 80}}}
+status:
+  loadBalancer:
+    ingress: [{hostname: lb.example.net}]
+"#;
+
+    #[test]
+    fn parses_multi_document_files_and_dispatches_on_kind() {
+        let text = format!(
+            "{INGRESS}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\n---\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\nmetadata: {{name: \
+             web-1, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}\nendpoints: [{{addresses: \
+             [10.0.0.1], conditions: {{ready: true}}}}]\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: \
+             {{name: ignored}}\n---\napiVersion: weir.dev/v1alpha1\nkind: TrafficInfra\nmetadata: {{name: ti, \
+             namespace: shop}}\nspec: {{}}\n"
+        );
+        let objects = parse_manifests(&text).unwrap();
+        let kinds: Vec<&str> = objects
+            .iter()
+            .map(|o| match o {
+                Object::Ingress(_) => "Ingress",
+                Object::Service(_) => "Service",
+                Object::EndpointSlice(_) => "EndpointSlice",
+                Object::TrafficInfra(_) => "TrafficInfra",
+                Object::BackendTrafficPolicy(_) => "BackendTrafficPolicy",
+                Object::NamespaceConfig(_) => "NamespaceConfig",
+            })
+            .collect();
+        assert_eq!(kinds, ["Ingress", "Service", "EndpointSlice", "TrafficInfra"]);
+        let s = snapshot_of(&objects, 3);
+        assert_eq!(s.revision, 3);
+        assert_eq!(s.ingresses[0].metadata.name.as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn json_and_lists_are_read() {
+        let json = r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"}}]}"#;
+        let objects = parse_manifests(json).unwrap();
+        assert!(matches!(&objects[..], [Object::Service(_)]));
+    }
+
+    #[test]
+    fn bad_documents_name_their_index_and_reason() {
+        let bad_yaml = format!("{INGRESS}\n---\nkind: [unclosed\n");
+        match parse_manifests(&bad_yaml) {
+            Err(ManifestError::Yaml { document: 1, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        let wrong_shape = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\napiVersion: \
+                           networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: b}\nspec: {rules: 7}\n";
+        match parse_manifests(wrong_shape) {
+            Err(ManifestError::Shape { document: 1, message }) => {
+                assert!(message.contains("networking.k8s.io/v1 Ingress"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_manifests("- a\n- b\n"), Err(ManifestError::Shape { document: 0, .. })));
+        assert!(matches!(parse_manifests("metadata: {name: x}\n"), Err(ManifestError::Shape { .. })));
+        assert!(parse_manifests("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn directory_keeps_last_good_content_of_a_broken_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/ing.yaml"), INGRESS).unwrap();
+        std::fs::write(dir.path().join("svc.yaml"), "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n").unwrap();
+        std::fs::write(dir.path().join(".hidden.yaml"), "garbage: [").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "garbage: [").unwrap();
+        let mut m = ManifestDir::new(dir.path());
+        let first = m.poll();
+        assert!(first.changed && first.problems.is_empty(), "{first:?}");
+        assert_eq!(m.snapshot(1).ingresses.len(), 1);
+
+        // Nothing changed: no new snapshot.
+        assert!(!m.poll().changed);
+
+        // The Ingress file breaks: reported once, its last good content keeps serving.
+        std::fs::write(dir.path().join("sub/ing.yaml"), "kind: [").unwrap();
+        let broken = m.poll();
+        assert!(!broken.changed);
+        assert_eq!(broken.problems.len(), 1);
+        assert!(broken.problems[0].serving_last_good);
+        assert!(broken.problems[0].path.ends_with("sub/ing.yaml"));
+        assert!(m.poll().problems.is_empty(), "a problem is reported once");
+        assert_eq!(m.snapshot(2).ingresses.len(), 1);
+
+        // Other files' changes still apply.
+        std::fs::write(dir.path().join("svc2.yaml"), "apiVersion: v1\nkind: Service\nmetadata: {name: api}\n").unwrap();
+        assert!(m.poll().changed);
+        let s = m.snapshot(3);
+        assert_eq!((s.ingresses.len(), s.services.len()), (1, 2));
+
+        // Fixed again; then removed.
+        std::fs::write(dir.path().join("sub/ing.yaml"), INGRESS.replace("www.", "shop.")).unwrap();
+        assert!(m.poll().changed);
+        std::fs::remove_file(dir.path().join("sub/ing.yaml")).unwrap();
+        assert!(m.poll().changed);
+        assert!(m.snapshot(4).ingresses.is_empty());
+    }
+
+    #[tokio::test]
+    async fn run_publishes_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ing.yaml"), INGRESS).unwrap();
+        let invalid = InvalidInputs::default();
+        let mut provider = FileProvider::new(dir.path(), Duration::from_millis(20), invalid.clone());
+        let (tx, mut rx) = watch::channel(Arc::new(provider.load()));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(provider.run(tx, stop_rx));
+        rx.borrow_and_update();
+        std::fs::write(dir.path().join("bad.yaml"), "kind: [").unwrap();
+        std::fs::write(dir.path().join("svc.yaml"), "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.changed()).await.unwrap().unwrap();
+        let s = rx.borrow_and_update().clone();
+        assert_eq!((s.revision, s.services.len(), s.ingresses.len()), (2, 1, 1));
+        assert_eq!(invalid.get(InputKind::Manifest), 1);
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    }
+}

@@ -1,0 +1,228 @@
+//! The DNS reconcile loop: on a new snapshot, a new weight, or every resync interval, translate →
+//! desired records → read what is published → plan → apply → acknowledge the weight. The decisions are
+//! in the pure core (`translate`, `dns::plan`); this loop does the I/O and the bookkeeping.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
+
+use super::metrics::{labels, ReconcileMetrics};
+use super::weight::{WeightRx, WeightSignal};
+use super::{PipelineConfig, RefusalSink};
+use crate::backends::{AckOutcome, WeightStore};
+use crate::dns::plan::{plan, BatchLimits, Change, Plan};
+use crate::dns::record::{Ownership, RecordKey, RecordSet, RecordType};
+use crate::dns::{ApplyReport, DnsProvider};
+use crate::ir::Refusal;
+use crate::model::Snapshot;
+use crate::providers::SnapshotRx;
+use crate::telemetry::{InvalidInputs, Readiness};
+
+/// Retry delays after a failed pass (the resync interval still applies when it is shorter).
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+pub struct DnsLoop {
+    pub config: PipelineConfig,
+    pub provider: Arc<dyn DnsProvider>,
+    pub store: Arc<dyn WeightStore>,
+    pub metrics: ReconcileMetrics,
+    pub invalid: InvalidInputs,
+    pub sink: Arc<dyn RefusalSink>,
+    pub resync: Duration,
+    /// Wakes the weight loop after an ack, so the gauges and the next signal follow promptly.
+    pub poll_weight_now: Arc<Notify>,
+    pub readiness: Readiness,
+}
+
+/// How a pass ended.
+#[derive(Debug)]
+pub enum PassOutcome {
+    /// No cluster weight yet: nothing to do.
+    NoWeight,
+    /// Everything desired was written (or already there); the weight was acknowledged if it could be.
+    Done { changes: usize },
+    /// Something failed; retry soon.
+    Failed(String),
+}
+
+/// State a loop keeps between passes.
+#[derive(Default)]
+pub struct Bookkeeping {
+    /// Refusals of the previous pass: a refusal is logged and counted when it appears.
+    active_refusals: BTreeSet<Refusal>,
+    /// Hosts that have a `weir_record_weight` series.
+    metric_hosts: BTreeSet<String>,
+}
+
+impl DnsLoop {
+    /// Runs until `shutdown` flips to true.
+    pub async fn run(self, mut snapshots: SnapshotRx, mut weights: WeightRx, mut shutdown: watch::Receiver<bool>) {
+        let mut book = Bookkeeping::default();
+        let mut retry = RETRY_MIN;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let snapshot = snapshots.borrow_and_update().clone();
+            let signal = *weights.borrow_and_update();
+            let wait = match self.pass(&snapshot, signal, &mut book).await {
+                PassOutcome::Failed(_) => {
+                    let wait = retry.min(self.resync);
+                    retry = (retry * 2).min(RETRY_MAX);
+                    wait
+                }
+                _ => {
+                    retry = RETRY_MIN;
+                    self.resync
+                }
+            };
+            tokio::select! {
+                Ok(()) = snapshots.changed() => {}
+                Ok(()) = weights.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// One reconcile pass.
+    pub async fn pass(&self, snapshot: &Snapshot, signal: Option<WeightSignal>, book: &mut Bookkeeping) -> PassOutcome {
+        let Some(signal) = signal else {
+            return PassOutcome::NoWeight;
+        };
+        let started = Instant::now();
+        let outcome = self.pass_inner(snapshot, signal, book).await;
+        self.metrics.duration.observe(started.elapsed().as_secs_f64());
+        let result = match &outcome {
+            PassOutcome::Failed(reason) => {
+                tracing::warn!(reason, "DNS reconcile failed; retrying");
+                "error"
+            }
+            _ => {
+                self.readiness.set(true);
+                "success"
+            }
+        };
+        self.metrics.reconciles.get_or_create(&labels(&[("result", result)])).inc();
+        outcome
+    }
+
+    async fn pass_inner(&self, snapshot: &Snapshot, signal: WeightSignal, book: &mut Bookkeeping) -> PassOutcome {
+        let owner = &self.config.owner;
+        let (state, desired) = self.config.desired(snapshot, signal.weight);
+        let current = match self.provider.current(&desired.hosts, owner).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.note_refusals(book, state.refusals.iter().cloned());
+                return PassOutcome::Failed(format!("reading published records: {e}"));
+            }
+        };
+        let plan = plan(&desired, &current, owner, self.config.allow_all_zero);
+        self.note_refusals(book, state.refusals.iter().chain(plan.refusals.iter()).cloned());
+
+        let report = if plan.is_empty() {
+            ApplyReport::default()
+        } else {
+            log_plan(&plan, snapshot.revision, signal.weight);
+            self.provider.apply(plan.batches(BatchLimits::ROUTE53)).await
+        };
+        for change in &report.applied {
+            self.metrics.changes.get_or_create(&labels(&[("action", change.action())])).inc();
+        }
+        for (change, error) in &report.failed {
+            tracing::warn!(record = %change.record().key, action = change.action(), %error, "DNS change failed");
+        }
+        self.update_record_weights(book, &current, &report, owner);
+
+        if !report.is_complete() {
+            return PassOutcome::Failed(format!("{} of {} DNS changes failed", report.failed.len(), plan.len()));
+        }
+        if signal.from_desired && signal.current != Some(signal.weight) && plan.reaches_desired_weights() {
+            match self.store.ack(&owner.cluster, signal.weight).await {
+                Ok(AckOutcome::Acknowledged) => {
+                    tracing::info!(cluster = %owner.cluster, weight = signal.weight, "acknowledged: CurrentWeight := DesiredWeight");
+                    self.poll_weight_now.notify_one();
+                }
+                Ok(AckOutcome::DesiredChanged) => {
+                    tracing::info!(cluster = %owner.cluster, applied = signal.weight, "DesiredWeight changed while it was applied; reconciling again");
+                    self.poll_weight_now.notify_one();
+                }
+                Err(e) => return PassOutcome::Failed(format!("acknowledging weight {}: {e}", signal.weight)),
+            }
+        }
+        PassOutcome::Done { changes: report.applied.len() }
+    }
+
+    fn note_refusals(&self, book: &mut Bookkeeping, refusals: impl Iterator<Item = Refusal>) {
+        let now: BTreeSet<Refusal> = refusals.collect();
+        for r in now.difference(&book.active_refusals) {
+            self.invalid.inc(r.kind);
+            tracing::warn!(object = %r.object, kind = r.kind.label(), reason = %r.reason, "{}: {}", r.object, r.message);
+            self.sink.refused(r);
+        }
+        book.active_refusals = now;
+    }
+
+    /// `weir_record_weight{host,cluster}` from what is published now: the records read, with the
+    /// changes that landed applied on top. Series of hosts no longer published are removed.
+    fn update_record_weights(
+        &self,
+        book: &mut Bookkeeping,
+        current: &[RecordSet],
+        report: &ApplyReport,
+        owner: &Ownership,
+    ) {
+        let published = published_weights(current, &report.applied, owner);
+        let cluster = owner.cluster.as_str();
+        for (host, weight) in &published {
+            self.metrics
+                .record_weight
+                .get_or_create(&labels(&[("host", host), ("cluster", cluster)]))
+                .set((*weight).into());
+        }
+        for gone in book.metric_hosts.iter().filter(|h| !published.contains_key(*h)) {
+            self.metrics.record_weight.remove(&labels(&[("host", gone), ("cluster", cluster)]));
+        }
+        book.metric_hosts = published.into_keys().collect();
+    }
+}
+
+/// This cluster's traffic weight per host after `applied` landed on `current`.
+pub fn published_weights(current: &[RecordSet], applied: &[Change], owner: &Ownership) -> BTreeMap<String, u8> {
+    let ours = |r: &RecordSet| r.key.set_identifier == owner.cluster && r.key.rtype != RecordType::Txt;
+    let mut records: BTreeMap<RecordKey, u8> =
+        current.iter().filter(|r| ours(r)).map(|r| (r.key.clone(), r.weight)).collect();
+    for change in applied {
+        let r = change.record();
+        if !ours(r) {
+            continue;
+        }
+        match change {
+            Change::Upsert { record, .. } => records.insert(record.key.clone(), record.weight),
+            Change::Delete { record } => records.remove(&record.key),
+        };
+    }
+    let mut out = BTreeMap::new();
+    for (key, weight) in records {
+        let w: &mut u8 = out.entry(key.name).or_default();
+        *w = (*w).max(weight);
+    }
+    out
+}
+
+fn log_plan(plan: &Plan, revision: u64, weight: u8) {
+    tracing::info!(
+        revision,
+        cluster_weight = weight,
+        changes = plan.len(),
+        hosts = plan.hosts.len(),
+        "applying DNS plan"
+    );
+    for change in plan.changes() {
+        let r = change.record();
+        tracing::debug!(action = change.action(), record = %r.key, weight = r.weight, values = ?r.values, "change");
+    }
+}

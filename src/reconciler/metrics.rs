@@ -1,0 +1,125 @@
+//! Metrics of the loops. Each loop's metrics register themselves; names are the exposed names
+//! (prometheus-client adds `_total` to counters only).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+pub type Labels = Vec<(String, String)>;
+
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// The weight loop's metrics.
+#[derive(Clone, Default)]
+pub struct WeightMetrics {
+    /// `cluster_traffic_controller_ingress_weight_desired{cluster}`, the old controller's name.
+    pub desired: Family<Labels, Gauge>,
+    /// `cluster_traffic_controller_ingress_weight_current{cluster}`.
+    pub current: Family<Labels, Gauge>,
+    /// `weir_weight_drift_seconds{cluster}`: 0 when desired = current, else how long they have differed.
+    pub drift: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// `weir_weight_store_errors_total{operation,error}`.
+    pub store_errors: Family<Labels, Counter>,
+}
+
+impl WeightMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "cluster_traffic_controller_ingress_weight_desired",
+            "DesiredWeight of this cluster in the weight store",
+            m.desired.clone(),
+        );
+        registry.register(
+            "cluster_traffic_controller_ingress_weight_current",
+            "CurrentWeight of this cluster in the weight store (acknowledged after the records were written)",
+            m.current.clone(),
+        );
+        registry.register(
+            "weir_weight_drift_seconds",
+            "Seconds since DesiredWeight and CurrentWeight started to differ; 0 when equal",
+            m.drift.clone(),
+        );
+        registry.register("weir_weight_store_errors", "Failed weight store calls", m.store_errors.clone());
+        m
+    }
+}
+
+/// The DNS loop's metrics.
+#[derive(Clone)]
+pub struct ReconcileMetrics {
+    /// `weir_record_weight{host,cluster}`: the weight of this cluster's published record per host.
+    pub record_weight: Family<Labels, Gauge>,
+    /// `weir_reconcile_total{result}`.
+    pub reconciles: Family<Labels, Counter>,
+    /// `weir_reconcile_duration_seconds`.
+    pub duration: Histogram,
+    /// `weir_dns_changes_total{action}`: changes that landed.
+    pub changes: Family<Labels, Counter>,
+}
+
+impl Default for ReconcileMetrics {
+    fn default() -> Self {
+        Self {
+            record_weight: Family::default(),
+            reconciles: Family::default(),
+            duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            changes: Family::default(),
+        }
+    }
+}
+
+impl ReconcileMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "weir_record_weight",
+            "Weight of this cluster's published record, per host",
+            m.record_weight.clone(),
+        );
+        registry.register("weir_reconcile", "DNS reconcile passes by result", m.reconciles.clone());
+        registry.register("weir_reconcile_duration_seconds", "Duration of DNS reconcile passes", m.duration.clone());
+        registry.register("weir_dns_changes", "DNS record changes applied, by action", m.changes.clone());
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::text::encode;
+
+    #[test]
+    fn exposed_names_are_exactly_the_documented_ones() {
+        let mut registry = Registry::default();
+        let w = WeightMetrics::register(&mut registry);
+        let r = ReconcileMetrics::register(&mut registry);
+        let eu = labels(&[("cluster", "eu")]);
+        w.desired.get_or_create(&eu).set(50);
+        w.current.get_or_create(&eu).set(50);
+        w.drift.get_or_create(&eu).set(0.0);
+        r.record_weight.get_or_create(&labels(&[("host", "a.example.com"), ("cluster", "eu")])).set(25);
+        r.reconciles.get_or_create(&labels(&[("result", "success")])).inc();
+        r.changes.get_or_create(&labels(&[("action", "UPSERT")])).inc();
+        r.duration.observe(0.01);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        for line in [
+            "cluster_traffic_controller_ingress_weight_desired{cluster=\"eu\"} 50",
+            "cluster_traffic_controller_ingress_weight_current{cluster=\"eu\"} 50",
+            "weir_weight_drift_seconds{cluster=\"eu\"} 0.0",
+            "weir_record_weight{host=\"a.example.com\",cluster=\"eu\"} 25",
+            "weir_reconcile_total{result=\"success\"} 1",
+            "weir_dns_changes_total{action=\"UPSERT\"} 1",
+            "weir_reconcile_duration_seconds_count 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The weight loop: makes sure this cluster's row exists, then polls it (consistent read) and
+//! publishes the weight to apply. A DesiredWeight that is not a weight is refused: not published,
+//! CurrentWeight untouched, counted, logged once per distinct value; drift keeps counting.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
+
+use super::metrics::{labels, WeightMetrics};
+use crate::backends::{StoreError, StoredWeight, WeightRow, WeightStore};
+use crate::ir::InputKind;
+use crate::telemetry::InvalidInputs;
+
+/// The cluster weight the DNS loop should apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightSignal {
+    /// `C`.
+    pub weight: u8,
+    /// Whether `weight` is the row's DesiredWeight (and may be acknowledged once applied), rather than
+    /// the CurrentWeight kept because DesiredWeight is invalid.
+    pub from_desired: bool,
+    /// The row's CurrentWeight, when valid: no ack is needed when it already equals `weight`.
+    pub current: Option<u8>,
+}
+
+pub type WeightTx = watch::Sender<Option<WeightSignal>>;
+pub type WeightRx = watch::Receiver<Option<WeightSignal>>;
+
+/// Bookkeeping between polls. Pure: fed rows and instants, it says what to publish.
+#[derive(Debug, Default)]
+pub struct WeightTracker {
+    drift_since: Option<Instant>,
+    last_bad: Option<String>,
+    last: Option<WeightSignal>,
+}
+
+/// What one observed row means.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// The signal to publish (`None`: keep what is published).
+    pub signal: Option<WeightSignal>,
+    /// A DesiredWeight refused for the first time (log and count it).
+    pub new_bad_value: Option<String>,
+    pub desired: Option<u8>,
+    pub current: Option<u8>,
+    pub drift_seconds: f64,
+}
+
+impl WeightTracker {
+    pub fn observe(&mut self, row: &WeightRow, now: Instant) -> Observation {
+        let drift_seconds = if row.desired == row.current && row.desired.valid().is_some() {
+            self.drift_since = None;
+            0.0
+        } else {
+            now.duration_since(*self.drift_since.get_or_insert(now)).as_secs_f64()
+        };
+        let current = row.current.valid();
+        let mut new_bad_value = None;
+        let signal = match &row.desired {
+            StoredWeight::Valid(d) => {
+                self.last_bad = None;
+                Some(WeightSignal { weight: *d, from_desired: true, current })
+            }
+            StoredWeight::Invalid(raw) => {
+                if self.last_bad.as_deref() != Some(raw) {
+                    self.last_bad = Some(raw.clone());
+                    new_bad_value = Some(raw.clone());
+                }
+                match (self.last, current) {
+                    // Keep applying what was applied before; only refresh what we know of CurrentWeight.
+                    (Some(last), _) => Some(WeightSignal { current, ..last }),
+                    // Nothing applied yet in this process: keep serving the acknowledged weight.
+                    (None, Some(c)) => Some(WeightSignal { weight: c, from_desired: false, current }),
+                    (None, None) => None,
+                }
+            }
+        };
+        if signal.is_some() {
+            self.last = signal;
+        }
+        Observation { signal, new_bad_value, desired: row.desired.valid(), current, drift_seconds }
+    }
+}
+
+pub struct WeightLoop {
+    pub store: Arc<dyn WeightStore>,
+    pub cluster: String,
+    pub initial_weight: u8,
+    pub interval: Duration,
+    pub metrics: WeightMetrics,
+    pub invalid: InvalidInputs,
+    /// Wakes the loop for an immediate poll (after an ack, or when DesiredWeight changed under an ack).
+    pub poll_now: Arc<Notify>,
+}
+
+impl WeightLoop {
+    fn store_error(&self, operation: &str, e: &StoreError) {
+        tracing::warn!(cluster = %self.cluster, operation, error = %e, "weight store call failed; will retry");
+        self.metrics
+            .store_errors
+            .get_or_create(&labels(&[("operation", operation), ("error", e.metric_label())]))
+            .inc();
+    }
+
+    /// Runs until `shutdown` flips to true.
+    pub async fn run(self, tx: WeightTx, mut shutdown: watch::Receiver<bool>) {
+        let cluster_labels = labels(&[("cluster", &self.cluster)]);
+        let mut tracker = WeightTracker::default();
+        let mut have_row = false;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let row = if have_row {
+                match self.store.get(&self.cluster).await {
+                    Ok(Some(row)) => Some(row),
+                    Ok(None) => {
+                        tracing::warn!(cluster = %self.cluster, "weight row disappeared; creating it again");
+                        have_row = false;
+                        None
+                    }
+                    Err(e) => {
+                        self.store_error("get", &e);
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let row = match row {
+                Some(row) => Some(row),
+                None if !have_row => match self.store.ensure(&self.cluster, self.initial_weight).await {
+                    Ok(row) => {
+                        have_row = true;
+                        Some(row)
+                    }
+                    Err(e) => {
+                        self.store_error("ensure", &e);
+                        None
+                    }
+                },
+                None => None,
+            };
+            if let Some(row) = row {
+                let obs = tracker.observe(&row, Instant::now());
+                if let Some(raw) = &obs.new_bad_value {
+                    self.invalid.inc(InputKind::Weight);
+                    tracing::warn!(
+                        cluster = %self.cluster,
+                        value = %raw,
+                        "DesiredWeight {raw:?} of cluster {} is not a weight (a whole number 0-100); not applied, \
+                         CurrentWeight left as it is; fix it with `weir weights set`",
+                        self.cluster
+                    );
+                }
+                if let Some(d) = obs.desired {
+                    self.metrics.desired.get_or_create(&cluster_labels).set(d.into());
+                }
+                if let Some(c) = obs.current {
+                    self.metrics.current.get_or_create(&cluster_labels).set(c.into());
+                }
+                self.metrics.drift.get_or_create(&cluster_labels).set(obs.drift_seconds);
+                if let Some(signal) = obs.signal {
+                    tx.send_if_modified(|old| {
+                        if *old == Some(signal) {
+                            return false;
+                        }
+                        tracing::info!(cluster = %self.cluster, weight = signal.weight, current = ?signal.current, "cluster weight");
+                        *old = Some(signal);
+                        true
+                    });
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = self.poll_now.notified() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(desired: StoredWeight, current: StoredWeight) -> WeightRow {
+        WeightRow { cluster: "eu".into(), desired, current }
+    }
+    use StoredWeight::{Invalid, Valid};
+
+    #[test]
+    fn valid_weights_are_published_and_drift_counts_until_acked() {
+        let mut t = WeightTracker::default();
+        let t0 = Instant::now();
+        let o = t.observe(&row(Valid(50), Valid(50)), t0);
+        assert_eq!(o.signal, Some(WeightSignal { weight: 50, from_desired: true, current: Some(50) }));
+        assert_eq!(o.drift_seconds, 0.0);
+        let o = t.observe(&row(Valid(0), Valid(50)), t0);
+        assert_eq!(o.signal.unwrap().weight, 0);
+        let o = t.observe(&row(Valid(0), Valid(50)), t0 + Duration::from_secs(7));
+        assert_eq!(o.drift_seconds, 7.0);
+        assert_eq!(t.observe(&row(Valid(0), Valid(0)), t0 + Duration::from_secs(8)).drift_seconds, 0.0);
+    }
+
+    #[test]
+    fn invalid_desired_weight_is_not_applied_and_reported_once_per_value() {
+        let mut t = WeightTracker::default();
+        let t0 = Instant::now();
+        t.observe(&row(Valid(40), Valid(40)), t0);
+        let o = t.observe(&row(Invalid("150".into()), Valid(40)), t0);
+        assert_eq!(o.new_bad_value.as_deref(), Some("150"));
+        assert_eq!(o.signal, Some(WeightSignal { weight: 40, from_desired: true, current: Some(40) }));
+        assert_eq!(o.desired, None);
+        let o = t.observe(&row(Invalid("150".into()), Valid(40)), t0 + Duration::from_secs(3));
+        assert_eq!(o.new_bad_value, None, "reported once");
+        assert_eq!(o.drift_seconds, 3.0, "drift keeps counting");
+        let o = t.observe(&row(Invalid("abc".into()), Valid(40)), t0 + Duration::from_secs(4));
+        assert_eq!(o.new_bad_value.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn invalid_desired_weight_at_start_keeps_serving_current_without_ack() {
+        let mut t = WeightTracker::default();
+        let o = t.observe(&row(Invalid("-1".into()), Valid(30)), Instant::now());
+        assert_eq!(o.signal, Some(WeightSignal { weight: 30, from_desired: false, current: Some(30) }));
+        let mut t = WeightTracker::default();
+        assert_eq!(t.observe(&row(Invalid("x".into()), Invalid("y".into())), Instant::now()).signal, None);
+    }
+}
