@@ -3,6 +3,7 @@
 //! Providers only read what is published and apply plans; everything that decides is in `record` and
 //! `plan`, which are pure.
 
+pub mod dnsendpoint;
 pub mod embedded;
 pub mod plan;
 pub mod record;
