@@ -4,6 +4,10 @@ use anyhow::{bail, Result};
 
 use crate::cli::{Cli, Command};
 
+mod factories;
+mod oneshot;
+mod run;
+
 pub fn run(cli: Cli) -> Result<()> {
     init_logging(cli.log_format);
     match cli.command {
@@ -11,13 +15,18 @@ pub fn run(cli: Cli) -> Result<()> {
             print!("{}", crate::crd::crds_yaml()?);
             Ok(())
         }
-        Command::Controller(_) => bail!("weir controller is not built yet"),
+        Command::Controller(args) => runtime()?.block_on(run::controller(args)),
         Command::Xds(_) => bail!("weir xds is not built yet"),
-        Command::Local(_) => bail!("weir local is not built yet"),
+        Command::Local(args) => runtime()?.block_on(run::local(args)),
         Command::Weights(_) => bail!("weir weights is not built yet"),
-        Command::Explain(_) => bail!("weir explain is not built yet"),
-        Command::Plan(_) => bail!("weir plan is not built yet"),
+        Command::Explain(args) => runtime()?.block_on(oneshot::explain_command(args)),
+        Command::Plan(args) => runtime()?.block_on(oneshot::plan_command(args)),
     }
+}
+
+/// The multi-threaded runtime every long-running command uses.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 fn init_logging(format: crate::cli::LogFormat) {

@@ -1,0 +1,129 @@
+//! Small factories that turn flags into components. Each new provider, store or DNS provider is one
+//! match arm here.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::backends::{open_store, StoreConfig, WeightStore};
+use crate::cli::{ClusterArgs, DnsArgs, DnsProviderKind, ProviderArgs, ProviderKind, StoreArgs};
+use crate::dns::embedded::{EmbeddedDns, EmbeddedZone};
+use crate::dns::record::{Ownership, RecordOptions};
+use crate::dns::DnsProvider;
+use crate::providers::file::FileProvider;
+use crate::providers::SnapshotRx;
+use crate::reconciler::PipelineConfig;
+use crate::telemetry::InvalidInputs;
+use crate::translate::TranslateConfig;
+
+/// Starts the configured input provider. Returns once the first snapshot is in the channel, with the
+/// task that keeps it current until `shutdown`.
+pub async fn start_provider(
+    args: &ProviderArgs,
+    invalid: &InvalidInputs,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(SnapshotRx, JoinHandle<()>)> {
+    match args.provider {
+        ProviderKind::File => {
+            let dir = args.manifests.clone().context("--provider file needs --manifests DIR")?;
+            let mut provider = FileProvider::new(&dir, args.manifests_poll_interval, invalid.clone());
+            let first = tokio::task::block_in_place(|| provider.load());
+            let (tx, rx) = watch::channel(Arc::new(first));
+            Ok((rx, tokio::spawn(provider.run(tx, shutdown))))
+        }
+        ProviderKind::Kubernetes => {
+            bail!("--provider kubernetes is not built in yet; use --provider file --manifests DIR")
+        }
+    }
+}
+
+pub fn store_config(args: &StoreArgs, cluster: &str) -> StoreConfig {
+    StoreConfig {
+        backend: args.backend_type,
+        db: args.db.clone(),
+        table_name: args.table_name.clone(),
+        aws_region: args.aws_region.clone(),
+        static_weight: args.static_weight,
+        cluster: cluster.to_string(),
+    }
+}
+
+pub async fn open_weight_store(args: &StoreArgs, cluster: &str) -> Result<Arc<dyn WeightStore>> {
+    open_store(&store_config(args, cluster)).await.context("opening the weight store")
+}
+
+/// The configured DNS provider, plus the embedded zone when it is the embedded one (for the DNS server).
+pub struct DnsParts {
+    pub provider: Arc<dyn DnsProvider>,
+    pub zone: Option<EmbeddedZone>,
+}
+
+pub async fn open_dns_provider(dns: &DnsArgs, store: &StoreArgs, _cluster: &ClusterArgs) -> Result<DnsParts> {
+    match dns.dns_provider {
+        DnsProviderKind::Embedded => {
+            let db = store.db.clone().context("--dns-provider embedded keeps its zone in --db PATH")?;
+            let zone =
+                EmbeddedZone::open(&db).await.with_context(|| format!("opening the zone in {}", db.display()))?;
+            Ok(DnsParts { provider: Arc::new(EmbeddedDns::new(zone.clone())), zone: Some(zone) })
+        }
+        DnsProviderKind::Route53 => bail!("--dns-provider route53 is not built in yet; use --dns-provider embedded"),
+        DnsProviderKind::Dnsendpoint => {
+            bail!("--dns-provider dnsendpoint is not built in yet; use --dns-provider embedded")
+        }
+    }
+}
+
+pub fn pipeline_config(cluster: &ClusterArgs, dns: &DnsArgs) -> PipelineConfig {
+    let s = &cluster.selection;
+    PipelineConfig {
+        translate: TranslateConfig {
+            binding_domain: s.binding_domain.clone(),
+            annotation_filters: s.annotation_filters.clone(),
+            annotation_prefix: s.annotation_prefix.clone(),
+            dev_mode: s.dev_mode,
+        },
+        owner: Ownership { cluster: cluster.cluster_name.clone(), txt_prefix: dns.txt_prefix.clone() },
+        records: RecordOptions { ttl: dns.record_ttl, health_check_id: dns.aws_health_check_id.clone() },
+        allow_all_zero: dns.allow_all_zero,
+    }
+}
+
+/// A channel that flips to true on SIGINT or SIGTERM.
+pub fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Resolves when `shutdown` flips to true.
+pub async fn wait_shutdown(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|v| *v).await;
+}
+
+/// Serves the embedded zone over DNS (UDP and TCP) on `addr` until `shutdown`.
+pub async fn serve_embedded_dns(
+    addr: std::net::SocketAddr,
+    zone: &EmbeddedZone,
+    _registry: &mut prometheus_client::registry::Registry,
+    _shutdown: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>> {
+    tracing::warn!(%addr, zone = %zone.path().display(), "the DNS server is not merged yet");
+    Ok(tokio::spawn(async {}))
+}

@@ -1,0 +1,153 @@
+//! `weir plan` and `weir explain HOST`: one pass of the pipeline that reads everything and writes
+//! nothing.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::factories::{open_dns_provider, open_weight_store, pipeline_config, start_provider};
+use crate::backends::StoredWeight;
+use crate::cli::{ClusterArgs, DnsArgs, ExplainArgs, OutputFormat, PlanArgs, ProviderArgs, StoreArgs};
+use crate::dns::plan::{plan, Change, Plan};
+use crate::dns::record::{DesiredRecords, RecordSet};
+use crate::ir::DesiredState;
+use crate::model::Snapshot;
+use crate::reconciler::explain::explain;
+use crate::reconciler::PipelineConfig;
+use crate::telemetry::InvalidInputs;
+
+/// What one read-only pass saw.
+struct Pass {
+    config: PipelineConfig,
+    weight: u8,
+    weight_note: Option<String>,
+    state: DesiredState,
+    desired: DesiredRecords,
+    current: Vec<RecordSet>,
+}
+
+async fn read_pass(
+    cluster: &ClusterArgs,
+    provider: &ProviderArgs,
+    store_args: &StoreArgs,
+    dns: &DnsArgs,
+    extra_host: Option<&str>,
+) -> Result<Pass> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut registry = Registry::default();
+    let invalid = InvalidInputs::register(&mut registry);
+    let (snapshots, task) = start_provider(provider, &invalid, stop_rx).await?;
+    let snapshot: Arc<Snapshot> = snapshots.borrow().clone();
+    let _ = stop_tx.send(true);
+    let _ = task.await;
+
+    let name = &cluster.cluster_name;
+    let store = open_weight_store(store_args, name).await?;
+    // Read, never create: the weight a controller would apply now.
+    let (weight, weight_note) = match store.get(name).await.context("reading the weight row")? {
+        Some(row) => match (&row.desired, row.current.valid()) {
+            (StoredWeight::Valid(d), _) => (*d, None),
+            (StoredWeight::Invalid(raw), Some(c)) => {
+                (c, Some(format!("DesiredWeight {raw:?} is not a weight: CurrentWeight {c} keeps applying")))
+            }
+            (StoredWeight::Invalid(raw), None) => {
+                bail!("cluster {name}: neither DesiredWeight {raw:?} nor CurrentWeight is a weight")
+            }
+        },
+        None => (
+            store_args.initial_weight,
+            Some(format!(
+                "no weight row for {name}: a controller would create it with --initial-weight {}",
+                store_args.initial_weight
+            )),
+        ),
+    };
+    let dns_parts = open_dns_provider(dns, store_args, cluster).await?;
+    let config = pipeline_config(cluster, dns);
+    let (state, desired) = config.desired(&snapshot, weight);
+    let mut hosts = desired.hosts.clone();
+    hosts.extend(extra_host.map(crate::selection::normalize_host));
+    let current = dns_parts.provider.current(&hosts, &config.owner).await.context("reading published records")?;
+    Ok(Pass { config, weight, weight_note, state, desired, current })
+}
+
+#[derive(Serialize)]
+struct PlanOutput<'a> {
+    cluster: &'a str,
+    cluster_weight: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<&'a str>,
+    #[serde(flatten)]
+    plan: &'a Plan,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    input_refusals: &'a [crate::ir::Refusal],
+}
+
+pub async fn plan_command(args: PlanArgs) -> Result<()> {
+    let pass = read_pass(&args.cluster, &args.provider, &args.store, &args.dns, None).await?;
+    let plan = plan(&pass.desired, &pass.current, &pass.config.owner, pass.config.allow_all_zero);
+    let out = PlanOutput {
+        cluster: &pass.config.owner.cluster,
+        cluster_weight: pass.weight,
+        note: pass.weight_note.as_deref(),
+        plan: &plan,
+        input_refusals: &pass.state.refusals,
+    };
+    match args.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&out)?),
+        OutputFormat::Table => print!("{}", plan_table(&out)),
+    }
+    Ok(())
+}
+
+fn plan_table(out: &PlanOutput<'_>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "cluster {} at weight {}", out.cluster, out.cluster_weight);
+    if let Some(note) = out.note {
+        let _ = writeln!(s, "note: {note}");
+    }
+    if out.plan.is_empty() {
+        let _ = writeln!(s, "no changes");
+    } else {
+        let _ = writeln!(s, "{:<7} {:<40} {:<6} {:>6} {:>6}  VALUES (WAS)", "ACTION", "NAME", "TYPE", "WEIGHT", "TTL");
+        for change in out.plan.changes() {
+            let r = change.record();
+            let was = match change {
+                Change::Upsert { previous: Some(p), .. } => {
+                    format!("  (was weight {} ttl {} {})", p.weight, p.ttl, p.values.join(","))
+                }
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                s,
+                "{:<7} {:<40} {:<6} {:>6} {:>6}  {}{was}",
+                change.action(),
+                r.key.name,
+                r.key.rtype.as_str(),
+                r.weight,
+                r.ttl,
+                r.values.join(",")
+            );
+        }
+        let _ = writeln!(s, "{} change(s)", out.plan.len());
+    }
+    for r in out.input_refusals.iter().chain(out.plan.refusals.iter()) {
+        let _ = writeln!(s, "refused: {} [{}] {}", r.object, r.reason, r.message);
+    }
+    s
+}
+
+pub async fn explain_command(args: ExplainArgs) -> Result<()> {
+    let pass = read_pass(&args.cluster, &args.provider, &args.store, &args.dns, Some(&args.host)).await?;
+    let mut e = explain(&args.host, &pass.state, &pass.current, &pass.config.owner, pass.config.allow_all_zero);
+    e.notes.extend(pass.weight_note);
+    match args.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&e)?),
+        OutputFormat::Table => print!("{}", e.to_text()),
+    }
+    Ok(())
+}

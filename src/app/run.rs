@@ -1,0 +1,153 @@
+//! `weir controller` and `weir local`: every loop of one cluster, wired in one place.
+//!
+//! Order: input provider (first snapshot loaded) → weight store → DNS provider (and, for the embedded
+//! one, the DNS server) → metrics server → weight loop → DNS loop. Each loop subscribes to a `watch`
+//! channel and stops when the shutdown channel flips.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use prometheus_client::registry::Registry;
+use tokio::sync::{watch, Notify};
+
+use super::factories::{
+    open_dns_provider, open_weight_store, pipeline_config, shutdown_signal, start_provider, wait_shutdown,
+};
+use crate::backends::BackendType;
+use crate::cli::{
+    ClusterArgs, ControllerArgs, DnsArgs, DnsProviderKind, LeaderArgs, LocalArgs, ProviderArgs, ProviderKind,
+    SelectionArgs, StoreArgs,
+};
+use crate::reconciler::dns::DnsLoop;
+use crate::reconciler::metrics::{ReconcileMetrics, WeightMetrics};
+use crate::reconciler::weight::WeightLoop;
+use crate::reconciler::NoRefusalSink;
+use crate::telemetry::{self, InvalidInputs, Readiness};
+
+/// How often `weir local` re-checks everything even when no input changed.
+const LOCAL_RESYNC: Duration = Duration::from_secs(30);
+
+pub async fn controller(args: ControllerArgs) -> Result<()> {
+    run(args, None).await
+}
+
+/// `weir local` is the controller on the embedded default: file provider, SQLite store and zone, and
+/// the DNS server that answers from the zone.
+pub async fn local(args: LocalArgs) -> Result<()> {
+    let dns_listen = args.dns_listen;
+    let controller = ControllerArgs {
+        cluster: ClusterArgs {
+            cluster_name: args.cluster_name,
+            selection: SelectionArgs {
+                binding_domain: args.binding_domain,
+                annotation_filters: args.annotation_filters,
+                annotation_prefix: args.annotation_prefix,
+                dev_mode: args.dev_mode,
+            },
+        },
+        provider: ProviderArgs {
+            provider: ProviderKind::File,
+            manifests: Some(args.manifests),
+            manifests_poll_interval: args.manifests_poll_interval,
+        },
+        store: StoreArgs {
+            backend_type: BackendType::Sqlite,
+            db: Some(args.db),
+            table_name: String::new(),
+            initial_weight: args.initial_weight,
+            static_weight: 100,
+            aws_region: String::new(),
+        },
+        dns: DnsArgs {
+            dns_provider: DnsProviderKind::Embedded,
+            dns_listen: Some(dns_listen),
+            hosted_zone_id: None,
+            record_ttl: args.record_ttl,
+            aws_health_check_id: None,
+            health_check_path: None,
+            health_check_port: 443,
+            health_check_protocol: "HTTPS".into(),
+            txt_prefix: crate::dns::record::DEFAULT_TXT_PREFIX.into(),
+            allow_all_zero: args.allow_all_zero,
+            wait_insync: false,
+        },
+        leader: LeaderArgs {
+            enable_leader_election: false,
+            leader_election_namespace: String::new(),
+            leader_election_id: String::new(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        },
+        metrics_addr: args.metrics_addr,
+        weight_poll_interval: args.weight_poll_interval,
+        resync_interval: LOCAL_RESYNC,
+    };
+    run(controller, Some(dns_listen)).await
+}
+
+async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()> {
+    let shutdown = shutdown_signal();
+    let mut registry = Registry::default();
+    let invalid = InvalidInputs::register(&mut registry);
+    let readiness = Readiness::default();
+    let cluster = args.cluster.cluster_name.clone();
+    anyhow::ensure!(!cluster.is_empty(), "--cluster-name must not be empty");
+    if args.leader.enable_leader_election {
+        tracing::warn!("--enable-leader-election is not built in yet; running as the only writer");
+    }
+
+    let (snapshots, provider_task) = start_provider(&args.provider, &invalid, shutdown.clone()).await?;
+    let store = open_weight_store(&args.store, &cluster).await?;
+    let dns = open_dns_provider(&args.dns, &args.store, &args.cluster).await?;
+
+    let mut tasks = vec![provider_task];
+    // The embedded zone is served by weir's own DNS server when an address is given.
+    let dns_listen =
+        dns_listen.or(if args.dns.dns_provider == DnsProviderKind::Embedded { args.dns.dns_listen } else { None });
+    if let (Some(addr), Some(zone)) = (dns_listen, dns.zone.as_ref()) {
+        tasks.push(super::factories::serve_embedded_dns(addr, zone, &mut registry, shutdown.clone()).await?);
+    }
+
+    let weight_metrics = WeightMetrics::register(&mut registry);
+    let reconcile_metrics = ReconcileMetrics::register(&mut registry);
+    let router = telemetry::router(Arc::new(registry), readiness.clone());
+    let metrics_task = telemetry::serve(args.metrics_addr, router, wait_shutdown(shutdown.clone()))
+        .await
+        .with_context(|| format!("binding the metrics server on {}", args.metrics_addr))?;
+
+    let poll_now = Arc::new(Notify::new());
+    let (weight_tx, weight_rx) = watch::channel(None);
+    let weight_loop = WeightLoop {
+        store: store.clone(),
+        cluster: cluster.clone(),
+        initial_weight: args.store.initial_weight,
+        interval: args.weight_poll_interval,
+        metrics: weight_metrics,
+        invalid: invalid.clone(),
+        poll_now: poll_now.clone(),
+    };
+    let dns_loop = DnsLoop {
+        config: pipeline_config(&args.cluster, &args.dns),
+        provider: dns.provider,
+        store,
+        metrics: reconcile_metrics,
+        invalid,
+        sink: Arc::new(NoRefusalSink),
+        resync: args.resync_interval,
+        poll_weight_now: poll_now,
+        readiness,
+    };
+    tracing::info!(%cluster, "weir running");
+    tasks.push(tokio::spawn(weight_loop.run(weight_tx, shutdown.clone())));
+    tasks.push(tokio::spawn(dns_loop.run(snapshots, weight_rx, shutdown.clone())));
+
+    wait_shutdown(shutdown).await;
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), metrics_task).await;
+    Ok(())
+}
