@@ -23,12 +23,19 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use rand::Rng;
 
+pub use aws_config;
 pub use aws_sdk_dynamodb;
 pub use aws_sdk_route53;
 
 /// Loads the SDK configuration from the standard environment (`AWS_ENDPOINT_URL`, `AWS_REGION`,
 /// credentials chain). The region falls back to `default_region` (`--aws-region`).
 pub async fn sdk_config(default_region: &str) -> SdkConfig {
+    loader(default_region).load().await
+}
+
+/// The configuration loader with weir's settings (region fallback, no SDK retries, timeouts), for
+/// callers that set more (tests point it at their own endpoint).
+pub fn loader(default_region: &str) -> aws_config::ConfigLoader {
     let region = RegionProviderChain::default_provider().or_else(Region::new(default_region.to_string()));
     aws_config::defaults(BehaviorVersion::latest())
         .region(region)
@@ -41,8 +48,6 @@ pub async fn sdk_config(default_region: &str) -> SdkConfig {
                 .operation_timeout(Duration::from_secs(30))
                 .build(),
         )
-        .load()
-        .await
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -2,6 +2,9 @@
 //! and clean up processes even when a test fails.
 #![forbid(unsafe_code)]
 
+pub mod aws;
+pub mod weir_aws;
+
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -112,6 +112,9 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     }
 
     let weight_metrics = WeightMetrics::register(&mut registry);
+    // Process-wide families: every AWS call and health check status, whichever component made them.
+    crate::aws::AwsMetrics::register(&mut registry);
+    crate::dns::route53::HealthMetrics::register(&mut registry);
     let reconcile_metrics = ReconcileMetrics::register(&mut registry);
     let router = telemetry::router(Arc::new(registry), readiness.clone());
     let metrics_task = telemetry::serve(args.metrics_addr, router, wait_shutdown(shutdown.clone()))

@@ -95,13 +95,15 @@ pub struct Route53Dns {
 }
 
 impl Route53Dns {
+    /// A provider on the SDK configuration from the standard environment, `region` as the fallback.
+    pub async fn connect(region: &str, opts: Route53Options) -> Result<Self, DnsError> {
+        let config = crate::aws::sdk_config(region).await;
+        Self::new(Client::new(&config), Aws::default(), opts).await
+    }
+
     /// Resolves the zone (by id, or from the domain) and returns a provider with a cold cache.
-    pub async fn new(
-        client: Client,
-        aws: Aws,
-        opts: Route53Options,
-        health_metrics: HealthMetrics,
-    ) -> Result<Self, DnsError> {
+    pub async fn new(client: Client, aws: Aws, opts: Route53Options) -> Result<Self, DnsError> {
+        let health_metrics = HealthMetrics::default();
         let (zone_id, zone_name) = resolve_zone(&client, &aws, &opts.zone).await?;
         tracing::info!(zone_id, zone_name, "using Route53 hosted zone");
         let health = opts.health.clone().map(|settings| {

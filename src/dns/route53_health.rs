@@ -70,10 +70,19 @@ struct HealthLabels {
     target: String,
 }
 
-/// `weir_health_check_healthy{cluster,target}`: 1 healthy, 0 not.
-#[derive(Clone, Default)]
+/// `weir_health_check_healthy{cluster,target}`: 1 healthy, 0 not. One family per process (as
+/// [`crate::aws::AwsMetrics`]), registered by the wiring.
+#[derive(Clone)]
 pub struct HealthMetrics {
     healthy: Family<HealthLabels, Gauge>,
+}
+
+static SHARED: std::sync::OnceLock<HealthMetrics> = std::sync::OnceLock::new();
+
+impl Default for HealthMetrics {
+    fn default() -> Self {
+        SHARED.get_or_init(|| HealthMetrics { healthy: Family::default() }).clone()
+    }
 }
 
 impl HealthMetrics {
