@@ -76,6 +76,12 @@ impl Default for AwsMetrics {
 }
 
 impl AwsMetrics {
+    /// A family of its own, not the process-wide one: for counting one component's calls in tests and
+    /// benchmarks.
+    pub fn isolated() -> Self {
+        AwsMetrics { requests: Family::default() }
+    }
+
     /// Registers the process-wide family in `registry` (once per registry).
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();

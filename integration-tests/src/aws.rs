@@ -148,45 +148,62 @@ pub async fn item_attr(client: &aws_sdk_dynamodb::Client, table: &str, cluster: 
 /// An HTTP/1.1 proxy in front of moto that answers a share of requests with AWS throttling errors:
 /// Route53 `Throttling` (and `PriorRequestNotComplete` for record changes), DynamoDB
 /// `ThrottlingException`. Deterministic: request `n` is refused when `(n × 37) mod 100 < percent`.
+/// It can also hold record changes after the first few (to kill weir in the middle of an apply).
 pub struct FaultProxy {
     pub port: u16,
-    pub faults: Arc<AtomicU64>,
-    pub forwarded: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
+    pub state: Arc<ProxyState>,
+}
+
+#[derive(Default)]
+pub struct ProxyState {
+    pub percent: AtomicU64,
+    pub faults: AtomicU64,
+    pub forwarded: AtomicU64,
+    /// Route53 record changes forwarded.
+    pub changes: AtomicU64,
+    /// Record changes after this many are held, then dropped unanswered on release.
+    pub hold_changes_after: AtomicU64,
+    pub held: AtomicU64,
+    pub released: AtomicBool,
+    stop: AtomicBool,
+    counter: AtomicU64,
 }
 
 impl FaultProxy {
     pub fn start(upstream_port: u16, percent: u64) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let faults = Arc::new(AtomicU64::new(0));
-        let forwarded = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let counter = Arc::new(AtomicU64::new(0));
-        let (f, w, s) = (faults.clone(), forwarded.clone(), stop.clone());
+        let state = Arc::new(ProxyState { hold_changes_after: AtomicU64::new(u64::MAX), ..Default::default() });
+        state.percent.store(percent, Ordering::SeqCst);
+        let st = state.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
-                if s.load(Ordering::SeqCst) {
+                if st.stop.load(Ordering::SeqCst) {
                     return;
                 }
                 let Ok(conn) = conn else { continue };
-                let (f, w, c) = (f.clone(), w.clone(), counter.clone());
+                let st = st.clone();
                 std::thread::spawn(move || {
-                    let _ = serve_connection(conn, upstream_port, percent, &c, &f, &w);
+                    let _ = serve_connection(conn, upstream_port, &st);
                 });
             }
         });
-        FaultProxy { port, faults, forwarded, stop }
+        FaultProxy { port, state }
     }
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    pub fn faults(&self) -> u64 {
+        self.state.faults.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for FaultProxy {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.state.stop.store(true, Ordering::SeqCst);
+        self.state.released.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
@@ -221,25 +238,33 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<Req
     Ok(Some(Request { head, body }))
 }
 
-fn serve_connection(
-    conn: TcpStream,
-    upstream_port: u16,
-    percent: u64,
-    counter: &AtomicU64,
-    faults: &AtomicU64,
-    forwarded: &AtomicU64,
-) -> std::io::Result<()> {
+fn is_record_change(req: &Request) -> bool {
+    req.head.starts_with("POST ") && req.head.lines().next().is_some_and(|l| l.contains("/rrset"))
+}
+
+fn serve_connection(conn: TcpStream, upstream_port: u16, st: &ProxyState) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut writer = conn.try_clone()?;
     let mut reader = BufReader::new(conn);
     while let Some(req) = read_request(&mut reader)? {
-        let n = counter.fetch_add(1, Ordering::SeqCst);
-        if (n * 37) % 100 < percent {
-            faults.fetch_add(1, Ordering::SeqCst);
+        let n = st.counter.fetch_add(1, Ordering::SeqCst);
+        if (n * 37) % 100 < st.percent.load(Ordering::SeqCst) {
+            st.faults.fetch_add(1, Ordering::SeqCst);
             writer.write_all(&throttle_response(&req, n))?;
             continue;
         }
-        forwarded.fetch_add(1, Ordering::SeqCst);
+        if is_record_change(&req) {
+            let k = st.changes.fetch_add(1, Ordering::SeqCst);
+            if k >= st.hold_changes_after.load(Ordering::SeqCst) {
+                st.held.fetch_add(1, Ordering::SeqCst);
+                while !st.released.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                // Dropped unanswered: the change never reached Route53.
+                return Ok(());
+            }
+        }
+        st.forwarded.fetch_add(1, Ordering::SeqCst);
         // One upstream connection per request, closed by the upstream: the whole response is what it
         // sends before closing. The client sees `Connection: close` and reconnects.
         let mut head: String = req
@@ -268,8 +293,7 @@ fn throttle_response(req: &Request, n: u64) -> Vec<u8> {
             r#"{"__type":"com.amazonaws.dynamodb.v20120810#ThrottlingException","message":"Rate of requests exceeds the allowed throughput."}"#.to_string(),
         )
     } else {
-        let change = req.head.starts_with("POST ") && req.head.contains("/rrset");
-        let code = if change && n.is_multiple_of(2) { "PriorRequestNotComplete" } else { "Throttling" };
+        let code = if is_record_change(req) && n.is_multiple_of(2) { "PriorRequestNotComplete" } else { "Throttling" };
         (
             "text/xml",
             format!(
