@@ -18,7 +18,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Controller(args) => runtime()?.block_on(run::controller(args)),
         Command::Xds(_) => bail!("weir xds is not built yet"),
         Command::Local(args) => runtime()?.block_on(run::local(args)),
-        Command::Weights(_) => bail!("weir weights is not built yet"),
+        Command::Weights(args) => {
+            print!("{}", crate::backends::cli_cmd::run_blocking(&args.command)?);
+            Ok(())
+        }
         Command::Explain(args) => runtime()?.block_on(oneshot::explain_command(args)),
         Command::Plan(args) => runtime()?.block_on(oneshot::plan_command(args)),
     }
@@ -32,7 +35,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn init_logging(format: crate::cli::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // No colour codes in files and pipes (test logs, log collectors).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         crate::cli::LogFormat::Text => builder.init(),
         crate::cli::LogFormat::Json => builder.json().init(),

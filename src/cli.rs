@@ -279,8 +279,8 @@ pub enum WeightsCommand {
         store: WeightsStoreArgs,
         #[arg(long, env = "WEIR_CLUSTER_NAME")]
         cluster_name: String,
-        /// 0-100.
-        #[arg(long)]
+        /// 0-100. Parsed by weir, not clap, so that `--desired -1` gets weir's message.
+        #[arg(long, allow_hyphen_values = true)]
         desired: String,
     },
 }

@@ -150,9 +150,11 @@ pub fn translate(snapshot: &Snapshot, cluster_weight: u8, cfg: &TranslateConfig)
                     object: source.clone(),
                     kind: InputKind::Target,
                     reason: "UnpublishableTarget".into(),
-                    message,
+                    message: format!("{message}; the published records of its hosts are kept"),
                 });
-                continue;
+                // No targets: the hosts stay managed and keep what is published, rather than vanishing
+                // from the desired state (which would delete their records).
+                Targets::default()
             }
         };
 

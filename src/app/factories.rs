@@ -140,9 +140,13 @@ pub async fn wait_shutdown(mut shutdown: watch::Receiver<bool>) {
 pub async fn serve_embedded_dns(
     addr: std::net::SocketAddr,
     zone: &EmbeddedZone,
-    _registry: &mut prometheus_client::registry::Registry,
-    _shutdown: watch::Receiver<bool>,
+    registry: &mut prometheus_client::registry::Registry,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>> {
-    tracing::warn!(%addr, zone = %zone.path().display(), "the DNS server is not merged yet");
-    Ok(tokio::spawn(async {}))
+    let metrics = crate::dns::server::DnsServerMetrics::register(registry);
+    let (bound, task) = crate::dns::server::serve(addr, zone, metrics, wait_shutdown(shutdown))
+        .await
+        .with_context(|| format!("binding the DNS server on {addr}"))?;
+    tracing::info!(addr = %bound, "serving the embedded zone over DNS (UDP and TCP)");
+    Ok(task)
 }

@@ -9,6 +9,7 @@ pub mod plan;
 pub mod record;
 pub mod route53;
 mod route53_health;
+pub mod server;
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr};

@@ -299,3 +299,207 @@ pub fn source_of(values: &[String]) -> Option<ObjectRef> {
         Some(ObjectRef::new(kind, namespace, name))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::record::RecordOptions;
+    use crate::ir::{DesiredState, DnsIntent, Factors, Targets};
+
+    fn owner() -> Ownership {
+        Ownership::new("eu")
+    }
+
+    fn intent(host: &str, weight: Option<u8>, targets: Targets) -> DnsIntent {
+        DnsIntent {
+            host: host.into(),
+            source: ObjectRef::new("Ingress", "shop", "web"),
+            targets,
+            factors: Factors { cluster: 100, annotation: Some(100), healthy: true, unhealthy_reason: None },
+            weight,
+        }
+    }
+
+    fn cname(target: &str) -> Targets {
+        Targets { hostnames: vec![target.into()], ..Default::default() }
+    }
+
+    fn ipv4(ip: &str) -> Targets {
+        Targets { ipv4: vec![ip.parse().unwrap()], ..Default::default() }
+    }
+
+    fn desired(intents: Vec<DnsIntent>) -> DesiredRecords {
+        let mut dns = intents;
+        dns.sort_by(|a, b| a.host.cmp(&b.host));
+        DesiredRecords::build(&DesiredState { dns, refusals: vec![] }, &owner(), &RecordOptions::default())
+    }
+
+    /// What is published after this plan lands on `current` (the provider's contract).
+    fn applied(current: &[RecordSet], plan: &Plan) -> Vec<RecordSet> {
+        let mut map: BTreeMap<RecordKey, RecordSet> = current.iter().map(|r| (r.key.clone(), r.clone())).collect();
+        for c in plan.changes() {
+            match c {
+                Change::Upsert { record, .. } => {
+                    map.insert(record.key.clone(), record.clone());
+                }
+                Change::Delete { record } => {
+                    assert_eq!(map.remove(&record.key).as_ref(), Some(record), "a delete names the published record");
+                }
+            }
+        }
+        map.into_values().collect()
+    }
+
+    fn other(cluster: &str, host: &str, weight: u8) -> RecordSet {
+        RecordSet {
+            key: RecordKey { name: host.into(), rtype: RecordType::Cname, set_identifier: cluster.into() },
+            weight,
+            ttl: 60,
+            values: vec![format!("lb.{cluster}.example.net")],
+            health_check_id: None,
+        }
+    }
+
+    #[test]
+    fn new_host_creates_txt_before_traffic_and_replanning_is_empty() {
+        let d = desired(vec![intent("a.example.com", Some(50), cname("lb.eu.example.net"))]);
+        let p = plan(&d, &[], &owner(), false);
+        let actions: Vec<(&str, RecordType)> = p.changes().map(|c| (c.action(), c.record().key.rtype)).collect();
+        assert_eq!(actions, [("UPSERT", RecordType::Txt), ("UPSERT", RecordType::Cname)]);
+        let now = applied(&[], &p);
+        let again = plan(&d, &now, &owner(), false);
+        assert!(again.is_empty(), "{again:?}");
+        assert!(again.batches(BatchLimits::ROUTE53).is_empty(), "an empty plan makes no write calls");
+    }
+
+    #[test]
+    fn weight_change_upserts_only_the_traffic_record() {
+        let before = desired(vec![intent("a.example.com", Some(50), cname("lb.eu.example.net"))]);
+        let current = applied(&[], &plan(&before, &[], &owner(), false));
+        let after = desired(vec![intent("a.example.com", Some(20), cname("lb.eu.example.net"))]);
+        let p = plan(&after, &current, &owner(), false);
+        let changes: Vec<&Change> = p.changes().collect();
+        assert_eq!(changes.len(), 1);
+        match changes[0] {
+            Change::Upsert { record, previous: Some(prev) } => {
+                assert_eq!((record.weight, prev.weight, record.key.rtype), (20, 50, RecordType::Cname));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn all_zero_guard_holds_the_last_non_zero_weight() {
+        let up = desired(vec![intent("a.example.com", Some(40), cname("lb.eu.example.net"))]);
+        let mut current = applied(&[], &plan(&up, &[], &owner(), false));
+        current.push(other("us", "a.example.com", 0));
+        let zero = desired(vec![intent("a.example.com", Some(0), cname("lb.eu.example.net"))]);
+
+        let guarded = plan(&zero, &current, &owner(), false);
+        assert!(guarded.is_empty(), "the published weight 40 is kept: {guarded:?}");
+        assert_eq!(guarded.refusals.len(), 1);
+        assert_eq!(guarded.refusals[0].kind, InputKind::AllZeroGuard);
+        assert_eq!(guarded.refusals[0].object, ObjectRef::new("Ingress", "shop", "web"));
+        assert!(!guarded.reaches_desired_weights());
+
+        let allowed = plan(&zero, &current, &owner(), true);
+        assert!(allowed.refusals.is_empty());
+        assert!(allowed.reaches_desired_weights());
+        assert_eq!(allowed.changes().map(|c| c.record().weight).collect::<Vec<_>>(), [0]);
+
+        // Another cluster with a non-zero weight: 0 is safe to publish.
+        let mut with_us = current.clone();
+        with_us.retain(|r| r.key.set_identifier == "eu");
+        with_us.push(other("us", "a.example.com", 10));
+        let p = plan(&zero, &with_us, &owner(), false);
+        assert!(p.refusals.is_empty() && p.reaches_desired_weights());
+        assert_eq!(p.changes().map(|c| c.record().weight).collect::<Vec<_>>(), [0]);
+    }
+
+    #[test]
+    fn foreign_records_are_never_touched() {
+        // Another cluster's records, and a record with our set identifier but no ownership TXT.
+        let foreign = RecordSet {
+            key: RecordKey { name: "b.example.com".into(), rtype: RecordType::A, set_identifier: "eu".into() },
+            weight: 10,
+            ttl: 300,
+            values: vec!["198.51.100.1".into()],
+            health_check_id: None,
+        };
+        let current = vec![other("us", "a.example.com", 30), foreign.clone()];
+        let d = desired(vec![
+            intent("a.example.com", Some(50), cname("lb.eu.example.net")),
+            intent("b.example.com", Some(50), ipv4("192.0.2.1")),
+        ]);
+        let p = plan(&d, &current, &owner(), false);
+        assert!(p.changes().all(|c| c.record().key.set_identifier == "eu"));
+        assert!(p.changes().all(|c| !c.record().key.name.ends_with("b.example.com")), "{p:?}");
+        assert_eq!(p.refusals.len(), 1);
+        assert_eq!(p.refusals[0].kind, InputKind::Ownership);
+        let after = applied(&current, &p);
+        assert!(after.contains(&foreign) && after.contains(&other("us", "a.example.com", 30)));
+    }
+
+    #[test]
+    fn removed_host_is_deleted_traffic_first() {
+        let d = desired(vec![
+            intent("a.example.com", Some(50), cname("lb.eu.example.net")),
+            intent("b.example.com", Some(50), cname("lb.eu.example.net")),
+        ]);
+        let current = applied(&[], &plan(&d, &[], &owner(), false));
+        let only_a = desired(vec![intent("a.example.com", Some(50), cname("lb.eu.example.net"))]);
+        let p = plan(&only_a, &current, &owner(), false);
+        let actions: Vec<(&str, &str)> = p.changes().map(|c| (c.action(), c.record().key.name.as_str())).collect();
+        assert_eq!(actions, [("DELETE", "b.example.com"), ("DELETE", "_weir.b.example.com")]);
+        assert!(applied(&current, &p).iter().all(|r| !r.key.name.ends_with("b.example.com")));
+    }
+
+    #[test]
+    fn type_change_deletes_the_old_type_first() {
+        let d = desired(vec![intent("a.example.com", Some(50), cname("lb.eu.example.net"))]);
+        let current = applied(&[], &plan(&d, &[], &owner(), false));
+        let to_a = desired(vec![intent("a.example.com", Some(50), ipv4("192.0.2.7"))]);
+        let p = plan(&to_a, &current, &owner(), false);
+        let actions: Vec<(&str, RecordType)> = p.changes().map(|c| (c.action(), c.record().key.rtype)).collect();
+        assert_eq!(actions, [("DELETE", RecordType::Cname), ("UPSERT", RecordType::A)]);
+        let after = applied(&current, &p);
+        assert!(after.iter().any(|r| r.key.rtype == RecordType::A && r.values == ["192.0.2.7"]));
+        assert!(plan(&to_a, &after, &owner(), false).is_empty());
+    }
+
+    #[test]
+    fn kept_hosts_are_left_as_published() {
+        let d = desired(vec![intent("a.example.com", Some(50), cname("lb.eu.example.net"))]);
+        let current = applied(&[], &plan(&d, &[], &owner(), false));
+        // Weight not derivable (bad annotation), or no load-balancer address yet: keep.
+        for held in [
+            intent("a.example.com", None, cname("lb.eu.example.net")),
+            intent("a.example.com", Some(0), Targets::default()),
+        ] {
+            let p = plan(&desired(vec![held]), &current, &owner(), false);
+            assert!(p.is_empty(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn batches_respect_limits_and_count_upserts_twice() {
+        let hosts: Vec<DnsIntent> =
+            (0..30).map(|i| intent(&format!("h{i:02}.example.com"), Some(50), cname("lb.eu.example.net"))).collect();
+        let p = plan(&desired(hosts), &[], &owner(), false);
+        // Each host: two UPSERTs of one value = 4 elements.
+        assert_eq!(p.hosts[0].elements(), 4);
+        let limits = BatchLimits { elements: 10, characters: 32_000 };
+        let batches = p.batches(limits);
+        assert_eq!(batches.len(), 15, "two hosts (8 elements) per batch");
+        for b in &batches {
+            assert!(b.iter().map(Change::elements).sum::<usize>() <= limits.elements);
+            // A host's changes are never split: TXT and its traffic record travel together.
+            assert_eq!(b.len() % 2, 0);
+        }
+        assert_eq!(batches.concat(), p.changes().cloned().collect::<Vec<_>>(), "order is kept");
+        let chars = p.hosts[0].characters();
+        let by_chars = p.batches(BatchLimits { elements: 1000, characters: chars * 3 });
+        assert_eq!(by_chars.len(), 10);
+        assert_eq!(p.batches(BatchLimits::ROUTE53).len(), 1);
+    }
+}

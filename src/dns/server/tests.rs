@@ -1,0 +1,428 @@
+//! The DNS server tested with real queries over UDP and TCP on 127.0.0.1, built and decoded with
+//! hickory-proto, against a zone in a real SQLite file.
+
+use std::time::Instant;
+
+use hickory_proto::op::Query;
+use tokio::sync::oneshot;
+
+use super::*;
+use crate::dns::embedded::EmbeddedDns;
+use crate::dns::plan::Change;
+use crate::dns::record::RecordKey;
+use crate::dns::DnsProvider;
+
+fn mk(name: &str, rtype: RecordType, cluster: &str, weight: u8, values: &[&str]) -> RecordSet {
+    RecordSet {
+        key: RecordKey { name: name.into(), rtype, set_identifier: cluster.into() },
+        weight,
+        ttl: 30,
+        values: values.iter().map(|v| v.to_string()).collect(),
+        health_check_id: None,
+    }
+}
+
+struct Server {
+    addr: SocketAddr,
+    dns: EmbeddedDns,
+    registry: Registry,
+    _stop: oneshot::Sender<()>,
+    handle: JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(records: &[RecordSet], seed: u64) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let zone = EmbeddedZone::open(dir.path().join("weir.db")).await.unwrap();
+    let dns = EmbeddedDns::new(zone.clone());
+    publish(&dns, records).await;
+    let mut registry = Registry::default();
+    let metrics = DnsServerMetrics::register(&mut registry);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let options = DnsServerOptions { reload_interval: RELOAD_INTERVAL, rng: StdRng::seed_from_u64(seed) };
+    let (addr, handle) = serve_with("127.0.0.1:0".parse().unwrap(), &zone, metrics, options, async move {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    Server { addr, dns, registry, _stop: stop, handle, _dir: dir }
+}
+
+async fn publish(dns: &EmbeddedDns, records: &[RecordSet]) {
+    let changes = records.iter().map(|r| Change::Upsert { record: r.clone(), previous: None }).collect();
+    let report = dns.apply(vec![changes]).await;
+    assert!(report.is_complete(), "{:?}", report.failed);
+}
+
+fn query(id: u16, name: &str, qtype: QType, edns: bool) -> Vec<u8> {
+    let mut m = Message::new();
+    m.set_id(id).set_message_type(MessageType::Query).set_op_code(OpCode::Query).set_recursion_desired(true);
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    if edns {
+        let mut e = Edns::new();
+        e.set_max_payload(4096);
+        m.set_edns(e);
+    }
+    m.to_vec().unwrap()
+}
+
+struct Udp(UdpSocket);
+
+impl Udp {
+    async fn new(server: SocketAddr) -> Self {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        s.connect(server).await.unwrap();
+        Udp(s)
+    }
+
+    async fn send_raw(&self, bytes: &[u8]) {
+        self.0.send(bytes).await.unwrap();
+    }
+
+    async fn recv(&self) -> Message {
+        let mut buf = vec![0u8; 65_535];
+        let n = tokio::time::timeout(Duration::from_secs(5), self.0.recv(&mut buf)).await.expect("reply").unwrap();
+        Message::from_vec(&buf[..n]).unwrap()
+    }
+
+    async fn ask(&self, id: u16, name: &str, qtype: QType) -> Message {
+        self.send_raw(&query(id, name, qtype, false)).await;
+        let reply = self.recv().await;
+        assert_eq!(reply.id(), id);
+        reply
+    }
+}
+
+struct Tcp(TcpStream);
+
+impl Tcp {
+    async fn new(server: SocketAddr) -> Self {
+        let s = TcpStream::connect(server).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        Tcp(s)
+    }
+
+    async fn ask(&mut self, id: u16, name: &str, qtype: QType) -> Message {
+        let q = query(id, name, qtype, false);
+        let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&q);
+        self.0.write_all(&framed).await.unwrap();
+        let len = tokio::time::timeout(Duration::from_secs(5), self.0.read_u16()).await.expect("reply").unwrap();
+        let mut buf = vec![0u8; usize::from(len)];
+        self.0.read_exact(&mut buf).await.unwrap();
+        let reply = Message::from_vec(&buf).unwrap();
+        assert_eq!(reply.id(), id);
+        reply
+    }
+}
+
+/// The answer's values as text, sorted.
+fn values(m: &Message) -> Vec<String> {
+    let mut v: Vec<String> = m
+        .answers()
+        .iter()
+        .map(|r| match r.data() {
+            RData::A(a) => a.0.to_string(),
+            RData::AAAA(a) => a.0.to_string(),
+            RData::CNAME(c) => c.0.to_ascii(),
+            RData::TXT(t) => t.to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn metric_text(registry: &Registry) -> String {
+    let mut s = String::new();
+    prometheus_client::encoding::text::encode(&mut s, registry).unwrap();
+    s
+}
+
+#[tokio::test]
+async fn weighted_choice_over_udp_matches_w_over_sum() {
+    let server = start(
+        &[
+            mk("api.example.com", RecordType::A, "eu", 70, &["10.0.0.1"]),
+            mk("api.example.com", RecordType::A, "us", 30, &["10.1.0.1", "10.1.0.2"]),
+        ],
+        7,
+    )
+    .await;
+    let client = Udp::new(server.addr).await;
+    let (mut eu, mut us) = (0u32, 0u32);
+    const N: u32 = 3000;
+    for i in 0..N {
+        let reply = client.ask(i as u16, "api.example.com", QType::A).await;
+        assert_eq!(reply.response_code(), ResponseCode::NoError);
+        assert!(reply.authoritative());
+        match values(&reply).as_slice() {
+            [a] if a == "10.0.0.1" => eu += 1,
+            // Every value of the chosen set, never a mix of clusters.
+            [a, b] if a == "10.1.0.1" && b == "10.1.0.2" => us += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+        assert!(reply.answers().iter().all(|r| r.ttl() == 30));
+    }
+    assert_eq!(eu + us, N);
+    let share = f64::from(eu) / f64::from(N);
+    assert!((share - 0.70).abs() < 0.03, "eu got {share:.3} of answers, want 0.70 ± 0.03");
+    let text = metric_text(&server.registry);
+    assert!(text.contains(r#"weir_dns_queries_total{qtype="A",rcode="NOERROR"} 3000"#), "{text}");
+    assert!(text.contains("weir_dns_zone_record_sets 2"), "{text}");
+}
+
+#[tokio::test]
+async fn all_zero_weights_split_equally_over_tcp() {
+    let server = start(
+        &[
+            mk("www.example.com", RecordType::Cname, "eu", 0, &["lb-eu.example.net"]),
+            mk("www.example.com", RecordType::Cname, "us", 0, &["lb-us.example.net"]),
+            mk("www.example.com", RecordType::Cname, "ap", 0, &["lb-ap.example.net"]),
+        ],
+        11,
+    )
+    .await;
+    let mut client = Tcp::new(server.addr).await;
+    let mut counts = HashMap::<String, u32>::new();
+    const N: u32 = 3000;
+    for i in 0..N {
+        // Many queries on one TCP connection.
+        let reply = client.ask(i as u16, "WWW.Example.COM", QType::A).await;
+        assert_eq!(reply.response_code(), ResponseCode::NoError);
+        let v = values(&reply);
+        assert_eq!(v.len(), 1);
+        *counts.entry(v[0].clone()).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (target, n) in &counts {
+        let share = f64::from(*n) / f64::from(N);
+        assert!((share - 1.0 / 3.0).abs() < 0.03, "{target} got {share:.3}, want 1/3 ± 0.03");
+    }
+}
+
+#[tokio::test]
+async fn cname_txt_nxdomain_and_nodata() {
+    let server = start(
+        &[
+            mk("www.example.com", RecordType::Cname, "eu", 100, &["lb-eu.example.net"]),
+            mk("api.example.com", RecordType::A, "eu", 100, &["10.0.0.1"]),
+            mk("api.example.com", RecordType::Aaaa, "eu", 100, &["2001:db8::1"]),
+            mk(
+                "_weir.api.example.com",
+                RecordType::Txt,
+                "eu",
+                1,
+                &["heritage=weir,weir/owner=eu,weir/resource=ingress/default/api"],
+            ),
+        ],
+        1,
+    )
+    .await;
+    let c = Udp::new(server.addr).await;
+
+    // A and AAAA on a CNAME name get the CNAME.
+    for (id, qtype) in [(1, QType::A), (2, QType::AAAA), (3, QType::CNAME)] {
+        let r = c.ask(id, "www.example.com", qtype).await;
+        assert_eq!(values(&r), ["lb-eu.example.net."], "{qtype}");
+        assert_eq!(r.answers()[0].record_type(), QType::CNAME);
+    }
+    let r = c.ask(4, "api.example.com.", QType::AAAA).await;
+    assert_eq!(values(&r), ["2001:db8::1"]);
+    let r = c.ask(5, "_weir.api.example.com", QType::TXT).await;
+    assert_eq!(values(&r), ["heritage=weir,weir/owner=eu,weir/resource=ingress/default/api"]);
+
+    // Unknown name: NXDOMAIN, authoritative.
+    let r = c.ask(6, "nope.example.com", QType::A).await;
+    assert_eq!(r.response_code(), ResponseCode::NXDomain);
+    assert!(r.authoritative());
+    assert!(r.answers().is_empty());
+    // A name with records but not of the asked type: NODATA.
+    for (id, name, qtype) in [(7, "api.example.com", QType::MX), (8, "api.example.com", QType::CNAME)] {
+        let r = c.ask(id, name, qtype).await;
+        assert_eq!(r.response_code(), ResponseCode::NoError, "{name} {qtype}");
+        assert!(r.answers().is_empty(), "{name} {qtype}");
+    }
+    // A parent of record names is an empty non-terminal, not NXDOMAIN.
+    let r = c.ask(9, "example.com", QType::A).await;
+    assert_eq!(r.response_code(), ResponseCode::NoError);
+    assert!(r.answers().is_empty());
+    // ANY: one choice per type.
+    let r = c.ask(10, "api.example.com", QType::ANY).await;
+    assert_eq!(values(&r), ["10.0.0.1", "2001:db8::1"]);
+
+    // EDNS is tolerated and echoed.
+    c.send_raw(&query(11, "api.example.com", QType::A, true)).await;
+    let r = c.recv().await;
+    assert_eq!(r.id(), 11);
+    assert_eq!(values(&r), ["10.0.0.1"]);
+    assert_eq!(r.extensions().as_ref().map(|e| e.max_payload()), Some(EDNS_PAYLOAD));
+
+    let text = metric_text(&server.registry);
+    assert!(text.contains(r#"weir_dns_queries_total{qtype="A",rcode="NXDOMAIN"} 1"#), "{text}");
+    assert!(text.contains(r#"weir_dns_queries_total{qtype="MX",rcode="NOERROR"} 1"#), "{text}");
+}
+
+#[tokio::test]
+async fn malformed_packets_never_kill_the_server() {
+    let server = start(&[mk("api.example.com", RecordType::A, "eu", 100, &["10.0.0.1"])], 1).await;
+    let c = Udp::new(server.addr).await;
+
+    // Too short for a header: dropped. The next reply is the valid query's.
+    c.send_raw(&[1, 2, 3]).await;
+    c.send_raw(&[]).await;
+    // A response, not a query: dropped (never answer answers).
+    let mut response = Message::from_vec(&query(99, "api.example.com", QType::A, false)).unwrap();
+    response.set_message_type(MessageType::Response);
+    c.send_raw(&response.to_vec().unwrap()).await;
+    let r = c.ask(20, "api.example.com", QType::A).await;
+    assert_eq!(values(&r), ["10.0.0.1"]);
+
+    // A header that promises a question that is not there: FORMERR to that id.
+    let mut truncated = query(21, "api.example.com", QType::A, false);
+    truncated.truncate(16);
+    c.send_raw(&truncated).await;
+    let r = c.recv().await;
+    assert_eq!((r.id(), r.response_code()), (21, ResponseCode::FormErr));
+
+    // Random garbage: whatever comes back is a well-formed response, and the server keeps answering.
+    let mut rng = StdRng::seed_from_u64(3);
+    for i in 0..200u16 {
+        let len = rng.random_range(12..200);
+        let mut junk: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        junk[0..2].copy_from_slice(&(1000 + i).to_be_bytes());
+        junk[2] &= 0x7f; // QR = query
+        let zone = ZoneIndex::default();
+        // The same bytes through the handler directly must not panic either.
+        let _ = handle(&zone, &junk, &mut rng, Transport::Udp);
+        c.send_raw(&junk).await;
+    }
+    // Not an ordering assertion (some junk gets FORMERR replies): just that it still answers.
+    c.send_raw(&query(4242, "api.example.com", QType::A, false)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < deadline, "server stopped answering after junk");
+        let r = c.recv().await;
+        if r.id() == 4242 {
+            assert_eq!(values(&r), ["10.0.0.1"]);
+            break;
+        }
+    }
+    // And TCP still works.
+    let mut t = Tcp::new(server.addr).await;
+    assert_eq!(values(&t.ask(1, "api.example.com", QType::A).await), ["10.0.0.1"]);
+    assert!(!server.handle.is_finished());
+}
+
+#[tokio::test]
+async fn other_connections_changes_are_answered_within_a_second() {
+    let server = start(&[mk("api.example.com", RecordType::A, "eu", 100, &["10.0.0.1"])], 5).await;
+    let c = Udp::new(server.addr).await;
+    assert_eq!(values(&c.ask(1, "api.example.com", QType::A).await), ["10.0.0.1"]);
+
+    // Another process (its own connection to the file) moves all traffic to us.
+    let other = EmbeddedDns::new(EmbeddedZone::open(server.dns.zone().path()).await.unwrap());
+    let written = Instant::now();
+    publish(
+        &other,
+        &[
+            mk("api.example.com", RecordType::A, "eu", 0, &["10.0.0.1"]),
+            mk("api.example.com", RecordType::A, "us", 100, &["10.1.0.1"]),
+            mk("new.example.com", RecordType::A, "us", 100, &["10.1.0.9"]),
+        ],
+    )
+    .await;
+    let mut id = 2;
+    loop {
+        let r = c.ask(id, "api.example.com", QType::A).await;
+        if values(&r) == ["10.1.0.1"] {
+            break;
+        }
+        id += 1;
+        assert!(written.elapsed() < Duration::from_secs(1), "change not served after {:?}", written.elapsed());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Once seen, the whole new zone is served: eu at 0 never answers while us > 0.
+    for i in 0..200 {
+        assert_eq!(values(&c.ask(1000 + i, "api.example.com", QType::A).await), ["10.1.0.1"]);
+    }
+    assert_eq!(values(&c.ask(5000, "new.example.com", QType::A).await), ["10.1.0.9"]);
+
+    // Changes made through this process's own provider are seen too (the server has its own connection).
+    publish(&server.dns, &[mk("own.example.com", RecordType::A, "eu", 1, &["10.0.0.7"])]).await;
+    let written = Instant::now();
+    let mut id = 6000;
+    while values(&c.ask(id, "own.example.com", QType::A).await) != ["10.0.0.7"] {
+        id += 1;
+        assert!(written.elapsed() < Duration::from_secs(1), "own change not served");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_server() {
+    let server = start(&[], 1).await;
+    let Server { _stop: stop, handle, .. } = server;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), handle).await.expect("server stops").unwrap();
+}
+
+#[test]
+fn choose_is_weighted_and_deterministic_with_a_seed() {
+    let index = ZoneIndex::build(vec![
+        mk("a.example.com", RecordType::A, "eu", 1, &["10.0.0.1"]),
+        mk("a.example.com", RecordType::A, "us", 3, &["10.0.0.2"]),
+        mk("a.example.com", RecordType::A, "zero", 0, &["10.0.0.3"]),
+    ]);
+    let sets = candidates(&index.names["a.example.com"], RecordType::A);
+    let run = |seed| {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..4000).map(|_| choose(&sets, &mut rng).unwrap().set_identifier.clone()).collect::<Vec<_>>()
+    };
+    let picks = run(42);
+    assert_eq!(picks, run(42), "same seed, same answers");
+    let us = picks.iter().filter(|p| *p == "us").count() as f64 / 4000.0;
+    assert!((us - 0.75).abs() < 0.03, "us share {us}");
+    assert!(!picks.iter().any(|p| p == "zero"), "a zero weight is never chosen while others are not zero");
+    assert!(choose(&[], &mut StdRng::seed_from_u64(1)).is_none());
+}
+
+#[test]
+fn a_and_cname_of_different_clusters_compete_by_weight() {
+    let index = ZoneIndex::build(vec![
+        mk("mix.example.com", RecordType::A, "eu", 50, &["10.0.0.1"]),
+        mk("mix.example.com", RecordType::Cname, "us", 50, &["lb.example.net"]),
+    ]);
+    let name = Name::from_ascii("mix.example.com").unwrap();
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut cname = 0;
+    for _ in 0..2000 {
+        let (rcode, answers) = answer(&index, &name, QType::A, &mut rng);
+        assert_eq!(rcode, ResponseCode::NoError);
+        assert_eq!(answers.len(), 1);
+        if answers[0].record_type() == QType::CNAME {
+            cname += 1;
+        }
+    }
+    assert!((f64::from(cname) / 2000.0 - 0.5).abs() < 0.04, "{cname}");
+}
+
+#[test]
+fn large_answers_are_truncated_over_udp_only() {
+    let ips: Vec<String> = (0..60).map(|i| format!("10.0.1.{i}")).collect();
+    let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+    let index = ZoneIndex::build(vec![mk("big.example.com", RecordType::A, "eu", 1, &ips)]);
+    let mut rng = StdRng::seed_from_u64(1);
+    let q = query(1, "big.example.com", QType::A, false);
+    let udp = Message::from_vec(&handle(&index, &q, &mut rng, Transport::Udp).unwrap().bytes).unwrap();
+    assert!(udp.truncated(), "60 A records do not fit 512 bytes");
+    assert!(udp.answers().is_empty());
+    let tcp = Message::from_vec(&handle(&index, &q, &mut rng, Transport::Tcp).unwrap().bytes).unwrap();
+    assert!(!tcp.truncated());
+    assert_eq!(tcp.answers().len(), 60);
+    // With EDNS the client's larger buffer (capped at 1232) is honoured.
+    let q = query(2, "big.example.com", QType::A, true);
+    let udp = Message::from_vec(&handle(&index, &q, &mut rng, Transport::Udp).unwrap().bytes).unwrap();
+    assert!(!udp.truncated());
+    assert_eq!(udp.answers().len(), 60);
+}
