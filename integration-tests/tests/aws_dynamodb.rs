@@ -200,3 +200,51 @@ fn controller_refuses_bad_table_items() {
     assert_eq!(eu.len(), 1);
     assert_eq!(eu[0].weight, 60, "acknowledged only after the record carries the weight");
 }
+
+/// `weir weights list|get|set` against the DynamoDB table (the SDK's standard environment).
+#[test]
+fn weights_cli_operates_the_table() {
+    use integration_tests::aws::aws_env;
+    use integration_tests::{run, weir_bin};
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path());
+    let rt = rt();
+    let client = rt.block_on(dynamodb(&moto.endpoint()));
+    rt.block_on(async {
+        create_table(&client, TABLE).await;
+        let store = DynamoStore::new(client.clone(), TABLE, Aws::default());
+        store.ensure("eu", 40).await.unwrap();
+        store.ensure("us", 60).await.unwrap();
+    });
+    let weir = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(weir_bin());
+        cmd.arg("weights").args(args).args(["--backend-type", "dynamodb", "--table-name", TABLE]);
+        for (k, v) in aws_env(&moto.endpoint()) {
+            cmd.env(k, v);
+        }
+        run(&mut cmd)
+    };
+    let (ok, out, err) = weir(&["list", "--output", "json"]);
+    assert!(ok, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows[0]["ClusterName"], "eu");
+    assert_eq!(rows[1]["DesiredWeight"], 60);
+
+    let (ok, out, err) = weir(&["set", "--cluster-name", "eu", "--desired", "15", "--output", "json"]);
+    assert!(ok, "{err}");
+    let set: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(set["PreviousDesiredWeight"], 40, "{out}");
+    assert_eq!(rt.block_on(item_attr(&client, TABLE, "eu", "DesiredWeight")), "N:15");
+
+    let (ok, out, _) = weir(&["get", "--cluster-name", "eu", "--output", "json"]);
+    assert!(ok);
+    assert!(out.contains("15"), "{out}");
+
+    // A bad value writes nothing; an unknown cluster is not created.
+    let (ok, _, err) = weir(&["set", "--cluster-name", "eu", "--desired", "150"]);
+    assert!(!ok && err.contains("150"), "{err}");
+    let (ok, _, err) = weir(&["set", "--cluster-name", "nowhere", "--desired", "10"]);
+    assert!(!ok && err.contains("nowhere"), "{err}");
+    assert_eq!(rt.block_on(item_attr(&client, TABLE, "eu", "DesiredWeight")), "N:15");
+    assert_eq!(rt.block_on(item_attr(&client, TABLE, "nowhere", "DesiredWeight")), "-");
+}
