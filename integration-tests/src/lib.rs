@@ -180,20 +180,6 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metric_lines_are_matched_by_exact_labels() {
-        let body = "# HELP x y\nweir_record_weight{host=\"a\",cluster=\"eu\"} 25\nweir_record_weight{host=\"b\",cluster=\"eu\"} 7\nup 1\n";
-        assert_eq!(metric(body, "weir_record_weight", &[("host", "b"), ("cluster", "eu")]), Some(7.0));
-        assert_eq!(metric(body, "weir_record_weight", &[("host", "a")]), None);
-        assert_eq!(metric(body, "up", &[]), Some(1.0));
-        assert_eq!(metric(body, "down", &[]), None);
-    }
-}
-
 /// A minimal DNS client over UDP (hickory-proto messages on a std socket), for real queries against
 /// weir's embedded DNS server.
 pub struct DnsClient {
@@ -332,4 +318,18 @@ pub fn weight_row(db: &Path, cluster: &str) -> Option<(serde_json::Value, serde_
     let v: serde_json::Value = serde_json::from_str(&out).ok()?;
     let row = if v.is_array() { v.as_array()?.first()?.clone() } else { v };
     Some((row.get("DesiredWeight")?.clone(), row.get("CurrentWeight")?.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_lines_are_matched_by_exact_labels() {
+        let body = "# HELP x y\nweir_record_weight{host=\"a\",cluster=\"eu\"} 25\nweir_record_weight{host=\"b\",cluster=\"eu\"} 7\nup 1\n";
+        assert_eq!(metric(body, "weir_record_weight", &[("host", "b"), ("cluster", "eu")]), Some(7.0));
+        assert_eq!(metric(body, "weir_record_weight", &[("host", "a")]), None);
+        assert_eq!(metric(body, "up", &[]), Some(1.0));
+        assert_eq!(metric(body, "down", &[]), None);
+    }
 }
