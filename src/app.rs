@@ -19,7 +19,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Controller(args) => runtime()?.block_on(run::controller(args)),
         Command::Xds(_) => bail!("weir xds is not built yet"),
         Command::Local(args) => runtime()?.block_on(run::local(args)),
-        Command::Weights(_) => bail!("weir weights is not built yet"),
+        Command::Weights(args) => {
+            print!("{}", crate::backends::cli_cmd::run_blocking(&args.command)?);
+            Ok(())
+        }
         Command::Explain(args) => runtime()?.block_on(oneshot::explain_command(args)),
         Command::Plan(args) => runtime()?.block_on(oneshot::plan_command(args)),
     }

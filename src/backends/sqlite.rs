@@ -27,7 +27,8 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// readers never block the writer, and a busy timeout, so that concurrent writers wait instead of
 /// failing with SQLITE_BUSY. Used by the weight store and the embedded DNS zone alike.
 pub fn connect(path: &Path, create: bool) -> rusqlite::Result<Connection> {
-    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    // No URI flag: a path is a path, even one that starts with "file:".
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if create {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }

@@ -406,3 +406,23 @@ fn a_and_cname_of_different_clusters_compete_by_weight() {
     }
     assert!((f64::from(cname) / 2000.0 - 0.5).abs() < 0.04, "{cname}");
 }
+
+#[test]
+fn large_answers_are_truncated_over_udp_only() {
+    let ips: Vec<String> = (0..60).map(|i| format!("10.0.1.{i}")).collect();
+    let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+    let index = ZoneIndex::build(vec![mk("big.example.com", RecordType::A, "eu", 1, &ips)]);
+    let mut rng = StdRng::seed_from_u64(1);
+    let q = query(1, "big.example.com", QType::A, false);
+    let udp = Message::from_vec(&handle(&index, &q, &mut rng, Transport::Udp).unwrap().bytes).unwrap();
+    assert!(udp.truncated(), "60 A records do not fit 512 bytes");
+    assert!(udp.answers().is_empty());
+    let tcp = Message::from_vec(&handle(&index, &q, &mut rng, Transport::Tcp).unwrap().bytes).unwrap();
+    assert!(!tcp.truncated());
+    assert_eq!(tcp.answers().len(), 60);
+    // With EDNS the client's larger buffer (capped at 1232) is honoured.
+    let q = query(2, "big.example.com", QType::A, true);
+    let udp = Message::from_vec(&handle(&index, &q, &mut rng, Transport::Udp).unwrap().bytes).unwrap();
+    assert!(!udp.truncated());
+    assert_eq!(udp.answers().len(), 60);
+}
