@@ -110,7 +110,12 @@ pub async fn open_dns_provider(dns: &DnsArgs, store: &StoreArgs, cluster: &Clust
             Ok(DnsParts { provider: provider.clone(), zone: None, route53: Some(provider) })
         }
         DnsProviderKind::Dnsendpoint => {
-            bail!("--dns-provider dnsendpoint is not built in yet; use --dns-provider embedded")
+            let client = crate::providers::kubernetes::client()
+                .await
+                .context("--dns-provider dnsendpoint writes DNSEndpoint objects: connecting to Kubernetes")?;
+            let owner = Ownership { cluster: cluster.cluster_name.clone(), txt_prefix: dns.txt_prefix.clone() };
+            let provider = crate::dns::dnsendpoint_k8s::DnsEndpointDns::new(client, owner);
+            Ok(DnsParts { provider: Arc::new(provider), zone: None, route53: None })
         }
     }
 }

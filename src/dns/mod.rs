@@ -4,6 +4,7 @@
 //! `plan`, which are pure.
 
 pub mod dnsendpoint;
+pub mod dnsendpoint_k8s;
 pub mod embedded;
 pub mod plan;
 pub mod record;
