@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 pub mod apiserver;
+pub mod aws;
+pub mod weir_aws;
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};

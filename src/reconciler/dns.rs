@@ -127,7 +127,9 @@ impl DnsLoop {
 
     async fn pass_inner(&self, snapshot: &Snapshot, signal: WeightSignal, book: &mut Bookkeeping) -> PassOutcome {
         let owner = &self.config.owner;
-        let (state, desired) = self.config.desired(snapshot, signal.weight);
+        let (state, mut desired) = self.config.desired(snapshot, signal.weight);
+        // Provider-specific completion (Route53: per-target health check IDs).
+        self.provider.prepare(&mut desired).await;
         let current = match self.provider.current(&desired.hosts, owner).await {
             Ok(c) => c,
             Err(e) => {
@@ -285,6 +287,7 @@ mod tests {
             resync: Duration::from_secs(60),
             poll_weight_now: Arc::new(Notify::new()),
             readiness: Readiness::default(),
+            leader: watch::channel(true).1,
         };
         (l, store, invalid)
     }
