@@ -59,6 +59,21 @@ impl Env {
         )
     }
 
+    /// `weir plan|explain` for cluster eu against the table and the zone.
+    fn oneshot(&self, command: &str, args: &[&str]) -> (bool, String, String) {
+        let mut cmd = std::process::Command::new(integration_tests::weir_bin());
+        cmd.arg(command)
+            .args(args)
+            .args(["--provider", "file", "--manifests"])
+            .arg(self.dir.path().join("manifests-eu"))
+            .args(["--cluster-name", "eu", "--backend-type", "dynamodb", "--table-name", TABLE])
+            .args(["--dns-provider", "route53", "--hosted-zone-id", &self.zone, "--binding-domain", "example.com"]);
+        for (k, v) in integration_tests::aws::aws_env(&self.moto.endpoint()) {
+            cmd.env(k, v);
+        }
+        integration_tests::run(&mut cmd)
+    }
+
     fn records(&self) -> Vec<RecordSet> {
         self.rt.block_on(zone_records(&self.r53, &self.zone))
     }
@@ -255,6 +270,13 @@ fn sigkill_in_the_middle_of_an_apply_then_restart_converges() {
 fn health_checks_are_created_once_and_attached() {
     let e = env();
     let args = ["--health-check-path", "/healthz", "--health-check-port", "443", "--health-check-protocol", "HTTPS"];
+    write_manifests(&e.dir.path().join("manifests-eu"), 2, "eu-lb.example.net");
+    // `weir plan` and `weir explain` only look health checks up; they never create one.
+    let (ok, out, err) = e.oneshot("plan", &args);
+    assert!(ok, "{err}");
+    assert!(out.contains("UPSERT"), "{out}");
+    let checks = || e.rt.block_on(async { e.r53.list_health_checks().send().await.unwrap().health_checks().to_vec() });
+    assert!(checks().is_empty(), "weir plan created a health check");
     let mut c = e.controller("eu", 2, e.moto.endpoint(), &args, "weir-eu-1");
     let recs = wait_for("records with a health check", T, || {
         let recs = e.records();
@@ -291,4 +313,10 @@ fn health_checks_are_created_once_and_attached() {
     });
     assert_eq!(checks().len(), 1, "no second health check");
     assert!(traffic_of(&e.records(), "eu").iter().all(|r| r.health_check_id.as_deref() == Some(id.as_str())));
+    // Converged: plan sees the attached checks, and explain shows their status.
+    let (ok, out, err) = e.oneshot("plan", &args);
+    assert!(ok && out.contains("no changes"), "{out}{err}");
+    let (ok, out, err) = e.oneshot("explain", &[&["h0.example.com"][..], &args[..]].concat());
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("Route53 health check {id} for eu-lb.example.net: healthy")), "{out}");
 }

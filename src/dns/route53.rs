@@ -125,6 +125,13 @@ impl Route53Dns {
         }
     }
 
+    /// From now on health checks are only looked up, never created (read-only commands).
+    pub fn read_only(&self) {
+        if let Some(h) = &self.health {
+            h.set_read_only();
+        }
+    }
+
     /// The health check statuses read last (no call), e.g. for a status page.
     pub fn last_health_status(&self) -> Vec<HealthCheckState> {
         self.health.as_ref().map(|h| h.last_status()).unwrap_or_default()
