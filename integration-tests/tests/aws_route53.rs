@@ -320,3 +320,29 @@ fn health_checks_are_created_once_and_attached() {
     assert!(ok, "{err}");
     assert!(out.contains(&format!("Route53 health check {id} for eu-lb.example.net: healthy")), "{out}");
 }
+
+/// A host removed while weir was down: the restarted controller finds its records through the
+/// ownership TXT (full listing at start) and deletes exactly them; the other cluster's records at the
+/// same name stay. One host per cluster here: moto deletes a set identifier's records under every name
+/// (docs/aws.md), so a cluster with several hosts would lose the others too on moto, not on Route53.
+#[test]
+fn records_of_a_host_removed_while_down_are_deleted_after_restart() {
+    let e = env();
+    let mut eu = e.controller("eu", 1, e.moto.endpoint(), &[], "weir-eu-1");
+    let _us = e.controller("us", 1, e.moto.endpoint(), &[], "weir-us");
+    e.wait_published("eu", 1, 50);
+    let before = e.wait_published("us", 1, 50);
+    e.wait_acked("eu", 50);
+    eu.proc.kill();
+    // The Ingress goes away while eu is down.
+    let manifests = e.dir.path().join("manifests-eu");
+    write_manifests(&manifests, 0, "eu-lb.example.net");
+    let _eu2 = e.controller("eu", 0, e.moto.endpoint(), &[], "weir-eu-2");
+    let after = wait_for("eu's records deleted", T, || {
+        let recs = e.records();
+        recs.iter().all(|r| r.key.set_identifier != "eu").then_some(recs)
+    });
+    let us = |recs: &[RecordSet]| recs.iter().filter(|r| r.key.set_identifier == "us").cloned().collect::<Vec<_>>();
+    assert_eq!(us(&before), us(&after), "the other cluster's records at the same name stay");
+    assert_eq!(us(&after).len(), 2);
+}
