@@ -95,6 +95,11 @@ impl AwsMetrics {
 
     /// Calls counted so far for one service (all outcomes; one operation or all), e.g. for benchmarks.
     pub fn count(&self, service: &str, operation: Option<&str>) -> u64 {
+        Outcome::ALL.iter().map(|o| self.count_outcome(service, operation, *o)).sum()
+    }
+
+    /// Calls counted so far for one service and outcome (one operation or all).
+    pub fn count_outcome(&self, service: &str, operation: Option<&str>, outcome: Outcome) -> u64 {
         // prometheus-client has no iteration over a family; keep the label space small and known.
         let ops: &[&'static str] = &[
             "ListResourceRecordSets",
@@ -116,10 +121,8 @@ impl AwsMetrics {
         let mut total = 0;
         for s in services.iter().filter(|s| **s == service) {
             for op in ops.iter().filter(|o| operation.is_none_or(|want| want == **o)) {
-                for outcome in Outcome::ALL {
-                    let labels = RequestLabels { service: s, operation: op, outcome: outcome.label() };
-                    total += self.requests.get_or_create(&labels).get();
-                }
+                let labels = RequestLabels { service: s, operation: op, outcome: outcome.label() };
+                total += self.requests.get_or_create(&labels).get();
             }
         }
         total
@@ -143,7 +146,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 6] = [
         Outcome::Success,
         Outcome::Throttled,
         Outcome::ConditionFailed,

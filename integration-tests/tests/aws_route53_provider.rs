@@ -191,3 +191,23 @@ fn invalid_records_are_refused_before_sending_and_never_block_others() {
         assert!(records.iter().any(|r| r.key.name == "good.example.com"));
     });
 }
+
+#[test]
+fn the_zone_is_found_from_the_binding_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path());
+    rt().block_on(async {
+        let client = route53(&moto.endpoint()).await;
+        let other = create_zone(&client, "example.org").await;
+        let zone = create_zone(&client, "example.com").await;
+        assert_ne!(other, zone);
+        for domain in ["example.com", "apps.example.com"] {
+            let opts = Route53Options::new(ZoneRef::Domain(domain.into()), Ownership::new("eu"));
+            let p = Route53Dns::new(client.clone(), Aws::new(AwsMetrics::isolated()), opts).await.unwrap();
+            assert_eq!(p.zone_id(), zone, "{domain}");
+        }
+        let opts = Route53Options::new(ZoneRef::Domain("example.net".into()), Ownership::new("eu"));
+        let err = Route53Dns::new(client.clone(), Aws::new(AwsMetrics::isolated()), opts).await.err().unwrap();
+        assert!(err.to_string().contains("--hosted-zone-id"), "{err}");
+    });
+}

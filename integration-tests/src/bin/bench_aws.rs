@@ -16,7 +16,7 @@ use weir::aws::aws_sdk_dynamodb::types::AttributeValue;
 use weir::aws::aws_sdk_route53::types::{
     Change as R53Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
 };
-use weir::aws::{Aws, AwsMetrics};
+use weir::aws::{Aws, AwsMetrics, Outcome};
 use weir::dns::plan::{plan, BatchLimits};
 use weir::dns::record::{Ownership, RecordOptions};
 use weir::dns::route53::{Route53Dns, Route53Options, ZoneRef};
@@ -45,6 +45,8 @@ fn config() -> PipelineConfig {
 struct PassFigures {
     changes: usize,
     writes: u64,
+    /// Write attempts that did not succeed and were retried (throttling, timeouts).
+    retried: u64,
     min_elements: usize,
     min_with_chars: usize,
     reads: u64,
@@ -55,8 +57,9 @@ struct PassFigures {
 async fn reconcile(p: &Route53Dns, m: &AwsMetrics, snap: &Snapshot, weight: u8) -> PassFigures {
     let cfg = config();
     let started = Instant::now();
-    let (r0, w0) =
-        (m.count("route53", Some("ListResourceRecordSets")), m.count("route53", Some("ChangeResourceRecordSets")));
+    let ok = |op| m.count_outcome("route53", Some(op), Outcome::Success);
+    let all = |op| m.count("route53", Some(op));
+    let (r0, w0, a0) = (all("ListResourceRecordSets"), ok("ChangeResourceRecordSets"), all("ChangeResourceRecordSets"));
     let (_, mut desired) = cfg.desired(snap, weight);
     p.prepare(&mut desired).await;
     let current = p.current(&desired.hosts, &cfg.owner).await.unwrap();
@@ -66,10 +69,11 @@ async fn reconcile(p: &Route53Dns, m: &AwsMetrics, snap: &Snapshot, weight: u8) 
     let report = if plan.is_empty() { Default::default() } else { p.apply(plan.batches(BatchLimits::ROUTE53)).await };
     PassFigures {
         changes: plan.len(),
-        writes: m.count("route53", Some("ChangeResourceRecordSets")) - w0,
+        writes: ok("ChangeResourceRecordSets") - w0,
+        retried: (all("ChangeResourceRecordSets") - a0) - (ok("ChangeResourceRecordSets") - w0),
         min_elements: elements.div_ceil(1000),
         min_with_chars: elements.div_ceil(1000).max(chars.div_ceil(32_000)),
-        reads: m.count("route53", Some("ListResourceRecordSets")) - r0,
+        reads: all("ListResourceRecordSets") - r0,
         failed: report.failed.len(),
         secs: started.elapsed().as_secs_f64(),
     }
@@ -77,9 +81,9 @@ async fn reconcile(p: &Route53Dns, m: &AwsMetrics, snap: &Snapshot, weight: u8) 
 
 fn print(hosts: usize, pass: &str, f: &PassFigures) {
     println!(
-        "hosts={hosts:>6} pass={pass:<22} changes={:>6} ChangeResourceRecordSets={:>4} min_ceil(2*changes/1000)={:>4} \
-         min_with_32000_char_limit={:>4} ListResourceRecordSets={:>4} failed={} time={:.2}s",
-        f.changes, f.writes, f.min_elements, f.min_with_chars, f.reads, f.failed, f.secs
+        "hosts={hosts:>6} pass={pass:<22} changes={:>6} ChangeResourceRecordSets={:>4} (+{} retried attempts) \
+         min_ceil(2*changes/1000)={:>4} min_with_32000_char_limit={:>4} ListResourceRecordSets={:>4} failed={} time={:.2}s",
+        f.changes, f.writes, f.retried, f.min_elements, f.min_with_chars, f.reads, f.failed, f.secs
     );
 }
 
