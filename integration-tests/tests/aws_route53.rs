@@ -151,10 +151,16 @@ fn aws_requests(body: &str, labels: &[(&str, &str)]) -> f64 {
 fn two_clusters_share_a_table_and_a_zone() {
     let e = env();
     let eu = e.controller("eu", 3, e.moto.endpoint(), &[], "weir-eu");
-    let _us = e.controller("us", 3, e.moto.endpoint(), &[], "weir-us");
+    // us waits for INSYNC before acknowledging.
+    let us = e.controller("us", 3, e.moto.endpoint(), &["--wait-insync"], "weir-us");
     e.wait_published("eu", 3, 50);
     let before = e.wait_published("us", 3, 50);
     e.wait_acked("eu", 50);
+    e.wait_acked("us", 50);
+    let us_body = us.metrics().unwrap();
+    assert!(
+        aws_requests(&us_body, &[("service", "route53"), ("operation", "GetChange"), ("outcome", "success")]) >= 1.0
+    );
     let us_before: Vec<RecordSet> = before.iter().filter(|r| r.key.set_identifier == "us").cloned().collect();
     assert_eq!(us_before.len(), 6);
 
