@@ -312,6 +312,52 @@ mod tests {
         assert!(samples.len() > 1);
     }
 
+    fn service_error(code: &str) -> SdkError<aws_sdk_route53::operation::get_change::GetChangeError, ()> {
+        use aws_sdk_route53::error::ErrorMetadata;
+        use aws_sdk_route53::operation::get_change::GetChangeError;
+        SdkError::service_error(GetChangeError::generic(ErrorMetadata::builder().code(code).build()), ())
+    }
+
+    fn fast(max_attempts: u32) -> Aws {
+        let retry = RetryPolicy { max_attempts, base: Duration::from_millis(1), cap: Duration::from_millis(2) };
+        Aws { metrics: AwsMetrics::isolated(), retry }
+    }
+
+    #[tokio::test]
+    async fn throttling_is_retried_and_every_attempt_counted() {
+        let aws = fast(5);
+        let mut n = 0;
+        let out = aws
+            .call("route53", "GetChange", || {
+                n += 1;
+                let attempt = n;
+                async move {
+                    match attempt {
+                        1 => Err(service_error("Throttling")),
+                        2 => Err(service_error("PriorRequestNotComplete")),
+                        _ => Ok(attempt),
+                    }
+                }
+            })
+            .await;
+        assert_eq!(out.unwrap(), 3);
+        assert_eq!(aws.metrics.count_outcome("route53", Some("GetChange"), Outcome::Throttled), 2);
+        assert_eq!(aws.metrics.count_outcome("route53", Some("GetChange"), Outcome::Success), 1);
+    }
+
+    #[tokio::test]
+    async fn attempts_are_bounded_and_other_errors_are_not_retried() {
+        let aws = fast(4);
+        let out: Result<(), _> = aws.call("route53", "GetChange", || async { Err(service_error("Throttling")) }).await;
+        assert_eq!(classify(&out.unwrap_err()), Outcome::Throttled);
+        assert_eq!(aws.metrics.count("route53", Some("GetChange")), 4);
+        let aws = fast(4);
+        let out: Result<(), _> =
+            aws.call("route53", "GetChange", || async { Err(service_error("InvalidInput")) }).await;
+        assert_eq!(classify(&out.unwrap_err()), Outcome::Invalid);
+        assert_eq!(aws.metrics.count("route53", Some("GetChange")), 1);
+    }
+
     #[test]
     fn throttling_codes_are_retryable() {
         use aws_sdk_route53::error::ErrorMetadata;
