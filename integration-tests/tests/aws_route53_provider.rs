@@ -211,3 +211,65 @@ fn the_zone_is_found_from_the_binding_domain() {
         assert!(err.to_string().contains("--hosted-zone-id"), "{err}");
     });
 }
+
+/// The cache must not let the all-zero guard act on a stale view: before draining a record to 0, the
+/// other clusters' records at the name are read again, and a difference sends the host back to the
+/// planner instead of writing.
+#[test]
+fn a_drain_rechecks_the_other_clusters_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path());
+    rt().block_on(async {
+        let client = route53(&moto.endpoint()).await;
+        let zone = create_zone(&client, "example.com").await;
+        let us = |weight: i64| {
+            let rrs = ResourceRecordSet::builder()
+                .name("h0.example.com.")
+                .r#type(RrType::Cname)
+                .set_identifier("us")
+                .weight(weight)
+                .ttl(60)
+                .resource_records(ResourceRecord::builder().value("us-lb.example.net").build().unwrap())
+                .build()
+                .unwrap();
+            let change = R53Change::builder().action(ChangeAction::Upsert).resource_record_set(rrs).build().unwrap();
+            client
+                .change_resource_record_sets()
+                .hosted_zone_id(&zone)
+                .change_batch(ChangeBatch::builder().changes(change).build().unwrap())
+                .send()
+        };
+        us(50).await.unwrap();
+        let mut opts = Route53Options::new(ZoneRef::Id(zone.clone()), Ownership::new("eu"));
+        opts.recheck_drain_after = std::time::Duration::ZERO;
+        let p = Route53Dns::new(client.clone(), Aws::new(AwsMetrics::isolated()), opts).await.unwrap();
+        let owner = Ownership::new("eu");
+        let hosts = BTreeSet::from(["h0.example.com".to_string()]);
+        p.current(&hosts, &owner).await.unwrap();
+        assert!(p.apply(vec![host_changes(&owner, "h0.example.com", 50)]).await.is_complete());
+
+        // Behind weir's back, us drains.
+        us(0).await.unwrap();
+        let published = rec("h0.example.com", RecordType::Cname, 50, "eu-lb.example.net");
+        let drain = || Change::Upsert {
+            record: rec("h0.example.com", RecordType::Cname, 0, "eu-lb.example.net"),
+            previous: Some(published.clone()),
+        };
+        let report = p.apply(vec![vec![drain()]]).await;
+        assert_eq!(report.failed.len(), 1, "not written on a stale view");
+        assert!(matches!(report.failed[0].1, DnsError::Call { retryable: true, .. }));
+        let records = zone_records(&client, &zone).await;
+        assert!(records
+            .iter()
+            .any(|r| r.key.set_identifier == "eu" && r.weight == 50 && r.key.rtype == RecordType::Cname));
+        // The planner now sees us at 0 (and its all-zero guard can do its job).
+        let current = p.current(&hosts, &owner).await.unwrap();
+        assert!(current.iter().any(|r| r.key.set_identifier == "us" && r.weight == 0));
+        // Nothing changed since that read: the drain goes through.
+        assert!(p.apply(vec![vec![drain()]]).await.is_complete());
+        let records = zone_records(&client, &zone).await;
+        assert!(records
+            .iter()
+            .any(|r| r.key.set_identifier == "eu" && r.weight == 0 && r.key.rtype == RecordType::Cname));
+    });
+}

@@ -57,6 +57,10 @@ pub struct Route53Options {
     pub insync_timeout: Duration,
     /// Full re-read of the zone at least this often (finds records changed behind weir's back).
     pub rescan_interval: Duration,
+    /// Before a change drains a record (weight > 0 → 0), the other clusters' records at the name are
+    /// read again if the cached copy is older than this: the all-zero guard must not act on a stale
+    /// view of the other clusters.
+    pub recheck_drain_after: Duration,
     pub health: Option<HealthCheckSettings>,
 }
 
@@ -68,6 +72,7 @@ impl Route53Options {
             wait_insync: false,
             insync_timeout: Duration::from_secs(300),
             rescan_interval: Duration::from_secs(300),
+            recheck_drain_after: Duration::from_secs(30),
             health: None,
         }
     }
@@ -78,6 +83,8 @@ struct Cache {
     /// host → every record at the host and at its ownership TXT name (all clusters), as last read or
     /// written.
     hosts: HashMap<String, Vec<RecordSet>>,
+    /// When each host was last read from Route53 (writes do not refresh what others published).
+    read_at: HashMap<String, Instant>,
     /// Hosts to read again (an apply failed, or the cache may be wrong).
     dirty: BTreeSet<String>,
     /// When the whole zone was last listed; `None` forces a full listing.
@@ -300,6 +307,7 @@ impl Route53Dns {
         for change in changes {
             let host = self.host_of(&change.record().key.name).to_string();
             cache.hosts.remove(&host);
+            cache.read_at.remove(&host);
             cache.dirty.insert(host);
         }
     }
@@ -347,16 +355,19 @@ impl DnsProvider for Route53Dns {
             for host in hosts {
                 scanned.entry(host.clone()).or_default();
             }
+            let now = Instant::now();
             let mut cache = self.cache.lock();
+            cache.read_at = scanned.keys().map(|h| (h.clone(), now)).collect();
             cache.hosts = scanned;
             cache.dirty.clear();
-            cache.scanned_at = Some(Instant::now());
+            cache.scanned_at = Some(now);
         } else {
             let to_read: BTreeSet<String> = dirty.into_iter().chain(missing).collect();
             for host in to_read {
                 let records = self.read_host(&host).await?;
                 let mut cache = self.cache.lock();
                 cache.dirty.remove(&host);
+                cache.read_at.insert(host.clone(), Instant::now());
                 cache.hosts.insert(host, records);
             }
         }
@@ -384,6 +395,25 @@ impl DnsProvider for Route53Dns {
             let mut good = Vec::new();
             for (host, changes) in groups {
                 match changes.iter().find_map(|c| self.check(c).err()) {
+                    None if self.drains(&changes) => match self.others_changed(&host).await {
+                        Ok(false) => good.push(changes),
+                        Ok(true) | Err(_) => {
+                            let message = format!(
+                                "other clusters' records at {host} changed since they were read (or could not \
+                                 be read again); planning again before setting a weight to 0"
+                            );
+                            tracing::info!(host, "{message}");
+                            for change in changes {
+                                let error = DnsError::Call {
+                                    provider: PROVIDER,
+                                    operation: "ListResourceRecordSets",
+                                    message: message.clone(),
+                                    retryable: true,
+                                };
+                                report.failed.push((change, error));
+                            }
+                        }
+                    },
                     None => good.push(changes),
                     Some(err) => {
                         tracing::warn!(host, error = %err, "refusing to send an invalid record");
@@ -429,6 +459,44 @@ impl DnsProvider for Route53Dns {
 }
 
 impl Route53Dns {
+    /// Whether these changes take a traffic record from a positive weight to 0.
+    fn drains(&self, changes: &[Change]) -> bool {
+        changes.iter().any(|c| match c {
+            Change::Upsert { record, previous: Some(prev) } => {
+                record.key.rtype.is_traffic() && record.weight == 0 && prev.weight > 0
+            }
+            _ => false,
+        })
+    }
+
+    /// Re-reads `host` when the cached copy is older than `recheck_drain_after`; true when the other
+    /// clusters' traffic records differ from the cache (the cache then holds the fresh read).
+    async fn others_changed(&self, host: &str) -> Result<bool, DnsError> {
+        let fresh_enough = {
+            let cache = self.cache.lock();
+            cache.read_at.get(host).is_some_and(|t| t.elapsed() < self.opts.recheck_drain_after)
+        };
+        if fresh_enough {
+            return Ok(false);
+        }
+        let fresh = self.read_host(host).await?;
+        let cluster = &self.opts.owner.cluster;
+        let others = |records: &[RecordSet]| -> BTreeSet<(RecordKey, u8)> {
+            records
+                .iter()
+                .filter(|r| r.key.rtype.is_traffic() && &r.key.set_identifier != cluster)
+                .map(|r| (r.key.clone(), r.weight))
+                .collect()
+        };
+        let mut cache = self.cache.lock();
+        let changed = cache.hosts.get(host).map(|cached| others(cached)) != Some(others(&fresh));
+        cache.read_at.insert(host.to_string(), Instant::now());
+        if changed {
+            cache.hosts.insert(host.to_string(), fresh);
+        }
+        Ok(changed)
+    }
+
     /// weir's own checks before sending (the test endpoint validates nothing).
     fn check(&self, change: &Change) -> Result<(), DnsError> {
         let record = change.record();
