@@ -352,3 +352,28 @@ fn records_of_a_host_removed_while_down_are_deleted_after_restart() {
     assert_eq!(us(&before), us(&after), "the other cluster's records at the same name stay");
     assert_eq!(us(&after).len(), 2);
 }
+
+/// Two clusters drain one after the other: the second drain must not publish the last non-zero weight
+/// of the name as 0 (Route53 would then split equally), even though its cached copy of the other
+/// cluster's record is from before the first drain.
+#[test]
+fn the_all_zero_guard_sees_the_other_clusters_fresh() {
+    let e = env();
+    let eu = e.controller("eu", 1, e.moto.endpoint(), &[], "weir-eu");
+    let _us = e.controller("us", 1, e.moto.endpoint(), &[], "weir-us");
+    e.wait_published("eu", 1, 50);
+    e.wait_published("us", 1, 50);
+    e.wait_acked("eu", 50);
+    e.set_desired("us", 0);
+    e.wait_published("us", 1, 0);
+    e.wait_acked("us", 0);
+    e.set_desired("eu", 0);
+    wait_for("eu's drain refused by the all-zero guard", T, || {
+        let body = eu.metrics()?;
+        (metric(&body, "weir_invalid_input_total", &[("kind", "all_zero_guard")])? >= 1.0).then_some(())
+    });
+    let recs = e.records();
+    let eu_rec = traffic_of(&recs, "eu");
+    assert_eq!(eu_rec[0].weight, 50, "the last non-zero weight of the name is kept");
+    assert_eq!(e.attr("eu", "CurrentWeight"), "N:50", "not acknowledged while held back");
+}
