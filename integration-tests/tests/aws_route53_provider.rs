@@ -59,12 +59,22 @@ fn reads_grow_with_what_changed_not_with_the_zone() {
         let batch: Vec<Change> = hosts.iter().flat_map(|h| host_changes(&owner, h, 50)).collect();
         let report = p.apply(vec![batch]).await;
         assert!(report.is_complete(), "{:?}", report.failed);
+        // 800 records of another owner: listing the zone takes 4 pages, more than reading one host.
+        let foreign: Vec<Change> = (0..800)
+            .map(|i| {
+                let mut r = rec(&format!("f{i}.example.com"), RecordType::Cname, 1, "other.example.net");
+                r.key.set_identifier = "other".into();
+                Change::Upsert { record: r, previous: None }
+            })
+            .collect();
+        assert!(p.apply(vec![foreign]).await.is_complete());
 
         // A fresh provider (a restart): one full listing finds everything this cluster owns.
         let metrics = AwsMetrics::isolated();
         let p = provider(&moto.endpoint(), &zone, metrics.clone()).await;
         let current = p.current(&BTreeSet::new(), &owner).await.unwrap();
         assert_eq!(current.len(), 100, "50 CNAME + 50 TXT found by the first listing");
+        assert_eq!(lists(&metrics), 4, "900 records: 4 pages");
         let cold = lists(&metrics);
         assert!(cold >= 1);
         // Nothing changed: no read at all.
@@ -118,6 +128,15 @@ fn pager_stops_when_a_weighted_group_repeats_the_same_page() {
         let metrics = AwsMetrics::isolated();
         let p = provider(&moto.endpoint(), &zone, metrics.clone()).await;
         let owner = Ownership::new("eu");
+        // Enough other records that reading one name is cheaper than listing the zone.
+        let foreign: Vec<Change> = (0..600)
+            .map(|i| {
+                let mut r = rec(&format!("f{i}.example.com"), RecordType::Cname, 1, "other.example.net");
+                r.key.set_identifier = "other".into();
+                Change::Upsert { record: r, previous: None }
+            })
+            .collect();
+        assert!(p.apply(vec![foreign]).await.is_complete());
         p.current(&BTreeSet::new(), &owner).await.unwrap();
         let before = lists(&metrics);
         let hosts = BTreeSet::from(["big.example.com".to_string()]);

@@ -344,11 +344,15 @@ impl DnsProvider for Route53Dns {
     }
 
     async fn current(&self, hosts: &BTreeSet<String>, owner: &Ownership) -> Result<Vec<RecordSet>, DnsError> {
-        let (cold, dirty, missing) = {
+        let (cold, to_read) = {
             let cache = self.cache.lock();
-            let cold = cache.scanned_at.is_none_or(|t| t.elapsed() >= self.opts.rescan_interval);
-            let missing: Vec<String> = hosts.iter().filter(|h| !cache.hosts.contains_key(*h)).cloned().collect();
-            (cold, cache.dirty.clone(), missing)
+            let missing = hosts.iter().filter(|h| !cache.hosts.contains_key(*h)).cloned();
+            let to_read: BTreeSet<String> = cache.dirty.iter().cloned().chain(missing).collect();
+            // Two reads per host, or one listing of the zone: whichever is fewer calls.
+            let listing_pages = cache.zone_records.div_ceil(SCAN_PAGE as usize).max(1);
+            let cold = cache.scanned_at.is_none_or(|t| t.elapsed() >= self.opts.rescan_interval)
+                || to_read.len() * 2 > listing_pages;
+            (cold, to_read)
         };
         if cold {
             let mut scanned = self.scan().await?;
@@ -366,7 +370,6 @@ impl DnsProvider for Route53Dns {
             cache.scanned_at = Some(now);
             cache.zone_records = zone_records;
         } else {
-            let to_read: BTreeSet<String> = dirty.into_iter().chain(missing).collect();
             for host in to_read {
                 let records = self.read_host(&host).await?;
                 let mut cache = self.cache.lock();

@@ -104,6 +104,8 @@ async fn calls(hosts: usize) {
     print(hosts, "nothing changed", &reconcile(&p, &m, &snap, 50).await);
     print(hosts, "weight 50->20", &reconcile(&p, &m, &snap, 20).await);
     print(hosts, "nothing changed", &reconcile(&p, &m, &snap, 20).await);
+    // The only cluster drains: the all-zero guard holds, after re-reading the drained hosts.
+    print(hosts, "weight 20->0 (guarded)", &reconcile(&p, &m, &snap, 0).await);
     let more = snapshot(dir.path(), hosts + 1);
     print(hosts, "one host added", &reconcile(&p, &m, &more, 20).await);
     let m2 = AwsMetrics::isolated();
