@@ -100,6 +100,15 @@ fn status_kib(field: &str) -> u64 {
     status.lines().find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok()).unwrap_or(0)
 }
 
+/// CPU time of this thread in nanoseconds (first field of /proc/thread-self/schedstat): unlike wall
+/// time, it does not count the time other processes had the CPU.
+fn cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn child(hosts: usize) {
     let cfg = TranslateConfig::default();
     let owner = Ownership::new("eu");
@@ -111,25 +120,30 @@ fn child(hosts: usize) {
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
 
     let mut times = Vec::new();
+    let mut cpu = Vec::new();
     let started = Instant::now();
     let mut changes = 0;
     let mut batches = 0;
     while times.len() < 3 || (started.elapsed() < Duration::from_secs(2) && times.len() < 200) {
         let t = Instant::now();
+        let c = cpu_ns();
         let state = translate(&s, 50, &cfg);
         let desired = DesiredRecords::build(&state, &owner, &opts);
         let p = plan(&desired, &current, &owner, false);
         let b = p.batches(BatchLimits::ROUTE53);
         times.push(t.elapsed());
+        cpu.push(cpu_ns().saturating_sub(c));
         changes = p.len();
         batches = b.len();
         std::hint::black_box((state, desired, p, b));
     }
     let peak = status_kib("VmHWM:");
     times.sort();
+    cpu.sort();
     let mean = times.iter().sum::<Duration>() / times.len() as u32;
+    let cpu_mean = cpu.iter().sum::<u64>() as f64 / cpu.len() as f64;
     println!(
-        "{hosts}\t{}\t{:.3}\t{:.3}\t{}\t{}\t{}\t{}\t{}",
+        "{hosts}\t{}\t{:.3}\t{:.3}\t{}\t{}\t{}\t{}\t{}\t{:.3}\t{:.3}",
         times.len(),
         mean.as_secs_f64() * 1e3,
         times[0].as_secs_f64() * 1e3,
@@ -137,7 +151,9 @@ fn child(hosts: usize) {
         batches,
         baseline,
         peak,
-        if reset { "run" } else { "process" }
+        if reset { "run" } else { "process" },
+        cpu_mean / 1e6,
+        cpu[0] as f64 / 1e6,
     );
 }
 
@@ -155,22 +171,33 @@ fn main() {
          published: own records at C=100 and another cluster's record; run at C=50 (one UPSERT per host)"
     );
     println!(
-        "{:>7} {:>5} {:>11} {:>11} {:>8} {:>8} {:>13} {:>13}",
-        "hosts", "runs", "mean ms", "min ms", "changes", "batches", "inputs RSS MiB", "peak RSS MiB"
+        "{:>7} {:>5} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8} {:>14} {:>13}",
+        "hosts",
+        "runs",
+        "cpu mean ms",
+        "cpu min ms",
+        "wall mean ms",
+        "wall min ms",
+        "changes",
+        "batches",
+        "inputs RSS MiB",
+        "peak RSS MiB"
     );
     for n in sizes {
         let out = std::process::Command::new(&exe).env(CHILD_ENV, n.to_string()).output().expect("run child");
         let text = String::from_utf8_lossy(&out.stdout);
         let f: Vec<&str> = text.trim().split('\t').collect();
-        if !out.status.success() || f.len() < 9 {
+        if !out.status.success() || f.len() < 11 {
             eprintln!("size {n} failed: {}", String::from_utf8_lossy(&out.stderr));
             std::process::exit(1);
         }
         let mib = |kib: &str| kib.parse::<f64>().unwrap_or(0.0) / 1024.0;
         println!(
-            "{:>7} {:>5} {:>11} {:>11} {:>8} {:>8} {:>13.1} {:>13.1}{}",
+            "{:>7} {:>5} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8} {:>14.1} {:>13.1}{}",
             f[0],
             f[1],
+            f[9],
+            f[10],
             f[2],
             f[3],
             f[4],

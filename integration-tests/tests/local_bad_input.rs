@@ -49,7 +49,7 @@ fn bad_annotation_keeps_the_record_and_names_the_ingress() {
     );
     assert_eq!(c.metric("weir_record_weight", &[("host", HOST), ("cluster", "eu")]), Some(50.0), "the record is kept");
     let mut dns = c.dns();
-    assert_eq!(dns.first_a(HOST).as_deref(), Some(IP));
+    wait_for("the kept record over DNS", Duration::from_secs(10), || (dns.first_a(HOST)? == IP).then_some(()));
 
     // Fixed: the new weight applies (the loop was not stuck), and the refusal is not counted again.
     write_atomic(&file, &ingress_manifest("shop", "web", &[HOST], Some("20"), IP));

@@ -40,8 +40,17 @@ fn answers_follow_weights_and_weights_set_moves_them() {
         (e == 75.0 && u == 25.0).then_some(())
     });
 
-    // 2,000 real queries, alternating between the two servers (they share the zone).
+    // The servers reload the shared zone when the file changes: wait until both see both records.
     let (mut eu_dns, mut us_dns) = (eu.dns(), us.dns());
+    for dns in [&mut eu_dns, &mut us_dns] {
+        let mut seen = std::collections::BTreeSet::new();
+        wait_for("answers from both clusters", Duration::from_secs(15), || {
+            seen.extend(dns.first_a(HOST));
+            (seen.len() == 2).then_some(())
+        });
+    }
+
+    // 2,000 real queries, alternating between the two servers (they share the zone).
     let mut eu_answers = 0;
     for i in 0..2000 {
         let dns = if i % 2 == 0 { &mut eu_dns } else { &mut us_dns };
