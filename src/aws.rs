@@ -95,6 +95,11 @@ impl AwsMetrics {
 
     /// Calls counted so far for one service (all outcomes; one operation or all), e.g. for benchmarks.
     pub fn count(&self, service: &str, operation: Option<&str>) -> u64 {
+        Outcome::ALL.iter().map(|o| self.count_outcome(service, operation, *o)).sum()
+    }
+
+    /// Calls counted so far for one service and outcome (one operation or all).
+    pub fn count_outcome(&self, service: &str, operation: Option<&str>, outcome: Outcome) -> u64 {
         // prometheus-client has no iteration over a family; keep the label space small and known.
         let ops: &[&'static str] = &[
             "ListResourceRecordSets",
@@ -116,10 +121,8 @@ impl AwsMetrics {
         let mut total = 0;
         for s in services.iter().filter(|s| **s == service) {
             for op in ops.iter().filter(|o| operation.is_none_or(|want| want == **o)) {
-                for outcome in Outcome::ALL {
-                    let labels = RequestLabels { service: s, operation: op, outcome: outcome.label() };
-                    total += self.requests.get_or_create(&labels).get();
-                }
+                let labels = RequestLabels { service: s, operation: op, outcome: outcome.label() };
+                total += self.requests.get_or_create(&labels).get();
             }
         }
         total
@@ -143,7 +146,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 6] = [
         Outcome::Success,
         Outcome::Throttled,
         Outcome::ConditionFailed,
@@ -307,6 +310,52 @@ mod tests {
         // Jitter: not always the same value.
         let samples: std::collections::BTreeSet<_> = (0..50).map(|_| p.delay(3)).collect();
         assert!(samples.len() > 1);
+    }
+
+    fn service_error(code: &str) -> SdkError<aws_sdk_route53::operation::get_change::GetChangeError, ()> {
+        use aws_sdk_route53::error::ErrorMetadata;
+        use aws_sdk_route53::operation::get_change::GetChangeError;
+        SdkError::service_error(GetChangeError::generic(ErrorMetadata::builder().code(code).build()), ())
+    }
+
+    fn fast(max_attempts: u32) -> Aws {
+        let retry = RetryPolicy { max_attempts, base: Duration::from_millis(1), cap: Duration::from_millis(2) };
+        Aws { metrics: AwsMetrics::isolated(), retry }
+    }
+
+    #[tokio::test]
+    async fn throttling_is_retried_and_every_attempt_counted() {
+        let aws = fast(5);
+        let mut n = 0;
+        let out = aws
+            .call("route53", "GetChange", || {
+                n += 1;
+                let attempt = n;
+                async move {
+                    match attempt {
+                        1 => Err(service_error("Throttling")),
+                        2 => Err(service_error("PriorRequestNotComplete")),
+                        _ => Ok(attempt),
+                    }
+                }
+            })
+            .await;
+        assert_eq!(out.unwrap(), 3);
+        assert_eq!(aws.metrics.count_outcome("route53", Some("GetChange"), Outcome::Throttled), 2);
+        assert_eq!(aws.metrics.count_outcome("route53", Some("GetChange"), Outcome::Success), 1);
+    }
+
+    #[tokio::test]
+    async fn attempts_are_bounded_and_other_errors_are_not_retried() {
+        let aws = fast(4);
+        let out: Result<(), _> = aws.call("route53", "GetChange", || async { Err(service_error("Throttling")) }).await;
+        assert_eq!(classify(&out.unwrap_err()), Outcome::Throttled);
+        assert_eq!(aws.metrics.count("route53", Some("GetChange")), 4);
+        let aws = fast(4);
+        let out: Result<(), _> =
+            aws.call("route53", "GetChange", || async { Err(service_error("InvalidInput")) }).await;
+        assert_eq!(classify(&out.unwrap_err()), Outcome::Invalid);
+        assert_eq!(aws.metrics.count("route53", Some("GetChange")), 1);
     }
 
     #[test]

@@ -59,6 +59,21 @@ impl Env {
         )
     }
 
+    /// `weir plan|explain` for cluster eu against the table and the zone.
+    fn oneshot(&self, command: &str, args: &[&str]) -> (bool, String, String) {
+        let mut cmd = std::process::Command::new(integration_tests::weir_bin());
+        cmd.arg(command)
+            .args(args)
+            .args(["--provider", "file", "--manifests"])
+            .arg(self.dir.path().join("manifests-eu"))
+            .args(["--cluster-name", "eu", "--backend-type", "dynamodb", "--table-name", TABLE])
+            .args(["--dns-provider", "route53", "--hosted-zone-id", &self.zone, "--binding-domain", "example.com"]);
+        for (k, v) in integration_tests::aws::aws_env(&self.moto.endpoint()) {
+            cmd.env(k, v);
+        }
+        integration_tests::run(&mut cmd)
+    }
+
     fn records(&self) -> Vec<RecordSet> {
         self.rt.block_on(zone_records(&self.r53, &self.zone))
     }
@@ -136,10 +151,16 @@ fn aws_requests(body: &str, labels: &[(&str, &str)]) -> f64 {
 fn two_clusters_share_a_table_and_a_zone() {
     let e = env();
     let eu = e.controller("eu", 3, e.moto.endpoint(), &[], "weir-eu");
-    let _us = e.controller("us", 3, e.moto.endpoint(), &[], "weir-us");
+    // us waits for INSYNC before acknowledging.
+    let us = e.controller("us", 3, e.moto.endpoint(), &["--wait-insync"], "weir-us");
     e.wait_published("eu", 3, 50);
     let before = e.wait_published("us", 3, 50);
     e.wait_acked("eu", 50);
+    e.wait_acked("us", 50);
+    let us_body = us.metrics().unwrap();
+    assert!(
+        aws_requests(&us_body, &[("service", "route53"), ("operation", "GetChange"), ("outcome", "success")]) >= 1.0
+    );
     let us_before: Vec<RecordSet> = before.iter().filter(|r| r.key.set_identifier == "us").cloned().collect();
     assert_eq!(us_before.len(), 6);
 
@@ -255,6 +276,13 @@ fn sigkill_in_the_middle_of_an_apply_then_restart_converges() {
 fn health_checks_are_created_once_and_attached() {
     let e = env();
     let args = ["--health-check-path", "/healthz", "--health-check-port", "443", "--health-check-protocol", "HTTPS"];
+    write_manifests(&e.dir.path().join("manifests-eu"), 2, "eu-lb.example.net");
+    // `weir plan` and `weir explain` only look health checks up; they never create one.
+    let (ok, out, err) = e.oneshot("plan", &args);
+    assert!(ok, "{err}");
+    assert!(out.contains("UPSERT"), "{out}");
+    let checks = || e.rt.block_on(async { e.r53.list_health_checks().send().await.unwrap().health_checks().to_vec() });
+    assert!(checks().is_empty(), "weir plan created a health check");
     let mut c = e.controller("eu", 2, e.moto.endpoint(), &args, "weir-eu-1");
     let recs = wait_for("records with a health check", T, || {
         let recs = e.records();
@@ -291,4 +319,61 @@ fn health_checks_are_created_once_and_attached() {
     });
     assert_eq!(checks().len(), 1, "no second health check");
     assert!(traffic_of(&e.records(), "eu").iter().all(|r| r.health_check_id.as_deref() == Some(id.as_str())));
+    // Converged: plan sees the attached checks, and explain shows their status.
+    let (ok, out, err) = e.oneshot("plan", &args);
+    assert!(ok && out.contains("no changes"), "{out}{err}");
+    let (ok, out, err) = e.oneshot("explain", &[&["h0.example.com"][..], &args[..]].concat());
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("Route53 health check {id} for eu-lb.example.net: healthy")), "{out}");
+}
+
+/// A host removed while weir was down: the restarted controller finds its records through the
+/// ownership TXT (full listing at start) and deletes exactly them; the other cluster's records at the
+/// same name stay. One host per cluster here: moto deletes a set identifier's records under every name
+/// (docs/aws.md), so a cluster with several hosts would lose the others too on moto, not on Route53.
+#[test]
+fn records_of_a_host_removed_while_down_are_deleted_after_restart() {
+    let e = env();
+    let mut eu = e.controller("eu", 1, e.moto.endpoint(), &[], "weir-eu-1");
+    let _us = e.controller("us", 1, e.moto.endpoint(), &[], "weir-us");
+    e.wait_published("eu", 1, 50);
+    let before = e.wait_published("us", 1, 50);
+    e.wait_acked("eu", 50);
+    eu.proc.kill();
+    // The Ingress goes away while eu is down.
+    let manifests = e.dir.path().join("manifests-eu");
+    write_manifests(&manifests, 0, "eu-lb.example.net");
+    let _eu2 = e.controller("eu", 0, e.moto.endpoint(), &[], "weir-eu-2");
+    let after = wait_for("eu's records deleted", T, || {
+        let recs = e.records();
+        recs.iter().all(|r| r.key.set_identifier != "eu").then_some(recs)
+    });
+    let us = |recs: &[RecordSet]| recs.iter().filter(|r| r.key.set_identifier == "us").cloned().collect::<Vec<_>>();
+    assert_eq!(us(&before), us(&after), "the other cluster's records at the same name stay");
+    assert_eq!(us(&after).len(), 2);
+}
+
+/// Two clusters drain one after the other: the second drain must not publish the last non-zero weight
+/// of the name as 0 (Route53 would then split equally), even though its cached copy of the other
+/// cluster's record is from before the first drain.
+#[test]
+fn the_all_zero_guard_sees_the_other_clusters_fresh() {
+    let e = env();
+    let eu = e.controller("eu", 1, e.moto.endpoint(), &[], "weir-eu");
+    let _us = e.controller("us", 1, e.moto.endpoint(), &[], "weir-us");
+    e.wait_published("eu", 1, 50);
+    e.wait_published("us", 1, 50);
+    e.wait_acked("eu", 50);
+    e.set_desired("us", 0);
+    e.wait_published("us", 1, 0);
+    e.wait_acked("us", 0);
+    e.set_desired("eu", 0);
+    wait_for("eu's drain refused by the all-zero guard", T, || {
+        let body = eu.metrics()?;
+        (metric(&body, "weir_invalid_input_total", &[("kind", "all_zero_guard")])? >= 1.0).then_some(())
+    });
+    let recs = e.records();
+    let eu_rec = traffic_of(&recs, "eu");
+    assert_eq!(eu_rec[0].weight, 50, "the last non-zero weight of the name is kept");
+    assert_eq!(e.attr("eu", "CurrentWeight"), "N:50", "not acknowledged while held back");
 }

@@ -59,12 +59,22 @@ fn reads_grow_with_what_changed_not_with_the_zone() {
         let batch: Vec<Change> = hosts.iter().flat_map(|h| host_changes(&owner, h, 50)).collect();
         let report = p.apply(vec![batch]).await;
         assert!(report.is_complete(), "{:?}", report.failed);
+        // 800 records of another owner: listing the zone takes 4 pages, more than reading one host.
+        let foreign: Vec<Change> = (0..800)
+            .map(|i| {
+                let mut r = rec(&format!("f{i}.example.com"), RecordType::Cname, 1, "other.example.net");
+                r.key.set_identifier = "other".into();
+                Change::Upsert { record: r, previous: None }
+            })
+            .collect();
+        assert!(p.apply(vec![foreign]).await.is_complete());
 
         // A fresh provider (a restart): one full listing finds everything this cluster owns.
         let metrics = AwsMetrics::isolated();
         let p = provider(&moto.endpoint(), &zone, metrics.clone()).await;
         let current = p.current(&BTreeSet::new(), &owner).await.unwrap();
         assert_eq!(current.len(), 100, "50 CNAME + 50 TXT found by the first listing");
+        assert_eq!(lists(&metrics), 4, "900 records: 4 pages");
         let cold = lists(&metrics);
         assert!(cold >= 1);
         // Nothing changed: no read at all.
@@ -118,6 +128,15 @@ fn pager_stops_when_a_weighted_group_repeats_the_same_page() {
         let metrics = AwsMetrics::isolated();
         let p = provider(&moto.endpoint(), &zone, metrics.clone()).await;
         let owner = Ownership::new("eu");
+        // Enough other records that reading one name is cheaper than listing the zone.
+        let foreign: Vec<Change> = (0..600)
+            .map(|i| {
+                let mut r = rec(&format!("f{i}.example.com"), RecordType::Cname, 1, "other.example.net");
+                r.key.set_identifier = "other".into();
+                Change::Upsert { record: r, previous: None }
+            })
+            .collect();
+        assert!(p.apply(vec![foreign]).await.is_complete());
         p.current(&BTreeSet::new(), &owner).await.unwrap();
         let before = lists(&metrics);
         let hosts = BTreeSet::from(["big.example.com".to_string()]);
@@ -189,5 +208,87 @@ fn invalid_records_are_refused_before_sending_and_never_block_others() {
         let records = zone_records(&client, &zone).await;
         assert!(records.iter().all(|r| !r.key.name.contains("bad") && !r.key.name.contains("other.org")));
         assert!(records.iter().any(|r| r.key.name == "good.example.com"));
+    });
+}
+
+#[test]
+fn the_zone_is_found_from_the_binding_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path());
+    rt().block_on(async {
+        let client = route53(&moto.endpoint()).await;
+        let other = create_zone(&client, "example.org").await;
+        let zone = create_zone(&client, "example.com").await;
+        assert_ne!(other, zone);
+        for domain in ["example.com", "apps.example.com"] {
+            let opts = Route53Options::new(ZoneRef::Domain(domain.into()), Ownership::new("eu"));
+            let p = Route53Dns::new(client.clone(), Aws::new(AwsMetrics::isolated()), opts).await.unwrap();
+            assert_eq!(p.zone_id(), zone, "{domain}");
+        }
+        let opts = Route53Options::new(ZoneRef::Domain("example.net".into()), Ownership::new("eu"));
+        let err = Route53Dns::new(client.clone(), Aws::new(AwsMetrics::isolated()), opts).await.err().unwrap();
+        assert!(err.to_string().contains("--hosted-zone-id"), "{err}");
+    });
+}
+
+/// The cache must not let the all-zero guard act on a stale view: before draining a record to 0, the
+/// other clusters' records at the name are read again, and a difference sends the host back to the
+/// planner instead of writing.
+#[test]
+fn a_drain_rechecks_the_other_clusters_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path());
+    rt().block_on(async {
+        let client = route53(&moto.endpoint()).await;
+        let zone = create_zone(&client, "example.com").await;
+        let us = |weight: i64| {
+            let rrs = ResourceRecordSet::builder()
+                .name("h0.example.com.")
+                .r#type(RrType::Cname)
+                .set_identifier("us")
+                .weight(weight)
+                .ttl(60)
+                .resource_records(ResourceRecord::builder().value("us-lb.example.net").build().unwrap())
+                .build()
+                .unwrap();
+            let change = R53Change::builder().action(ChangeAction::Upsert).resource_record_set(rrs).build().unwrap();
+            client
+                .change_resource_record_sets()
+                .hosted_zone_id(&zone)
+                .change_batch(ChangeBatch::builder().changes(change).build().unwrap())
+                .send()
+        };
+        us(50).await.unwrap();
+        let mut opts = Route53Options::new(ZoneRef::Id(zone.clone()), Ownership::new("eu"));
+        opts.recheck_drain_after = std::time::Duration::ZERO;
+        let p = Route53Dns::new(client.clone(), Aws::new(AwsMetrics::isolated()), opts).await.unwrap();
+        let owner = Ownership::new("eu");
+        let hosts = BTreeSet::from(["h0.example.com".to_string()]);
+        p.current(&hosts, &owner).await.unwrap();
+        assert!(p.apply(vec![host_changes(&owner, "h0.example.com", 50)]).await.is_complete());
+
+        // Behind weir's back, us drains.
+        us(0).await.unwrap();
+        let published = rec("h0.example.com", RecordType::Cname, 50, "eu-lb.example.net");
+        let drain = || Change::Upsert {
+            record: rec("h0.example.com", RecordType::Cname, 0, "eu-lb.example.net"),
+            previous: Some(published.clone()),
+        };
+        let report = p.apply(vec![vec![drain()]]).await;
+        assert_eq!(report.failed.len(), 1, "not written on a stale view");
+        assert!(matches!(report.failed[0].1, DnsError::Call { retryable: true, .. }));
+        let records = zone_records(&client, &zone).await;
+        assert!(records
+            .iter()
+            .any(|r| r.key.set_identifier == "eu" && r.weight == 50 && r.key.rtype == RecordType::Cname));
+        // The planner now sees us at 0 (and its all-zero guard can do its job).
+        let current = p.current(&hosts, &owner).await.unwrap();
+        assert!(current.iter().any(|r| r.key.set_identifier == "us" && r.weight == 0));
+        // Nothing changed since that read: the drain goes through.
+        assert!(p.apply(vec![vec![drain()]]).await.is_complete());
+        let records = zone_records(&client, &zone).await;
+        assert!(records
+            .iter()
+            .any(|r| r.key.set_identifier == "eu" && r.weight == 0 && r.key.rtype == RecordType::Cname));
     });
 }

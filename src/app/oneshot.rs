@@ -69,7 +69,12 @@ async fn read_pass(
     };
     let dns_parts = open_dns_provider(dns, store_args, cluster).await?;
     let config = pipeline_config(cluster, dns);
-    let (state, desired) = config.desired(&snapshot, weight);
+    let (state, mut desired) = config.desired(&snapshot, weight);
+    // What the controller would attach (Route53 health checks), looked up without creating anything.
+    if let Some(r53) = &dns_parts.route53 {
+        r53.read_only();
+    }
+    dns_parts.provider.prepare(&mut desired).await;
     let mut hosts = desired.hosts.clone();
     hosts.extend(extra_host.map(crate::selection::normalize_host));
     let current = dns_parts.provider.current(&hosts, &config.owner).await.context("reading published records")?;

@@ -184,6 +184,74 @@ spec:
     }
 
     #[test]
+    fn one_object_per_ingress_from_desired_state() {
+        use crate::dns::record::{Ownership, RecordOptions};
+        use crate::reconciler::PipelineConfig;
+        use crate::translate::TranslateConfig;
+        let text = r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: shop, namespace: web, uid: u-1}
+spec:
+  rules:
+    - host: shop.example.com
+      http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: app, port: {number: 80}}}}]}
+    - host: www.example.com
+      http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: app, port: {number: 80}}}}]}
+status: {loadBalancer: {ingress: [{hostname: lb.example.net}]}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: idle, namespace: web, uid: u-2}
+spec:
+  rules:
+    - host: idle.example.com
+      http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: app, port: {number: 80}}}}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: app, namespace: web}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: app-1, namespace: web, labels: {kubernetes.io/service-name: app}}
+addressType: IPv4
+endpoints: [{addresses: [10.0.0.1], conditions: {ready: true}}]
+"#;
+        let objects = crate::providers::file::parse_manifests(text).unwrap();
+        let snapshot = crate::providers::file::snapshot_of(&objects, 1);
+        let cfg = PipelineConfig {
+            translate: TranslateConfig { binding_domain: "example.com".parse().unwrap(), ..TranslateConfig::default() },
+            owner: Ownership::new("eu-1"),
+            records: RecordOptions { ttl: 30, health_check_id: Some("hc-9".into()) },
+            allow_all_zero: false,
+        };
+        let (state, records) = cfg.desired(&snapshot, 50);
+        let objs = dns_endpoints(&state, &records, &snapshot.ingresses);
+        // The Ingress without a load balancer has no records yet, hence no object.
+        assert_eq!(objs.len(), 1);
+        let obj = &objs[0];
+        assert_eq!(obj.metadata.name.as_deref(), Some("shop"));
+        assert_eq!(obj.metadata.owner_references.as_ref().unwrap()[0].uid, "u-1");
+        let spec: DnsEndpointSpec = serde_json::from_value(obj.data["spec"].clone()).unwrap();
+        let names: Vec<&str> = spec.endpoints.iter().map(|e| e.dns_name.as_str()).collect();
+        assert_eq!(names, ["shop.example.com", "www.example.com"]);
+        for e in &spec.endpoints {
+            assert_eq!(e.set_identifier, "eu-1");
+            assert_eq!(e.targets, ["lb.example.net"]);
+            assert_eq!(e.record_ttl, Some(30));
+            assert_eq!(
+                e.provider_specific,
+                vec![
+                    ProviderSpecific { name: "aws/weight".into(), value: "50".into() },
+                    ProviderSpecific { name: "aws/health-check-id".into(), value: "hc-9".into() },
+                ]
+            );
+        }
+    }
+
+    #[test]
     fn api_resource_is_dnsendpoints() {
         let ar = api_resource();
         assert_eq!(ar.plural, "dnsendpoints");

@@ -57,6 +57,10 @@ pub struct Route53Options {
     pub insync_timeout: Duration,
     /// Full re-read of the zone at least this often (finds records changed behind weir's back).
     pub rescan_interval: Duration,
+    /// A host about to be drained (weight > 0 → 0) is always read again before planning; before
+    /// sending, it is read once more if that read is older than this. The all-zero guard must not act
+    /// on a stale view of the other clusters.
+    pub recheck_drain_after: Duration,
     pub health: Option<HealthCheckSettings>,
 }
 
@@ -68,6 +72,7 @@ impl Route53Options {
             wait_insync: false,
             insync_timeout: Duration::from_secs(300),
             rescan_interval: Duration::from_secs(300),
+            recheck_drain_after: Duration::from_secs(5),
             health: None,
         }
     }
@@ -78,10 +83,14 @@ struct Cache {
     /// host → every record at the host and at its ownership TXT name (all clusters), as last read or
     /// written.
     hosts: HashMap<String, Vec<RecordSet>>,
+    /// When each host was last read from Route53 (writes do not refresh what others published).
+    read_at: HashMap<String, Instant>,
     /// Hosts to read again (an apply failed, or the cache may be wrong).
     dirty: BTreeSet<String>,
     /// When the whole zone was last listed; `None` forces a full listing.
     scanned_at: Option<Instant>,
+    /// Records in the zone at the last full listing (to choose between per-name reads and a listing).
+    zone_records: usize,
 }
 
 pub struct Route53Dns {
@@ -122,6 +131,13 @@ impl Route53Dns {
         match &self.health {
             Some(h) => h.status(targets).await,
             None => Ok(Vec::new()),
+        }
+    }
+
+    /// From now on health checks are only looked up, never created (read-only commands).
+    pub fn read_only(&self) {
+        if let Some(h) = &self.health {
+            h.set_read_only();
         }
     }
 
@@ -293,6 +309,7 @@ impl Route53Dns {
         for change in changes {
             let host = self.host_of(&change.record().key.name).to_string();
             cache.hosts.remove(&host);
+            cache.read_at.remove(&host);
             cache.dirty.insert(host);
         }
     }
@@ -327,29 +344,37 @@ impl DnsProvider for Route53Dns {
     }
 
     async fn current(&self, hosts: &BTreeSet<String>, owner: &Ownership) -> Result<Vec<RecordSet>, DnsError> {
-        let (cold, dirty, missing) = {
+        let (cold, to_read) = {
             let cache = self.cache.lock();
-            let cold = cache.scanned_at.is_none_or(|t| t.elapsed() >= self.opts.rescan_interval);
-            let missing: Vec<String> = hosts.iter().filter(|h| !cache.hosts.contains_key(*h)).cloned().collect();
-            (cold, cache.dirty.clone(), missing)
+            let missing = hosts.iter().filter(|h| !cache.hosts.contains_key(*h)).cloned();
+            let to_read: BTreeSet<String> = cache.dirty.iter().cloned().chain(missing).collect();
+            // Two reads per host, or one listing of the zone: whichever is fewer calls.
+            let listing_pages = cache.zone_records.div_ceil(SCAN_PAGE as usize).max(1);
+            let cold = cache.scanned_at.is_none_or(|t| t.elapsed() >= self.opts.rescan_interval)
+                || to_read.len() * 2 > listing_pages;
+            (cold, to_read)
         };
         if cold {
             let mut scanned = self.scan().await?;
+            let zone_records = scanned.values().map(Vec::len).sum();
             // Keep what matters: requested hosts and hosts this cluster owns (to delete removed ones).
             scanned.retain(|host, records| hosts.contains(host) || records.iter().any(|r| owner.is_owner_txt(r)));
             for host in hosts {
                 scanned.entry(host.clone()).or_default();
             }
+            let now = Instant::now();
             let mut cache = self.cache.lock();
+            cache.read_at = scanned.keys().map(|h| (h.clone(), now)).collect();
             cache.hosts = scanned;
             cache.dirty.clear();
-            cache.scanned_at = Some(Instant::now());
+            cache.scanned_at = Some(now);
+            cache.zone_records = zone_records;
         } else {
-            let to_read: BTreeSet<String> = dirty.into_iter().chain(missing).collect();
             for host in to_read {
                 let records = self.read_host(&host).await?;
                 let mut cache = self.cache.lock();
                 cache.dirty.remove(&host);
+                cache.read_at.insert(host.clone(), Instant::now());
                 cache.hosts.insert(host, records);
             }
         }
@@ -367,6 +392,13 @@ impl DnsProvider for Route53Dns {
     async fn apply(&self, batches: Vec<Vec<Change>>) -> ApplyReport {
         let mut report = ApplyReport::default();
         let mut change_ids = Vec::new();
+        let draining: BTreeSet<String> = batches
+            .iter()
+            .flatten()
+            .filter(|c| drains(c))
+            .map(|c| self.host_of(&c.record().key.name).to_string())
+            .collect();
+        let stale = self.recheck(&draining).await;
         for batch in batches {
             // Group by host (a host's changes land together), and refuse a whole host if any of its
             // records would be rejected: a traffic record must never land without its owner TXT.
@@ -377,6 +409,22 @@ impl DnsProvider for Route53Dns {
             let mut good = Vec::new();
             for (host, changes) in groups {
                 match changes.iter().find_map(|c| self.check(c).err()) {
+                    None if stale.contains(&host) => {
+                        let message = format!(
+                            "other clusters' records at {host} changed since they were read (or could not \
+                                 be read again); planning again before setting a weight to 0"
+                        );
+                        tracing::info!(host, "{message}");
+                        for change in changes {
+                            let error = DnsError::Call {
+                                provider: PROVIDER,
+                                operation: "ListResourceRecordSets",
+                                message: message.clone(),
+                                retryable: true,
+                            };
+                            report.failed.push((change, error));
+                        }
+                    }
                     None => good.push(changes),
                     Some(err) => {
                         tracing::warn!(host, error = %err, "refusing to send an invalid record");
@@ -418,10 +466,89 @@ impl DnsProvider for Route53Dns {
         if let Some(health) = &self.health {
             health.attach(desired, &self.opts.owner).await;
         }
+        // A host this cluster is about to drain (published > 0, desired 0) is read again before
+        // planning: the all-zero guard must decide on the other clusters' records as they are now,
+        // not as cached (both to allow the drain and to refuse it).
+        let cluster = &self.opts.owner.cluster;
+        let mut cache = self.cache.lock();
+        let mut dirty = Vec::new();
+        for record in desired.records.iter().filter(|r| r.key.rtype.is_traffic() && r.weight == 0) {
+            let host = &record.key.name;
+            let published = cache.hosts.get(host).is_some_and(|records| {
+                records.iter().any(|r| r.key.rtype.is_traffic() && &r.key.set_identifier == cluster && r.weight > 0)
+            });
+            if published {
+                dirty.push(host.clone());
+            }
+        }
+        cache.dirty.extend(dirty);
     }
 }
 
 impl Route53Dns {
+    /// Reads the hosts about to be drained again (unless read within `recheck_drain_after`) and
+    /// returns those whose other clusters' traffic records differ from the cache, or could not be
+    /// read: those are not drained now but planned again with the fresh records. Many hosts are
+    /// re-read with one listing of the zone when that is cheaper than two reads per host.
+    async fn recheck(&self, hosts: &BTreeSet<String>) -> BTreeSet<String> {
+        let (due, zone_records) = {
+            let cache = self.cache.lock();
+            let due: Vec<String> = hosts
+                .iter()
+                .filter(|h| cache.read_at.get(*h).is_none_or(|t| t.elapsed() >= self.opts.recheck_drain_after))
+                .cloned()
+                .collect();
+            (due, cache.zone_records)
+        };
+        if due.is_empty() {
+            return BTreeSet::new();
+        }
+        let listing_pages = zone_records.div_ceil(SCAN_PAGE as usize).max(1);
+        let mut fresh: HashMap<String, Vec<RecordSet>> = HashMap::new();
+        if due.len() * 2 > listing_pages {
+            match self.scan().await {
+                Ok(mut all) => {
+                    for h in &due {
+                        fresh.insert(h.clone(), all.remove(h).unwrap_or_default());
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not re-read the zone before draining"),
+            }
+        } else {
+            for h in &due {
+                match self.read_host(h).await {
+                    Ok(records) => {
+                        fresh.insert(h.clone(), records);
+                    }
+                    Err(e) => tracing::warn!(host = %h, error = %e, "could not re-read before draining"),
+                }
+            }
+        }
+        let cluster = &self.opts.owner.cluster;
+        let others = |records: &[RecordSet]| -> BTreeSet<(RecordKey, u8)> {
+            records
+                .iter()
+                .filter(|r| r.key.rtype.is_traffic() && &r.key.set_identifier != cluster)
+                .map(|r| (r.key.clone(), r.weight))
+                .collect()
+        };
+        let now = Instant::now();
+        let mut stale = BTreeSet::new();
+        let mut cache = self.cache.lock();
+        for h in due {
+            let Some(records) = fresh.remove(&h) else {
+                stale.insert(h);
+                continue;
+            };
+            cache.read_at.insert(h.clone(), now);
+            if cache.hosts.get(&h).map(|c| others(c)) != Some(others(&records)) {
+                cache.hosts.insert(h.clone(), records);
+                stale.insert(h);
+            }
+        }
+        stale
+    }
+
     /// weir's own checks before sending (the test endpoint validates nothing).
     fn check(&self, change: &Change) -> Result<(), DnsError> {
         let record = change.record();
@@ -434,6 +561,16 @@ impl Route53Dns {
         }
         // u8 already bounds the weight to Route53's 0-255.
         Ok(())
+    }
+}
+
+/// Whether a change takes a traffic record from a positive weight to 0.
+fn drains(change: &Change) -> bool {
+    match change {
+        Change::Upsert { record, previous: Some(prev) } => {
+            record.key.rtype.is_traffic() && record.weight == 0 && prev.weight > 0
+        }
+        _ => false,
     }
 }
 

@@ -117,6 +117,8 @@ pub(crate) struct HealthChecks {
     settings: HealthCheckSettings,
     metrics: HealthMetrics,
     state: Mutex<State>,
+    /// Look checks up, never create one (`weir plan`, `weir explain`).
+    read_only: std::sync::atomic::AtomicBool,
 }
 
 impl HealthChecks {
@@ -127,7 +129,19 @@ impl HealthChecks {
         settings: HealthCheckSettings,
         metrics: HealthMetrics,
     ) -> Self {
-        Self { client, aws, cluster, settings, metrics, state: Mutex::new(State::default()) }
+        Self {
+            client,
+            aws,
+            cluster,
+            settings,
+            metrics,
+            state: Mutex::new(State::default()),
+            read_only: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn set_read_only(&self) {
+        self.read_only.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn call_error(operation: &'static str, message: String) -> DnsError {
@@ -238,8 +252,21 @@ impl HealthChecks {
             .filter(|r| r.key.rtype.is_traffic())
             .filter_map(|r| r.values.first().cloned())
             .collect();
+        let read_only = self.read_only.load(std::sync::atomic::Ordering::SeqCst);
         for target in &targets {
-            ids.insert(target.clone(), self.ensure(target).await.map_err(|e| e.to_string()));
+            if read_only {
+                // A target without a check yet keeps none here; the controller would create it.
+                if let Err(e) = self.list().await {
+                    ids.insert(target.clone(), Err(e.to_string()));
+                    continue;
+                }
+                let reference = caller_reference(&self.cluster, target, &self.settings);
+                if let Some(id) = self.state.lock().by_reference.get(&reference) {
+                    ids.insert(target.clone(), Ok(id.clone()));
+                }
+            } else {
+                ids.insert(target.clone(), self.ensure(target).await.map_err(|e| e.to_string()));
+            }
         }
         let mut failed_hosts = BTreeSet::new();
         for record in desired.records.iter_mut().filter(|r| r.key.rtype.is_traffic()) {
