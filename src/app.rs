@@ -1,6 +1,6 @@
 //! Wiring: turns parsed arguments into running components. `anyhow` lives here and in `main` only.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::cli::{Cli, Command};
 
