@@ -249,6 +249,7 @@ mod tests {
                 targets: Targets { hostnames: vec!["lb.eu.example.net".into()], ..Default::default() },
                 factors: Factors { cluster: 50, annotation: Some(50), healthy: true, unhealthy_reason: None },
                 weight,
+                traffic: None,
             }],
             refusals: vec![],
         }
