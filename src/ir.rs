@@ -61,6 +61,8 @@ pub enum StrategyWeightsSource {
     /// `spec.trafficDefaults` of the TrafficInfra: the baseline until weights are set through the
     /// admin API of `weir xds`.
     TrafficDefaults,
+    /// `status.trafficWeights` of the TrafficInfra, as the infra manager reports them.
+    Status,
     /// The state `weir xds` keeps (admin-API writes), read locally.
     XdsState,
 }

@@ -106,7 +106,8 @@ impl EndpointIndex {
 }
 
 /// Strategy weights read from `weir xds`'s state, keyed by TrafficInfra `namespace/name` (the row
-/// name `weir xds --state` writes). A TrafficInfra missing here uses its `spec.trafficDefaults`.
+/// name `weir xds --state` writes). A TrafficInfra missing here uses its `status.trafficWeights`, else
+/// its `spec.trafficDefaults`.
 pub type LiveStrategyWeights = BTreeMap<String, TrafficState>;
 
 /// The Service an Ingress points at to send traffic through a TrafficInfra's Envoy fleet.
@@ -281,9 +282,13 @@ fn traffic_links(snapshot: &Snapshot, live: &LiveStrategyWeights) -> HashMap<(St
     let mut out = HashMap::new();
     for ti in &snapshot.traffic_infras {
         let (namespace, name) = (ti.namespace().unwrap_or_default(), ti.name_any());
-        let (state, weights_from) = match live.get(&format!("{namespace}/{name}")) {
-            Some(s) => (s.clone(), StrategyWeightsSource::XdsState),
-            None => (TrafficState::initial(&ti.spec.traffic_defaults), StrategyWeightsSource::TrafficDefaults),
+        let reported = ti.status.as_ref().map(|s| &s.traffic_weights).filter(|w| !w.is_empty());
+        let (state, weights_from) = match (live.get(&format!("{namespace}/{name}")), reported) {
+            (Some(s), _) => (s.clone(), StrategyWeightsSource::XdsState),
+            (None, Some(w)) => {
+                (TrafficState { weights: w.clone(), ..TrafficState::default() }, StrategyWeightsSource::Status)
+            }
+            (None, None) => (TrafficState::initial(&ti.spec.traffic_defaults), StrategyWeightsSource::TrafficDefaults),
         };
         let settings = XdsSettings { name: name.clone(), namespace: namespace.clone(), services: Vec::new() };
         let proxy = xds_model::build(snapshot, &settings, &state);

@@ -183,11 +183,16 @@ pub fn explain(
                 })
                 .collect();
         }
-        if link.weights_from == StrategyWeightsSource::TrafficDefaults {
+        if link.weights_from != StrategyWeightsSource::XdsState {
             notes.push(format!(
-                "strategy weights are {}'s spec.trafficDefaults; weights set through weir xds's admin API are \
-                 shown with --xds-state PATH",
-                link.traffic_infra
+                "strategy weights are {}'s {}; weights set through weir xds's admin API are shown with \
+                 --xds-state PATH",
+                link.traffic_infra,
+                if link.weights_from == StrategyWeightsSource::Status {
+                    "status.trafficWeights"
+                } else {
+                    "spec.trafficDefaults"
+                }
             ));
         }
     }
@@ -277,6 +282,7 @@ impl Explanation {
             (Some(ti), Some(weights)) => {
                 let from = match self.strategy_weights_from {
                     Some(StrategyWeightsSource::XdsState) => "weir xds state",
+                    Some(StrategyWeightsSource::Status) => "status.trafficWeights",
                     _ => "spec.trafficDefaults",
                 };
                 let _ = writeln!(s, "\nS  strategy weights of {ti} (from {from})");
