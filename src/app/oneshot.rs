@@ -32,6 +32,7 @@ struct Pass {
     state: DesiredState,
     desired: DesiredRecords,
     current: Vec<RecordSet>,
+    route53: Option<Arc<crate::dns::route53::Route53Dns>>,
 }
 
 async fn read_pass(
@@ -78,11 +79,16 @@ async fn read_pass(
         None => LiveStrategyWeights::new(),
     };
     let state = translate_with(&snapshot, weight, &config.translate, &live);
-    let desired = DesiredRecords::build(&state, &config.owner, &config.records);
+    let mut desired = DesiredRecords::build(&state, &config.owner, &config.records);
+    // What the controller would attach (Route53 health checks), looked up without creating anything.
+    if let Some(r53) = &dns_parts.route53 {
+        r53.read_only();
+    }
+    dns_parts.provider.prepare(&mut desired).await;
     let mut hosts = desired.hosts.clone();
     hosts.extend(extra_host.map(crate::selection::normalize_host));
     let current = dns_parts.provider.current(&hosts, &config.owner).await.context("reading published records")?;
-    Ok(Pass { config, weight, weight_note, state, desired, current })
+    Ok(Pass { config, weight, weight_note, state, desired, current, route53: dns_parts.route53 })
 }
 
 /// The strategy weights `weir xds --state PATH` keeps, for every TrafficInfra of the snapshot that has
@@ -174,6 +180,27 @@ pub async fn explain_command(args: ExplainArgs) -> Result<()> {
             .await?;
     let mut e = explain(&args.host, &pass.state, &pass.current, &pass.config.owner, pass.config.allow_all_zero);
     e.notes.extend(pass.weight_note);
+    if let (Some(r53), Some(targets)) = (&pass.route53, &e.targets) {
+        // Route53 health checks of this cluster's targets (looked up, never created here).
+        let names: Vec<String> = targets
+            .hostnames
+            .iter()
+            .cloned()
+            .chain(targets.ipv4.iter().map(|ip| ip.to_string()))
+            .chain(targets.ipv6.iter().map(|ip| ip.to_string()))
+            .collect();
+        match r53.health_check_status(&names).await {
+            Ok(states) => e.notes.extend(states.into_iter().map(|s| {
+                let status = match s.healthy {
+                    Some(true) => "healthy",
+                    Some(false) => "UNHEALTHY",
+                    None => "unknown",
+                };
+                format!("Route53 health check {} for {}: {status} ({})", s.id, s.target, s.detail)
+            })),
+            Err(err) => e.notes.push(format!("could not read Route53 health checks: {err}")),
+        }
+    }
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&e)?),
         OutputFormat::Table => print!("{}", e.to_text()),

@@ -112,6 +112,9 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     // The sink's task ends when the DNS loop (and with it the sink) is dropped.
     let (sink, _events_task) = super::kubernetes::refusal_sink(args.provider.provider).await?;
     let weight_metrics = WeightMetrics::register(&mut registry);
+    // Process-wide families: every AWS call and health check status, whichever component made them.
+    crate::aws::AwsMetrics::register(&mut registry);
+    crate::dns::route53::HealthMetrics::register(&mut registry);
     let reconcile_metrics = ReconcileMetrics::register(&mut registry);
     // The infra manager (TrafficInfra → child objects) needs the Kubernetes API.
     let infra_loop = if args.provider.provider == ProviderKind::Kubernetes {

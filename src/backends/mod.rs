@@ -5,6 +5,7 @@
 //! the store.
 
 pub mod cli_cmd;
+pub mod dynamodb;
 pub mod sqlite;
 pub mod static_store;
 
@@ -187,17 +188,11 @@ pub async fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn WeightStore>, Store
     }
 }
 
-/// Replaced by the aws module's DynamoDB store.
+/// The DynamoDB table, on the SDK's standard environment (`AWS_ENDPOINT_URL`, `AWS_REGION`,
+/// credentials), `--aws-region` as the fallback region.
 async fn open_dynamodb(cfg: &StoreConfig) -> Result<Arc<dyn WeightStore>, StoreError> {
-    Err(StoreError::Call {
-        store: "dynamodb",
-        operation: "open",
-        message: format!(
-            "table {:?} in {}: the DynamoDB weight store is provided by the aws module, which is not built in yet; \
-             use --backend-type sqlite --db PATH or --backend-type static",
-            cfg.table_name, cfg.aws_region
-        ),
-    })
+    let store = dynamodb::DynamoStore::connect(&cfg.table_name, &cfg.aws_region, crate::aws::Aws::default()).await;
+    Ok(Arc::new(store))
 }
 
 #[cfg(test)]

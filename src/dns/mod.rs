@@ -3,9 +3,13 @@
 //! Providers only read what is published and apply plans; everything that decides is in `record` and
 //! `plan`, which are pure.
 
+pub mod dnsendpoint;
+pub mod dnsendpoint_k8s;
 pub mod embedded;
 pub mod plan;
 pub mod record;
+pub mod route53;
+mod route53_health;
 pub mod server;
 
 use std::collections::BTreeSet;
@@ -64,6 +68,11 @@ pub trait DnsProvider: Send + Sync {
     /// Applies batches in order. One bad record never blocks the others: a provider that can reject a
     /// batch splits it and retries, so that the rest lands; what failed is in the report.
     async fn apply(&self, batches: Vec<Vec<Change>>) -> ApplyReport;
+
+    /// Completes the desired records with what only the provider knows, before planning (Route53:
+    /// the health check of each target). A host it cannot complete is moved to `desired.keep`, so
+    /// that its published records stay as they are and the other hosts still proceed.
+    async fn prepare(&self, _desired: &mut record::DesiredRecords) {}
 }
 
 /// Checks a record before it is sent (the test endpoint validates nothing, and Route53 rejects a whole

@@ -49,6 +49,8 @@ pub async fn client() -> Result<Client, KubernetesError> {
     Ok(Client::try_from(config)?)
 }
 
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Provider settings.
 #[derive(Debug, Clone)]
 pub struct KubernetesConfig {
@@ -108,8 +110,12 @@ where
     let stream = reflector::reflector(
         writer,
         watcher(api, watcher::Config::default())
-            // Field-manager bookkeeping is never read; dropping it keeps the caches small.
-            .modify(|o| o.managed_fields_mut().clear())
+            // Field-manager bookkeeping and kubectl's copy of the last applied object are never read;
+            // dropping them keeps the caches small.
+            .modify(|o| {
+                o.managed_fields_mut().clear();
+                o.annotations_mut().remove(LAST_APPLIED);
+            })
             .default_backoff(),
     );
     tokio::spawn(async move {

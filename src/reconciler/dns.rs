@@ -127,7 +127,9 @@ impl DnsLoop {
 
     async fn pass_inner(&self, snapshot: &Snapshot, signal: WeightSignal, book: &mut Bookkeeping) -> PassOutcome {
         let owner = &self.config.owner;
-        let (state, desired) = self.config.desired(snapshot, signal.weight);
+        let (state, mut desired) = self.config.desired(snapshot, signal.weight);
+        // Provider-specific completion (Route53: per-target health check IDs).
+        self.provider.prepare(&mut desired).await;
         let current = match self.provider.current(&desired.hosts, owner).await {
             Ok(c) => c,
             Err(e) => {
@@ -239,5 +241,122 @@ fn log_plan(plan: &Plan, revision: u64, weight: u8) {
     for change in plan.changes() {
         let r = change.record();
         tracing::debug!(action = change.action(), record = %r.key, weight = r.weight, values = ?r.values, "change");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::sqlite::SqliteStore;
+    use crate::backends::StoredWeight;
+    use crate::dns::embedded::{EmbeddedDns, EmbeddedZone};
+    use crate::ir::InputKind;
+    use crate::providers::file::{parse_manifests, snapshot_of};
+    use crate::reconciler::NoRefusalSink;
+    use crate::translate::TranslateConfig;
+
+    fn snapshot(annotation: &str) -> Snapshot {
+        let text = format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: web, namespace: shop, annotations: \
+             {{dns.adevinta.com/traffic-weight: \"{annotation}\"}}}}\nspec: {{rules: [{{host: www.example.com, http: \
+             {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]}}}}]}}\n\
+             status: {{loadBalancer: {{ingress: [{{ip: 192.0.2.1}}]}}}}\n---\napiVersion: discovery.k8s.io/v1\nkind: \
+             EndpointSlice\nmetadata: {{name: web-1, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}\n\
+             addressType: IPv4\nendpoints: [{{addresses: [10.0.0.1]}}]\n"
+        );
+        snapshot_of(&parse_manifests(&text).unwrap(), 1)
+    }
+
+    async fn setup(dir: &std::path::Path) -> (DnsLoop, Arc<SqliteStore>, InvalidInputs) {
+        let db = dir.join("w.db");
+        let store = Arc::new(SqliteStore::open(&db).await.unwrap());
+        let zone = EmbeddedZone::open(&db).await.unwrap();
+        let invalid = InvalidInputs::default();
+        let l = DnsLoop {
+            config: PipelineConfig {
+                translate: TranslateConfig::default(),
+                owner: Ownership::new("eu"),
+                records: Default::default(),
+                allow_all_zero: false,
+            },
+            provider: Arc::new(EmbeddedDns::new(zone)),
+            store: store.clone(),
+            metrics: ReconcileMetrics::default(),
+            invalid: invalid.clone(),
+            sink: Arc::new(NoRefusalSink),
+            resync: Duration::from_secs(60),
+            poll_weight_now: Arc::new(Notify::new()),
+            readiness: Readiness::default(),
+            leader: watch::channel(true).1,
+        };
+        (l, store, invalid)
+    }
+
+    fn changes(l: &DnsLoop) -> u64 {
+        ["UPSERT", "DELETE"].iter().map(|a| l.metrics.changes.get_or_create(&labels(&[("action", a)])).get()).sum()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn pass_applies_then_acks_and_an_unchanged_pass_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (l, store, _) = setup(dir.path()).await;
+        store.ensure("eu", 0).await.unwrap();
+        store.set_desired("eu", 50).await.unwrap();
+        let mut book = Bookkeeping::default();
+        let s = snapshot("50");
+        let signal = WeightSignal { weight: 50, from_desired: true, current: Some(0) };
+        assert!(matches!(l.pass(&s, Some(signal), &mut book).await, PassOutcome::Done { changes: 2 }));
+        let row = store.get("eu").await.unwrap().unwrap();
+        assert_eq!(row.current, StoredWeight::Valid(50), "acknowledged after the apply");
+        let host = labels(&[("host", "www.example.com"), ("cluster", "eu")]);
+        assert_eq!(l.metrics.record_weight.get_or_create(&host).get(), 25);
+        assert!(l.readiness.is_ready());
+
+        let before = changes(&l);
+        let acked = WeightSignal { current: Some(50), ..signal };
+        assert!(matches!(l.pass(&s, Some(acked), &mut book).await, PassOutcome::Done { changes: 0 }));
+        assert_eq!(changes(&l), before, "an empty plan makes no write calls");
+
+        // The host goes away: its records are deleted and its series removed.
+        let empty = Snapshot::default();
+        assert!(matches!(l.pass(&empty, Some(acked), &mut book).await, PassOutcome::Done { changes: 2 }));
+        let mut text = String::new();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("weir_record_weight", "", l.metrics.record_weight.clone());
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(!text.contains("www.example.com"), "{text}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn refusals_are_counted_once_per_occurrence_and_keep_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (l, store, invalid) = setup(dir.path()).await;
+        store.ensure("eu", 100).await.unwrap();
+        let signal = Some(WeightSignal { weight: 100, from_desired: true, current: Some(100) });
+        let mut book = Bookkeeping::default();
+        l.pass(&snapshot("30"), signal, &mut book).await;
+        let bad = snapshot("abc");
+        for _ in 0..3 {
+            assert!(matches!(l.pass(&bad, signal, &mut book).await, PassOutcome::Done { changes: 0 }));
+        }
+        assert_eq!(invalid.get(InputKind::Annotation), 1, "counted once while it lasts");
+        let host = labels(&[("host", "www.example.com"), ("cluster", "eu")]);
+        assert_eq!(l.metrics.record_weight.get_or_create(&host).get(), 30, "the published record is kept");
+        l.pass(&snapshot("30"), signal, &mut book).await;
+        l.pass(&bad, signal, &mut book).await;
+        assert_eq!(invalid.get(InputKind::Annotation), 2, "a new occurrence counts again");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn ack_after_desired_changed_is_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (l, store, _) = setup(dir.path()).await;
+        store.ensure("eu", 0).await.unwrap();
+        store.set_desired("eu", 70).await.unwrap();
+        // The loop applies 40 (an older DesiredWeight); the ack must not overwrite CurrentWeight.
+        let signal = Some(WeightSignal { weight: 40, from_desired: true, current: Some(0) });
+        let mut book = Bookkeeping::default();
+        assert!(matches!(l.pass(&snapshot("100"), signal, &mut book).await, PassOutcome::Done { .. }));
+        assert_eq!(store.get("eu").await.unwrap().unwrap().current, StoredWeight::Valid(0));
     }
 }

@@ -229,3 +229,79 @@ mod tests {
         assert_eq!(t.observe(&row(Invalid("x".into()), Invalid("y".into())), Instant::now()).signal, None);
     }
 }
+
+#[cfg(test)]
+mod loop_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::backends::static_store::StaticStore;
+    use crate::backends::AckOutcome;
+
+    /// The static store behind an outage: the first `failures` calls fail like a lost connection.
+    struct Flaky {
+        inner: StaticStore,
+        failures: AtomicUsize,
+    }
+
+    impl Flaky {
+        fn fail(&self) -> Result<(), StoreError> {
+            let left = self.failures.load(Ordering::SeqCst);
+            if left == 0 {
+                return Ok(());
+            }
+            self.failures.store(left - 1, Ordering::SeqCst);
+            Err(StoreError::Call { store: "flaky", operation: "call", message: "connection reset".into() })
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl WeightStore for Flaky {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+        async fn list(&self) -> Result<Vec<WeightRow>, StoreError> {
+            self.fail()?;
+            self.inner.list().await
+        }
+        async fn get(&self, cluster: &str) -> Result<Option<WeightRow>, StoreError> {
+            self.fail()?;
+            self.inner.get(cluster).await
+        }
+        async fn ensure(&self, cluster: &str, initial: u8) -> Result<WeightRow, StoreError> {
+            self.fail()?;
+            self.inner.ensure(cluster, initial).await
+        }
+        async fn ack(&self, cluster: &str, applied: u8) -> Result<AckOutcome, StoreError> {
+            self.inner.ack(cluster, applied).await
+        }
+        async fn set_desired(&self, cluster: &str, desired: u8) -> Result<Option<StoredWeight>, StoreError> {
+            self.inner.set_desired(cluster, desired).await
+        }
+    }
+
+    #[tokio::test]
+    async fn store_errors_are_counted_and_never_fatal() {
+        let metrics = WeightMetrics::default();
+        let l = WeightLoop {
+            store: Arc::new(Flaky { inner: StaticStore::new("eu", 70), failures: AtomicUsize::new(3) }),
+            cluster: "eu".into(),
+            initial_weight: 0,
+            interval: Duration::from_millis(5),
+            metrics: metrics.clone(),
+            invalid: InvalidInputs::default(),
+            poll_now: Arc::new(Notify::new()),
+        };
+        let (tx, mut rx) = watch::channel(None);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(l.run(tx, stop_rx));
+        let signal =
+            *tokio::time::timeout(Duration::from_secs(5), rx.wait_for(Option::is_some)).await.unwrap().unwrap();
+        assert_eq!(signal, Some(WeightSignal { weight: 70, from_desired: true, current: Some(70) }));
+        let errors = metrics.store_errors.get_or_create(&labels(&[("operation", "ensure"), ("error", "call")])).get();
+        assert_eq!(errors, 3);
+        assert_eq!(metrics.desired.get_or_create(&labels(&[("cluster", "eu")])).get(), 70);
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    }
+}
