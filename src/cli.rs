@@ -330,6 +330,10 @@ pub struct ExplainArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub dns: DnsArgs,
+    /// The state file of `weir xds --state`: strategy weights set through its admin API are shown
+    /// instead of the TrafficInfra's `spec.trafficDefaults`.
+    #[arg(long, env = "WEIR_XDS_STATE")]
+    pub xds_state: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }

@@ -1,6 +1,7 @@
 //! The intermediate representation between inputs and outputs: what weir wants the world to look like.
 //! The translator produces it from a snapshot; the DNS planner and the xDS translator consume it.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,35 @@ pub struct DnsIntent {
     /// `W` to publish, or `None` to keep whatever is published (an input was refused and the weight
     /// cannot be derived without it).
     pub weight: Option<u8>,
+    /// The TrafficInfra the host's Ingress sends traffic to (a backend `{name}-envoy`), if any: the
+    /// third factor of the composition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficLink>,
+}
+
+/// A host linked to a TrafficInfra: its in-cluster split between strategies (`S_k`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficLink {
+    pub traffic_infra: ObjectRef,
+    /// `S_k` per strategy.
+    pub strategy_weights: BTreeMap<String, u32>,
+    /// Where `S_k` came from.
+    pub weights_from: StrategyWeightsSource,
+    /// Ready endpoints in this cluster per strategy (every strategy that has a weight or a service).
+    pub ready_endpoints: BTreeMap<String, usize>,
+}
+
+/// Where the strategy weights of a [`TrafficLink`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyWeightsSource {
+    /// `spec.trafficDefaults` of the TrafficInfra: the baseline until weights are set through the
+    /// admin API of `weir xds`.
+    TrafficDefaults,
+    /// `status.trafficWeights` of the TrafficInfra, as the infra manager reports them.
+    Status,
+    /// The state `weir xds` keeps (admin-API writes), read locally.
+    XdsState,
 }
 
 /// Every factor of a record weight, as `weir explain` shows them.

@@ -1,4 +1,5 @@
-//! Snapshot + cluster weight → desired state. Pure: no I/O, no clocks, no randomness.
+//! Snapshot + cluster weight (+ strategy weights) → desired state. Pure: no I/O, no clocks, no
+//! randomness.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -6,10 +7,11 @@ use std::net::IpAddr;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 use kube::ResourceExt;
 
-use crate::ir::{DesiredState, DnsIntent, Factors, InputKind, Refusal, Targets};
+use crate::ir::{DesiredState, DnsIntent, Factors, InputKind, Refusal, StrategyWeightsSource, Targets, TrafficLink};
 use crate::model::{ObjectRef, Snapshot};
 use crate::selection::{is_dns_name, normalize_host, AnnotationFilter, BindingDomain};
 use crate::weight::{compose, parse_annotation_weight, DEFAULT_ANNOTATION_WEIGHT};
+use crate::xds::model::{self as xds_model, EndpointHealth, TrafficState, XdsSettings};
 
 /// The label EndpointSlices carry to name their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -109,9 +111,31 @@ impl EndpointIndex {
     }
 }
 
-/// Translates one snapshot for a cluster weight `C` into the desired DNS state.
+/// Strategy weights read from `weir xds`'s state, keyed by TrafficInfra `namespace/name` (the row
+/// name `weir xds --state` writes). A TrafficInfra missing here uses its `status.trafficWeights`, else
+/// its `spec.trafficDefaults`.
+pub type LiveStrategyWeights = BTreeMap<String, TrafficState>;
+
+/// The Service an Ingress points at to send traffic through a TrafficInfra's Envoy fleet.
+pub fn envoy_service_name(traffic_infra: &str) -> String {
+    format!("{traffic_infra}-envoy")
+}
+
+/// Translates one snapshot for a cluster weight `C` into the desired DNS state, with every
+/// TrafficInfra at its `spec.trafficDefaults` strategy weights.
 pub fn translate(snapshot: &Snapshot, cluster_weight: u8, cfg: &TranslateConfig) -> DesiredState {
+    translate_with(snapshot, cluster_weight, cfg, &LiveStrategyWeights::new())
+}
+
+/// [`translate`], preferring the strategy weights in `live` where it has them.
+pub fn translate_with(
+    snapshot: &Snapshot,
+    cluster_weight: u8,
+    cfg: &TranslateConfig,
+    live: &LiveStrategyWeights,
+) -> DesiredState {
     let endpoints = EndpointIndex::build(snapshot);
+    let links = traffic_links(snapshot, live);
     let annotation_key = cfg.weight_annotation();
     let mut refusals = Vec::new();
 
@@ -228,6 +252,16 @@ pub fn translate(snapshot: &Snapshot, cluster_weight: u8, cfg: &TranslateConfig)
         } else {
             None
         };
+        // The first TrafficInfra an Ingress of this host sends traffic to (one per namespace, so in
+        // practice the only one).
+        let traffic = candidates
+            .iter()
+            .filter(|c| !c.deleting)
+            .flat_map(|c| c.backends.iter().map(move |b| (c.source.namespace.clone(), b.clone())))
+            .find_map(|key| links.get(&key))
+            .cloned();
+        // The Envoy Service may be ready while no strategy that gets traffic can serve it.
+        let unhealthy_reason = unhealthy_reason.or_else(|| traffic.as_ref().and_then(unserved_strategies));
         let healthy = unhealthy_reason.is_none();
         let weight = match winner.annotation {
             _ if !healthy || cluster_weight == 0 => Some(0),
@@ -240,11 +274,60 @@ pub fn translate(snapshot: &Snapshot, cluster_weight: u8, cfg: &TranslateConfig)
             targets: winner.targets.clone(),
             factors: Factors { cluster: cluster_weight, annotation: winner.annotation, healthy, unhealthy_reason },
             weight,
+            traffic,
         });
     }
     refusals.sort();
     refusals.dedup();
     DesiredState { dns, refusals }
+}
+
+/// Every TrafficInfra's link, keyed by its Envoy Service `(namespace, {name}-envoy)`. Strategies and
+/// their endpoints are discovered exactly as `weir xds` does ([`xds_model::build`]).
+fn traffic_links(snapshot: &Snapshot, live: &LiveStrategyWeights) -> HashMap<(String, String), TrafficLink> {
+    let mut out = HashMap::new();
+    for ti in &snapshot.traffic_infras {
+        let (namespace, name) = (ti.namespace().unwrap_or_default(), ti.name_any());
+        let reported = ti.status.as_ref().map(|s| &s.traffic_weights).filter(|w| !w.is_empty());
+        let (state, weights_from) = match (live.get(&format!("{namespace}/{name}")), reported) {
+            (Some(s), _) => (s.clone(), StrategyWeightsSource::XdsState),
+            (None, Some(w)) => {
+                (TrafficState { weights: w.clone(), ..TrafficState::default() }, StrategyWeightsSource::Status)
+            }
+            (None, None) => (TrafficState::initial(&ti.spec.traffic_defaults), StrategyWeightsSource::TrafficDefaults),
+        };
+        let settings = XdsSettings { name: name.clone(), namespace: namespace.clone(), services: Vec::new() };
+        let proxy = xds_model::build(snapshot, &settings, &state);
+        let mut ready_endpoints: BTreeMap<String, usize> = state.weights.keys().map(|k| (k.clone(), 0)).collect();
+        for svc in &proxy.services {
+            let healthy = svc.endpoints.iter().filter(|e| e.health == EndpointHealth::Healthy).count();
+            *ready_endpoints.entry(svc.strategy.clone()).or_default() += healthy;
+        }
+        let link = TrafficLink {
+            traffic_infra: ObjectRef::of(ti),
+            strategy_weights: proxy.strategies,
+            weights_from,
+            ready_endpoints,
+        };
+        out.insert((namespace, envoy_service_name(&name)), link);
+    }
+    out
+}
+
+/// Why a linked host cannot be served: no strategy with `S_k > 0` has a ready endpoint here.
+fn unserved_strategies(link: &TrafficLink) -> Option<String> {
+    let weighted: Vec<(&String, &u32)> = link.strategy_weights.iter().filter(|(_, w)| **w > 0).collect();
+    let ready = |k: &str| link.ready_endpoints.get(k).copied().unwrap_or(0);
+    if weighted.iter().any(|(k, _)| ready(k) > 0) {
+        return None;
+    }
+    let ti = format!("{}/{}", link.traffic_infra.namespace, link.traffic_infra.name);
+    Some(if weighted.is_empty() {
+        format!("TrafficInfra {ti} gives no strategy a weight above 0")
+    } else {
+        let list: Vec<String> = weighted.iter().map(|(k, w)| format!("{k} (weight {w})")).collect();
+        format!("TrafficInfra {ti}: no ready endpoint in any weighted strategy: {}", list.join(", "))
+    })
 }
 
 struct HostClaim {

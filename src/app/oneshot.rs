@@ -2,6 +2,7 @@
 //! nothing.
 
 use std::fmt::Write as _;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -19,6 +20,9 @@ use crate::model::Snapshot;
 use crate::reconciler::explain::explain;
 use crate::reconciler::PipelineConfig;
 use crate::telemetry::InvalidInputs;
+use crate::translate::{translate_with, LiveStrategyWeights};
+use crate::xds::state::{SqliteStore as XdsStateStore, StateStore as _};
+use kube::ResourceExt;
 
 /// What one read-only pass saw.
 struct Pass {
@@ -37,6 +41,7 @@ async fn read_pass(
     store_args: &StoreArgs,
     dns: &DnsArgs,
     extra_host: Option<&str>,
+    xds_state: Option<&Path>,
 ) -> Result<Pass> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut registry = Registry::default();
@@ -69,7 +74,12 @@ async fn read_pass(
     };
     let dns_parts = open_dns_provider(dns, store_args, cluster).await?;
     let config = pipeline_config(cluster, dns);
-    let (state, mut desired) = config.desired(&snapshot, weight);
+    let live = match xds_state {
+        Some(path) => read_strategy_weights(path, &snapshot).await?,
+        None => LiveStrategyWeights::new(),
+    };
+    let state = translate_with(&snapshot, weight, &config.translate, &live);
+    let mut desired = DesiredRecords::build(&state, &config.owner, &config.records);
     // What the controller would attach (Route53 health checks), looked up without creating anything.
     if let Some(r53) = &dns_parts.route53 {
         r53.read_only();
@@ -79,6 +89,23 @@ async fn read_pass(
     hosts.extend(extra_host.map(crate::selection::normalize_host));
     let current = dns_parts.provider.current(&hosts, &config.owner).await.context("reading published records")?;
     Ok(Pass { config, weight, weight_note, state, desired, current, route53: dns_parts.route53 })
+}
+
+/// The strategy weights `weir xds --state PATH` keeps, for every TrafficInfra of the snapshot that has
+/// a row there (row name `namespace/name`). Read only: nothing is written.
+async fn read_strategy_weights(path: &Path, snapshot: &Snapshot) -> Result<LiveStrategyWeights> {
+    if !path.is_file() {
+        bail!("--xds-state {}: no such file (the state file of weir xds --state)", path.display());
+    }
+    let mut live = LiveStrategyWeights::new();
+    for ti in &snapshot.traffic_infras {
+        let key = format!("{}/{}", ti.namespace().unwrap_or_default(), ti.name_any());
+        let store = XdsStateStore::open(path, &key)?;
+        if let Some(state) = store.read().await? {
+            live.insert(key, state);
+        }
+    }
+    Ok(live)
 }
 
 #[derive(Serialize)]
@@ -94,7 +121,7 @@ struct PlanOutput<'a> {
 }
 
 pub async fn plan_command(args: PlanArgs) -> Result<()> {
-    let pass = read_pass(&args.cluster, &args.provider, &args.store, &args.dns, None).await?;
+    let pass = read_pass(&args.cluster, &args.provider, &args.store, &args.dns, None, None).await?;
     let plan = plan(&pass.desired, &pass.current, &pass.config.owner, pass.config.allow_all_zero);
     let out = PlanOutput {
         cluster: &pass.config.owner.cluster,
@@ -148,7 +175,9 @@ fn plan_table(out: &PlanOutput<'_>) -> String {
 }
 
 pub async fn explain_command(args: ExplainArgs) -> Result<()> {
-    let pass = read_pass(&args.cluster, &args.provider, &args.store, &args.dns, Some(&args.host)).await?;
+    let pass =
+        read_pass(&args.cluster, &args.provider, &args.store, &args.dns, Some(&args.host), args.xds_state.as_deref())
+            .await?;
     let mut e = explain(&args.host, &pass.state, &pass.current, &pass.config.owner, pass.config.allow_all_zero);
     e.notes.extend(pass.weight_note);
     if let (Some(r53), Some(targets)) = (&pass.route53, &e.targets) {

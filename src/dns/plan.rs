@@ -317,6 +317,7 @@ mod tests {
             targets,
             factors: Factors { cluster: 100, annotation: Some(100), healthy: true, unhealthy_reason: None },
             weight,
+            traffic: None,
         }
     }
 

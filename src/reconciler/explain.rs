@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::dns::record::{Ownership, RecordSet};
-use crate::ir::{DesiredState, Refusal, Targets};
+use crate::ir::{DesiredState, Refusal, StrategyWeightsSource, Targets};
 use crate::model::ObjectRef;
 use crate::selection::normalize_host;
 
@@ -32,9 +32,18 @@ pub struct Explanation {
     pub total_weight: u32,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
-    /// In-cluster split between strategies (`S_k`), filled in when an xDS control plane serves the
-    /// host; `null` until then.
+    /// The TrafficInfra the host is linked to (its Ingress's backend is `{name}-envoy`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_infra: Option<ObjectRef>,
+    /// In-cluster split between strategies (`S_k`) of the linked TrafficInfra; `null` when the host
+    /// is not linked to one.
     pub strategy_weights: Option<BTreeMap<String, u32>>,
+    /// Where `strategy_weights` came from: `traffic_defaults` or `xds_state`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy_weights_from: Option<StrategyWeightsSource>,
+    /// Ready endpoints in this cluster per strategy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy_ready_endpoints: Option<BTreeMap<String, usize>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -59,6 +68,20 @@ pub struct ClusterShare {
     pub share: f64,
     /// `desired` (this cluster, computed now) or `published` (read from the DNS provider).
     pub from: &'static str,
+    /// This cluster's share split by strategy, for a linked host (other clusters' strategy weights
+    /// are not known here).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub strategies: Vec<StrategyShare>,
+}
+
+/// One strategy's share of all answers for a host: `(W_c / ΣW) × (S_k / ΣS)`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StrategyShare {
+    pub strategy: String,
+    /// `S_k`.
+    pub weight: u32,
+    /// Fraction 0-1 of all traffic to the host.
+    pub share: f64,
 }
 
 /// Explains `host` from this cluster's desired state and every cluster's published records.
@@ -105,7 +128,13 @@ pub fn explain(
                 }
             };
             if let Some(w) = weight {
-                clusters.push(ClusterShare { cluster: owner.cluster.clone(), weight: w, share: 0.0, from });
+                clusters.push(ClusterShare {
+                    cluster: owner.cluster.clone(),
+                    weight: w,
+                    share: 0.0,
+                    from,
+                    strategies: Vec::new(),
+                });
             }
         }
         None => {
@@ -116,12 +145,13 @@ pub fn explain(
                     weight: w,
                     share: 0.0,
                     from: "published",
+                    strategies: Vec::new(),
                 });
             }
         }
     }
     for (cluster, weight) in by_cluster {
-        clusters.push(ClusterShare { cluster, weight, share: 0.0, from: "published" });
+        clusters.push(ClusterShare { cluster, weight, share: 0.0, from: "published", strategies: Vec::new() });
     }
     let total: u32 = clusters.iter().map(|c| u32::from(c.weight)).sum();
     let n = clusters.len();
@@ -130,6 +160,41 @@ pub fn explain(
     }
     if total == 0 && n > 0 {
         notes.push("every weight is 0: Route53 (and weir's embedded DNS) then answer with every record equally".into());
+    }
+
+    // The third factor: this cluster's share split between the linked TrafficInfra's strategies.
+    let traffic = intent.and_then(|i| i.traffic.as_ref());
+    if let Some(link) = traffic {
+        let sum: u64 = link.strategy_weights.values().map(|w| u64::from(*w)).sum();
+        if sum == 0 {
+            notes.push(format!(
+                "every strategy weight of TrafficInfra {} is 0: Envoy rejects such a split",
+                link.traffic_infra
+            ));
+        }
+        if let Some(ours) = clusters.iter_mut().find(|c| c.cluster == owner.cluster) {
+            ours.strategies = link
+                .strategy_weights
+                .iter()
+                .map(|(k, w)| StrategyShare {
+                    strategy: k.clone(),
+                    weight: *w,
+                    share: if sum == 0 { 0.0 } else { ours.share * (*w as f64) / (sum as f64) },
+                })
+                .collect();
+        }
+        if link.weights_from != StrategyWeightsSource::XdsState {
+            notes.push(format!(
+                "strategy weights are {}'s {}; weights set through weir xds's admin API are shown with \
+                 --xds-state PATH",
+                link.traffic_infra,
+                if link.weights_from == StrategyWeightsSource::Status {
+                    "status.trafficWeights"
+                } else {
+                    "spec.trafficDefaults"
+                }
+            ));
+        }
     }
 
     Explanation {
@@ -151,7 +216,10 @@ pub fn explain(
         clusters,
         total_weight: total,
         notes,
-        strategy_weights: None,
+        traffic_infra: traffic.map(|l| l.traffic_infra.clone()),
+        strategy_weights: traffic.map(|l| l.strategy_weights.clone()),
+        strategy_weights_from: traffic.map(|l| l.weights_from),
+        strategy_ready_endpoints: traffic.map(|l| l.ready_endpoints.clone()),
     }
 }
 
@@ -210,14 +278,31 @@ impl Explanation {
             let _ = writeln!(s, "{:<20} {:>6} {:>7.1}%  {}", c.cluster, c.weight, c.share * 100.0, c.from);
         }
         let _ = writeln!(s, "{:<20} {:>6}", "ΣW", self.total_weight);
-        let _ = writeln!(
-            s,
-            "strategy weights: {}",
-            match &self.strategy_weights {
-                Some(w) => w.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
-                None => "(no xDS control plane for this host)".into(),
+        match (&self.traffic_infra, &self.strategy_weights) {
+            (Some(ti), Some(weights)) => {
+                let from = match self.strategy_weights_from {
+                    Some(StrategyWeightsSource::XdsState) => "weir xds state",
+                    Some(StrategyWeightsSource::Status) => "status.trafficWeights",
+                    _ => "spec.trafficDefaults",
+                };
+                let _ = writeln!(s, "\nS  strategy weights of {ti} (from {from})");
+                let ready = self.strategy_ready_endpoints.as_ref();
+                let _ = writeln!(s, "{:<20} {:<12} {:>6} {:>6} {:>8}", "CLUSTER", "STRATEGY", "S", "READY", "SHARE");
+                let ours = self.clusters.iter().find(|c| c.cluster == self.cluster && !c.strategies.is_empty());
+                for (k, w) in weights {
+                    let r = ready.and_then(|r| r.get(k)).copied().unwrap_or(0);
+                    let share = ours
+                        .and_then(|c| c.strategies.iter().find(|st| &st.strategy == k))
+                        .map(|st| format!("{:>7.1}%", st.share * 100.0))
+                        .unwrap_or_else(|| format!("{:>8}", "-"));
+                    let _ = writeln!(s, "{:<20} {k:<12} {w:>6} {r:>6} {share}", self.cluster);
+                }
+                let _ = writeln!(s, "share = (W_c / ΣW) × (S_k / ΣS)");
             }
-        );
+            _ => {
+                let _ = writeln!(s, "strategy weights: (not linked to a TrafficInfra)");
+            }
+        }
         for n in &self.notes {
             let _ = writeln!(s, "note: {n}");
         }
@@ -249,6 +334,7 @@ mod tests {
                 targets: Targets { hostnames: vec!["lb.eu.example.net".into()], ..Default::default() },
                 factors: Factors { cluster: 50, annotation: Some(50), healthy: true, unhealthy_reason: None },
                 weight,
+                traffic: None,
             }],
             refusals: vec![],
         }
@@ -260,7 +346,12 @@ mod tests {
         let e = explain("A.example.com.", &state(Some(25)), &[rec("eu", 100), rec("us", 75)], &owner, false);
         assert!(e.managed);
         assert_eq!(e.total_weight, 100);
-        assert_eq!(e.clusters[0], ClusterShare { cluster: "eu".into(), weight: 25, share: 0.25, from: "desired" });
+        assert_eq!(
+            e.clusters[0],
+            ClusterShare { cluster: "eu".into(), weight: 25, share: 0.25, from: "desired", strategies: vec![] }
+        );
+        assert_eq!(e.strategy_weights, None);
+        assert!(e.to_text().contains("not linked to a TrafficInfra"));
         assert_eq!(e.clusters[1].share, 0.75);
         assert!(e.to_text().contains("W  = H × ceil(C × A / 100) = 25"));
     }
@@ -275,5 +366,27 @@ mod tests {
         assert_eq!(e.total_weight, 0);
         assert_eq!(e.clusters[1].share, 0.5);
         assert!(e.notes.iter().any(|n| n.contains("equally")));
+    }
+
+    #[test]
+    fn a_linked_host_splits_this_clusters_share_by_strategy() {
+        let owner = Ownership::new("eu");
+        let mut st = state(Some(25));
+        st.dns[0].traffic = Some(crate::ir::TrafficLink {
+            traffic_infra: ObjectRef::new("TrafficInfra", "shop", "shop"),
+            strategy_weights: [("blue".to_string(), 80), ("green".to_string(), 20)].into(),
+            weights_from: StrategyWeightsSource::XdsState,
+            ready_endpoints: [("blue".to_string(), 2), ("green".to_string(), 0)].into(),
+        });
+        let e = explain("a.example.com", &st, &[rec("eu", 100), rec("us", 75)], &owner, false);
+        assert_eq!(e.strategy_weights_from, Some(StrategyWeightsSource::XdsState));
+        let shares: Vec<(&str, f64)> =
+            e.clusters[0].strategies.iter().map(|s| (s.strategy.as_str(), s.share)).collect();
+        assert_eq!(shares, vec![("blue", 0.2), ("green", 0.05)]);
+        assert!(e.clusters[1].strategies.is_empty(), "other clusters' strategy weights are not known here");
+        let text = e.to_text();
+        assert!(text.contains("S  strategy weights of TrafficInfra shop/shop (from weir xds state)"), "{text}");
+        assert!(text.contains("eu                   blue             80      2    20.0%"), "{text}");
+        assert!(text.contains("eu                   green            20      0     5.0%"), "{text}");
     }
 }
