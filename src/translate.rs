@@ -314,14 +314,29 @@ fn traffic_links(snapshot: &Snapshot, live: &LiveStrategyWeights) -> HashMap<(St
     out
 }
 
-/// Why a linked host cannot be served: no strategy with `S_k > 0` has a ready endpoint here.
+/// Why a linked host cannot be served here.
+///
+/// With the live weights of `weir xds` (its state), the host is unhealthy when no strategy with
+/// `S_k > 0` has a ready endpoint. Without them, `spec.trafficDefaults` and `status.trafficWeights` may
+/// be stale (an operator who moved blue → green through the admin API and scaled blue to zero must not
+/// see the host drained), so the host is unhealthy only when no strategy at all has a ready endpoint.
 fn unserved_strategies(link: &TrafficLink) -> Option<String> {
-    let weighted: Vec<(&String, &u32)> = link.strategy_weights.iter().filter(|(_, w)| **w > 0).collect();
     let ready = |k: &str| link.ready_endpoints.get(k).copied().unwrap_or(0);
+    let ti = format!("{}/{}", link.traffic_infra.namespace, link.traffic_infra.name);
+    if link.weights_from != StrategyWeightsSource::XdsState {
+        if link.ready_endpoints.values().any(|n| *n > 0) {
+            return None;
+        }
+        let all: Vec<&str> = link.ready_endpoints.keys().map(String::as_str).collect();
+        return Some(format!(
+            "TrafficInfra {ti}: no ready endpoint in any strategy ({})",
+            if all.is_empty() { "none discovered".to_string() } else { all.join(", ") }
+        ));
+    }
+    let weighted: Vec<(&String, &u32)> = link.strategy_weights.iter().filter(|(_, w)| **w > 0).collect();
     if weighted.iter().any(|(k, _)| ready(k) > 0) {
         return None;
     }
-    let ti = format!("{}/{}", link.traffic_infra.namespace, link.traffic_infra.name);
     Some(if weighted.is_empty() {
         format!("TrafficInfra {ti} gives no strategy a weight above 0")
     } else {
@@ -455,5 +470,43 @@ mod endpoint_tests {
         assert_eq!(ready(serde_json::json!({"ready": false, "serving": true, "terminating": true})), 0);
         assert_eq!(ready(serde_json::json!({"terminating": true})), 0, "terminating with unknown readiness");
         assert_eq!(ready(serde_json::json!({"ready": false})), 0);
+    }
+}
+
+#[cfg(test)]
+mod live_weight_tests {
+    use super::*;
+    use crate::providers::file::{parse_manifests, snapshot_of};
+
+    fn snapshot(case: &str) -> Snapshot {
+        let path = format!("{}/testdata/translate/{case}.in.yaml", env!("CARGO_MANIFEST_DIR"));
+        let objects = parse_manifests(&std::fs::read_to_string(path).unwrap()).unwrap();
+        snapshot_of(&objects, 1)
+    }
+
+    fn live(blue: u32, green: u32) -> LiveStrategyWeights {
+        let weights = BTreeMap::from([("blue".to_string(), blue), ("green".to_string(), green)]);
+        BTreeMap::from([("shop/shop".to_string(), TrafficState { weights, ..TrafficState::default() })])
+    }
+
+    /// With the live weights of `weir xds`, only strategies that get traffic count: blue (weight 100) has
+    /// no ready endpoint, so the host is drained although green (weight 0) is ready.
+    #[test]
+    fn live_weights_drain_a_host_whose_weighted_strategies_cannot_serve() {
+        let state = translate_with(&snapshot("traffic-stale-weights"), 100, &TranslateConfig::default(), &live(100, 0));
+        let www = state.intent("www.example.com").unwrap();
+        assert!(!www.factors.healthy);
+        assert_eq!(www.weight, Some(0));
+        assert!(www.factors.unhealthy_reason.as_deref().unwrap().contains("blue (weight 100)"));
+        assert_eq!(state.intent("static.example.com").unwrap().weight, Some(100));
+    }
+
+    /// After a switch to green, the same endpoints keep the host: green gets the traffic and is ready.
+    #[test]
+    fn live_weights_keep_a_host_served_by_its_weighted_strategy() {
+        let state = translate_with(&snapshot("traffic-stale-weights"), 100, &TranslateConfig::default(), &live(0, 100));
+        let www = state.intent("www.example.com").unwrap();
+        assert!(www.factors.healthy, "{:?}", www.factors);
+        assert_eq!(www.weight, Some(100));
     }
 }

@@ -80,9 +80,7 @@ fn answers_follow_weights_and_weights_set_moves_them() {
     });
     // The ack follows within one poll interval of the apply; allow for the reconcile itself.
     let (desired, current) =
-        wait_for("CurrentWeight to equal DesiredWeight", CONVERGE, || {
-            weight_row(&db, "eu").filter(|(d, c)| d == c)
-        });
+        wait_for("CurrentWeight to equal DesiredWeight", CONVERGE, || weight_row(&db, "eu").filter(|(d, c)| d == c));
     assert_eq!((desired, current), (serde_json::json!(0), serde_json::json!(0)));
     wait_for("the gauges to agree", CONVERGE, || {
         let d = eu.metric("cluster_traffic_controller_ingress_weight_desired", &[("cluster", "eu")])?;
