@@ -28,12 +28,21 @@ pub struct Moto {
 impl Moto {
     pub fn start(log_dir: &Path) -> Moto {
         let port = free_port();
-        let proc = Proc::spawn(
+        let mut proc = Proc::spawn(
             "moto",
             Command::new(venv_bin("moto_server")).args(["-H", "127.0.0.1", "-p", &port.to_string()]),
             log_dir,
         );
-        wait_for("moto_server to listen", Duration::from_secs(30), || TcpStream::connect(("127.0.0.1", port)).ok());
+        // Ready when it answers HTTP, and it must be this process answering (not a stray server).
+        wait_for("moto_server to answer", Duration::from_secs(60), || {
+            assert!(proc.is_running(), "moto_server exited:\n{}", proc.log());
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            stream.write_all(b"GET /moto-api/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+            let mut head = [0u8; 12];
+            stream.read_exact(&mut head).ok()?;
+            head.starts_with(b"HTTP/1.").then_some(())
+        });
         Moto { port, proc }
     }
 

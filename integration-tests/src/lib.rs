@@ -72,17 +72,30 @@ pub fn venv_bin(name: &str) -> PathBuf {
     venv().join("bin").join(name)
 }
 
-/// A TCP port free on 127.0.0.1 right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// Ports handed out in this process. Tests of one binary run in parallel threads, and a port that was
+/// free when one test asked may not be bound yet by its server when another test asks: never hand the
+/// same port out twice.
+fn claim(port: u16) -> bool {
+    static CLAIMED: std::sync::Mutex<Option<std::collections::HashSet<u16>>> = std::sync::Mutex::new(None);
+    CLAIMED.lock().unwrap().get_or_insert_with(Default::default).insert(port)
 }
 
-/// A port free for both UDP and TCP on 127.0.0.1 (for DNS servers).
+/// A TCP port free on 127.0.0.1 right now, and never returned before in this process.
+pub fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if claim(port) {
+            return port;
+        }
+    }
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1 (for DNS servers), never returned before.
 pub fn free_udp_tcp_port() -> u16 {
     loop {
         let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() && claim(port) {
             return port;
         }
     }

@@ -8,9 +8,8 @@ use integration_tests::{ingress_manifest, wait_for, weight_row, weights, LocalCl
 const HOST: &str = "www.example.com";
 const EU_IP: &str = "192.0.2.1";
 const US_IP: &str = "192.0.2.2";
-const POLL: Duration = Duration::from_millis(500);
 const QUERIES: u32 = 5000;
-/// Generous bound for "within one poll interval" on a loaded 2-core CI machine: the poll is 500 ms;
+/// Generous bound for "within one poll interval" (500 ms here) on a loaded 2-core CI machine;
 /// the failover itself is measured in BENCHMARKS.md, not asserted here.
 const CONVERGE: Duration = Duration::from_secs(20);
 
