@@ -240,6 +240,19 @@ pub struct LocalArgs {
     /// React to Ingresses whose load-balancer status is not filled, with the placeholder 127.0.0.1.
     #[arg(long, env = "WEIR_DEV_MODE")]
     pub dev_mode: bool,
+    /// Also serve the xDS control plane for this traffic configuration (TrafficInfra name), in the same
+    /// process; its strategy weights and registered services are kept in --db.
+    #[arg(long, env = "WEIR_XDS_NAME")]
+    pub xds_name: Option<String>,
+    /// Namespace of the TrafficInfra named by --xds-name, and of its services.
+    #[arg(long, env = "WEIR_XDS_NAMESPACE", default_value = "default")]
+    pub xds_namespace: String,
+    /// ADS (gRPC) address of the xDS control plane (with --xds-name).
+    #[arg(long, env = "WEIR_GRPC_ADDR", value_parser = parse_listen_addr, default_value = "127.0.0.1:18000")]
+    pub grpc_addr: SocketAddr,
+    /// Admin API address of the xDS control plane (with --xds-name).
+    #[arg(long, env = "WEIR_ADMIN_ADDR", value_parser = parse_listen_addr, default_value = "127.0.0.1:18080")]
+    pub admin_addr: SocketAddr,
 }
 
 #[derive(Debug, Clone, Args)]

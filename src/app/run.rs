@@ -18,7 +18,7 @@ use super::factories::{
 use crate::backends::BackendType;
 use crate::cli::{
     ClusterArgs, ControllerArgs, DnsArgs, DnsProviderKind, LeaderArgs, LocalArgs, ProviderArgs, ProviderKind,
-    SelectionArgs, StoreArgs,
+    SelectionArgs, StoreArgs, XdsArgs,
 };
 use crate::reconciler::dns::DnsLoop;
 use crate::reconciler::metrics::{ReconcileMetrics, WeightMetrics};
@@ -36,6 +36,22 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
 /// the DNS server that answers from the zone.
 pub async fn local(args: LocalArgs) -> Result<()> {
     let dns_listen = args.dns_listen;
+    // The xDS half, when asked for: the same manifests, its state in the same SQLite file.
+    let xds = args.xds_name.clone().map(|name| XdsArgs {
+        provider: ProviderArgs {
+            provider: ProviderKind::File,
+            manifests: Some(args.manifests.clone()),
+            manifests_poll_interval: args.manifests_poll_interval,
+        },
+        name,
+        namespace: args.xds_namespace.clone(),
+        grpc_addr: args.grpc_addr,
+        admin_addr: args.admin_addr,
+        services: Vec::new(),
+        state: Some(args.db.clone()),
+        admin_token_file: None,
+        metrics_addr: None,
+    });
     let controller = ControllerArgs {
         cluster: ClusterArgs {
             cluster_name: args.cluster_name,
@@ -84,7 +100,13 @@ pub async fn local(args: LocalArgs) -> Result<()> {
         weight_poll_interval: args.weight_poll_interval,
         resync_interval: LOCAL_RESYNC,
     };
-    run(controller, Some(dns_listen)).await
+    match xds {
+        Some(xds) => {
+            tokio::try_join!(run(controller, Some(dns_listen)), super::xds::xds(xds))?;
+            Ok(())
+        }
+        None => run(controller, Some(dns_listen)).await,
+    }
 }
 
 async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()> {
