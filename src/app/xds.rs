@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use super::factories::{shutdown_signal, start_provider, wait_shutdown};
-use crate::cli::XdsArgs;
+use crate::cli::{ProviderKind, XdsArgs};
 use crate::telemetry::{self, InvalidInputs, Readiness};
 use crate::xds::admin::{Admin, AdminMetrics};
 use crate::xds::cache::new_cache;
@@ -22,6 +22,7 @@ use crate::xds::controller::{View, XdsController};
 use crate::xds::model::{traffic_infra, TrafficState, XdsSettings};
 use crate::xds::server::{AdsServer, Clients, XdsMetrics};
 use crate::xds::state::{MemoryStore, SharedState, SqliteStore, StateStore};
+use crate::xds::state_kube::KubeConfigMapStore;
 
 /// How often the shared state is re-read for other replicas' writes.
 const STATE_POLL: Duration = Duration::from_millis(200);
@@ -43,6 +44,12 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
             SqliteStore::open(path, &format!("{}/{}", settings.namespace, settings.name))
                 .with_context(|| format!("opening the xDS state file {}", path.display()))?,
         ),
+        None if args.provider.provider == ProviderKind::Kubernetes => {
+            let client = crate::providers::kubernetes::client()
+                .await
+                .context("connecting to Kubernetes for the shared xDS state")?;
+            Arc::new(KubeConfigMapStore::new(client, &settings.namespace, &settings.name))
+        }
         None => {
             tracing::warn!("no --state: admin API changes live in memory only (not shared, lost on restart)");
             Arc::new(MemoryStore::default())

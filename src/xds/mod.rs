@@ -15,3 +15,4 @@ pub mod model;
 pub mod resources;
 pub mod server;
 pub mod state;
+pub mod state_kube;

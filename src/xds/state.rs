@@ -24,6 +24,10 @@ pub enum StateError {
     Corrupt { path: PathBuf, source: serde_json::Error },
     #[error("state store: {0}")]
     Task(String),
+    #[error("state store {object}: {op} failed: {source}")]
+    Kube { op: &'static str, object: String, source: kube::Error },
+    #[error("state store {object}: stored state is not valid JSON: {source}")]
+    CorruptObject { object: String, source: serde_json::Error },
     #[error("state store: gave up after {0} conflicting writes")]
     Contended(u32),
 }

@@ -1,0 +1,137 @@
+//! `weir xds --provider kubernetes` keeps its admin-API state in the ConfigMap `{name}-xds-state`:
+//! the store against the in-process test API server, then two real replicas sharing it.
+
+use std::process::Command;
+use std::time::Duration;
+
+use integration_tests::apiserver::{ApiServer, Options};
+use integration_tests::{free_port, http_get, wait_for, weir_bin, Proc};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{ObjectMeta, PostParams};
+use kube::Api;
+use weir::xds::model::TrafficState;
+use weir::xds::state::StateStore;
+use weir::xds::state_kube::{KubeConfigMapStore, DATA_KEY};
+
+fn state(revision: u64, blue: u32, green: u32) -> TrafficState {
+    TrafficState {
+        revision,
+        weights: [("blue".to_string(), blue), ("green".to_string(), green)].into(),
+        registered: ["shop/extra".to_string()].into(),
+        deregistered: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_share_one_configmap_with_compare_and_swap() {
+    let server = ApiServer::start(Options::default()).await;
+    let a = KubeConfigMapStore::new(server.client(), "shop", "shop");
+    let b = KubeConfigMapStore::new(server.client(), "shop", "shop");
+
+    // Absent ConfigMap: nothing stored; a CAS expecting a revision cannot succeed.
+    assert_eq!(a.read().await.unwrap(), None);
+    assert!(!a.compare_and_swap(Some(1), &state(2, 1, 1)).await.unwrap());
+    assert_eq!(b.read().await.unwrap(), None);
+
+    // The first write creates it; a second "first write" loses (AlreadyExists) and changes nothing.
+    assert!(a.compare_and_swap(None, &state(1, 100, 0)).await.unwrap());
+    assert!(!b.compare_and_swap(None, &state(1, 0, 100)).await.unwrap());
+    assert_eq!(b.read().await.unwrap(), Some(state(1, 100, 0)), "b reads a's write");
+
+    // b moves on; a's stale compare-and-swap returns false and does not overwrite.
+    assert!(b.compare_and_swap(Some(1), &state(2, 30, 70)).await.unwrap());
+    assert!(!a.compare_and_swap(Some(1), &state(2, 50, 50)).await.unwrap());
+    assert_eq!(a.read().await.unwrap(), Some(state(2, 30, 70)));
+
+    // It is a real ConfigMap with the state as JSON under the data key.
+    let api: Api<ConfigMap> = Api::namespaced(server.client(), "shop");
+    let cm = api.get("shop-xds-state").await.unwrap();
+    let body: TrafficState = serde_json::from_str(&cm.data.unwrap()[DATA_KEY]).unwrap();
+    assert_eq!(body, state(2, 30, 70));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_into_the_empty_configmap_the_operator_created() {
+    let server = ApiServer::start(Options::default()).await;
+    let api: Api<ConfigMap> = Api::namespaced(server.client(), "shop");
+    let empty = ConfigMap {
+        metadata: ObjectMeta { name: Some("shop-xds-state".into()), ..Default::default() },
+        ..Default::default()
+    };
+    api.create(&PostParams::default(), &empty).await.unwrap();
+    let store = KubeConfigMapStore::new(server.client(), "shop", "shop");
+    assert_eq!(store.read().await.unwrap(), None, "no data key: nothing stored yet");
+    assert!(store.compare_and_swap(None, &state(1, 100, 0)).await.unwrap());
+    assert!(!store.compare_and_swap(None, &state(1, 0, 100)).await.unwrap(), "now something is stored");
+    assert_eq!(store.read().await.unwrap(), Some(state(1, 100, 0)));
+
+    // Someone else changes the ConfigMap between our read and write: its resourceVersion moves, and
+    // a write that carries the old one conflicts at the API server.
+    let mut stale = api.get("shop-xds-state").await.unwrap();
+    let mut other = stale.clone();
+    other.metadata.labels = Some([("touched".to_string(), "yes".to_string())].into());
+    api.replace("shop-xds-state", &PostParams::default(), &other).await.unwrap();
+    stale.data.as_mut().unwrap().insert(DATA_KEY.into(), "{}".into());
+    let err = api.replace("shop-xds-state", &PostParams::default(), &stale).await.unwrap_err();
+    assert!(matches!(err, kube::Error::Api(s) if s.code == 409));
+}
+
+fn replica(kubeconfig: &std::path::Path, log_dir: &std::path::Path, admin: u16, name: &str) -> Proc {
+    let mut cmd = Command::new(weir_bin());
+    cmd.env("KUBECONFIG", kubeconfig)
+        .args(["xds", "--provider", "kubernetes", "--name", "shop", "--namespace", "shop"])
+        .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")]);
+    Proc::spawn(name, &mut cmd, log_dir)
+}
+
+fn traffic(admin: u16) -> Option<serde_json::Value> {
+    serde_json::from_str(&http_get(&format!("http://127.0.0.1:{admin}/traffic"))?).ok()
+}
+
+#[test]
+fn two_replicas_serve_one_truth_and_a_restart_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ApiServer::start_background(Options::default());
+    let kubeconfig = server.write_kubeconfig(dir.path());
+    // A labelled blue/green pair, as in a cluster; no TrafficInfra, so the defaults apply.
+    for strategy in ["blue", "green"] {
+        server
+            .store()
+            .create_object(serde_json::json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": format!("shop-planner-{strategy}"), "namespace": "shop",
+                             "labels": {"weir.dev/traffic-infra": "shop", "weir.dev/strategy": strategy}},
+                "spec": {"ports": [{"port": 50051}]}}))
+            .unwrap();
+    }
+
+    let (admin_a, admin_b) = (free_port(), free_port());
+    let mut a = replica(&kubeconfig, dir.path(), admin_a, "xds-a");
+    let mut b = replica(&kubeconfig, dir.path(), admin_b, "xds-b");
+    let defaults = serde_json::json!({"blue": 100, "green": 0});
+    assert_eq!(wait_for("replica a", Duration::from_secs(30), || traffic(admin_a)), defaults);
+    assert_eq!(wait_for("replica b", Duration::from_secs(30), || traffic(admin_b)), defaults);
+
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{admin_a}/traffic?blue=30&green=70"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .unwrap();
+    assert!(resp.status().is_success(), "POST /traffic on a: {}", resp.status());
+    let want = serde_json::json!({"blue": 30, "green": 70});
+    wait_for("replica b to serve a's weights", Duration::from_secs(5), || {
+        (traffic(admin_b).as_ref() == Some(&want)).then_some(())
+    });
+    assert_eq!(traffic(admin_a), Some(want.clone()));
+
+    // The truth is the ConfigMap, not a process: kill both, start one, it still serves 30/70.
+    let configmaps = server.store().find_type("", "v1", "configmaps").unwrap();
+    let cm = server.store().get(&configmaps, "shop", "shop-xds-state").expect("the state ConfigMap exists");
+    let stored: TrafficState = serde_json::from_str(cm["data"][DATA_KEY].as_str().unwrap()).unwrap();
+    assert_eq!(stored.weights, [("blue".to_string(), 30), ("green".to_string(), 70)].into());
+    a.kill();
+    b.kill();
+    let admin_c = free_port();
+    let _c = replica(&kubeconfig, dir.path(), admin_c, "xds-c");
+    assert_eq!(wait_for("replica c after the restart", Duration::from_secs(30), || traffic(admin_c)), want);
+}
