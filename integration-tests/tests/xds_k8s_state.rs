@@ -76,6 +76,47 @@ async fn writes_into_the_empty_configmap_the_operator_created() {
     assert!(matches!(err, kube::Error::Api(s) if s.code == 409));
 }
 
+/// Read-modify-write until the compare-and-swap wins (bounded): adds one to blue.
+async fn increment(store: &KubeConfigMapStore) -> u32 {
+    for attempt in 0..200 {
+        let current = store.read().await.unwrap().expect("seeded");
+        let mut next = current.clone();
+        next.revision += 1;
+        *next.weights.get_mut("blue").unwrap() += 1;
+        if store.compare_and_swap(Some(current.revision), &next).await.unwrap() {
+            return attempt;
+        }
+    }
+    panic!("no write won in 200 attempts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_lose_no_update() {
+    let server = ApiServer::start(Options::default()).await;
+    let seed = KubeConfigMapStore::new(server.client(), "shop", "shop");
+    assert!(seed.compare_and_swap(None, &state(1, 0, 0)).await.unwrap());
+    const EACH: u32 = 25;
+    let writers: Vec<_> = (0..3)
+        .map(|_| {
+            let store = KubeConfigMapStore::new(server.client(), "shop", "shop");
+            tokio::spawn(async move {
+                let mut retries = 0;
+                for _ in 0..EACH {
+                    retries += increment(&store).await;
+                }
+                retries
+            })
+        })
+        .collect();
+    let mut retries = 0;
+    for w in writers {
+        retries += w.await.unwrap();
+    }
+    let end = seed.read().await.unwrap().unwrap();
+    assert_eq!(end.weights["blue"], 3 * EACH, "every increment survived ({retries} lost races retried)");
+    assert_eq!(end.revision, 1 + u64::from(3 * EACH));
+}
+
 fn replica(kubeconfig: &std::path::Path, log_dir: &std::path::Path, admin: u16, name: &str) -> Proc {
     let mut cmd = Command::new(weir_bin());
     cmd.env("KUBECONFIG", kubeconfig)

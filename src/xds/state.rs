@@ -1,9 +1,8 @@
 //! One truth across replicas: the weights and registered services set through the admin API live in
 //! a shared store; every replica serves from it and a restart does not forget them.
 //!
-//! A [`StateStore`] only needs a consistent read and a compare-and-swap on the revision; a
-//! Kubernetes implementation (a ConfigMap or the TrafficInfra status, with `resourceVersion` as the
-//! condition) fits the same two calls. [`SharedState`] turns a store into a `watch` channel that
+//! A [`StateStore`] only needs a consistent read and a compare-and-swap on the revision: SQLite and
+//! memory here, a ConfigMap in [`super::state_kube`] (with `resourceVersion` as the condition). [`SharedState`] turns a store into a `watch` channel that
 //! every part of the process reads, and polls the store so that writes by other replicas arrive.
 
 use std::path::{Path, PathBuf};
