@@ -145,3 +145,36 @@ fn text(status: StatusCode, message: String) -> Response<Full<Bytes>> {
     *resp.status_mut() = status;
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_an_error_and_a_review_is_answered() {
+        let err = respond(b"{not json", &[]).unwrap_err();
+        assert!(err.contains("not an AdmissionReview"), "{err}");
+        let body = serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u1",
+                "kind": {"group": "weir.dev", "version": "v1alpha1", "kind": "TrafficInfra"},
+                "resource": {"group": "weir.dev", "version": "v1alpha1", "resource": "trafficinfras"},
+                "name": "edge", "namespace": "shop", "operation": "CREATE", "userInfo": {},
+                "object": {"apiVersion": "weir.dev/v1alpha1", "kind": "TrafficInfra", "metadata": {"name": "edge", "namespace": "shop"}},
+                "dryRun": false,
+            }
+        });
+        let out: serde_json::Value =
+            serde_json::from_slice(&respond(body.to_string().as_bytes(), &[]).unwrap()).unwrap();
+        assert_eq!(out["response"]["uid"], "u1");
+        assert_eq!(out["response"]["allowed"], true);
+    }
+
+    #[test]
+    fn a_missing_certificate_names_the_file() {
+        let dir = std::env::temp_dir().join("weir-webhook-no-such-dir");
+        let err = tls_config(&dir).unwrap_err().to_string();
+        assert!(err.contains("weir-webhook-no-such-dir/tls.crt"), "{err}");
+    }
+}
