@@ -194,6 +194,12 @@ pub struct ControllerArgs {
     /// Full reconcile at least this often, even when no input changed.
     #[arg(long, env = "WEIR_RESYNC_INTERVAL", value_parser = parse_duration, default_value = "5m")]
     pub resync_interval: Duration,
+    /// Serve the TrafficInfra validating webhook (HTTPS, POST /validate-trafficinfra) here; off when unset.
+    #[arg(long, env = "WEIR_WEBHOOK_ADDR", value_parser = parse_listen_addr)]
+    pub webhook_addr: Option<SocketAddr>,
+    /// The webhook's certificate directory: tls.crt and tls.key, as cert-manager or a Secret mounts them.
+    #[arg(long, env = "WEIR_WEBHOOK_CERT_DIR", default_value = "/etc/weir/webhook")]
+    pub webhook_cert_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use integration_tests::{run, venv_bin, workspace_root};
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -179,6 +180,25 @@ fn check_types(r: &Rendered) -> Vec<String> {
             ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => typed::<CustomResourceDefinition>(v).map(drop),
             ("monitoring.coreos.com/v1", "ServiceMonitor") => typed::<Monitoring<ServiceMonitorSpec>>(v).map(drop),
             ("monitoring.coreos.com/v1", "PrometheusRule") => typed::<Monitoring<RuleSpec>>(v).map(drop),
+            ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration") => {
+                typed::<ValidatingWebhookConfiguration>(v).map(drop)
+            }
+            // No Rust types for cert-manager: the fields the chart relies on.
+            ("cert-manager.io/v1", "Certificate") => {
+                let ok = v["spec"]["secretName"].is_string() && v["spec"]["issuerRef"]["name"].is_string();
+                if ok {
+                    Ok(())
+                } else {
+                    Err(format!("Certificate without secretName or issuerRef.name: {v}"))
+                }
+            }
+            ("cert-manager.io/v1", "Issuer") => {
+                if v["spec"].is_object() {
+                    Ok(())
+                } else {
+                    Err(format!("Issuer without spec: {v}"))
+                }
+            }
             _ => Err(format!("unexpected type {api_version} {kind}")),
         };
         if let Err(e) = result {
@@ -228,6 +248,7 @@ fn default_values_render_valid_least_privilege_objects() {
         assert!(kinds.iter().any(|k| k == want), "{want} missing from {kinds:?}");
     }
     assert!(!kinds.iter().any(|k| k.starts_with("ServiceMonitor") || k.starts_with("PrometheusRule")));
+    assert!(!kinds.iter().any(|k| k.starts_with("ValidatingWebhookConfiguration")), "the webhook is off by default");
     assert_eq!(r.crds.len(), 3, "the three weir.dev CRDs ship in crds/");
 
     let d = deployment(&r);
@@ -318,6 +339,33 @@ fn all_features_values_render_valid_objects() {
     }
     let (ok, _, stderr) = run(Command::new(integration_tests::weir_bin()).args(&a).arg("--help"));
     assert!(ok, "weir rejects the chart's arguments: {stderr}");
+
+    // The webhook: the flags, the certificate mounted where they point, the Service port, and the
+    // ValidatingWebhookConfiguration with cert-manager's CA injection.
+    for want in ["--webhook-addr=:9443", "--webhook-cert-dir=/etc/weir/webhook"] {
+        assert!(a.iter().any(|x| x == want), "{want} missing from {a:?}");
+    }
+    let d = &r.objects["Deployment/weir"];
+    let pod = &d["spec"]["template"]["spec"];
+    assert!(pod["volumes"].as_array().unwrap().iter().any(|v| v["secret"]["secretName"] == "weir-webhook-cert"));
+    let c = &pod["containers"][0];
+    assert!(c["volumeMounts"].as_array().unwrap().iter().any(|m| m["mountPath"] == "/etc/weir/webhook"));
+    assert!(c["ports"].as_array().unwrap().iter().any(|p| p["name"] == "webhook" && p["containerPort"] == 9443));
+    assert_eq!(r.objects["Service/weir-webhook"]["spec"]["ports"][0]["targetPort"], "webhook");
+    let vwc = r.objects.iter().find(|(k, _)| k.starts_with("ValidatingWebhookConfiguration/")).unwrap().1;
+    assert!(vwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+        .as_str()
+        .unwrap()
+        .ends_with("/weir-webhook"));
+    let hook = &vwc["webhooks"][0];
+    assert_eq!(hook["failurePolicy"], "Fail");
+    assert_eq!(hook["sideEffects"], "None");
+    assert_eq!(hook["admissionReviewVersions"], json!(["v1"]));
+    assert_eq!(hook["clientConfig"]["service"]["path"], "/validate-trafficinfra");
+    assert_eq!(hook["rules"][0]["operations"], json!(["CREATE"]));
+    assert_eq!(hook["rules"][0]["resources"], json!(["trafficinfras"]));
+    assert_eq!(r.objects["Certificate/weir-webhook"]["spec"]["secretName"], "weir-webhook-cert");
+    assert!(r.objects.contains_key("Issuer/weir-webhook-selfsigned"));
 
     // The alerts compare the old controller's gauges and watch reconcile errors.
     let rule: Monitoring<RuleSpec> = serde_json::from_value(r.objects["PrometheusRule/weir"].clone()).unwrap();

@@ -3,10 +3,8 @@
 //! TrafficInfra, with the inherited scheduling settings; children's readiness drives the status;
 //! a spec change is followed (the HPA goes when disabled); a second TrafficInfra in the namespace is
 //! Failed with nothing created; a namespace without NamespaceConfig is Pending; an invalid
-//! BackendTrafficPolicy gets `Accepted=False`.
-//!
-//! Not covered here: removal of the children when the TrafficInfra is deleted is Kubernetes'
-//! garbage collector's job (ownerReferences), which the test API server does not implement.
+//! BackendTrafficPolicy gets `Accepted=False`; deleting the TrafficInfra removes every child (the
+//! test API server's garbage collector follows the ownerReferences, as Kubernetes' does).
 
 use std::path::Path;
 use std::process::Command;
@@ -218,4 +216,22 @@ fn traffic_infra_lifecycle_against_the_api_server() {
     let rt = server.store().find_type("weir.dev", "v1alpha1", "backendtrafficpolicies").unwrap();
     server.store().delete(&rt, "shop", "bad").unwrap();
     wait_for("the remaining policy accepted", T, || (accepted("good")?.0 == "True").then_some(()));
+
+    // Deleting the TrafficInfra removes every child, and the operator does not bring them back.
+    let rt = server.store().find_type("weir.dev", "v1alpha1", "trafficinfras").unwrap();
+    server.store().delete(&rt, "shop", "edge").unwrap();
+    let remaining = || {
+        CHILDREN
+            .iter()
+            .filter(|(g, v, p, n)| get(&server, g, v, p, "shop", n).is_some())
+            .map(|c| c.3)
+            .collect::<Vec<_>>()
+    };
+    wait_for("every child of edge gone", T, || remaining().is_empty().then_some(()));
+    // The remaining TrafficInfra is now the only one in the namespace, so it gets children; by
+    // then any pass that still saw edge has ended, and edge's children stay gone.
+    wait_for("zz-second's children", T, || get(&server, "apps", "v1", "deployments", "shop", "zz-second-xds"));
+    let start = passes();
+    wait_for("two more infra passes", T, || (passes() >= start + 2.0).then_some(()));
+    assert_eq!(remaining(), Vec::<&str>::new(), "children of the deleted TrafficInfra came back");
 }

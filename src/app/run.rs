@@ -5,6 +5,7 @@
 //! channel and stops when the shutdown channel flips.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,6 +100,8 @@ pub async fn local(args: LocalArgs) -> Result<()> {
         metrics_addr: args.metrics_addr,
         weight_poll_interval: args.weight_poll_interval,
         resync_interval: LOCAL_RESYNC,
+        webhook_addr: None,
+        webhook_cert_dir: PathBuf::new(),
     };
     match xds {
         Some(xds) => {
@@ -157,6 +160,11 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     let metrics_task = telemetry::serve(args.metrics_addr, router, wait_shutdown(shutdown.clone()))
         .await
         .with_context(|| format!("binding the metrics server on {}", args.metrics_addr))?;
+    if let Some(addr) = args.webhook_addr {
+        let webhook =
+            crate::operator::webhook::serve(addr, &args.webhook_cert_dir, snapshots.clone(), shutdown.clone());
+        tasks.push(webhook.await.context("starting the validating webhook")?);
+    }
 
     let poll_now = Arc::new(Notify::new());
     let (weight_tx, weight_rx) = watch::channel(None);

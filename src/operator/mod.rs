@@ -8,6 +8,7 @@ pub mod children;
 pub mod envoy;
 pub mod policy;
 pub mod status;
+pub mod webhook;
 
 use std::collections::{BTreeMap, BTreeSet};
 

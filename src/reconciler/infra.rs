@@ -143,6 +143,11 @@ impl InfraLoop {
         let mut refusals: BTreeSet<Refusal> = BTreeSet::new();
         for plan in &plans {
             let Some(ti) = snapshot.traffic_infras.iter().find(|t| ObjectRef::of(*t) == plan.infra) else { continue };
+            // Being deleted: the garbage collector removes the children; applying them again
+            // would only race it.
+            if ti.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
             refusals.extend(plan.refusals.iter().cloned());
             let ns = plan.infra.namespace.as_str();
             let mut wanted = BTreeSet::new();

@@ -256,7 +256,17 @@ impl Store {
                 }
             }
         }
-        Ok(self.commit(inner, k, EventType::Added, None, obj))
+        let created = self.commit(inner, k, EventType::Added, None, obj);
+        // An owner that no longer exists (a writer acting on a stale view of its owner): the
+        // garbage collector removes the new object, or the dangling reference if another owner lives.
+        let dangling: Vec<String> = owner_uids(&created)
+            .filter(|u| !inner.objects.values().any(|o| o["metadata"]["uid"].as_str() == Some(u)))
+            .map(str::to_string)
+            .collect();
+        for uid in dangling {
+            self.collect_garbage(inner, &uid);
+        }
+        Ok(created)
     }
 
     /// Changes an existing object (or creates it, for server-side apply). `status` selects the
@@ -361,7 +371,9 @@ impl Store {
         if new["metadata"].get("deletionTimestamp").is_some() && finalizers_clear {
             inner.objects.remove(&k);
             inner.owners.remove(&k);
-            return Ok(self.commit(&mut inner, k, EventType::Deleted, Some(cur), new));
+            let gone = self.commit(&mut inner, k, EventType::Deleted, Some(cur), new);
+            self.collect_garbage(&mut inner, gone["metadata"]["uid"].as_str().unwrap_or_default());
+            return Ok(gone);
         }
         Ok(self.commit(&mut inner, k, EventType::Modified, Some(cur), new))
     }
@@ -384,7 +396,49 @@ impl Store {
         }
         inner.objects.remove(&k);
         inner.owners.remove(&k);
-        Ok(self.commit(&mut inner, k, EventType::Deleted, Some(cur.clone()), cur))
+        let gone = self.commit(&mut inner, k, EventType::Deleted, Some(cur.clone()), cur);
+        self.collect_garbage(&mut inner, gone["metadata"]["uid"].as_str().unwrap_or_default());
+        Ok(gone)
+    }
+
+    /// Kubernetes' garbage collector, background propagation: once an object is gone, every object
+    /// whose ownerReferences name its uid is deleted too (waiting for its own finalizers, and then
+    /// cascading to its dependents). A dependent with another owner that still exists only loses
+    /// the reference to the one that went.
+    fn collect_garbage(&self, inner: &mut Inner, gone_uid: &str) {
+        let mut uids = vec![gone_uid.to_string()];
+        while let Some(uid) = uids.pop() {
+            let dependents: Vec<Key> =
+                inner.objects.iter().filter(|(_, o)| owner_uids(o).any(|u| u == uid)).map(|(k, _)| k.clone()).collect();
+            for k in dependents {
+                let cur = inner.objects[&k].clone();
+                let other_owner_lives = owner_uids(&cur)
+                    .filter(|u| *u != uid)
+                    .any(|u| inner.objects.values().any(|o| o["metadata"]["uid"].as_str() == Some(u)));
+                let mut new = cur.clone();
+                if other_owner_lives {
+                    if let Some(refs) = meta_mut(&mut new).get_mut("ownerReferences").and_then(Value::as_array_mut) {
+                        refs.retain(|r| r["uid"].as_str() != Some(uid.as_str()));
+                    }
+                    self.commit(inner, k, EventType::Modified, Some(cur), new);
+                    continue;
+                }
+                if cur["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()) {
+                    if cur["metadata"].get("deletionTimestamp").is_none() {
+                        meta_mut(&mut new).insert("deletionTimestamp".into(), now().into());
+                        meta_mut(&mut new).insert("deletionGracePeriodSeconds".into(), 0.into());
+                        self.commit(inner, k, EventType::Modified, Some(cur), new);
+                    }
+                    continue;
+                }
+                inner.objects.remove(&k);
+                inner.owners.remove(&k);
+                if let Some(u) = cur["metadata"]["uid"].as_str() {
+                    uids.push(u.to_string());
+                }
+                self.commit(inner, k, EventType::Deleted, Some(cur.clone()), cur);
+            }
+        }
     }
 
     fn commit(&self, inner: &mut Inner, k: Key, kind: EventType, old: Option<Value>, mut obj: Value) -> Value {
@@ -441,6 +495,11 @@ impl Store {
         };
         Ok((initial, rx, inner.rv))
     }
+}
+
+/// The uids an object's ownerReferences name.
+fn owner_uids(obj: &Value) -> impl Iterator<Item = &str> {
+    obj["metadata"]["ownerReferences"].as_array().into_iter().flatten().filter_map(|r| r["uid"].as_str())
 }
 
 fn key(rt: &ResourceType, ns: &str, name: &str) -> Key {

@@ -159,6 +159,71 @@ async fn deletion_waits_for_finalizers() {
     assert_eq!(code(api.get("plain").await.unwrap_err()), 404);
 }
 
+fn owned_configmap(name: &str, owners: &[&ConfigMap], finalizer: bool) -> ConfigMap {
+    let refs: Vec<_> = owners
+        .iter()
+        .map(|o| json!({"apiVersion": "v1", "kind": "ConfigMap", "name": o.name_any(), "uid": o.uid().unwrap()}))
+        .collect();
+    let mut meta = json!({"name": name, "ownerReferences": refs});
+    if finalizer {
+        meta["finalizers"] = json!(["other.example.com/hold"]);
+    }
+    serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta})).unwrap()
+}
+
+#[tokio::test]
+async fn garbage_collector_deletes_dependents_in_cascade() {
+    let server = ApiServer::start(Options::default()).await;
+    let api: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let pp = PostParams::default();
+    let cm = |name: &str| -> ConfigMap {
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}})).unwrap()
+    };
+    let root = api.create(&pp, &cm("root")).await.unwrap();
+    let other = api.create(&pp, &cm("other")).await.unwrap();
+    let child = api.create(&pp, &owned_configmap("child", &[&root], false)).await.unwrap();
+    api.create(&pp, &owned_configmap("grandchild", &[&child], false)).await.unwrap();
+    api.create(&pp, &owned_configmap("held", &[&root], true)).await.unwrap();
+    api.create(&pp, &owned_configmap("shared", &[&root, &other], false)).await.unwrap();
+    api.create(&pp, &owned_configmap("unrelated", &[&other], false)).await.unwrap();
+
+    let rv = api.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let mut events = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    api.delete("root", &DeleteParams::default()).await.unwrap();
+
+    let mut deleted = Vec::new();
+    while deleted.len() < 3 {
+        match timeout(events.try_next()).await.unwrap().unwrap() {
+            WatchEvent::Deleted(o) => deleted.push(o.name_any()),
+            WatchEvent::Bookmark(_) | WatchEvent::Modified(_) => {}
+            e => panic!("unexpected event {e:?}"),
+        }
+    }
+    deleted.sort();
+    assert_eq!(deleted, ["child", "grandchild", "root"]);
+    for gone in ["root", "child", "grandchild"] {
+        assert_eq!(code(api.get(gone).await.unwrap_err()), 404, "{gone}");
+    }
+    // A finalizer holds a dependent until it is cleared, as for a direct delete.
+    let held = api.get("held").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+    api.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
+    assert_eq!(code(api.get("held").await.unwrap_err()), 404);
+    // A dependent with another live owner stays and only loses the reference.
+    let shared = api.get("shared").await.unwrap();
+    let owners: Vec<_> = shared.metadata.owner_references.unwrap().into_iter().map(|r| r.name).collect();
+    assert_eq!(owners, ["other"]);
+    assert!(api.get("unrelated").await.is_ok());
+    // The remaining owner going takes its dependents with it.
+    api.delete("other", &DeleteParams::default()).await.unwrap();
+    for gone in ["shared", "unrelated"] {
+        assert_eq!(code(api.get(gone).await.unwrap_err()), 404, "{gone}");
+    }
+    // An object created for an owner that is already gone is collected at once.
+    api.create(&pp, &owned_configmap("late", &[&other], false)).await.unwrap();
+    assert_eq!(code(api.get("late").await.unwrap_err()), 404);
+}
+
 #[tokio::test]
 async fn watch_streams_events_bookmarks_resumes_and_expires() {
     let server =
