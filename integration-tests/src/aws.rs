@@ -111,6 +111,38 @@ pub async fn create_zone(client: &aws_sdk_route53::Client, name: &str) -> String
     out.hosted_zone().unwrap().id().trim_start_matches("/hostedzone/").to_string()
 }
 
+/// Writes weighted CNAME record sets of other owners (no ownership TXT) into a zone, in one batch:
+/// `(name, set identifier, target)` each, weight 1, TTL 60.
+pub async fn put_foreign_cnames(
+    client: &aws_sdk_route53::Client,
+    zone: &str,
+    records: impl IntoIterator<Item = (String, String, String)>,
+) {
+    use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType};
+    let changes: Vec<Change> = records
+        .into_iter()
+        .map(|(name, set_identifier, target)| {
+            let rrs = ResourceRecordSet::builder()
+                .name(name)
+                .r#type(RrType::Cname)
+                .set_identifier(set_identifier)
+                .weight(1)
+                .ttl(60)
+                .resource_records(ResourceRecord::builder().value(target).build().unwrap())
+                .build()
+                .unwrap();
+            Change::builder().action(ChangeAction::Upsert).resource_record_set(rrs).build().unwrap()
+        })
+        .collect();
+    client
+        .change_resource_record_sets()
+        .hosted_zone_id(zone)
+        .change_batch(ChangeBatch::builder().set_changes(Some(changes)).build().unwrap())
+        .send()
+        .await
+        .expect("write foreign records");
+}
+
 /// Every record set of a zone, as weir models them (types weir does not manage are left out).
 pub async fn zone_records(client: &aws_sdk_route53::Client, zone: &str) -> Vec<weir::dns::record::RecordSet> {
     let mut out = std::collections::BTreeMap::new();

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use integration_tests::aws::{create_zone, route53, zone_records, Moto};
+use integration_tests::aws::{create_zone, put_foreign_cnames, route53, zone_records, Moto};
 use weir::aws::aws_sdk_route53::types::{
     Change as R53Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
 };
@@ -104,27 +104,8 @@ fn pager_stops_when_a_weighted_group_repeats_the_same_page() {
         let zone = create_zone(&client, "example.com").await;
         // 150 weighted records at one name: a per-name read (100 per page) ends inside the group, and
         // moto answers without NextRecordIdentifier.
-        let changes: Vec<R53Change> = (0..150)
-            .map(|i| {
-                let rrs = ResourceRecordSet::builder()
-                    .name("big.example.com.")
-                    .r#type(RrType::Cname)
-                    .set_identifier(format!("c{i:03}"))
-                    .weight(1)
-                    .ttl(60)
-                    .resource_records(ResourceRecord::builder().value("x.example.net").build().unwrap())
-                    .build()
-                    .unwrap();
-                R53Change::builder().action(ChangeAction::Upsert).resource_record_set(rrs).build().unwrap()
-            })
-            .collect();
-        client
-            .change_resource_record_sets()
-            .hosted_zone_id(&zone)
-            .change_batch(ChangeBatch::builder().set_changes(Some(changes)).build().unwrap())
-            .send()
-            .await
-            .unwrap();
+        let records = (0..150).map(|i| ("big.example.com.".into(), format!("c{i:03}"), "x.example.net".into()));
+        put_foreign_cnames(&client, &zone, records).await;
         let metrics = AwsMetrics::isolated();
         let p = provider(&moto.endpoint(), &zone, metrics.clone()).await;
         let owner = Ownership::new("eu");

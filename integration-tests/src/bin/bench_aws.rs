@@ -6,16 +6,13 @@
 //!
 //! `WEIR_TEST_VENV=/tmp/venvtest cargo run -p integration-tests --bin bench_aws -- [calls 100,1000,10000] [failover]`
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use integration_tests::aws::{create_table, create_zone, dynamodb, route53, Moto};
+use integration_tests::aws::{create_table, create_zone, dynamodb, put_foreign_cnames, route53, Moto};
 use integration_tests::wait_for;
 use integration_tests::weir_aws::{write_manifests, Controller, ControllerSpec, TABLE};
 use weir::aws::aws_sdk_dynamodb::types::AttributeValue;
-use weir::aws::aws_sdk_route53::types::{
-    Change as R53Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
-};
+use weir::aws::aws_sdk_route53::types::RrType;
 use weir::aws::{Aws, AwsMetrics, Outcome};
 use weir::dns::plan::{plan, BatchLimits};
 use weir::dns::record::{Ownership, RecordOptions};
@@ -133,28 +130,8 @@ async fn big_zone(foreign: usize) {
     let client = weir::aws::aws_sdk_route53::Client::new(&config);
     let zone = create_zone(&client, "example.com").await;
     for chunk in (0..foreign).collect::<Vec<_>>().chunks(500) {
-        let changes: Vec<R53Change> = chunk
-            .iter()
-            .map(|i| {
-                let rrs = ResourceRecordSet::builder()
-                    .name(format!("f{i}.example.com."))
-                    .r#type(RrType::Cname)
-                    .set_identifier("other")
-                    .weight(1)
-                    .ttl(60)
-                    .resource_records(ResourceRecord::builder().value("other.example.net").build().unwrap())
-                    .build()
-                    .unwrap();
-                R53Change::builder().action(ChangeAction::Upsert).resource_record_set(rrs).build().unwrap()
-            })
-            .collect();
-        client
-            .change_resource_record_sets()
-            .hosted_zone_id(&zone)
-            .change_batch(ChangeBatch::builder().set_changes(Some(changes)).build().unwrap())
-            .send()
-            .await
-            .unwrap();
+        let records = chunk.iter().map(|i| (format!("f{i}.example.com."), "other".into(), "other.example.net".into()));
+        put_foreign_cnames(&client, &zone, records).await;
     }
     let m = AwsMetrics::isolated();
     let p = provider(&moto.endpoint(), &zone, &m).await;
@@ -164,7 +141,6 @@ async fn big_zone(foreign: usize) {
     print(100, "nothing changed", &reconcile(&p, &m, &snap, 50).await);
     print(100, "weight 50->20", &reconcile(&p, &m, &snap, 20).await);
     print(100, "one host added", &reconcile(&p, &m, &snapshot(dir.path(), 101), 20).await);
-    let _ = BTreeSet::<String>::new();
 }
 
 fn failover() {
