@@ -14,5 +14,6 @@ pub mod controller;
 pub mod model;
 pub mod resources;
 pub mod server;
+pub mod snapshot;
 pub mod state;
 pub mod state_kube;
