@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
-use kube::ResourceExt;
+use kube_core::ResourceExt;
 
 use crate::ir::{DesiredState, DnsIntent, Factors, InputKind, Refusal, StrategyWeightsSource, Targets, TrafficLink};
 use crate::model::{ObjectRef, Snapshot};
