@@ -27,8 +27,6 @@ pub const API_VERSION: &str = "weir.dev/v1alpha1";
 
 /// Label on a Service that links it to a TrafficInfra (value: the TrafficInfra's name).
 pub const LABEL_TRAFFIC_INFRA: &str = "weir.dev/traffic-infra";
-/// Label on a Service naming its strategy (blue, green, …).
-pub const LABEL_STRATEGY: &str = "weir.dev/strategy";
 
 /// A duration as Gateway API writes them: one to four `<number><unit>` groups, units h, m, s, ms
 /// (`250ms`, `2s`, `1m30s`). `operator::policy::parse_duration` accepts exactly this.
