@@ -243,3 +243,73 @@ fn operator_children_run_from_their_specs_and_envoy_routes_by_weight() {
     assert_share(&t, "green", 70.0);
     assert_eq!((xds.restarts("xds"), envoy.restarts("envoy")), (0, 0), "no liveness restarts");
 }
+
+/// The test kubelet itself, on a hand-written spec: env from a ConfigMap key, a Secret key and
+/// `$(VAR)` expansion in args; a ConfigMap volume with `items` and a Secret volume at their mount
+/// paths; readiness gating Ready; a liveness probe that fails restarts the container.
+#[test]
+fn test_kubelet_follows_the_spec() {
+    let api = ApiServer::start_background(Options::default());
+    seed(
+        &api,
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "site", "namespace": "shop"},
+               "data": {"cluster": "eu", "web.yaml": ingress_manifest("shop", "web", &["www.example.com"], None, "192.0.2.9"),
+                        "ignored.txt": "not projected: items name only web.yaml"}}),
+    );
+    seed(
+        &api,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds", "namespace": "shop"},
+               "type": "Opaque", "data": {"weight": "MTAw"}}),
+    );
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "site", "namespace": "shop"},
+        "spec": {"template": {"metadata": {"labels": {"app": "site"}}, "spec": {
+            "serviceAccountName": "site",
+            "volumes": [
+                {"name": "manifests", "configMap": {"name": "site", "items": [{"key": "web.yaml", "path": "ingress/web.yaml"}]}},
+                {"name": "creds", "secret": {"secretName": "creds"}},
+                {"name": "data", "emptyDir": {}},
+            ],
+            "containers": [{
+                "name": "weir", "image": "ghcr.io/weir-dev/weir:0.1.0", "command": ["weir"],
+                "args": ["local", "--manifests", "/etc/site/ingress", "--db", "/data/weir.db",
+                         "--cluster-name=$(CLUSTER)", "--initial-weight", "$(WEIGHT)", "--dns-listen", ":5353",
+                         "--metrics-addr", "0.0.0.0:8080"],
+                "env": [
+                    {"name": "CLUSTER", "valueFrom": {"configMapKeyRef": {"name": "site", "key": "cluster"}}},
+                    {"name": "WEIGHT", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "weight"}}},
+                    {"name": "MY_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                    {"name": "WHERE", "value": "$(MY_NS)/$(CLUSTER)"},
+                    {"name": "LITERAL", "value": "$$(CLUSTER)"},
+                ],
+                "ports": [{"name": "metrics", "containerPort": 8080}, {"name": "dns", "containerPort": 5353, "protocol": "UDP"}],
+                "volumeMounts": [
+                    {"name": "manifests", "mountPath": "/etc/site"},
+                    {"name": "creds", "mountPath": "/etc/creds", "readOnly": true},
+                    {"name": "data", "mountPath": "/data"},
+                ],
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 1},
+                "livenessProbe": {"httpGet": {"path": "/no-such-path", "port": "metrics"},
+                                  "initialDelaySeconds": 2, "periodSeconds": 1, "failureThreshold": 2},
+            }],
+        }}},
+    });
+    let pod = Pod::start(&api, &deployment, PodOptions::default());
+    let argv = pod.argv("weir");
+    assert!(argv.iter().any(|a| a == "--cluster-name=eu"), "configMapKeyRef + $(VAR): {argv:?}");
+    assert!(argv.windows(2).any(|w| w[0] == "--initial-weight" && w[1] == "100"), "secretKeyRef: {argv:?}");
+    let env = pod.env("weir");
+    assert!(env.iter().any(|(k, v)| k == "WHERE" && v == "shop/eu"), "{env:?}");
+    assert!(env.iter().any(|(k, v)| k == "LITERAL" && v == "$(CLUSTER)"), "$$ escapes: {env:?}");
+    let manifests = pod.host_path("weir", "/etc/site/ingress");
+    assert!(manifests.join("web.yaml").exists() && !pod.host_path("weir", "/etc/site/ignored.txt").exists());
+    assert_eq!(std::fs::read(pod.host_path("weir", "/etc/creds/weight")).unwrap(), b"100", "Secret data decoded");
+    assert!(pod.host_path("weir", "/var/run/secrets/kubernetes.io/serviceaccount/token").exists());
+
+    pod.wait_ready(T);
+    let mut dns = DnsClient::new(pod.host_port(5353));
+    assert_eq!(wait_for("the answer", T, || dns.first_a("www.example.com")), "192.0.2.9");
+    // /no-such-path is a 404: after the initial delay and two failures the kubelet restarts it.
+    wait_for("a liveness restart", T, || (pod.restarts("weir") >= 1).then_some(()));
+    pod.wait_ready(T);
+}
