@@ -403,7 +403,7 @@ pub struct EnvoyPorts {
     #[serde(default = "grpc_envoy")]
     #[schemars(range(min = 1, max = 65535))]
     pub grpc: i32,
-    /// Envoy's admin interface (bound to the pod; not exposed by the Service).
+    /// Envoy's admin interface, on 127.0.0.1 inside the pod (probes use the probe listener, 9902).
     #[serde(default = "admin_envoy")]
     #[schemars(range(min = 1, max = 65535))]
     pub admin: i32,
