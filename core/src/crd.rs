@@ -230,6 +230,11 @@ impl Default for XdsSpec {
     }
 }
 
+/// weir's own image (registry/name; the tag is the crate version): the TrafficInfra default, the
+/// chart's `image.repository` and what scripts/build-image.sh tags. integration-tests/tests/image.rs
+/// checks that the three agree.
+pub const WEIR_IMAGE: &str = "ghcr.io/weir-dev/weir";
+
 /// The image of the xDS control plane; weir's own image by default, running `weir xds`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -397,7 +402,7 @@ pub struct EnvoyPorts {
     #[serde(default = "grpc_envoy")]
     #[schemars(range(min = 1, max = 65535))]
     pub grpc: i32,
-    /// Envoy's admin interface (bound to the pod; not exposed by the Service).
+    /// Envoy's admin interface, on 127.0.0.1 inside the pod (probes use the probe listener, 9902).
     #[serde(default = "admin_envoy")]
     #[schemars(range(min = 1, max = 65535))]
     pub admin: i32,
@@ -833,10 +838,10 @@ fn if_not_present() -> String {
     "IfNotPresent".into()
 }
 fn weir_repository() -> String {
-    "ghcr.io/weir-dev".into()
+    WEIR_IMAGE.rsplit_once('/').map_or("", |(repository, _)| repository).into()
 }
 fn weir_image_name() -> String {
-    "weir".into()
+    WEIR_IMAGE.rsplit_once('/').map_or(WEIR_IMAGE, |(_, name)| name).into()
 }
 fn weir_tag() -> String {
     env!("CARGO_PKG_VERSION").into()
