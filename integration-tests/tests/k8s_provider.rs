@@ -50,7 +50,7 @@ fn start(server: &ApiServer) -> SnapshotRx {
     let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
     let client = server.client();
     tokio::spawn(async move {
-        run(client, KubernetesConfig { debounce: Duration::from_millis(20) }, tx).await.unwrap();
+        run(client, KubernetesConfig { debounce: Duration::from_millis(20), ..Default::default() }, tx).await.unwrap();
     });
     rx
 }

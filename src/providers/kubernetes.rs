@@ -56,11 +56,38 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 pub struct KubernetesConfig {
     /// Changes arriving within this window are published as one snapshot.
     pub debounce: Duration,
+    /// What is watched, and where.
+    pub scope: WatchScope,
 }
 
 impl Default for KubernetesConfig {
     fn default() -> Self {
-        Self { debounce: Duration::from_millis(200) }
+        Self { debounce: Duration::from_millis(200), scope: WatchScope::default() }
+    }
+}
+
+/// Which kinds are watched, and where. The controller watches everything cluster-wide; `weir xds`
+/// watches only its own namespace and only what it translates, so that the namespaced Role the
+/// operator grants it suffices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchScope {
+    /// `None`: every namespace (cluster-scope list and watch).
+    pub namespace: Option<String>,
+    pub ingresses: bool,
+    pub namespace_configs: bool,
+}
+
+impl Default for WatchScope {
+    fn default() -> Self {
+        Self { namespace: None, ingresses: true, namespace_configs: true }
+    }
+}
+
+impl WatchScope {
+    /// What `weir xds` needs: Services, EndpointSlices, TrafficInfras and BackendTrafficPolicies in
+    /// `namespace`.
+    pub fn xds(namespace: &str) -> Self {
+        Self { namespace: Some(namespace.to_string()), ingresses: false, namespace_configs: false }
     }
 }
 
@@ -100,12 +127,25 @@ impl Caches {
 
 /// Starts one reflector per kind and returns its cache. The watch retries with backoff forever: a
 /// missing CRD or a lost connection is logged and retried while the other kinds keep working.
-fn reflect<K>(client: &Client, changed: Arc<Notify>) -> Store<K>
+/// Not `enabled`: an empty cache that is never filled, and no request.
+fn reflect<K>(client: &Client, scope: &WatchScope, enabled: bool, changed: Arc<Notify>) -> Store<K>
 where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     let (reader, writer) = reflector::store::<K>();
-    let api: Api<K> = Api::all(client.clone());
+    if !enabled {
+        return reader;
+    }
+    let api: Api<K> = match &scope.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let kind = K::kind(&());
     let stream = reflector::reflector(
         writer,
@@ -151,15 +191,18 @@ where
 /// weir's own resources are published as they arrive; their absence does not hold anything back.
 pub async fn run(client: Client, config: KubernetesConfig, tx: SnapshotTx) -> Result<(), KubernetesError> {
     let changed = Arc::new(Notify::new());
+    let scope = &config.scope;
     let caches = Caches {
-        ingresses: reflect(&client, changed.clone()),
-        services: reflect(&client, changed.clone()),
-        endpoint_slices: reflect(&client, changed.clone()),
-        traffic_infras: reflect(&client, changed.clone()),
-        backend_traffic_policies: reflect(&client, changed.clone()),
-        namespace_configs: reflect(&client, changed.clone()),
+        ingresses: reflect(&client, scope, scope.ingresses, changed.clone()),
+        services: reflect(&client, scope, true, changed.clone()),
+        endpoint_slices: reflect(&client, scope, true, changed.clone()),
+        traffic_infras: reflect(&client, scope, true, changed.clone()),
+        backend_traffic_policies: reflect(&client, scope, true, changed.clone()),
+        namespace_configs: reflect(&client, scope, scope.namespace_configs, changed.clone()),
     };
-    caches.ingresses.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("Ingress"))?;
+    if scope.ingresses {
+        caches.ingresses.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("Ingress"))?;
+    }
     caches.services.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("Service"))?;
     caches.endpoint_slices.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("EndpointSlice"))?;
 
