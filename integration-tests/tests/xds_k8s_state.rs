@@ -37,7 +37,6 @@ fn operator_made_identity(server: &ApiServer) -> String {
         // No TrafficInfra is stored here: without the owner, the garbage collector would remove them.
         obj["metadata"].as_object_mut().unwrap().remove("ownerReferences");
         let kind = obj["kind"].clone();
-        let mut obj = obj;
         obj["apiVersion"] = match kind.as_str() {
             Some("Role") | Some("RoleBinding") => "rbac.authorization.k8s.io/v1".into(),
             _ => "v1".into(),
