@@ -329,3 +329,44 @@ fn dnsendpoint_mode_writes_external_dns_objects() {
     wait_for("the DNSEndpoint deleted", T, || server.store().get(&rt, "default", "web").is_err().then_some(()));
     assert_nothing_denied(&server, &id);
 }
+
+#[test]
+fn rbac_revoked_at_run_time_is_logged_counted_unready_and_keeps_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ApiServer::start_background(Options::default());
+    seed(&server, service("svc"));
+    seed(&server, slice("svc", true));
+    seed(&server, ingress("web", &[("a.example.com", "svc")], "192.0.2.10"));
+    let id = identity(&server, json!({}));
+    let mut c = controller("controller", &server, &id, dir.path(), &["--allow-all-zero"]);
+    c.wait_weight("a.example.com", Some(100.0));
+    wait_for("readiness", T, || http_get(&format!("{}/readyz", c.metrics)));
+    let denied_count =
+        |c: &Controller| metric(&c.metrics(), "weir_kube_watch_errors_total", &[("kind", "Ingress"), ("code", "403")]);
+    assert_eq!(denied_count(&c), None);
+
+    // Someone removes the controller's ClusterRoleBinding; the running watches end and restart.
+    let crb = server.store().find_type("rbac.authorization.k8s.io", "v1", "clusterrolebindings").unwrap();
+    server.store().delete(&crb, "", "weir").unwrap();
+    server.close_watches();
+    wait_for("the 403 counted", T, || denied_count(&c).filter(|v| *v >= 1.0));
+    wait_for("not ready", T, || http_get(&format!("{}/readyz", c.metrics)).is_none().then_some(()));
+    let log = c.proc.log();
+    assert!(
+        log.contains("Kubernetes denied list/watch of ingresses (group \"networking.k8s.io\") at the cluster scope"),
+        "{log}"
+    );
+    // What was published stays: the record and the DNS answer.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(c.record_weight("a.example.com"), Some(100.0));
+    let answer = wait_for("DNS still answers", T, || query_a(c.dns, "a.example.com").filter(|a| !a.is_empty()));
+    assert_eq!(answer, vec![Ipv4Addr::new(192, 0, 2, 10)]);
+
+    // Granted again: ready again.
+    let rendered = id.rendered.objects["ClusterRoleBinding/weir"].clone();
+    server.store().create_object(rendered).unwrap();
+    // A resumed watch that works yields nothing until a change; the denial expires after 45 s at
+    // most (the watcher retries within 30 s and a retry still denied would renew it).
+    wait_for("ready again", Duration::from_secs(90), || http_get(&format!("{}/readyz", c.metrics)));
+    c.proc.terminate(Duration::from_secs(10));
+}

@@ -31,6 +31,7 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
     anyhow::ensure!(!args.name.is_empty(), "--name must not be empty");
     let shutdown = shutdown_signal();
     let mut registry = Registry::default();
+    crate::providers::kubernetes::register_metrics(&mut registry);
     let invalid = InvalidInputs::register(&mut registry);
     let readiness = Readiness::default();
     let settings = XdsSettings { name: args.name.clone(), namespace: args.namespace.clone(), services: args.services };

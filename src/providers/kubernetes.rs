@@ -5,6 +5,7 @@
 //! means (an Ingress being deleted gets H = 0, one that is gone or stops matching the filter or
 //! domain simply has no intent, and the planner removes its records).
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,8 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
@@ -50,6 +53,44 @@ pub async fn client() -> Result<Client, KubernetesError> {
 }
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// `weir_kube_watch_errors_total{kind,code}`: failed lists and watches of the provider, by kind and
+/// HTTP status (`403`: RBAC denies it; alert on it). Process-wide: one provider per process.
+static WATCH_ERRORS: std::sync::LazyLock<Family<Vec<(String, String)>, Counter>> =
+    std::sync::LazyLock::new(Family::default);
+/// Kinds whose list or watch was denied (403), and when last: while one was denied within
+/// [`DENIED_FOR`], the process is not ready. A resumed watch that works again yields no event until
+/// something changes, so a denial also expires: the watcher retries at least every 30 s (its
+/// backoff's cap), and a retry still denied renews it.
+static DENIED: std::sync::LazyLock<parking_lot::Mutex<BTreeMap<String, std::time::Instant>>> =
+    std::sync::LazyLock::new(Default::default);
+const DENIED_FOR: Duration = Duration::from_secs(45);
+
+/// Registers the provider's metrics.
+pub fn register_metrics(registry: &mut prometheus_client::registry::Registry) {
+    registry.register(
+        "weir_kube_watch_errors",
+        "Failed Kubernetes lists and watches of the provider, by kind and HTTP status (403: RBAC denied)",
+        WATCH_ERRORS.clone(),
+    );
+}
+
+/// False while a list or watch the provider needs is denied by RBAC (the caches then hold what they
+/// had, and nothing published is removed, but changes are no longer seen).
+pub fn authorized() -> bool {
+    DENIED.lock().values().all(|at| at.elapsed() > DENIED_FOR)
+}
+
+/// The HTTP status of a watcher error, when the API server answered one.
+fn status_code(e: &watcher::Error) -> Option<u16> {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.code),
+        watcher::Error::WatchError(s) => Some(s.code),
+        _ => None,
+    }
+}
 
 /// Provider settings.
 #[derive(Debug, Clone)]
@@ -147,6 +188,9 @@ where
         None => Api::all(client.clone()),
     };
     let kind = K::kind(&());
+    let plural = K::plural(&()).to_string();
+    let group = K::group(&()).to_string();
+    let where_ = scope.namespace.as_ref().map_or("at the cluster scope".to_string(), |n| format!("in namespace {n}"));
     let stream = reflector::reflector(
         writer,
         watcher(api, watcher::Config::default())
@@ -168,9 +212,25 @@ where
                         tracing::info!(%kind, "watch recovered");
                         failing = false;
                     }
+                    DENIED.lock().remove(kind.as_ref() as &str);
                     changed.notify_one();
                 }
                 Err(e) => {
+                    let code = status_code(&e);
+                    let labels = vec![
+                        ("kind".to_string(), kind.to_string()),
+                        ("code".to_string(), code.map_or("none".to_string(), |c| c.to_string())),
+                    ];
+                    WATCH_ERRORS.get_or_create(&labels).inc();
+                    if code == Some(403) {
+                        // RBAC changed under us (or was never granted): say exactly what is missing.
+                        if DENIED.lock().insert(kind.to_string(), std::time::Instant::now()).is_none() {
+                            tracing::error!(%kind, verb = "list/watch", resource = %plural, group = %group, scope = %where_, error = %e,
+                                "Kubernetes denied list/watch of {plural} (group {group:?}) {where_}: not ready until it is granted; what is published stays");
+                        }
+                        failing = true;
+                        continue;
+                    }
                     // Log the first failure loudly and the retries quietly: a missing CRD repeats.
                     if failing {
                         tracing::debug!(%kind, error = %e, "watch still failing; retrying");

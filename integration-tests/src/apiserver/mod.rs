@@ -74,13 +74,26 @@ struct Auth {
     rbac: bool,
     tokens: Tokens,
     audit: parking_lot::Mutex<Vec<AuditRecord>>,
+    /// Bumped to end every open watch (clients then re-list or resume, and are authorized again).
+    watch_epoch: tokio::sync::watch::Sender<u64>,
+}
+
+impl Auth {
+    fn new(rbac: bool) -> Self {
+        Auth {
+            rbac,
+            tokens: Tokens::default(),
+            audit: Default::default(),
+            watch_epoch: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 impl ApiServer {
     /// Starts on the current tokio runtime.
     pub async fn start(opts: Options) -> ApiServer {
         let store = Arc::new(new_store(&opts));
-        let auth = Arc::new(Auth { rbac: opts.rbac, tokens: Tokens::default(), audit: Default::default() });
+        let auth = Arc::new(Auth::new(opts.rbac));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind test API server");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel();
@@ -119,7 +132,7 @@ impl ApiServer {
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
             rt.block_on(async move {
                 let store = Arc::new(new_store(&opts));
-                let auth = Arc::new(Auth { rbac: opts.rbac, tokens: Tokens::default(), audit: Default::default() });
+                let auth = Arc::new(Auth::new(opts.rbac));
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind test API server");
                 let addr = listener.local_addr().expect("local addr");
                 ready_tx.send((addr, store.clone(), auth.clone())).expect("report address");
@@ -219,6 +232,12 @@ impl ApiServer {
     /// Every request so far, in order (user, verb, group, resource, namespace, name, allowed).
     pub fn audit(&self) -> Vec<AuditRecord> {
         self.auth.audit.lock().clone()
+    }
+
+    /// Ends every open watch, as an API server restart or a load balancer would: clients resume and
+    /// are authorized again (how a test makes an RBAC change take effect on running watchers).
+    pub fn close_watches(&self) {
+        self.auth.watch_epoch.send_modify(|e| *e += 1);
     }
 
     /// Forgets the audit so far.
@@ -593,6 +612,8 @@ fn watch_response(ctx: Ctx, t: Target, w: WatchParams) -> Response {
     let started = ctx.store.watch(&t.rt, scope.as_deref(), &w.selector, w.from);
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(256);
     let bookmark_kind = (t.rt.api_version(), t.rt.kind.clone());
+    let mut epoch = ctx.auth.watch_epoch.subscribe();
+    epoch.mark_unchanged();
     tokio::spawn(async move {
         let (initial, mut live, mut rv) = match started {
             Ok(s) => s,
@@ -614,6 +635,7 @@ fn watch_response(ctx: Ctx, t: Target, w: WatchParams) -> Response {
             tokio::select! {
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
+                _ = epoch.changed() => return,
                 _ = ticker.tick(), if w.bookmarks => {
                     let bm = json!({"apiVersion": bookmark_kind.0, "kind": bookmark_kind.1,
                                     "metadata": {"resourceVersion": rv.to_string()}});
