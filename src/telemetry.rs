@@ -77,7 +77,8 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.readiness.is_ready() {
+    // A watch denied by RBAC keeps the last view, but it is stale: not ready.
+    if state.readiness.is_ready() && crate::providers::kubernetes::authorized() {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")

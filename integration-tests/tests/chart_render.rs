@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use integration_tests::{run, venv_bin, workspace_root};
+use integration_tests::chart::{render, Rendered};
+use integration_tests::run;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
@@ -16,57 +17,6 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-
-/// Rendered objects by `Kind/name`, and the lint report.
-struct Rendered {
-    objects: BTreeMap<String, Value>,
-    crds: Vec<Value>,
-}
-
-fn render(values_file: Option<&str>, set: Value) -> Result<Rendered, String> {
-    let root = workspace_root();
-    let values = values_file.map(|f| root.join("charts/weir").join(f).display().to_string()).unwrap_or_default();
-    let (ok, stdout, stderr) = run(Command::new(venv_bin("python"))
-        .arg(root.join("integration-tests/render_chart.py"))
-        .arg(root.join("charts/weir"))
-        .arg(values)
-        .arg(set.to_string()));
-    if !ok {
-        return Err(stderr);
-    }
-    let out: Value = serde_json::from_str(&stdout).expect("renderer output is JSON");
-    let lint_problems: Vec<&Value> =
-        out["lint"]["messages"].as_array().unwrap().iter().filter(|m| m["severity"].as_i64() >= Some(2)).collect();
-    assert!(lint_problems.is_empty(), "helm lint: {lint_problems:#?}");
-    assert!(out["lint"]["errors"].as_array().unwrap().is_empty(), "helm lint: {}", out["lint"]);
-
-    let mut objects = BTreeMap::new();
-    for (template, text) in out["manifests"].as_object().unwrap() {
-        if template.ends_with("NOTES.txt") {
-            continue;
-        }
-        for doc in serde_yaml::Deserializer::from_str(text.as_str().unwrap()) {
-            let v = Value::deserialize(doc).unwrap_or_else(|e| panic!("{template}: not YAML: {e}"));
-            if v.is_null() {
-                continue;
-            }
-            let key = format!("{}/{}", v["kind"].as_str().unwrap(), v["metadata"]["name"].as_str().unwrap());
-            assert!(objects.insert(key.clone(), v).is_none(), "{key} rendered twice");
-        }
-    }
-    let crds = out["crds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|c| {
-            serde_yaml::Deserializer::from_str(c["data"].as_str().unwrap())
-                .map(|d| Value::deserialize(d).unwrap())
-                .filter(|v| !v.is_null())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    Ok(Rendered { objects, crds })
-}
 
 /// Every field of `original` must survive a round trip through the typed value `parsed`.
 fn unknown_fields(original: &Value, parsed: &Value, path: &str, out: &mut Vec<String>) {

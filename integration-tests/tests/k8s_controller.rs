@@ -1,5 +1,7 @@
 //! End to end: the real `weir controller --provider kubernetes` binary against the in-process test
 //! API server through a kubeconfig, with the SQLite store and the embedded DNS zone, queried over DNS.
+//! The API server enforces RBAC and the controller runs as the chart's ServiceAccount with the
+//! chart's ClusterRole, Role and bindings; objects are set up as the superuser; nothing is denied.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
@@ -9,6 +11,7 @@ use std::time::Duration;
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use integration_tests::apiserver::{ApiServer, Options, Selector, WriteOp};
+use integration_tests::chart::{install_controller_identity, ChartIdentity, RELEASE_NAMESPACE};
 use integration_tests::{free_port, free_udp_tcp_port, http_get, metric, wait_for, weir_bin, Proc};
 use serde_json::{json, Value};
 
@@ -48,8 +51,23 @@ struct Controller {
     dns: SocketAddr,
 }
 
-fn controller(name: &str, server: &ApiServer, dir: &Path, extra: &[&str]) -> Controller {
-    let kubeconfig = server.write_kubeconfig(dir);
+/// The chart's identity for this test's values.
+fn identity(server: &ApiServer, set: Value) -> ChartIdentity {
+    let mut values = json!({"controller": {"clusterName": CLUSTER}});
+    json_patch::merge(&mut values, &set);
+    install_controller_identity(server, values)
+}
+
+/// Nothing the controller asked for was denied.
+fn assert_nothing_denied(server: &ApiServer, id: &ChartIdentity) {
+    let mine: Vec<_> = server.audit().into_iter().filter(|r| r.user == id.user).collect();
+    assert!(mine.iter().any(|r| r.resource == "ingresses"), "the controller ran as {}", id.user);
+    let denied: Vec<_> = mine.iter().filter(|r| !r.allowed).collect();
+    assert!(denied.is_empty(), "denied to {}: {denied:#?}", id.user);
+}
+
+fn controller(name: &str, server: &ApiServer, id: &ChartIdentity, dir: &Path, extra: &[&str]) -> Controller {
+    let kubeconfig = server.write_kubeconfig_for(dir, &id.token);
     let metrics_port = free_port();
     let dns: SocketAddr = format!("127.0.0.1:{}", free_udp_tcp_port()).parse().unwrap();
     let mut cmd = Command::new(weir_bin());
@@ -131,7 +149,8 @@ fn ingress_lifecycle_drives_records() {
     }
     let ing = ingress("web", &[("a.example.com", "svc-a"), ("b.example.com", "svc-b")], "192.0.2.10");
     seed(&server, ing.clone());
-    let c = controller("controller", &server, dir.path(), &["--allow-all-zero"]);
+    let id = identity(&server, json!({}));
+    let c = controller("controller", &server, &id, dir.path(), &["--allow-all-zero"]);
 
     // Ingress with a load-balancer address → its records appear, and the DNS server answers.
     c.wait_weight("a.example.com", Some(100.0));
@@ -161,6 +180,7 @@ fn ingress_lifecycle_drives_records() {
     c.wait_weight("a.example.com", None);
     c.wait_weight("b.example.com", None);
     wait_for("a.example.com gone from DNS", T, || query_a(c.dns, "a.example.com").filter(|a| a.is_empty()));
+    assert_nothing_denied(&server, &id);
 }
 
 #[test]
@@ -173,7 +193,8 @@ fn refused_inputs_become_events_on_the_ingress() {
     ing["metadata"]["annotations"] = json!({"dns.adevinta.com/traffic-weight": "abc"});
     let uid = server.store().create_object(ing).unwrap()["metadata"]["uid"].clone();
     seed(&server, ingress("ok", &[("b.example.com", "svc")], "192.0.2.11"));
-    let c = controller("controller", &server, dir.path(), &[]);
+    let id = identity(&server, json!({}));
+    let c = controller("controller", &server, &id, dir.path(), &[]);
     c.wait_weight("b.example.com", Some(100.0));
 
     let events = server.store().type_of(&json!({"apiVersion": "events.k8s.io/v1", "kind": "Event"})).unwrap();
@@ -197,6 +218,7 @@ fn refused_inputs_become_events_on_the_ingress() {
     assert_eq!(guard["regarding"]["kind"], "Ingress");
     assert_eq!(c.record_weight("b.example.com"), Some(100.0), "the guard keeps the published weight");
     assert!(metric(&c.metrics(), "weir_invalid_input_total", &[("kind", "all_zero_guard")]).is_some_and(|v| v >= 1.0));
+    assert_nothing_denied(&server, &id);
 }
 
 #[test]
@@ -210,7 +232,7 @@ fn leader_election_one_writer_and_takeover_after_kill() {
     let lease = [
         "--enable-leader-election",
         "--leader-election-namespace",
-        "default",
+        RELEASE_NAMESPACE,
         "--lease-duration",
         "3s",
         "--renew-deadline",
@@ -218,11 +240,12 @@ fn leader_election_one_writer_and_takeover_after_kill() {
         "--retry-period",
         "250ms",
     ];
-    let a = controller("a", &server, dir.path(), &lease);
+    let id = identity(&server, json!({}));
+    let a = controller("a", &server, &id, dir.path(), &lease);
     let leader_of = |c: &Controller| metric(&c.metrics(), "weir_leader", &[]);
     wait_for("a leads", T, || (leader_of(&a) == Some(1.0)).then_some(()));
     a.wait_weight("a.example.com", Some(100.0));
-    let mut b = controller("b", &server, dir.path(), &lease);
+    let mut b = controller("b", &server, &id, dir.path(), &lease);
     // b is up and ready (caches warm) but does not write.
     wait_for("b ready as a standby", T, || http_get(&format!("{}/readyz", b.metrics)));
     assert_eq!(leader_of(&b), Some(0.0));
@@ -247,8 +270,9 @@ fn leader_election_one_writer_and_takeover_after_kill() {
     // A clean shutdown releases the lease.
     b.proc.terminate(Duration::from_secs(10)).expect("b exits on SIGTERM");
     let rt = server.store().type_of(&json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease"})).unwrap();
-    let lease = server.store().get(&rt, "default", "weir-controller").unwrap();
+    let lease = server.store().get(&rt, RELEASE_NAMESPACE, "weir-controller").unwrap();
     assert!(lease["spec"]["holderIdentity"].is_null(), "released: {lease}");
+    assert_nothing_denied(&server, &id);
 }
 
 #[test]
@@ -259,7 +283,8 @@ fn dnsendpoint_mode_writes_external_dns_objects() {
     seed(&server, slice("svc", true));
     let ing = ingress("web", &[("a.example.com", "svc"), ("b.example.com", "svc")], "192.0.2.10");
     let uid = server.store().create_object(ing.clone()).unwrap()["metadata"]["uid"].clone();
-    let kubeconfig = server.write_kubeconfig(dir.path());
+    let id = identity(&server, json!({"controller": {"dnsProvider": "dnsendpoint"}}));
+    let kubeconfig = server.write_kubeconfig_for(dir.path(), &id.token);
     let mut cmd = Command::new(weir_bin());
     cmd.env("KUBECONFIG", &kubeconfig)
         .env("WEIR_LOG", "info,weir=debug")
@@ -302,4 +327,46 @@ fn dnsendpoint_mode_writes_external_dns_objects() {
     let ing_rt = server.store().type_of(&ing).unwrap();
     server.store().delete(&ing_rt, "default", "web").unwrap();
     wait_for("the DNSEndpoint deleted", T, || server.store().get(&rt, "default", "web").is_err().then_some(()));
+    assert_nothing_denied(&server, &id);
+}
+
+#[test]
+fn rbac_revoked_at_run_time_is_logged_counted_unready_and_keeps_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ApiServer::start_background(Options::default());
+    seed(&server, service("svc"));
+    seed(&server, slice("svc", true));
+    seed(&server, ingress("web", &[("a.example.com", "svc")], "192.0.2.10"));
+    let id = identity(&server, json!({}));
+    let mut c = controller("controller", &server, &id, dir.path(), &["--allow-all-zero"]);
+    c.wait_weight("a.example.com", Some(100.0));
+    wait_for("readiness", T, || http_get(&format!("{}/readyz", c.metrics)));
+    let denied_count =
+        |c: &Controller| metric(&c.metrics(), "weir_kube_watch_errors_total", &[("kind", "Ingress"), ("code", "403")]);
+    assert_eq!(denied_count(&c), None);
+
+    // Someone removes the controller's ClusterRoleBinding; the running watches end and restart.
+    let crb = server.store().find_type("rbac.authorization.k8s.io", "v1", "clusterrolebindings").unwrap();
+    server.store().delete(&crb, "", "weir").unwrap();
+    server.close_watches();
+    wait_for("the 403 counted", T, || denied_count(&c).filter(|v| *v >= 1.0));
+    wait_for("not ready", T, || http_get(&format!("{}/readyz", c.metrics)).is_none().then_some(()));
+    let log = c.proc.log();
+    assert!(
+        log.contains("Kubernetes denied list/watch of ingresses (group \"networking.k8s.io\") at the cluster scope"),
+        "{log}"
+    );
+    // What was published stays: the record and the DNS answer.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(c.record_weight("a.example.com"), Some(100.0));
+    let answer = wait_for("DNS still answers", T, || query_a(c.dns, "a.example.com").filter(|a| !a.is_empty()));
+    assert_eq!(answer, vec![Ipv4Addr::new(192, 0, 2, 10)]);
+
+    // Granted again: ready again.
+    let rendered = id.rendered.objects["ClusterRoleBinding/weir"].clone();
+    server.store().create_object(rendered).unwrap();
+    // A resumed watch that works yields nothing until a change; the denial expires after 45 s at
+    // most (the watcher retries within 30 s and a retry still denied would renew it).
+    wait_for("ready again", Duration::from_secs(90), || http_get(&format!("{}/readyz", c.metrics)));
+    c.proc.terminate(Duration::from_secs(10));
 }

@@ -16,7 +16,8 @@ async fn refusals_become_deduplicated_events_on_the_ingress() {
         .create_object(json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
                               "metadata": {"name": "web", "namespace": "team"}, "spec": {}}))
         .unwrap();
-    let (sink, _task) = weir::reconciler::events::spawn(server.client(), "test-instance".into());
+    let (sink, _task) =
+        weir::reconciler::events::spawn(integration_tests::chart::controller_client(&server), "test-instance".into());
     let refusal = Refusal {
         object: ObjectRef::new("Ingress", "team", "web"),
         kind: InputKind::Annotation,

@@ -4,6 +4,8 @@
 use std::time::{Duration, Instant};
 
 use integration_tests::apiserver::{ApiServer, Options};
+// RBAC enforced: the electors run as the chart's controller ServiceAccount, in its Lease namespace.
+use integration_tests::chart::{controller_client, RELEASE_NAMESPACE};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use tokio::sync::watch;
@@ -17,15 +19,18 @@ struct Replica {
 
 fn replica(server: &ApiServer, identity: &str) -> Replica {
     let config = LeaderConfig {
-        namespace: "default".into(),
+        namespace: RELEASE_NAMESPACE.into(),
         name: "weir-controller".into(),
         identity: identity.into(),
         lease_duration: Duration::from_secs(2),
         renew_deadline: Duration::from_millis(1500),
         retry_period: Duration::from_millis(200),
     };
-    let elector =
-        LeaderElector { api: Api::namespaced(server.client(), "default"), config, metrics: LeaderMetrics::default() };
+    let elector = LeaderElector {
+        api: Api::namespaced(controller_client(server), RELEASE_NAMESPACE),
+        config,
+        metrics: LeaderMetrics::default(),
+    };
     let (tx, leader) = watch::channel(false);
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(elector.run(tx, stop_rx));
@@ -42,7 +47,7 @@ async fn until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Du
 }
 
 async fn holder(server: &ApiServer) -> Option<String> {
-    let api: Api<Lease> = Api::namespaced(server.client(), "default");
+    let api: Api<Lease> = Api::namespaced(server.client(), RELEASE_NAMESPACE);
     api.get_opt("weir-controller").await.unwrap().and_then(|l| l.spec).and_then(|s| s.holder_identity)
 }
 
@@ -76,7 +81,7 @@ async fn one_leader_then_takeover_after_crash_and_after_release() {
     assert!(!*b.leader.borrow(), "a stopped replica is not the leader");
     let took = until("c takes over after release", Duration::from_secs(5), || *c.leader.borrow()).await;
     assert!(took < Duration::from_secs(1), "release should hand over within a retry period, took {took:?}");
-    let lease: Api<Lease> = Api::namespaced(server.client(), "default");
+    let lease: Api<Lease> = Api::namespaced(server.client(), RELEASE_NAMESPACE);
     let spec = lease.get("weir-controller").await.unwrap().spec.unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("c"));
     assert_eq!(spec.lease_transitions, Some(1), "a→b is a transition; b's release then c's acquire is not another");

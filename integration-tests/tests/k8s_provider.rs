@@ -48,9 +48,10 @@ fn seed(server: &ApiServer, obj: Value) {
 
 fn start(server: &ApiServer) -> SnapshotRx {
     let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-    let client = server.client();
+    // RBAC enforced: the provider runs as the chart's controller ServiceAccount.
+    let client = integration_tests::chart::controller_client(server);
     tokio::spawn(async move {
-        run(client, KubernetesConfig { debounce: Duration::from_millis(20) }, tx).await.unwrap();
+        run(client, KubernetesConfig { debounce: Duration::from_millis(20), ..Default::default() }, tx).await.unwrap();
     });
     rx
 }

@@ -42,8 +42,13 @@ fn ingress_records_in_route53() {
         "status": {"loadBalancer": {"ingress": [{"hostname": "lb-1.eu-west-1.elb.amazonaws.com"}]}}});
     seed(&server, ingress.clone());
 
+    // RBAC enforced: the controller runs as the chart's ServiceAccount.
+    let id = integration_tests::chart::install_controller_identity(
+        &server,
+        json!({"controller": {"clusterName": CLUSTER, "dnsProvider": "route53", "bindingDomain": "example.com"}}),
+    );
     let mut cmd = Command::new(weir_bin());
-    cmd.env("KUBECONFIG", server.write_kubeconfig(dir.path()))
+    cmd.env("KUBECONFIG", server.write_kubeconfig_for(dir.path(), &id.token))
         .env("WEIR_LOG", "info,weir=debug")
         .args(["controller", "--provider", "kubernetes", "--cluster-name", CLUSTER])
         .args(["--backend-type", "dynamodb", "--initial-weight", "100", "--weight-poll-interval", "500ms"])
@@ -76,4 +81,6 @@ fn ingress_records_in_route53() {
     // Deleting the Ingress removes the record.
     server.store().delete(&ing, "default", "web").unwrap();
     records(&|r| r.is_empty());
+    let denied: Vec<_> = server.audit().into_iter().filter(|r| r.user == id.user && !r.allowed).collect();
+    assert!(denied.is_empty(), "denied to the controller: {denied:#?}");
 }

@@ -5,20 +5,38 @@
 //! Failed with nothing created; a namespace without NamespaceConfig is Pending; an invalid
 //! BackendTrafficPolicy gets `Accepted=False`; deleting the TrafficInfra removes every child (the
 //! test API server's garbage collector follows the ownerReferences, as Kubernetes' does).
+//!
+//! RBAC is enforced: the controller runs as the chart's ServiceAccount with `rbac.operator=true`,
+//! and the `weir xds` it deploys runs as the ServiceAccount, Role and RoleBinding the operator made
+//! (read back from the API server), with the admin token from the Secret the operator made.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::apiserver::{ApiServer, Options, WriteOp};
+use integration_tests::chart::{install_controller_identity, ChartIdentity};
 use integration_tests::{free_port, free_udp_tcp_port, http_get, metric, wait_for, weir_bin, Proc};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(30);
 
+/// The chart's controller identity with the operator's RBAC.
+fn operator_identity(server: &ApiServer) -> ChartIdentity {
+    install_controller_identity(server, json!({"controller": {"clusterName": "eu"}, "rbac": {"operator": true}}))
+}
+
+/// Nothing `user` asked for was denied, and it did ask.
+fn assert_nothing_denied(server: &ApiServer, user: &str) {
+    let mine: Vec<_> = server.audit().into_iter().filter(|r| r.user == user).collect();
+    assert!(!mine.is_empty(), "no request as {user}");
+    let denied: Vec<_> = mine.iter().filter(|r| !r.allowed).collect();
+    assert!(denied.is_empty(), "denied to {user}: {denied:#?}");
+}
+
 /// The controller and its metrics URL.
-fn controller(server: &ApiServer, dir: &Path) -> (Proc, String) {
-    let kubeconfig = server.write_kubeconfig(dir);
+fn controller(server: &ApiServer, id: &ChartIdentity, dir: &Path) -> (Proc, String) {
+    let kubeconfig = server.write_kubeconfig_for(dir, &id.token);
     let metrics_port = free_port();
     let mut cmd = Command::new(weir_bin());
     cmd.env("KUBECONFIG", &kubeconfig)
@@ -77,6 +95,7 @@ const CHILDREN: &[(&str, &str, &str, &str)] = &[
     ("", "v1", "serviceaccounts", "edge-xds"),
     ("rbac.authorization.k8s.io", "v1", "roles", "edge-xds-role"),
     ("rbac.authorization.k8s.io", "v1", "rolebindings", "edge-xds-rolebinding"),
+    ("", "v1", "secrets", "edge-xds-admin-token"),
     ("", "v1", "configmaps", "edge-xds-state"),
     ("", "v1", "services", "edge-xds"),
     ("apps", "v1", "deployments", "edge-xds"),
@@ -100,7 +119,8 @@ fn traffic_infra_lifecycle_against_the_api_server() {
         &server,
         json!({"apiVersion": "weir.dev/v1alpha1", "kind": "TrafficInfra", "metadata": {"name": "edge", "namespace": "shop"}}),
     );
-    let (_weir, metrics) = controller(&server, dir.path());
+    let id = operator_identity(&server);
+    let (_weir, metrics) = controller(&server, &id, dir.path());
 
     // Every child, owned by the TrafficInfra.
     let uid = ti(&server, "shop", "edge")["metadata"]["uid"].as_str().unwrap().to_string();
@@ -120,6 +140,7 @@ fn traffic_infra_lifecycle_against_the_api_server() {
     }
     let t = wait_phase(&server, "shop", "edge", "Deploying");
     assert_eq!(t["status"]["xdsEndpoint"], "edge-xds.shop.svc:18000");
+    run_operator_made_xds(&server, dir.path());
 
     // Children become ready: Ready, with the load balancer's hostname as the endpoint.
     for name in ["edge-xds", "edge-envoy"] {
@@ -234,4 +255,73 @@ fn traffic_infra_lifecycle_against_the_api_server() {
     let start = passes();
     wait_for("two more infra passes", T, || (passes() >= start + 2.0).then_some(()));
     assert_eq!(remaining(), Vec::<&str>::new(), "children of the deleted TrafficInfra came back");
+    assert_nothing_denied(&server, &id.user);
+}
+
+/// `weir xds` as the operator deployed it for `shop/edge`: its ServiceAccount (bound by the Role the
+/// operator wrote), the flags of the operator's Deployment with loopback ports, and the admin token
+/// of the operator's Secret. It becomes ready (first snapshot from its namespaced watches), writes
+/// need the token, reads do not, and nothing it asks for is denied.
+fn run_operator_made_xds(server: &ApiServer, dir: &Path) {
+    let deployment = get(server, "apps", "v1", "deployments", "shop", "edge-xds").unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let sa = pod["serviceAccountName"].as_str().unwrap();
+    let binding =
+        get(server, "rbac.authorization.k8s.io", "v1", "rolebindings", "shop", "edge-xds-rolebinding").unwrap();
+    assert_eq!(binding["subjects"][0]["name"], sa);
+    assert_eq!(binding["roleRef"]["name"], "edge-xds-role");
+    let secret = get(server, "", "v1", "secrets", "shop", "edge-xds-admin-token").unwrap();
+    let token = secret["stringData"]["token"].as_str().or(secret["data"]["token"].as_str()).unwrap().to_string();
+    assert!(token.len() >= 32, "a random token: {secret}");
+    let token_file = dir.join("xds-admin-token");
+    std::fs::write(&token_file, &token).unwrap();
+
+    let args: Vec<String> = serde_json::from_value(pod["containers"][0]["args"].clone()).unwrap();
+    let (grpc, admin) = (free_port(), free_port());
+    let mut rewritten = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--grpc-addr" => rewritten.extend(["--grpc-addr".to_string(), format!("127.0.0.1:{grpc}")]),
+            "--admin-addr" => rewritten.extend(["--admin-addr".to_string(), format!("127.0.0.1:{admin}")]),
+            "--admin-token-file" => {
+                rewritten.extend(["--admin-token-file".to_string(), token_file.display().to_string()])
+            }
+            _ => {
+                rewritten.push(a.clone());
+                continue;
+            }
+        }
+        it.next();
+    }
+    let sa_token = server.service_account_token("shop", sa);
+    let mut cmd = Command::new(weir_bin());
+    cmd.env("KUBECONFIG", server.write_kubeconfig_for(dir, &sa_token)).env("POD_NAME", "edge-xds-0").args(&rewritten);
+    let mut xds = Proc::spawn("edge-xds", &mut cmd, dir);
+    let base = format!("http://127.0.0.1:{admin}");
+    wait_for("the operator's weir xds ready", T, || http_get(&format!("{base}/readyz")));
+    assert!(http_get(&format!("{base}/traffic")).is_some(), "reads stay open");
+    let http = reqwest::blocking::Client::new();
+    let post = |auth: Option<&str>| {
+        let mut req = http.post(format!("{base}/traffic?blue=40&green=60")).timeout(Duration::from_secs(5));
+        if let Some(t) = auth {
+            req = req.bearer_auth(t);
+        }
+        req.send().unwrap().status().as_u16()
+    };
+    assert_eq!(post(None), 401, "writes need the token");
+    let dump = http.get(format!("{base}/config_dump")).timeout(Duration::from_secs(5)).send().unwrap();
+    assert_eq!(dump.status().as_u16(), 401, "/config_dump needs the token");
+    assert_eq!(post(Some(&token)), 200);
+    // The write went to the state ConfigMap, through the named Role rule.
+    wait_for("the weights in edge-xds-state", T, || {
+        let cm = get(server, "", "v1", "configmaps", "shop", "edge-xds-state")?;
+        cm["data"]["state.json"].as_str()?.contains("\"green\":60").then_some(())
+    });
+    xds.terminate(Duration::from_secs(10));
+    let user = format!("system:serviceaccount:shop:{sa}");
+    assert_nothing_denied(server, &user);
+    // Only its own namespace, never a cluster-wide list, never an Ingress.
+    let audit: Vec<_> = server.audit().into_iter().filter(|r| r.user == user && r.resource_request).collect();
+    assert!(audit.iter().all(|r| r.namespace == "shop" && r.resource != "ingresses"), "{audit:#?}");
 }

@@ -85,7 +85,12 @@ fn webhook_allows_the_first_traffic_infra_and_denies_a_second() {
     ] {
         server.store().create_object(obj).unwrap();
     }
-    let kubeconfig = server.write_kubeconfig(dir.path());
+    // RBAC enforced: the controller runs as the chart's ServiceAccount (operator and webhook on).
+    let id = integration_tests::chart::install_controller_identity(
+        &server,
+        json!({"controller": {"clusterName": "eu"}, "rbac": {"operator": true}}),
+    );
+    let kubeconfig = server.write_kubeconfig_for(dir.path(), &id.token);
     let port = free_port();
     let mut cmd = Command::new(weir_bin());
     cmd.env("KUBECONFIG", &kubeconfig)

@@ -1,5 +1,8 @@
 //! `weir xds --provider kubernetes` keeps its admin-API state in the ConfigMap `{name}-xds-state`:
-//! the store against the in-process test API server, then two real replicas sharing it.
+//! the store against the in-process test API server, then two real replicas sharing it. RBAC is
+//! enforced: except where a test says otherwise, the store and the replicas run as the xDS
+//! ServiceAccount with the Role and RoleBinding the operator writes (`operator::children`), and the
+//! operator's empty state ConfigMap exists, as in a cluster.
 
 use std::process::Command;
 use std::time::Duration;
@@ -7,11 +10,49 @@ use std::time::Duration;
 use integration_tests::apiserver::{ApiServer, Options};
 use integration_tests::{free_port, http_get, wait_for, weir_bin, Proc};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::PostParams;
 use kube::Api;
+use weir::crd::{NamespaceConfig, TrafficInfra};
+use weir::operator::children::children;
 use weir::xds::model::TrafficState;
 use weir::xds::state::StateStore;
 use weir::xds::state_kube::{KubeConfigMapStore, DATA_KEY};
+
+/// Creates what the operator creates for TrafficInfra `shop/shop` before `weir xds` starts (its
+/// ServiceAccount, Role, RoleBinding and empty state ConfigMap, from the operator's own code) and
+/// returns a token of that ServiceAccount.
+fn operator_made_identity(server: &ApiServer) -> String {
+    let ti: TrafficInfra = serde_json::from_value(serde_json::json!({
+        "apiVersion": "weir.dev/v1alpha1", "kind": "TrafficInfra",
+        "metadata": {"name": "shop", "namespace": "shop", "uid": "test-uid"}, "spec": {}}))
+    .unwrap();
+    let c = children(&ti, &NamespaceConfig::new("default", Default::default()));
+    for obj in [
+        serde_json::to_value(&c.service_account).unwrap(),
+        serde_json::to_value(&c.role).unwrap(),
+        serde_json::to_value(&c.role_binding).unwrap(),
+        serde_json::to_value(&c.xds_state).unwrap(),
+    ] {
+        let mut obj = obj;
+        // No TrafficInfra is stored here: without the owner, the garbage collector would remove them.
+        obj["metadata"].as_object_mut().unwrap().remove("ownerReferences");
+        let kind = obj["kind"].clone();
+        obj["apiVersion"] = match kind.as_str() {
+            Some("Role") | Some("RoleBinding") => "rbac.authorization.k8s.io/v1".into(),
+            _ => "v1".into(),
+        };
+        server.store().create_object(obj).unwrap();
+    }
+    server.service_account_token("shop", c.service_account.metadata.name.as_deref().unwrap())
+}
+
+/// Nothing the xDS ServiceAccount asked for was denied, and it did ask.
+fn assert_nothing_denied(server: &ApiServer) {
+    let mine: Vec<_> = server.audit().into_iter().filter(|r| r.user == "system:serviceaccount:shop:shop-xds").collect();
+    assert!(!mine.is_empty(), "no request as the xDS ServiceAccount");
+    let denied: Vec<_> = mine.iter().filter(|r| !r.allowed).collect();
+    assert!(denied.is_empty(), "denied: {denied:#?}");
+}
 
 fn state(revision: u64, blue: u32, green: u32) -> TrafficState {
     TrafficState {
@@ -24,6 +65,7 @@ fn state(revision: u64, blue: u32, green: u32) -> TrafficState {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_stores_share_one_configmap_with_compare_and_swap() {
+    // Without the operator (no Role; the superuser): the first writer creates the ConfigMap.
     let server = ApiServer::start(Options::default()).await;
     let a = KubeConfigMapStore::new(server.client(), "shop", "shop");
     let b = KubeConfigMapStore::new(server.client(), "shop", "shop");
@@ -54,12 +96,8 @@ async fn two_stores_share_one_configmap_with_compare_and_swap() {
 async fn writes_into_the_empty_configmap_the_operator_created() {
     let server = ApiServer::start(Options::default()).await;
     let api: Api<ConfigMap> = Api::namespaced(server.client(), "shop");
-    let empty = ConfigMap {
-        metadata: ObjectMeta { name: Some("shop-xds-state".into()), ..Default::default() },
-        ..Default::default()
-    };
-    api.create(&PostParams::default(), &empty).await.unwrap();
-    let store = KubeConfigMapStore::new(server.client(), "shop", "shop");
+    let token = operator_made_identity(&server);
+    let store = KubeConfigMapStore::new(server.client_for(&token), "shop", "shop");
     assert_eq!(store.read().await.unwrap(), None, "no data key: nothing stored yet");
     assert!(store.compare_and_swap(None, &state(1, 100, 0)).await.unwrap());
     assert!(!store.compare_and_swap(None, &state(1, 0, 100)).await.unwrap(), "now something is stored");
@@ -74,6 +112,8 @@ async fn writes_into_the_empty_configmap_the_operator_created() {
     stale.data.as_mut().unwrap().insert(DATA_KEY.into(), "{}".into());
     let err = api.replace("shop-xds-state", &PostParams::default(), &stale).await.unwrap_err();
     assert!(matches!(err, kube::Error::Api(s) if s.code == 409));
+    // The store's own stale write conflicts too (the merge patch carries the resourceVersion).
+    assert_nothing_denied(&server);
 }
 
 /// Read-modify-write until the compare-and-swap wins (bounded): adds one to blue.
@@ -93,12 +133,13 @@ async fn increment(store: &KubeConfigMapStore) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_lose_no_update() {
     let server = ApiServer::start(Options::default()).await;
-    let seed = KubeConfigMapStore::new(server.client(), "shop", "shop");
+    let token = operator_made_identity(&server);
+    let seed = KubeConfigMapStore::new(server.client_for(&token), "shop", "shop");
     assert!(seed.compare_and_swap(None, &state(1, 0, 0)).await.unwrap());
     const EACH: u32 = 25;
     let writers: Vec<_> = (0..3)
         .map(|_| {
-            let store = KubeConfigMapStore::new(server.client(), "shop", "shop");
+            let store = KubeConfigMapStore::new(server.client_for(&token), "shop", "shop");
             tokio::spawn(async move {
                 let mut retries = 0;
                 for _ in 0..EACH {
@@ -115,6 +156,7 @@ async fn concurrent_writers_lose_no_update() {
     let end = seed.read().await.unwrap().unwrap();
     assert_eq!(end.weights["blue"], 3 * EACH, "every increment survived ({retries} lost races retried)");
     assert_eq!(end.revision, 1 + u64::from(3 * EACH));
+    assert_nothing_denied(&server);
 }
 
 fn replica(kubeconfig: &std::path::Path, log_dir: &std::path::Path, admin: u16, name: &str) -> Proc {
@@ -134,7 +176,8 @@ fn traffic(admin: u16) -> Option<serde_json::Value> {
 fn two_replicas_serve_one_truth_and_a_restart_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
     let server = ApiServer::start_background(Options::default());
-    let kubeconfig = server.write_kubeconfig(dir.path());
+    let token = operator_made_identity(&server);
+    let kubeconfig = server.write_kubeconfig_for(dir.path(), &token);
     // A labelled blue/green pair, as in a cluster; no TrafficInfra, so the defaults apply.
     for strategy in ["blue", "green"] {
         server
@@ -175,4 +218,5 @@ fn two_replicas_serve_one_truth_and_a_restart_keeps_it() {
     let admin_c = free_port();
     let _c = replica(&kubeconfig, dir.path(), admin_c, "xds-c");
     assert_eq!(wait_for("replica c after the restart", Duration::from_secs(30), || traffic(admin_c)), want);
+    assert_nothing_denied(&server);
 }

@@ -26,6 +26,16 @@ pub async fn start_provider(
     invalid: &InvalidInputs,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SnapshotRx, JoinHandle<()>)> {
+    start_provider_in(args, invalid, crate::providers::kubernetes::WatchScope::default(), shutdown).await
+}
+
+/// [`start_provider`], with the Kubernetes provider watching only `scope`.
+pub async fn start_provider_in(
+    args: &ProviderArgs,
+    invalid: &InvalidInputs,
+    scope: crate::providers::kubernetes::WatchScope,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(SnapshotRx, JoinHandle<()>)> {
     match args.provider {
         ProviderKind::File => {
             let dir = args.manifests.clone().context("--provider file needs --manifests DIR")?;
@@ -37,7 +47,7 @@ pub async fn start_provider(
         ProviderKind::Kubernetes => {
             let client = crate::providers::kubernetes::client().await.context("connecting to Kubernetes")?;
             let (tx, mut rx) = watch::channel(Arc::new(crate::model::Snapshot::default()));
-            let config = crate::providers::kubernetes::KubernetesConfig::default();
+            let config = crate::providers::kubernetes::KubernetesConfig { scope, ..Default::default() };
             let stop = shutdown.clone();
             let task = tokio::spawn(async move {
                 tokio::select! {

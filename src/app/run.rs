@@ -115,6 +115,7 @@ pub async fn local(args: LocalArgs) -> Result<()> {
 async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()> {
     let shutdown = shutdown_signal();
     let mut registry = Registry::default();
+    crate::providers::kubernetes::register_metrics(&mut registry);
     let invalid = InvalidInputs::register(&mut registry);
     let readiness = Readiness::default();
     let cluster = args.cluster.cluster_name.clone();

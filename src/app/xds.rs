@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use super::factories::{shutdown_signal, start_provider, wait_shutdown};
+use super::factories::{shutdown_signal, start_provider_in, wait_shutdown};
 use crate::cli::{ProviderKind, XdsArgs};
 use crate::telemetry::{self, InvalidInputs, Readiness};
 use crate::xds::admin::{Admin, AdminMetrics};
@@ -31,11 +31,14 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
     anyhow::ensure!(!args.name.is_empty(), "--name must not be empty");
     let shutdown = shutdown_signal();
     let mut registry = Registry::default();
+    crate::providers::kubernetes::register_metrics(&mut registry);
     let invalid = InvalidInputs::register(&mut registry);
     let readiness = Readiness::default();
     let settings = XdsSettings { name: args.name.clone(), namespace: args.namespace.clone(), services: args.services };
 
-    let (snapshots, provider_task) = start_provider(&args.provider, &invalid, shutdown.clone()).await?;
+    // Only its own namespace, and only what it translates: the operator's namespaced Role suffices.
+    let scope = crate::providers::kubernetes::WatchScope::xds(&settings.namespace);
+    let (snapshots, provider_task) = start_provider_in(&args.provider, &invalid, scope, shutdown.clone()).await?;
 
     let defaults =
         traffic_infra(&snapshots.borrow(), &settings).map(|t| t.spec.traffic_defaults.clone()).unwrap_or_default();

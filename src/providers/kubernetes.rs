@@ -5,6 +5,7 @@
 //! means (an Ingress being deleted gets H = 0, one that is gone or stops matching the filter or
 //! domain simply has no intent, and the planner removes its records).
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,8 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
@@ -51,16 +54,81 @@ pub async fn client() -> Result<Client, KubernetesError> {
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// `weir_kube_watch_errors_total{kind,code}`: failed lists and watches of the provider, by kind and
+/// HTTP status (`403`: RBAC denies it; alert on it). Process-wide: one provider per process.
+static WATCH_ERRORS: std::sync::LazyLock<Family<Vec<(String, String)>, Counter>> =
+    std::sync::LazyLock::new(Family::default);
+/// Kinds whose list or watch was denied (403), and when last: while one was denied within
+/// [`DENIED_FOR`], the process is not ready. A resumed watch that works again yields no event until
+/// something changes, so a denial also expires: the watcher retries at least every 30 s (its
+/// backoff's cap), and a retry still denied renews it.
+static DENIED: std::sync::LazyLock<parking_lot::Mutex<BTreeMap<String, std::time::Instant>>> =
+    std::sync::LazyLock::new(Default::default);
+const DENIED_FOR: Duration = Duration::from_secs(45);
+
+/// Registers the provider's metrics.
+pub fn register_metrics(registry: &mut prometheus_client::registry::Registry) {
+    registry.register(
+        "weir_kube_watch_errors",
+        "Failed Kubernetes lists and watches of the provider, by kind and HTTP status (403: RBAC denied)",
+        WATCH_ERRORS.clone(),
+    );
+}
+
+/// False while a list or watch the provider needs is denied by RBAC (the caches then hold what they
+/// had, and nothing published is removed, but changes are no longer seen).
+pub fn authorized() -> bool {
+    DENIED.lock().values().all(|at| at.elapsed() > DENIED_FOR)
+}
+
+/// The HTTP status of a watcher error, when the API server answered one.
+fn status_code(e: &watcher::Error) -> Option<u16> {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.code),
+        watcher::Error::WatchError(s) => Some(s.code),
+        _ => None,
+    }
+}
+
 /// Provider settings.
 #[derive(Debug, Clone)]
 pub struct KubernetesConfig {
     /// Changes arriving within this window are published as one snapshot.
     pub debounce: Duration,
+    /// What is watched, and where.
+    pub scope: WatchScope,
 }
 
 impl Default for KubernetesConfig {
     fn default() -> Self {
-        Self { debounce: Duration::from_millis(200) }
+        Self { debounce: Duration::from_millis(200), scope: WatchScope::default() }
+    }
+}
+
+/// Which kinds are watched, and where. The controller watches everything cluster-wide; `weir xds`
+/// watches only its own namespace and only what it translates, so that the namespaced Role the
+/// operator grants it suffices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchScope {
+    /// `None`: every namespace (cluster-scope list and watch).
+    pub namespace: Option<String>,
+    pub ingresses: bool,
+    pub namespace_configs: bool,
+}
+
+impl Default for WatchScope {
+    fn default() -> Self {
+        Self { namespace: None, ingresses: true, namespace_configs: true }
+    }
+}
+
+impl WatchScope {
+    /// What `weir xds` needs: Services, EndpointSlices, TrafficInfras and BackendTrafficPolicies in
+    /// `namespace`.
+    pub fn xds(namespace: &str) -> Self {
+        Self { namespace: Some(namespace.to_string()), ingresses: false, namespace_configs: false }
     }
 }
 
@@ -100,13 +168,29 @@ impl Caches {
 
 /// Starts one reflector per kind and returns its cache. The watch retries with backoff forever: a
 /// missing CRD or a lost connection is logged and retried while the other kinds keep working.
-fn reflect<K>(client: &Client, changed: Arc<Notify>) -> Store<K>
+/// Not `enabled`: an empty cache that is never filled, and no request.
+fn reflect<K>(client: &Client, scope: &WatchScope, enabled: bool, changed: Arc<Notify>) -> Store<K>
 where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     let (reader, writer) = reflector::store::<K>();
-    let api: Api<K> = Api::all(client.clone());
+    if !enabled {
+        return reader;
+    }
+    let api: Api<K> = match &scope.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let kind = K::kind(&());
+    let plural = K::plural(&()).to_string();
+    let group = K::group(&()).to_string();
+    let where_ = scope.namespace.as_ref().map_or("at the cluster scope".to_string(), |n| format!("in namespace {n}"));
     let stream = reflector::reflector(
         writer,
         watcher(api, watcher::Config::default())
@@ -128,9 +212,25 @@ where
                         tracing::info!(%kind, "watch recovered");
                         failing = false;
                     }
+                    DENIED.lock().remove(kind.as_ref() as &str);
                     changed.notify_one();
                 }
                 Err(e) => {
+                    let code = status_code(&e);
+                    let labels = vec![
+                        ("kind".to_string(), kind.to_string()),
+                        ("code".to_string(), code.map_or("none".to_string(), |c| c.to_string())),
+                    ];
+                    WATCH_ERRORS.get_or_create(&labels).inc();
+                    if code == Some(403) {
+                        // RBAC changed under us (or was never granted): say exactly what is missing.
+                        if DENIED.lock().insert(kind.to_string(), std::time::Instant::now()).is_none() {
+                            tracing::error!(%kind, verb = "list/watch", resource = %plural, group = %group, scope = %where_, error = %e,
+                                "Kubernetes denied list/watch of {plural} (group {group:?}) {where_}: not ready until it is granted; what is published stays");
+                        }
+                        failing = true;
+                        continue;
+                    }
                     // Log the first failure loudly and the retries quietly: a missing CRD repeats.
                     if failing {
                         tracing::debug!(%kind, error = %e, "watch still failing; retrying");
@@ -151,15 +251,18 @@ where
 /// weir's own resources are published as they arrive; their absence does not hold anything back.
 pub async fn run(client: Client, config: KubernetesConfig, tx: SnapshotTx) -> Result<(), KubernetesError> {
     let changed = Arc::new(Notify::new());
+    let scope = &config.scope;
     let caches = Caches {
-        ingresses: reflect(&client, changed.clone()),
-        services: reflect(&client, changed.clone()),
-        endpoint_slices: reflect(&client, changed.clone()),
-        traffic_infras: reflect(&client, changed.clone()),
-        backend_traffic_policies: reflect(&client, changed.clone()),
-        namespace_configs: reflect(&client, changed.clone()),
+        ingresses: reflect(&client, scope, scope.ingresses, changed.clone()),
+        services: reflect(&client, scope, true, changed.clone()),
+        endpoint_slices: reflect(&client, scope, true, changed.clone()),
+        traffic_infras: reflect(&client, scope, true, changed.clone()),
+        backend_traffic_policies: reflect(&client, scope, true, changed.clone()),
+        namespace_configs: reflect(&client, scope, scope.namespace_configs, changed.clone()),
     };
-    caches.ingresses.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("Ingress"))?;
+    if scope.ingresses {
+        caches.ingresses.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("Ingress"))?;
+    }
     caches.services.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("Service"))?;
     caches.endpoint_slices.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("EndpointSlice"))?;
 

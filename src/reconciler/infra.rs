@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -35,7 +35,7 @@ use super::RefusalSink;
 use crate::crd::{BackendTrafficPolicy, TrafficInfra, API_VERSION};
 use crate::ir::Refusal;
 use crate::model::{ObjectRef, Snapshot};
-use crate::operator::children::{ChildNames, ChildObject, FIELD_MANAGER};
+use crate::operator::children::{ChildNames, ChildObject, ADMIN_TOKEN_KEY, FIELD_MANAGER};
 use crate::operator::{self, policy, ObservedChildren};
 use crate::providers::SnapshotRx;
 use crate::telemetry::InvalidInputs;
@@ -211,6 +211,7 @@ impl InfraLoop {
             ChildObject::ServiceAccount(o) => self.apply(ns, o).await,
             ChildObject::Role(o) => self.apply(ns, o).await,
             ChildObject::RoleBinding(o) => self.apply(ns, o).await,
+            ChildObject::Secret(o) => self.create_token_secret(ns, o).await,
             ChildObject::ConfigMap(o) => self.apply(ns, o).await,
             ChildObject::Service(o) => self.apply(ns, o).await,
             ChildObject::Deployment(o) => self.apply(ns, o).await,
@@ -229,6 +230,26 @@ impl InfraLoop {
         })?;
         self.metrics.writes.get_or_create(&labels(&[("op", "apply")])).inc();
         Ok(())
+    }
+
+    /// Creates the admin token Secret with a random token, once: an existing one (409) is kept as is,
+    /// so the token does not change under running replicas and the operator never reads a Secret.
+    /// It goes with the TrafficInfra through its ownerReference.
+    async fn create_token_secret(&self, ns: &str, secret: &Secret) -> Result<(), InfraError> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let token = hex::encode(rand::random::<[u8; 32]>());
+        let mut secret = secret.clone();
+        secret.string_data = Some([(ADMIN_TOKEN_KEY.to_string(), token)].into());
+        let name = secret.name_any();
+        match api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret).await
+        {
+            Ok(_) => {
+                self.metrics.writes.get_or_create(&labels(&[("op", "create")])).inc();
+                Ok(())
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(source) => Err(InfraError::Api { op: "create", object: format!("Secret {ns}/{name}"), source }),
+        }
     }
 
     /// Deletes every child this TrafficInfra could have that is not wanted now and that it owns

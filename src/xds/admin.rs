@@ -1,6 +1,6 @@
 //! The HTTP admin API (axum, its own port): read and set strategy weights, register services, and
 //! look at what is served. Every refused request is a 400 with `{"error": "..."}` and changes
-//! nothing; writes need `Authorization: Bearer <token>` when a token is configured.
+//! nothing; writes and `/config_dump` need `Authorization: Bearer <token>` when a token is configured.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -273,11 +273,14 @@ async fn get_endpoints(State(a): State<Admin>) -> Response {
     Json(json!(out)).into_response()
 }
 
-async fn config_dump(State(a): State<Admin>) -> Response {
+/// Everything the server holds, including registered services and client addresses: behind the
+/// token like the writes.
+async fn config_dump(State(a): State<Admin>, headers: HeaderMap) -> Result<Response, AdminError> {
+    a.authorize(&headers)?;
     let view = a.view();
     let snap = a.cache.current();
     let versions: BTreeMap<&str, &str> = ResourceType::ALL.iter().map(|t| (t.label(), snap.version(*t))).collect();
-    Json(json!({
+    Ok(Json(json!({
         "name": a.settings.name,
         "state_store": a.state.describe(),
         "traffic": view.state,
@@ -287,7 +290,7 @@ async fn config_dump(State(a): State<Admin>) -> Response {
         "resources": snap.resources.to_json(),
         "clients": a.clients.all(),
     }))
-    .into_response()
+    .into_response())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 
 use super::model::TrafficState;
@@ -101,16 +101,21 @@ impl StateStore for KubeConfigMapStore {
                     Err(e) => Err(self.api_err("create", e)),
                 }
             }
-            Some(mut cm) => {
+            Some(cm) => {
                 if self.parse(&cm)?.map(|s| s.revision) != expected {
                     return Ok(false);
                 }
-                // `metadata.resourceVersion` from the read stays in the object: the precondition.
-                cm.data.get_or_insert_with(Default::default).insert(DATA_KEY.to_string(), body);
-                match self.api.replace(&self.name, &self.params(), &cm).await {
+                // A merge patch (the `patch` verb the operator's Role grants on this one ConfigMap),
+                // carrying the read's `metadata.resourceVersion`: the precondition.
+                let patch = serde_json::json!({
+                    "metadata": {"resourceVersion": cm.metadata.resource_version},
+                    "data": {DATA_KEY: body},
+                });
+                let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+                match self.api.patch(&self.name, &params, &Patch::Merge(&patch)).await {
                     Ok(_) => Ok(true),
                     Err(e) if conflict(&e) => Ok(false),
-                    Err(e) => Err(self.api_err("update", e)),
+                    Err(e) => Err(self.api_err("patch", e)),
                 }
             }
         }

@@ -14,8 +14,8 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecurityContext,
-    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret,
+    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -46,6 +46,10 @@ pub const ENVOY_PROBE_PORT: u16 = 9902;
 pub const NONROOT_UID: i64 = 65532;
 /// Field manager the infra manager applies children with.
 pub const FIELD_MANAGER: &str = "weir-operator";
+/// Key of the admin token inside the `{name}-xds-admin-token` Secret.
+pub const ADMIN_TOKEN_KEY: &str = "token";
+/// Where the xDS container mounts the admin token Secret.
+pub const ADMIN_TOKEN_DIR: &str = "/etc/weir/xds-admin";
 
 /// The names of every child of the TrafficInfra `name` (the interface tests outside the project use).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +57,8 @@ pub struct ChildNames {
     pub service_account: String,
     pub role: String,
     pub role_binding: String,
+    /// The Secret holding the admin API's bearer token.
+    pub admin_token: String,
     pub xds: String,
     pub xds_state: String,
     pub bootstrap: String,
@@ -66,6 +72,7 @@ impl ChildNames {
             service_account: format!("{name}-xds"),
             role: format!("{name}-xds-role"),
             role_binding: format!("{name}-xds-rolebinding"),
+            admin_token: format!("{name}-xds-admin-token"),
             xds: format!("{name}-xds"),
             xds_state: format!("{name}-xds-state"),
             bootstrap: format!("{name}-envoy-bootstrap"),
@@ -82,6 +89,9 @@ pub struct Children {
     pub service_account: ServiceAccount,
     pub role: Role,
     pub role_binding: RoleBinding,
+    /// The admin API token, without its value: the infra manager creates it once with a random
+    /// token and never rewrites it (see [`ChildObject::Secret`]).
+    pub admin_token: Secret,
     /// Where `weir xds` replicas share admin-API weights and registered services. Created empty;
     /// its data belongs to `weir xds` (server-side apply leaves fields it does not set alone).
     pub xds_state: ConfigMap,
@@ -103,6 +113,9 @@ pub enum ChildObject {
     ServiceAccount(ServiceAccount),
     Role(Role),
     RoleBinding(RoleBinding),
+    /// Created once, with a value the infra manager generates; never read or updated (so the
+    /// operator needs only `create` on Secrets, and no read of any).
+    Secret(Secret),
     ConfigMap(ConfigMap),
     Service(Service),
     Deployment(Deployment),
@@ -116,6 +129,7 @@ impl ChildObject {
             ChildObject::ServiceAccount(o) => ("ServiceAccount", &o.metadata),
             ChildObject::Role(o) => ("Role", &o.metadata),
             ChildObject::RoleBinding(o) => ("RoleBinding", &o.metadata),
+            ChildObject::Secret(o) => ("Secret", &o.metadata),
             ChildObject::ConfigMap(o) => ("ConfigMap", &o.metadata),
             ChildObject::Service(o) => ("Service", &o.metadata),
             ChildObject::Deployment(o) => ("Deployment", &o.metadata),
@@ -131,6 +145,7 @@ impl Children {
             ChildObject::ServiceAccount(self.service_account),
             ChildObject::Role(self.role),
             ChildObject::RoleBinding(self.role_binding),
+            ChildObject::Secret(self.admin_token),
             ChildObject::ConfigMap(self.xds_state),
             ChildObject::Service(self.xds_service),
             ChildObject::Deployment(self.xds_deployment),
@@ -314,7 +329,7 @@ pub fn children(ti: &TrafficInfra, ns_config: &NamespaceConfig) -> Children {
 
     let service_account = ServiceAccount { metadata: meta(&names.service_account, "xds"), ..Default::default() };
 
-    let role = Role { metadata: meta(&names.role, "xds"), rules: Some(xds_rules(&name, &names)) };
+    let role = Role { metadata: meta(&names.role, "xds"), rules: Some(xds_rules(&names)) };
 
     let role_binding = RoleBinding {
         metadata: meta(&names.role_binding, "xds"),
@@ -330,6 +345,9 @@ pub fn children(ti: &TrafficInfra, ns_config: &NamespaceConfig) -> Children {
             ..Default::default()
         }]),
     };
+
+    let admin_token =
+        Secret { metadata: meta(&names.admin_token, "xds"), type_: Some("Opaque".into()), ..Default::default() };
 
     let xds_state = ConfigMap { metadata: meta(&names.xds_state, "xds"), ..Default::default() };
 
@@ -359,6 +377,8 @@ pub fn children(ti: &TrafficInfra, ns_config: &NamespaceConfig) -> Children {
         format!(":{}", xds.ports.grpc),
         "--admin-addr".into(),
         format!(":{}", xds.ports.admin),
+        "--admin-token-file".into(),
+        format!("{ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_KEY}"),
     ];
     for svc in &xds.discovery.services {
         xds_args.push("--service".into());
@@ -383,10 +403,26 @@ pub fn children(ti: &TrafficInfra, ns_config: &NamespaceConfig) -> Children {
         readiness_probe: Some(http_probe("/readyz", "admin", 5)),
         liveness_probe: Some(http_probe("/healthz", "admin", 10)),
         resources: Some(resources(&xds.resources.cpu, &xds.resources.memory)),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "admin-token".into(),
+            mount_path: ADMIN_TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
         security_context: Some(restricted_container()),
         ..Default::default()
     };
-    let xds_pod = pod_spec(ns_config, vec![xds_container], None, Some(names.service_account.clone()), true);
+    let xds_volumes = vec![Volume {
+        name: "admin-token".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(names.admin_token.clone()),
+            default_mode: Some(0o400),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    let xds_pod =
+        pod_spec(ns_config, vec![xds_container], Some(xds_volumes), Some(names.service_account.clone()), true);
     let xds_deployment = Deployment {
         metadata: meta(&names.xds, "xds"),
         spec: DeploymentSpec {
@@ -510,6 +546,7 @@ pub fn children(ti: &TrafficInfra, ns_config: &NamespaceConfig) -> Children {
         service_account,
         role,
         role_binding,
+        admin_token,
         xds_state,
         xds_service,
         xds_deployment,
@@ -520,10 +557,11 @@ pub fn children(ti: &TrafficInfra, ns_config: &NamespaceConfig) -> Children {
     }
 }
 
-/// Only what `weir xds` needs: read planner Services and their EndpointSlices, read its own
-/// TrafficInfra (and write its status), read BackendTrafficPolicies, and keep shared state in its
-/// own ConfigMap (named, so it can touch no other).
-fn xds_rules(ti_name: &str, names: &ChildNames) -> Vec<PolicyRule> {
+/// Only what `weir xds` needs, in its namespace: watch planner Services, their EndpointSlices, its
+/// TrafficInfra and BackendTrafficPolicies, and keep shared state in its own ConfigMap (named, so
+/// it can touch no other). The operator holds every one of these itself, so Kubernetes lets it
+/// grant them without `escalate`.
+fn xds_rules(names: &ChildNames) -> Vec<PolicyRule> {
     let rule = |group: &str, resources: &[&str], verbs: &[&str], names: &[&str]| PolicyRule {
         api_groups: Some(vec![group.to_string()]),
         resources: Some(resources.iter().map(|r| r.to_string()).collect()),
@@ -532,12 +570,10 @@ fn xds_rules(ti_name: &str, names: &ChildNames) -> Vec<PolicyRule> {
         ..Default::default()
     };
     vec![
-        rule("", &["services"], &["get", "list", "watch"], &[]),
-        rule("discovery.k8s.io", &["endpointslices"], &["get", "list", "watch"], &[]),
-        rule(GROUP, &["trafficinfras"], &["get", "list", "watch"], &[]),
-        rule(GROUP, &["trafficinfras/status"], &["get", "update", "patch"], &[ti_name]),
-        rule(GROUP, &["backendtrafficpolicies"], &["get", "list", "watch"], &[]),
-        rule("", &["configmaps"], &["get", "list", "watch", "update", "patch"], &[&names.xds_state]),
+        rule("", &["services"], &["list", "watch"], &[]),
+        rule("discovery.k8s.io", &["endpointslices"], &["list", "watch"], &[]),
+        rule(GROUP, &["trafficinfras", "backendtrafficpolicies"], &["list", "watch"], &[]),
+        rule("", &["configmaps"], &["get", "patch"], &[&names.xds_state]),
     ]
 }
 

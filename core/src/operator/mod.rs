@@ -365,7 +365,7 @@ mod tests {
         assert_eq!(second.refusals.len(), 1);
         assert_eq!(second.refusals[0].kind, InputKind::Resource);
         let first = plans.iter().find(|p| p.infra.name == "first").unwrap();
-        assert_eq!(first.children.len(), 10);
+        assert_eq!(first.children.len(), 11);
         assert_eq!(first.status.phase, Some(Phase::Deploying));
     }
 

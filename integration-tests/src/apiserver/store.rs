@@ -18,18 +18,24 @@ pub struct ApiError {
     pub code: u16,
     pub reason: String,
     pub message: String,
+    /// `Status.details`, when the error names an object.
+    pub details: Option<Value>,
 }
 
 impl ApiError {
     pub fn new(code: u16, reason: &str, message: impl Into<String>) -> Self {
-        Self { code, reason: reason.into(), message: message.into() }
+        Self { code, reason: reason.into(), message: message.into(), details: None }
     }
 
     pub fn status(&self) -> Value {
-        json!({
+        let mut status = json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": self.message, "reason": self.reason, "code": self.code,
-        })
+        });
+        if let Some(d) = &self.details {
+            status["details"] = d.clone();
+        }
+        status
     }
 }
 
@@ -111,6 +117,9 @@ pub enum WriteOp {
 
 const LOG_LIMIT: usize = 50_000;
 
+/// An admission check of the object about to be stored.
+pub type Check<'a> = &'a dyn Fn(&Value) -> Result<(), ApiError>;
+
 pub struct Store {
     inner: Mutex<Inner>,
     tx: broadcast::Sender<Arc<Entry>>,
@@ -183,8 +192,13 @@ impl Store {
     }
 
     pub fn create(&self, rt: &ResourceType, ns: &str, obj: Value) -> Result<Value, ApiError> {
+        self.create_checked(rt, ns, obj, &|_| Ok(()))
+    }
+
+    /// Creates, after `check` accepted the object about to be stored (admission).
+    pub fn create_checked(&self, rt: &ResourceType, ns: &str, obj: Value, check: Check) -> Result<Value, ApiError> {
         let mut inner = self.inner.lock();
-        let created = self.create_locked(&mut inner, rt, ns, obj, None)?;
+        let created = self.create_locked(&mut inner, rt, ns, obj, None, check)?;
         Ok(created)
     }
 
@@ -203,6 +217,7 @@ impl Store {
         ns: &str,
         mut obj: Value,
         apply: Option<(String, BTreeSet<Vec<String>>)>,
+        check: Check,
     ) -> Result<Value, ApiError> {
         if !obj.is_object() {
             return Err(ApiError::new(400, "BadRequest", "body is not a JSON object"));
@@ -245,6 +260,7 @@ impl Store {
         meta.remove("deletionTimestamp");
         obj["apiVersion"] = rt.api_version().into();
         obj["kind"] = rt.kind.clone().into();
+        check(&obj)?;
         if let Some((manager, paths)) = apply {
             inner.owners.entry(k.clone()).or_default().insert(manager, paths);
         }
@@ -272,6 +288,19 @@ impl Store {
     /// Changes an existing object (or creates it, for server-side apply). `status` selects the
     /// `/status` subresource.
     pub fn write(&self, rt: &ResourceType, ns: &str, name: &str, op: WriteOp, status: bool) -> Result<Value, ApiError> {
+        self.write_checked(rt, ns, name, op, status, &|_| Ok(()))
+    }
+
+    /// Writes, after `check` accepted the object about to be stored (admission).
+    pub fn write_checked(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        op: WriteOp,
+        status: bool,
+        check: Check,
+    ) -> Result<Value, ApiError> {
         let ns = if rt.namespaced { ns } else { "" };
         let mut inner = self.inner.lock();
         let k = key(rt, ns, name);
@@ -280,7 +309,7 @@ impl Store {
                 WriteOp::Apply { mut config, manager, .. } if !status => {
                     meta_mut(&mut config).insert("name".into(), name.into());
                     let paths = leaves(&config, rt, false);
-                    self.create_locked(&mut inner, rt, ns, config, Some((manager, paths)))
+                    self.create_locked(&mut inner, rt, ns, config, Some((manager, paths)), check)
                 }
                 _ => Err(not_found(rt, name)),
             };
@@ -367,6 +396,7 @@ impl Store {
         if new == cur {
             return Ok(cur);
         }
+        check(&new)?;
         let finalizers_clear = new["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty);
         if new["metadata"].get("deletionTimestamp").is_some() && finalizers_clear {
             inner.objects.remove(&k);

@@ -349,3 +349,224 @@ fn background_server_and_kubeconfig() {
     let rt_ = server.store().type_of(&json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress"})).unwrap();
     assert!(server.store().get(&rt_, "default", "web").is_ok());
 }
+
+mod rbac_enforced {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+
+    use super::*;
+
+    fn status(e: kube::Error) -> kube::core::Status {
+        match e {
+            kube::Error::Api(s) => *s,
+            other => panic!("not an API error: {other:?}"),
+        }
+    }
+
+    fn role(ns: &str, name: &str, rules: serde_json::Value) -> serde_json::Value {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": name, "namespace": ns}, "rules": rules})
+    }
+
+    fn binding(ns: &str, name: &str, role_kind: &str, role: &str, sa_ns: &str, sa: &str) -> serde_json::Value {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": name, "namespace": ns},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+               "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": sa_ns}]})
+    }
+
+    #[tokio::test]
+    async fn tokens_map_to_users_and_denials_name_the_permission() {
+        let server = ApiServer::start(Options::default()).await;
+        // No token: 401.
+        let anonymous = kube::Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
+        let e = status(Api::<Service>::all(anonymous).list(&ListParams::default()).await.unwrap_err());
+        assert_eq!((e.code, e.reason.as_str()), (401, "Unauthorized"));
+        // A ServiceAccount with no binding: discovery yes, objects no, with Kubernetes' messages.
+        let sa = server.client_for(&server.service_account_token("shop", "shop-xds"));
+        kube::Discovery::new(sa.clone()).run().await.expect("authenticated users read discovery");
+        let e = status(Api::<Service>::all(sa.clone()).list(&ListParams::default()).await.unwrap_err());
+        assert_eq!((e.code, e.reason.as_str()), (403, "Forbidden"));
+        assert_eq!(
+            e.message,
+            "services is forbidden: User \"system:serviceaccount:shop:shop-xds\" cannot list resource \"services\" in \
+             API group \"\" at the cluster scope"
+        );
+        let e = status(Api::<Deployment>::namespaced(sa.clone(), "shop").get("web").await.unwrap_err());
+        assert_eq!(
+            e.message,
+            "deployments.apps \"web\" is forbidden: User \"system:serviceaccount:shop:shop-xds\" cannot get resource \
+             \"deployments\" in API group \"apps\" in the namespace \"shop\""
+        );
+        let audit = server.audit();
+        let last = audit.last().unwrap();
+        assert_eq!(
+            (last.user.as_str(), last.verb.as_str(), last.api_group.as_str(), last.resource.as_str()),
+            ("system:serviceaccount:shop:shop-xds", "get", "apps", "deployments")
+        );
+        assert_eq!((last.namespace.as_str(), last.name.as_str(), last.allowed, last.code), ("shop", "web", false, 403));
+        assert!(audit.iter().any(|r| r.user.is_empty() && r.code == 401));
+        assert!(audit.iter().any(|r| !r.resource_request && r.path == "/apis" && r.allowed));
+        server.clear_audit();
+        assert!(server.audit().is_empty());
+    }
+
+    #[tokio::test]
+    async fn roles_bind_scope_verbs_subresources_and_names() {
+        let server = ApiServer::start(Options::default()).await;
+        server.create_objects(&[
+            role(
+                "shop",
+                "reader",
+                json!([
+                    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]},
+                    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "update"], "resourceNames": ["state"]},
+                    {"apiGroups": ["apps"], "resources": ["deployments/status"], "verbs": ["patch"]},
+                ]),
+            ),
+            binding("shop", "reader", "Role", "reader", "shop", "xds"),
+        ]);
+        let admin = server.client();
+        for ns in ["shop", "other"] {
+            let svc: Service = serde_json::from_value(json!({"metadata": {"name": "web"}})).unwrap();
+            Api::<Service>::namespaced(admin.clone(), ns).create(&PostParams::default(), &svc).await.unwrap();
+        }
+        let sa = server.client_for(&server.service_account_token("shop", "xds"));
+        let in_shop = Api::<Service>::namespaced(sa.clone(), "shop");
+        assert_eq!(in_shop.list(&ListParams::default()).await.unwrap().items.len(), 1);
+        in_shop.get("web").await.unwrap();
+        // Not in another namespace, not at the cluster scope, no verb it was not given.
+        assert_eq!(code(Api::<Service>::namespaced(sa.clone(), "other").get("web").await.unwrap_err()), 403);
+        assert_eq!(code(Api::<Service>::all(sa.clone()).list(&ListParams::default()).await.unwrap_err()), 403);
+        assert_eq!(code(in_shop.delete("web", &DeleteParams::default()).await.unwrap_err()), 403);
+        // A watch is its own verb, granted here.
+        let mut w = in_shop.watch(&WatchParams::default(), "0").await.unwrap().boxed();
+        assert!(timeout(w.try_next()).await.unwrap().is_some());
+
+        // resourceNames: the named object only, and never a list.
+        let cms = Api::<ConfigMap>::namespaced(admin.clone(), "shop");
+        for name in ["state", "bootstrap"] {
+            let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+            cms.create(&PostParams::default(), &cm).await.unwrap();
+        }
+        let sa_cms = Api::<ConfigMap>::namespaced(sa.clone(), "shop");
+        let mut state = sa_cms.get("state").await.unwrap();
+        state.data = Some([("k".to_string(), "v".to_string())].into());
+        sa_cms.replace("state", &PostParams::default(), &state).await.unwrap();
+        assert_eq!(code(sa_cms.get("bootstrap").await.unwrap_err()), 403);
+        let e = status(sa_cms.list(&ListParams::default()).await.unwrap_err());
+        assert!(e.message.ends_with("cannot list resource \"configmaps\" in API group \"\" in the namespace \"shop\""));
+        // A patch of the named one is a verb it lacks.
+        let patch = Patch::Merge(json!({"data": {"k": "w"}}));
+        assert_eq!(code(sa_cms.patch("state", &PatchParams::default(), &patch).await.unwrap_err()), 403);
+
+        // Subresources: deployments/status does not grant deployments, and the message names it.
+        let deploy: Deployment = serde_json::from_value(json!({"metadata": {"name": "web"},
+            "spec": {"selector": {}, "template": {}}}))
+        .unwrap();
+        Api::<Deployment>::namespaced(admin, "shop").create(&PostParams::default(), &deploy).await.unwrap();
+        let sa_deploy = Api::<Deployment>::namespaced(sa, "shop");
+        let status_patch = Patch::Merge(json!({"status": {"replicas": 1}}));
+        sa_deploy.patch_status("web", &PatchParams::default(), &status_patch).await.unwrap();
+        let e = status(sa_deploy.patch("web", &PatchParams::default(), &status_patch).await.unwrap_err());
+        assert!(e.message.contains("cannot patch resource \"deployments\" in API group \"apps\""), "{}", e.message);
+        let e = status(sa_deploy.get_status("web").await.unwrap_err());
+        assert!(e.message.contains("cannot get resource \"deployments/status\""), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn roles_and_bindings_cannot_grant_more_than_their_author_holds() {
+        let server = ApiServer::start(Options::default()).await;
+        server.create_objects(&[
+            role(
+                "shop",
+                "manager",
+                json!([
+                    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["create", "update", "patch"]},
+                    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list"]},
+                ]),
+            ),
+            binding("shop", "manager", "Role", "manager", "shop", "op"),
+            role("shop", "deleter", json!([{"apiGroups": [""], "resources": ["services"], "verbs": ["delete"]}])),
+            role("shop", "deleter2", json!([{"apiGroups": [""], "resources": ["services"], "verbs": ["delete"]}])),
+        ]);
+        let op = server.client_for(&server.service_account_token("shop", "op"));
+        let roles = Api::<Role>::namespaced(op.clone(), "shop");
+        let ok: Role = serde_json::from_value(role(
+            "shop",
+            "ok",
+            json!([{"apiGroups": [""], "resources": ["services"], "verbs": ["get"]}]),
+        ))
+        .unwrap();
+        roles.create(&PostParams::default(), &ok).await.expect("a Role within what the author holds");
+        let too_much: Role = serde_json::from_value(role(
+            "shop",
+            "too-much",
+            json!([{"apiGroups": [""], "resources": ["services"], "verbs": ["get", "delete", "watch"]},
+                   {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get"], "resourceNames": ["web"]}]),
+        ))
+        .unwrap();
+        let e = status(roles.create(&PostParams::default(), &too_much).await.unwrap_err());
+        assert_eq!((e.code, e.reason.as_str()), (403, "Forbidden"));
+        assert_eq!(
+            e.message,
+            "roles.rbac.authorization.k8s.io \"too-much\" is forbidden: user \"system:serviceaccount:shop:op\" \
+             (groups=[\"system:serviceaccounts\" \"system:serviceaccounts:shop\" \"system:authenticated\"]) is \
+             attempting to grant RBAC permissions not currently held:\n{APIGroups:[\"\"], Resources:[\"services\"], \
+             Verbs:[\"delete\" \"watch\"]}\n{APIGroups:[\"apps\"], Resources:[\"deployments\"], \
+             ResourceNames:[\"web\"], Verbs:[\"get\"]}"
+        );
+        // An update that widens is refused too (server-side apply included).
+        let mut widened = ok.clone();
+        widened.rules.as_mut().unwrap()[0].verbs.push("delete".into());
+        let apply = PatchParams::apply("op").force();
+        let e = status(roles.patch("ok", &apply, &Patch::Apply(&widened)).await.unwrap_err());
+        assert!(e.message.contains("Verbs:[\"delete\"]"), "{}", e.message);
+
+        // Binding a role whose permissions the author lacks: refused, unless it may `bind` that role.
+        let bindings = Api::<RoleBinding>::namespaced(op.clone(), "shop");
+        let b: RoleBinding = serde_json::from_value(binding("shop", "b", "Role", "deleter", "shop", "x")).unwrap();
+        let e = status(bindings.create(&PostParams::default(), &b).await.unwrap_err());
+        assert!(
+            e.message.starts_with(
+                "rolebindings.rbac.authorization.k8s.io \"b\" is forbidden: user \"system:serviceaccount:shop:op\""
+            ),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.ends_with("{APIGroups:[\"\"], Resources:[\"services\"], Verbs:[\"delete\"]}"),
+            "{}",
+            e.message
+        );
+        let own: RoleBinding = serde_json::from_value(binding("shop", "own", "Role", "ok", "shop", "x")).unwrap();
+        bindings.create(&PostParams::default(), &own).await.expect("binding what the author holds");
+        server.create_objects(&[
+            role("shop", "binder", json!([{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["bind"], "resourceNames": ["deleter"]}])),
+            binding("shop", "binder", "Role", "binder", "shop", "op"),
+        ]);
+        bindings.create(&PostParams::default(), &b).await.expect("bind on the role by name");
+        // `bind` by name does not extend to other roles; neither does `escalate` exist here.
+        let c: RoleBinding = serde_json::from_value(binding("shop", "c", "Role", "deleter2", "shop", "x")).unwrap();
+        assert_eq!(code(bindings.create(&PostParams::default(), &c).await.unwrap_err()), 403);
+        server.create_objects(&[
+            role(
+                "shop",
+                "escalator",
+                json!([{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["escalate"]}]),
+            ),
+            binding("shop", "escalator", "Role", "escalator", "shop", "op"),
+        ]);
+        roles.create(&PostParams::default(), &too_much).await.expect("escalate allows it");
+    }
+
+    #[tokio::test]
+    async fn without_rbac_everything_is_allowed() {
+        let server = ApiServer::start(Options { rbac: false, ..Options::default() }).await;
+        let anonymous = kube::Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
+        Api::<Service>::all(anonymous).list(&ListParams::default()).await.unwrap();
+        let sa = server.client_for(&server.service_account_token("shop", "nobody"));
+        Api::<Service>::all(sa).list(&ListParams::default()).await.unwrap();
+    }
+}

@@ -53,6 +53,8 @@ impl ResourceType {
             // The TrafficInfra operator's children.
             Self::new("rbac.authorization.k8s.io", "v1", "roles", "Role", true, false),
             Self::new("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true, false),
+            Self::new("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", false, false),
+            Self::new("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", false, false),
             Self::new(
                 "apiextensions.k8s.io",
                 "v1",
