@@ -13,6 +13,7 @@ pub mod crd;
 pub mod dns;
 #[cfg(test)]
 mod golden;
+pub mod http_serve;
 pub mod ir;
 pub mod model;
 pub mod operator;
