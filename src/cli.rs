@@ -280,6 +280,8 @@ pub struct LocalArgs {
     pub dns_listen: SocketAddr,
     #[command(flatten)]
     pub dns_server: DnsServerArgs,
+    #[command(flatten)]
+    pub file_limits: FileLimitsArgs,
     /// Prometheus metrics, /healthz and /readyz.
     #[arg(long, env = "WEIR_METRICS_ADDR", value_parser = parse_listen_addr, default_value = "127.0.0.1:8080")]
     pub metrics_addr: SocketAddr,

@@ -44,7 +44,7 @@ pub async fn local(args: LocalArgs) -> Result<()> {
             provider: ProviderKind::File,
             manifests: Some(args.manifests.clone()),
             manifests_poll_interval: args.manifests_poll_interval,
-            file_limits: Default::default(),
+            file_limits: args.file_limits.clone(),
         },
         name,
         namespace: args.xds_namespace.clone(),
@@ -69,7 +69,7 @@ pub async fn local(args: LocalArgs) -> Result<()> {
             provider: ProviderKind::File,
             manifests: Some(args.manifests),
             manifests_poll_interval: args.manifests_poll_interval,
-            file_limits: Default::default(),
+            file_limits: args.file_limits.clone(),
         },
         store: StoreArgs {
             backend_type: BackendType::Sqlite,

@@ -101,13 +101,11 @@ impl Admin {
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), AdminError> {
         let Some(token) = &self.token else { return Ok(()) };
-        let given = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
-            _ => Err(AdminError::Unauthorized),
+        let given = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if bearer_matches(token, given) {
+            Ok(())
+        } else {
+            Err(AdminError::Unauthorized)
         }
     }
 
@@ -119,6 +117,11 @@ impl Admin {
         }
         e
     }
+}
+
+/// `Authorization: Bearer <token>` with exactly the token: no trimming, compared in constant time.
+pub fn bearer_matches(token: &str, header: Option<&str>) -> bool {
+    header.and_then(|v| v.strip_prefix("Bearer ")).is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -336,6 +339,17 @@ mod tests {
         let err = parse_weights(&p(&[(huge.as_str(), "1")]), &known()).unwrap_err();
         assert!(err.len() < 400, "{}", err.len());
         assert!(err.contains("60000 bytes in all"), "{err}");
+    }
+
+    #[test]
+    fn the_bearer_token_must_match_exactly() {
+        assert!(bearer_matches("s3cret", Some("Bearer s3cret")));
+        for bad in
+            ["Bearer s3cret ", "Bearer  s3cret", "Bearer s3cret\n", "bearer s3cret", "s3cret", "Bearer s3cre", ""]
+        {
+            assert!(!bearer_matches("s3cret", Some(bad)), "{bad:?}");
+        }
+        assert!(!bearer_matches("s3cret", None));
     }
 
     #[test]
