@@ -171,8 +171,90 @@ pub async fn serve_router(
 ) -> std::io::Result<JoinHandle<std::io::Result<()>>> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(server = server.name, addr = %listener.local_addr()?, "HTTP server listening");
-    Ok(tokio::spawn(server.accept_loop(listener, shutdown, move |server, stream, peer| {
+    Ok(serve_listener(server, listener, router, shutdown))
+}
+
+/// [`serve_router`] on a bound listener.
+pub fn serve_listener(
+    server: HttpServer,
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<std::io::Result<()>> {
+    tokio::spawn(server.accept_loop(listener, shutdown, move |server, stream, peer| {
         let service = TowerToHyperService::new(router.clone());
         async move { server.serve_connection(stream, service, peer).await }
-    })))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn get(addr: SocketAddr) -> Option<String> {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        Some(out)
+    }
+
+    async fn start(limits: HttpLimits) -> (SocketAddr, HttpMetrics, tokio::sync::oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = HttpMetrics::default();
+        let server = HttpServer { name: "test", limits, metrics: metrics.clone() };
+        let router = Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        serve_listener(server, listener, router, async move {
+            let _ = stopped.await;
+        });
+        (addr, metrics, stop)
+    }
+
+    #[tokio::test]
+    async fn stalled_headers_are_cut_and_others_still_answered() {
+        let limits = HttpLimits { header_read_timeout: Duration::from_millis(300), ..HttpLimits::default() };
+        let (addr, metrics, _stop) = start(limits).await;
+        let mut stalled = Vec::new();
+        for _ in 0..50 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+            stalled.push(s);
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(2), get(addr)).await.unwrap().unwrap();
+        assert!(answer.ends_with("ok"), "{answer}");
+        for s in &mut stalled {
+            let mut buf = Vec::new();
+            tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await.expect("closed").ok();
+        }
+        assert_eq!(metrics.get("test", "header_timeout"), 50);
+        // An idle keep-alive connection is closed by the same timeout.
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(3), idle.read_to_end(&mut buf)).await.expect("idle closed").ok();
+        assert!(String::from_utf8_lossy(&buf).contains("200 OK"));
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_cap_are_closed_at_accept() {
+        let limits =
+            HttpLimits { max_connections: 5, header_read_timeout: Duration::from_secs(30), ..HttpLimits::default() };
+        let (addr, metrics, _stop) = start(limits).await;
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            held.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The sixth is closed without an answer, and counted.
+        let answer = get(addr).await.unwrap_or_default();
+        assert!(answer.is_empty(), "{answer}");
+        assert_eq!(metrics.get("test", "max_connections"), 1);
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(get(addr).await.unwrap().ends_with("ok"));
+    }
 }
