@@ -43,8 +43,11 @@ impl Readiness {
 /// loop) when one has not beaten within its bound.
 #[derive(Clone, Default)]
 pub struct Liveness {
-    beats: Arc<parking_lot::Mutex<Vec<(&'static str, Duration, Arc<parking_lot::Mutex<Instant>>)>>>,
+    beats: Arc<parking_lot::Mutex<Vec<Beat>>>,
 }
+
+/// A loop's name, its bound, and when it last beat.
+type Beat = (&'static str, Duration, Arc<parking_lot::Mutex<Instant>>);
 
 /// Marks progress of one loop.
 #[derive(Clone)]

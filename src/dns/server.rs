@@ -310,7 +310,7 @@ fn encode_set(r: &RecordSet) -> Option<(Vec<u8>, u16)> {
         let rdata: Option<Vec<u8>> = match r.key.rtype {
             RecordType::A => v.parse::<Ipv4Addr>().ok().map(|ip| ip.octets().to_vec()),
             RecordType::Aaaa => v.parse::<Ipv6Addr>().ok().map(|ip| ip.octets().to_vec()),
-            RecordType::Cname => wire::name_from_text(&v.trim_end_matches('.').to_string()),
+            RecordType::Cname => wire::name_from_text(v.trim_end_matches('.')),
             RecordType::Txt => Some(wire::txt_rdata(v.as_bytes())),
         };
         let Some(rdata) = rdata.filter(|d| d.len() <= usize::from(u16::MAX)) else {

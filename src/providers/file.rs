@@ -734,9 +734,9 @@ status:
             std::thread::spawn(move || {
                 use std::io::Write;
                 let mut f = std::fs::File::create(&path).unwrap();
-                f.write_all(half[..cut].as_bytes()).unwrap();
+                f.write_all(&half.as_bytes()[..cut]).unwrap();
                 std::thread::sleep(Duration::from_millis(150));
-                f.write_all(half[cut..].as_bytes()).unwrap();
+                f.write_all(&half.as_bytes()[cut..]).unwrap();
             })
         };
         std::thread::sleep(Duration::from_millis(20));
