@@ -58,6 +58,45 @@ pub struct ProviderArgs {
     /// How often the file provider looks for changes.
     #[arg(long, env = "WEIR_MANIFESTS_POLL_INTERVAL", value_parser = parse_duration, default_value = "1s")]
     pub manifests_poll_interval: Duration,
+    #[command(flatten)]
+    pub file_limits: FileLimitsArgs,
+}
+
+/// The file provider's bounds.
+#[derive(Debug, Clone, Args)]
+pub struct FileLimitsArgs {
+    /// A manifest file larger than this is refused (its last good content keeps serving).
+    #[arg(long, env = "WEIR_MANIFESTS_MAX_FILE_BYTES", default_value_t = crate::providers::file::FileLimits::default().max_file_bytes)]
+    pub manifests_max_file_bytes: u64,
+    /// All manifest files together; files past this (in path order) are refused.
+    #[arg(long, env = "WEIR_MANIFESTS_MAX_TOTAL_BYTES", default_value_t = crate::providers::file::FileLimits::default().max_total_bytes)]
+    pub manifests_max_total_bytes: u64,
+    /// A changed file is read only once its size and mtime have not moved for this long (write then
+    /// rename is still the way to update a manifest).
+    #[arg(long, env = "WEIR_MANIFESTS_SETTLE", value_parser = parse_duration, default_value = "250ms")]
+    pub manifests_settle: Duration,
+}
+
+impl Default for FileLimitsArgs {
+    fn default() -> Self {
+        let d = crate::providers::file::FileLimits::default();
+        Self {
+            manifests_max_file_bytes: d.max_file_bytes,
+            manifests_max_total_bytes: d.max_total_bytes,
+            manifests_settle: d.settle,
+        }
+    }
+}
+
+impl FileLimitsArgs {
+    pub fn limits(&self) -> crate::providers::file::FileLimits {
+        crate::providers::file::FileLimits {
+            max_file_bytes: self.manifests_max_file_bytes,
+            max_total_bytes: self.manifests_max_total_bytes,
+            settle: self.manifests_settle,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -137,6 +176,29 @@ pub struct DnsArgs {
     /// Acknowledge a weight only once Route53 reports the change INSYNC.
     #[arg(long, env = "WEIR_WAIT_INSYNC")]
     pub wait_insync: bool,
+    #[command(flatten)]
+    pub server: DnsServerArgs,
+}
+
+/// The built-in DNS server's limits and zones.
+#[derive(Debug, Clone, Args)]
+pub struct DnsServerArgs {
+    /// Zones the built-in DNS server is authoritative for (repeatable); names outside get REFUSED.
+    /// Default: --binding-domain, else the parent domains of the record names.
+    #[arg(long = "dns-zone", env = "WEIR_DNS_ZONE", value_delimiter = ',')]
+    pub dns_zones: Vec<String>,
+    /// UDP worker threads of the built-in DNS server (SO_REUSEPORT sockets); 0: one per CPU.
+    #[arg(long, env = "WEIR_DNS_UDP_WORKERS", default_value_t = 0)]
+    pub dns_udp_workers: usize,
+    /// Open TCP connections to the built-in DNS server, in all.
+    #[arg(long, env = "WEIR_DNS_TCP_MAX_CONNECTIONS", default_value_t = crate::dns::server::DEFAULT_TCP_MAX)]
+    pub dns_tcp_max_connections: usize,
+    /// Open TCP connections to the built-in DNS server from one client address.
+    #[arg(long, env = "WEIR_DNS_TCP_MAX_PER_IP", default_value_t = crate::dns::server::DEFAULT_TCP_PER_IP)]
+    pub dns_tcp_max_per_ip: usize,
+    /// A DNS TCP connection idle (or stalled mid-message) this long is closed.
+    #[arg(long, env = "WEIR_DNS_TCP_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub dns_tcp_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -216,6 +278,10 @@ pub struct LocalArgs {
     /// Where the built-in authoritative DNS server answers (UDP and TCP).
     #[arg(long, env = "WEIR_DNS_LISTEN", default_value = "127.0.0.1:5353")]
     pub dns_listen: SocketAddr,
+    #[command(flatten)]
+    pub dns_server: DnsServerArgs,
+    #[command(flatten)]
+    pub file_limits: FileLimitsArgs,
     /// Prometheus metrics, /healthz and /readyz.
     #[arg(long, env = "WEIR_METRICS_ADDR", value_parser = parse_listen_addr, default_value = "127.0.0.1:8080")]
     pub metrics_addr: SocketAddr,

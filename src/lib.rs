@@ -13,6 +13,7 @@ pub mod aws;
 pub mod backends;
 pub mod cli;
 pub mod dns;
+pub mod http_serve;
 pub mod operator;
 pub mod providers;
 pub mod reconciler;

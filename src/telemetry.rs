@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -14,6 +15,8 @@ use axum::Router;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
+
+use crate::http_serve::HttpServer;
 
 /// Readiness, set by the component that knows (first reconcile done, caches warm).
 #[derive(Clone)]
@@ -36,31 +39,97 @@ impl Readiness {
     }
 }
 
+/// Liveness: each long-running loop beats a [`Heartbeat`]; `/healthz` is unhealthy (503, naming the
+/// loop) when one has not beaten within its bound.
+#[derive(Clone, Default)]
+pub struct Liveness {
+    beats: Arc<parking_lot::Mutex<Vec<Beat>>>,
+}
+
+/// A loop's name, its bound, and when it last beat.
+type Beat = (&'static str, Duration, Arc<parking_lot::Mutex<Instant>>);
+
+/// Marks progress of one loop.
+#[derive(Clone)]
+pub struct Heartbeat(Arc<parking_lot::Mutex<Instant>>);
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        *self.0.lock() = Instant::now();
+    }
+}
+
+impl Liveness {
+    /// A heartbeat for `name`, stale when silent for longer than `bound`.
+    pub fn heartbeat(&self, name: &'static str, bound: Duration) -> Heartbeat {
+        let at = Arc::new(parking_lot::Mutex::new(Instant::now()));
+        self.beats.lock().push((name, bound, at.clone()));
+        Heartbeat(at)
+    }
+
+    /// Loops whose last beat is older than their bound, with how long they have been silent.
+    pub fn stale(&self) -> Vec<(&'static str, Duration)> {
+        self.beats
+            .lock()
+            .iter()
+            .filter_map(|(name, bound, at)| {
+                let silent = at.lock().elapsed();
+                (silent > *bound).then_some((*name, silent))
+            })
+            .collect()
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     registry: Arc<Registry>,
     readiness: Readiness,
+    liveness: Liveness,
 }
 
 /// The router serving `/metrics`, `/healthz` and `/readyz`; other HTTP servers may merge it.
-pub fn router(registry: Arc<Registry>, readiness: Readiness) -> Router {
+pub fn router(registry: Arc<Registry>, readiness: Readiness, liveness: Liveness) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AppState { registry, readiness })
+        .with_state(AppState { registry, readiness, liveness })
 }
 
-/// Binds `addr` and serves until `shutdown` resolves. Binding errors are returned at once so that a
-/// port clash is a startup error.
+/// Binds `addr` and serves until `shutdown` resolves, with the limits of [`crate::http_serve`].
+/// Binding errors are returned at once so that a port clash is a startup error.
 pub async fn serve(
+    server: HttpServer,
     addr: SocketAddr,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "serving metrics, /healthz and /readyz");
-    Ok(tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(shutdown).await }))
+    crate::http_serve::serve_router(server, addr, router, shutdown).await
+}
+
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    let stale = state.liveness.stale();
+    if stale.is_empty() {
+        return (StatusCode::OK, "ok".to_string());
+    }
+    let list: Vec<String> = stale.iter().map(|(n, d)| format!("{n} (no progress for {}s)", d.as_secs())).collect();
+    (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {}", list.join(", ")))
+}
+
+/// Longest client-supplied text weir puts in a log line or a response.
+pub const MAX_CLIENT_TEXT: usize = 256;
+
+/// `text` cut to [`MAX_CLIENT_TEXT`] bytes (on a character boundary), saying how long it was: the one
+/// rule for client-supplied strings in logs and responses.
+pub fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_CLIENT_TEXT {
+        return text.into();
+    }
+    let mut end = MAX_CLIENT_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &text[..end], text.len()).into()
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -115,5 +184,30 @@ impl InvalidInputs {
 
     pub fn get(&self, kind: crate::ir::InputKind) -> u64 {
         self.0.get_or_create(&vec![("kind".to_string(), kind.label().to_string())]).get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_keeps_short_text_and_cuts_long_text_on_a_char_boundary() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(3_000_000 / 2);
+        let c = clip(&long);
+        assert!(c.len() < MAX_CLIENT_TEXT + 40, "{}", c.len());
+        assert!(c.ends_with("(3000000 bytes in all)"), "{c}");
+    }
+
+    #[test]
+    fn liveness_names_a_silent_loop() {
+        let l = Liveness::default();
+        let fast = l.heartbeat("dns", Duration::from_secs(60));
+        let _slow = l.heartbeat("provider", Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
+        fast.beat();
+        let stale = l.stale();
+        assert_eq!(stale.iter().map(|s| s.0).collect::<Vec<_>>(), ["provider"]);
     }
 }

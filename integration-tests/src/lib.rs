@@ -247,8 +247,7 @@ impl DnsClient {
         use hickory_proto::rr::Name;
         self.next_id = self.next_id.wrapping_add(1);
         let id = self.next_id;
-        let mut msg = Message::new();
-        msg.set_id(id).set_message_type(MessageType::Query).set_op_code(OpCode::Query).set_recursion_desired(false);
+        let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
         msg.add_query(Query::query(Name::from_ascii(name).map_err(|e| e.to_string())?, rtype));
         let bytes = msg.to_vec().map_err(|e| e.to_string())?;
         self.socket.send(&bytes).map_err(|e| e.to_string())?;
@@ -256,13 +255,13 @@ impl DnsClient {
         loop {
             let n = self.socket.recv(&mut buf).map_err(|e| format!("no answer: {e}"))?;
             let reply = Message::from_vec(&buf[..n]).map_err(|e| e.to_string())?;
-            if reply.id() != id {
+            if reply.metadata.id != id {
                 continue; // a late answer to an earlier query
             }
-            if reply.response_code() != hickory_proto::op::ResponseCode::NoError {
-                return Err(format!("{}", reply.response_code()));
+            if reply.metadata.response_code != hickory_proto::op::ResponseCode::NoError {
+                return Err(format!("{}", reply.metadata.response_code));
             }
-            return Ok(reply.answers().iter().map(|r| r.data().to_string()).collect());
+            return Ok(reply.answers.iter().map(|r| r.data.to_string()).collect());
         }
     }
 

@@ -312,7 +312,7 @@ fn all_features_values_render_valid_objects() {
     assert_eq!(hook["sideEffects"], "None");
     assert_eq!(hook["admissionReviewVersions"], json!(["v1"]));
     assert_eq!(hook["clientConfig"]["service"]["path"], "/validate-trafficinfra");
-    assert_eq!(hook["rules"][0]["operations"], json!(["CREATE"]));
+    assert_eq!(hook["rules"][0]["operations"], json!(["CREATE", "UPDATE"]));
     assert_eq!(hook["rules"][0]["resources"], json!(["trafficinfras"]));
     assert_eq!(r.objects["Certificate/weir-webhook"]["spec"]["secretName"], "weir-webhook-cert");
     assert!(r.objects.contains_key("Issuer/weir-webhook-selfsigned"));

@@ -103,11 +103,8 @@ impl Controller {
 
 /// The A records the embedded server answers for `host` (empty on NXDOMAIN or no data).
 fn query_a(server: SocketAddr, host: &str) -> Option<Vec<Ipv4Addr>> {
-    let mut msg = Message::new();
-    msg.set_id(rand_id())
-        .set_message_type(MessageType::Query)
-        .set_op_code(OpCode::Query)
-        .add_query(Query::query(Name::from_ascii(format!("{host}.")).ok()?, RecordType::A));
+    let mut msg = Message::new(rand_id(), MessageType::Query, OpCode::Query);
+    msg.add_query(Query::query(Name::from_ascii(format!("{host}.")).ok()?, RecordType::A));
     let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
     socket.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     socket.send_to(&msg.to_vec().ok()?, server).ok()?;
@@ -116,9 +113,9 @@ fn query_a(server: SocketAddr, host: &str) -> Option<Vec<Ipv4Addr>> {
     let answer = Message::from_vec(&buf[..n]).ok()?;
     Some(
         answer
-            .answers()
+            .answers
             .iter()
-            .filter_map(|r| match r.data() {
+            .filter_map(|r| match &r.data {
                 RData::A(a) => Some(a.0),
                 _ => None,
             })

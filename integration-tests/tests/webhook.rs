@@ -138,3 +138,82 @@ fn webhook_allows_the_first_traffic_infra_and_denies_a_second() {
     let (status, _) = post(port, &ca, "/elsewhere", b"{}").unwrap();
     assert_eq!(status, 404);
 }
+
+/// A self-signed certificate for localhost written to `dir` (tls.crt, tls.key, each written beside
+/// and renamed, as a Secret volume swaps them); its DER to trust.
+fn write_cert(dir: &std::path::Path) -> CertificateDer<'static> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    for (name, pem) in [("tls.key", cert.key_pair.serialize_pem()), ("tls.crt", cert.cert.pem())] {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, pem).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
+    }
+    cert.cert.der().clone()
+}
+
+/// `weir controller` with the webhook on the test API server; (process, webhook port, metrics port).
+fn start_webhook(dir: &std::path::Path, certs: &std::path::Path, server: &ApiServer) -> (Proc, u16, u16) {
+    let kubeconfig = server.write_kubeconfig(dir);
+    let (port, metrics) = (free_port(), free_port());
+    let mut cmd = Command::new(weir_bin());
+    cmd.env("KUBECONFIG", &kubeconfig)
+        .env("WEIR_LOG", "info,weir=debug")
+        .args(["controller", "--provider", "kubernetes", "--cluster-name", "eu"])
+        .args(["--backend-type", "sqlite", "--initial-weight", "100"])
+        .arg("--db")
+        .arg(dir.join("weir.db"))
+        .args(["--dns-provider", "embedded", "--dns-listen", &format!("127.0.0.1:{}", free_udp_tcp_port())])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+        .args(["--webhook-addr", &format!("127.0.0.1:{port}")])
+        .arg("--webhook-cert-dir")
+        .arg(certs);
+    (Proc::spawn("weir-controller", &mut cmd, dir), port, metrics)
+}
+
+#[test]
+fn webhook_drops_idle_pre_tls_connections_and_reloads_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let old_ca = write_cert(&certs);
+    let server = ApiServer::start_background(Options::default());
+    let (_weir, port, metrics_port) = start_webhook(dir.path(), &certs, &server);
+    let body = serde_json::to_vec(&review("shop", "edge")).unwrap();
+    let (status, _) =
+        wait_for("the webhook answering", T, || post(port, &old_ca, "/validate-trafficinfra", &body).ok());
+    assert_eq!(status, 200);
+
+    // 200 connections that never start TLS: the webhook still answers, and drops them after the
+    // TLS-handshake timeout (5 s).
+    let mut idle: Vec<std::net::TcpStream> =
+        (0..200).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    let (status, _) = post(port, &old_ca, "/validate-trafficinfra", &body).unwrap();
+    assert_eq!(status, 200, "answered while 200 idle connections are open");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    for s in &mut idle {
+        use std::io::Read;
+        s.set_read_timeout(Some(
+            deadline.saturating_duration_since(std::time::Instant::now()).max(Duration::from_millis(10)),
+        ))
+        .unwrap();
+        let mut b = [0u8; 16];
+        assert!(matches!(s.read(&mut b), Ok(0)), "an idle pre-TLS connection was not closed");
+    }
+    let text = integration_tests::http_get(&format!("http://127.0.0.1:{metrics_port}/metrics")).unwrap();
+    let hits = integration_tests::metric(
+        &text,
+        "weir_http_limit_hits_total",
+        &[("server", "webhook"), ("limit", "tls_handshake_timeout")],
+    );
+    assert!(hits.unwrap_or(0.0) >= 200.0, "{hits:?}");
+
+    // The certificate files are swapped: the next handshake presents the new certificate.
+    let new_ca = write_cert(&certs);
+    wait_for("the new certificate presented", Duration::from_secs(10), || {
+        post(port, &new_ca, "/validate-trafficinfra", &body).ok()
+    });
+    assert!(
+        post(port, &old_ca, "/validate-trafficinfra", &body).is_err(),
+        "the old certificate is no longer presented"
+    );
+}

@@ -56,6 +56,10 @@ fn proxyless_grpc_follows_weights_and_plannerip() {
     // Writes need the token; a refused write changes nothing.
     let (code, body) = admin("POST", &format!("{}/traffic?blue=50&green=50", weir.admin), None);
     assert_eq!(code, 401, "{body}");
+    // The compare is exact: "Bearer  s3cret" (HTTP itself strips a header's trailing space, not this
+    // one) is a different token; the file's newline is not part of the token.
+    let (code, body) = admin("POST", &format!("{}/traffic?blue=50&green=50", weir.admin), Some(" s3cret"));
+    assert_eq!(code, 401, "{body}");
     for bad in ["blue=abc", "blue=-5", "blue=0&green=0", "red=10", "blue=1.5", ""] {
         let (code, body) = admin("POST", &format!("{}/traffic?{bad}", weir.admin), token);
         assert_eq!(code, 400, "POST /traffic?{bad} must be refused: {body}");
@@ -93,7 +97,7 @@ fn proxyless_grpc_follows_weights_and_plannerip() {
     assert_eq!(metric(&metrics, "weir_xds_connected_clients", &[]), Some(1.0), "{metrics}");
     assert!(metric(&metrics, "weir_xds_pushes_total", &[("type", "RouteConfiguration")]).unwrap_or(0.0) >= 4.0);
     assert!(!metrics.lines().any(|l| l.starts_with("weir_xds_nacks_total")), "no NACKs expected: {metrics}");
-    assert_eq!(metric(&metrics, "weir_admin_requests_total", &[("path", "/traffic"), ("code", "401")]), Some(1.0));
+    assert_eq!(metric(&metrics, "weir_admin_requests_total", &[("path", "/traffic"), ("code", "401")]), Some(2.0));
 
     // Graceful shutdown: SIGTERM closes the streams and weir exits cleanly.
     let mut weir = weir;

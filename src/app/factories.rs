@@ -24,22 +24,28 @@ use crate::translate::TranslateConfig;
 pub async fn start_provider(
     args: &ProviderArgs,
     invalid: &InvalidInputs,
+    liveness: &crate::telemetry::Liveness,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SnapshotRx, JoinHandle<()>)> {
-    start_provider_in(args, invalid, crate::providers::kubernetes::WatchScope::default(), shutdown).await
+    start_provider_in(args, invalid, liveness, crate::providers::kubernetes::WatchScope::default(), shutdown).await
 }
 
 /// [`start_provider`], with the Kubernetes provider watching only `scope`.
 pub async fn start_provider_in(
     args: &ProviderArgs,
     invalid: &InvalidInputs,
+    liveness: &crate::telemetry::Liveness,
     scope: crate::providers::kubernetes::WatchScope,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SnapshotRx, JoinHandle<()>)> {
     match args.provider {
         ProviderKind::File => {
             let dir = args.manifests.clone().context("--provider file needs --manifests DIR")?;
-            let mut provider = FileProvider::new(&dir, args.manifests_poll_interval, invalid.clone());
+            let mut provider = FileProvider::new(&dir, args.manifests_poll_interval, invalid.clone())
+                .with_limits(args.file_limits.limits());
+            // A poll that stops returning (it never should: special files are not opened) shows here.
+            let bound = (args.manifests_poll_interval * 10).max(std::time::Duration::from_secs(30));
+            provider.set_heartbeat(liveness.heartbeat("file provider", bound));
             let first = tokio::task::block_in_place(|| provider.load());
             let (tx, rx) = watch::channel(Arc::new(first));
             Ok((rx, tokio::spawn(provider.run(tx, shutdown))))
@@ -172,15 +178,35 @@ pub async fn wait_shutdown(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|v| *v).await;
 }
 
+/// The built-in DNS server's options from its flags; its zones default to the binding domain.
+pub fn dns_server_options(
+    args: &crate::cli::DnsServerArgs,
+    binding_domain: &crate::selection::BindingDomain,
+) -> crate::dns::server::DnsServerOptions {
+    let mut zones = args.dns_zones.clone();
+    if zones.is_empty() && !binding_domain.as_str().is_empty() {
+        zones.push(binding_domain.as_str().to_string());
+    }
+    crate::dns::server::DnsServerOptions {
+        zones,
+        udp_workers: args.dns_udp_workers,
+        tcp_max_connections: args.dns_tcp_max_connections,
+        tcp_max_per_ip: args.dns_tcp_max_per_ip,
+        tcp_idle_timeout: args.dns_tcp_idle_timeout,
+        ..Default::default()
+    }
+}
+
 /// Serves the embedded zone over DNS (UDP and TCP) on `addr` until `shutdown`.
 pub async fn serve_embedded_dns(
     addr: std::net::SocketAddr,
     zone: &EmbeddedZone,
+    options: crate::dns::server::DnsServerOptions,
     registry: &mut prometheus_client::registry::Registry,
     shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>> {
     let metrics = crate::dns::server::DnsServerMetrics::register(registry);
-    let (bound, task) = crate::dns::server::serve(addr, zone, metrics, wait_shutdown(shutdown))
+    let (bound, task) = crate::dns::server::serve_with(addr, zone, metrics, options, wait_shutdown(shutdown))
         .await
         .with_context(|| format!("binding the DNS server on {addr}"))?;
     tracing::info!(addr = %bound, "serving the embedded zone over DNS (UDP and TCP)");

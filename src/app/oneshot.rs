@@ -46,7 +46,7 @@ async fn read_pass(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut registry = Registry::default();
     let invalid = InvalidInputs::register(&mut registry);
-    let (snapshots, task) = start_provider(provider, &invalid, stop_rx).await?;
+    let (snapshots, task) = start_provider(provider, &invalid, &crate::telemetry::Liveness::default(), stop_rx).await?;
     let snapshot: Arc<Snapshot> = snapshots.borrow().clone();
     let _ = stop_tx.send(true);
     let _ = task.await;

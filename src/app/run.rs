@@ -21,6 +21,7 @@ use crate::cli::{
     ClusterArgs, ControllerArgs, DnsArgs, DnsProviderKind, LeaderArgs, LocalArgs, ProviderArgs, ProviderKind,
     SelectionArgs, StoreArgs, XdsArgs,
 };
+use crate::http_serve::HttpServer;
 use crate::reconciler::dns::DnsLoop;
 use crate::reconciler::metrics::{ReconcileMetrics, WeightMetrics};
 use crate::reconciler::weight::WeightLoop;
@@ -43,6 +44,7 @@ pub async fn local(args: LocalArgs) -> Result<()> {
             provider: ProviderKind::File,
             manifests: Some(args.manifests.clone()),
             manifests_poll_interval: args.manifests_poll_interval,
+            file_limits: args.file_limits.clone(),
         },
         name,
         namespace: args.xds_namespace.clone(),
@@ -67,6 +69,7 @@ pub async fn local(args: LocalArgs) -> Result<()> {
             provider: ProviderKind::File,
             manifests: Some(args.manifests),
             manifests_poll_interval: args.manifests_poll_interval,
+            file_limits: args.file_limits.clone(),
         },
         store: StoreArgs {
             backend_type: BackendType::Sqlite,
@@ -88,6 +91,7 @@ pub async fn local(args: LocalArgs) -> Result<()> {
             txt_prefix: crate::dns::record::DEFAULT_TXT_PREFIX.into(),
             allow_all_zero: args.allow_all_zero,
             wait_insync: false,
+            server: args.dns_server,
         },
         leader: LeaderArgs {
             enable_leader_election: false,
@@ -118,10 +122,12 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     crate::providers::kubernetes::register_metrics(&mut registry);
     let invalid = InvalidInputs::register(&mut registry);
     let readiness = Readiness::default();
+    let liveness = crate::telemetry::Liveness::default();
+    let http_metrics = crate::http_serve::HttpMetrics::register(&mut registry);
     let cluster = args.cluster.cluster_name.clone();
     anyhow::ensure!(!cluster.is_empty(), "--cluster-name must not be empty");
 
-    let (snapshots, provider_task) = start_provider(&args.provider, &invalid, shutdown.clone()).await?;
+    let (snapshots, provider_task) = start_provider(&args.provider, &invalid, &liveness, shutdown.clone()).await?;
     let store = open_weight_store(&args.store, &cluster).await?;
     let dns = open_dns_provider(&args.dns, &args.store, &args.cluster).await?;
 
@@ -130,7 +136,8 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     let dns_listen =
         dns_listen.or(if args.dns.dns_provider == DnsProviderKind::Embedded { args.dns.dns_listen } else { None });
     if let (Some(addr), Some(zone)) = (dns_listen, dns.zone.as_ref()) {
-        tasks.push(super::factories::serve_embedded_dns(addr, zone, &mut registry, shutdown.clone()).await?);
+        let options = super::factories::dns_server_options(&args.dns.server, &args.cluster.selection.binding_domain);
+        tasks.push(super::factories::serve_embedded_dns(addr, zone, options, &mut registry, shutdown.clone()).await?);
     }
 
     let (_leader_tx, leader) =
@@ -157,13 +164,20 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     } else {
         None
     };
-    let router = telemetry::router(Arc::new(registry), readiness.clone());
-    let metrics_task = telemetry::serve(args.metrics_addr, router, wait_shutdown(shutdown.clone()))
+    let router = telemetry::router(Arc::new(registry), readiness.clone(), liveness);
+    let limits = crate::http_serve::HttpLimits::default();
+    let server = HttpServer { name: "metrics", limits, metrics: http_metrics.clone() };
+    let metrics_task = telemetry::serve(server, args.metrics_addr, router, wait_shutdown(shutdown.clone()))
         .await
         .with_context(|| format!("binding the metrics server on {}", args.metrics_addr))?;
     if let Some(addr) = args.webhook_addr {
-        let webhook =
-            crate::operator::webhook::serve(addr, &args.webhook_cert_dir, snapshots.clone(), shutdown.clone());
+        let webhook = crate::operator::webhook::serve(
+            HttpServer { name: "webhook", limits, metrics: http_metrics },
+            addr,
+            &args.webhook_cert_dir,
+            snapshots.clone(),
+            shutdown.clone(),
+        );
         tasks.push(webhook.await.context("starting the validating webhook")?);
     }
 

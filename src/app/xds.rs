@@ -15,6 +15,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use super::factories::{shutdown_signal, start_provider_in, wait_shutdown};
 use crate::cli::{ProviderKind, XdsArgs};
+use crate::http_serve::HttpServer;
 use crate::telemetry::{self, InvalidInputs, Readiness};
 use crate::xds::admin::{Admin, AdminMetrics};
 use crate::xds::cache::new_cache;
@@ -34,11 +35,14 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
     crate::providers::kubernetes::register_metrics(&mut registry);
     let invalid = InvalidInputs::register(&mut registry);
     let readiness = Readiness::default();
+    let liveness = crate::telemetry::Liveness::default();
+    let http_metrics = crate::http_serve::HttpMetrics::register(&mut registry);
     let settings = XdsSettings { name: args.name.clone(), namespace: args.namespace.clone(), services: args.services };
 
     // Only its own namespace, and only what it translates: the operator's namespaced Role suffices.
     let scope = crate::providers::kubernetes::WatchScope::xds(&settings.namespace);
-    let (snapshots, provider_task) = start_provider_in(&args.provider, &invalid, scope, shutdown.clone()).await?;
+    let (snapshots, provider_task) =
+        start_provider_in(&args.provider, &invalid, &liveness, scope, shutdown.clone()).await?;
 
     let defaults =
         traffic_infra(&snapshots.borrow(), &settings).map(|t| t.spec.traffic_defaults.clone()).unwrap_or_default();
@@ -65,7 +69,8 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
         Some(path) => {
             let t = std::fs::read_to_string(path)
                 .with_context(|| format!("reading --admin-token-file {}", path.display()))?;
-            let t = t.trim().to_string();
+            // A file ends in a newline; only that is trimmed (the compare itself is exact).
+            let t = t.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&t).to_string();
             anyhow::ensure!(!t.is_empty(), "--admin-token-file {} is empty", path.display());
             Some(Arc::<str>::from(t))
         }
@@ -100,12 +105,16 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
 
     let admin =
         Admin { settings, state: shared, view: view_rx, cache, clients, token, metrics: admin_metrics, invalid };
-    let router = admin.router(telemetry::router(registry.clone(), readiness.clone()));
-    let admin_task = telemetry::serve(args.admin_addr, router, wait_shutdown(shutdown.clone()))
+    let router = admin.router(telemetry::router(registry.clone(), readiness.clone(), liveness.clone()));
+    let limits = crate::http_serve::HttpLimits::default();
+    let server = HttpServer { name: "admin", limits, metrics: http_metrics.clone() };
+    let admin_task = telemetry::serve(server, args.admin_addr, router, wait_shutdown(shutdown.clone()))
         .await
         .with_context(|| format!("binding the admin API on {}", args.admin_addr))?;
     if let Some(addr) = args.metrics_addr {
-        let task = telemetry::serve(addr, telemetry::router(registry, readiness), wait_shutdown(shutdown.clone()))
+        let server = HttpServer { name: "metrics", limits, metrics: http_metrics };
+        let router = telemetry::router(registry, readiness, liveness);
+        let task = telemetry::serve(server, addr, router, wait_shutdown(shutdown.clone()))
             .await
             .with_context(|| format!("binding the metrics server on {addr}"))?;
         tasks.push(tokio::spawn(async move {

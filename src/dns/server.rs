@@ -5,19 +5,25 @@
 //!
 //! The zone is held in memory and reloaded when SQLite's `PRAGMA data_version` says another
 //! connection (another weir process, or this one's DNS provider) committed, checked every
-//! [`RELOAD_INTERVAL`] on a blocking thread, so queries never touch SQLite. hickory-proto only
-//! encodes and decodes messages; the UDP and TCP loops are plain tokio sockets.
+//! [`RELOAD_INTERVAL`] on a blocking thread, so queries never touch SQLite.
+//!
+//! It is authoritative for its zones only (`--dns-zone`, else the binding domain, else the parents of
+//! the record names): names outside them get REFUSED; negative answers (NXDOMAIN and NODATA) carry the
+//! zone's SOA in the authority section; the apex answers SOA; AXFR/IXFR get NOTIMP; EDNS versions
+//! above 0 get BADVERS.
+//!
+//! The hot path is wire-level and allocation-free: the query is parsed in place (see [`wire`]), every
+//! record set's answer records are encoded once per zone load (owner name as a pointer to the
+//! question), and each UDP worker thread owns a `SO_REUSEPORT` socket, an RNG and a reply buffer.
+//! hickory-proto is used by the tests, as a client would.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, TXT};
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType as QType};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -27,20 +33,28 @@ use prometheus_client::registry::Registry;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::embedded::EmbeddedZone;
 use super::record::{RecordSet, RecordType};
 
+pub mod wire;
+
+use wire::{qtype, Edns, ParseError, Rcode};
+
 /// How often the server asks SQLite whether the zone changed.
 pub const RELOAD_INTERVAL: Duration = Duration::from_millis(100);
 /// Payload size advertised in EDNS responses (the DNS flag day 2020 value).
-const EDNS_PAYLOAD: u16 = 1232;
-/// An idle TCP connection is closed after this long.
-const TCP_IDLE: Duration = Duration::from_secs(10);
-const MAX_TCP_CONNECTIONS: usize = 256;
+pub const EDNS_PAYLOAD: u16 = 1232;
+/// Default idle timeout of a TCP connection (`--dns-tcp-idle-timeout`).
+pub const DEFAULT_TCP_IDLE: Duration = Duration::from_secs(10);
+/// Default cap on TCP connections in all (`--dns-tcp-max-connections`).
+pub const DEFAULT_TCP_MAX: usize = 1024;
+/// Default cap on TCP connections from one client address (`--dns-tcp-max-per-ip`).
+pub const DEFAULT_TCP_PER_IP: usize = 16;
+/// TTL of the synthesised SOA, and its MINIMUM (the negative-caching TTL, RFC 2308).
+pub const SOA_TTL: u32 = 30;
 
 // ---------------------------------------------------------------------------------------------------
 // Metrics
@@ -51,12 +65,19 @@ struct QueryLabels {
     rcode: &'static str,
 }
 
-/// `weir_dns_queries_total{qtype,rcode}` and the size of the zone being served.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    reason: &'static str,
+}
+
+/// `weir_dns_queries_total{qtype,rcode}`, the size of the zone being served, and refused TCP
+/// connections.
 #[derive(Clone, Default)]
 pub struct DnsServerMetrics {
     queries: Family<QueryLabels, Counter>,
     record_sets: Gauge,
     reload_errors: Counter,
+    tcp_refused: Family<RefusedLabels, Counter>,
 }
 
 impl DnsServerMetrics {
@@ -69,96 +90,165 @@ impl DnsServerMetrics {
             "Failed reads of the embedded zone (the last good zone keeps serving)",
             m.reload_errors.clone(),
         );
+        registry.register(
+            "weir_dns_tcp_connections_refused",
+            "DNS TCP connections closed at accept because a cap was reached (reason: per_ip, total)",
+            m.tcp_refused.clone(),
+        );
         m
     }
 
-    fn count(&self, qtype: &'static str, rcode: ResponseCode) {
-        self.queries.get_or_create(&QueryLabels { qtype, rcode: rcode_label(rcode) }).inc();
+    fn counter(&self, qtype: &'static str, rcode: Rcode) -> Counter {
+        self.queries.get_or_create(&QueryLabels { qtype, rcode: rcode.label() }).clone()
     }
 }
 
-fn rcode_label(rcode: ResponseCode) -> &'static str {
-    match rcode {
-        ResponseCode::NoError => "NOERROR",
-        ResponseCode::NXDomain => "NXDOMAIN",
-        ResponseCode::FormErr => "FORMERR",
-        ResponseCode::NotImp => "NOTIMP",
-        ResponseCode::Refused => "REFUSED",
-        ResponseCode::ServFail => "SERVFAIL",
-        _ => "other",
-    }
+/// Per-worker cache of the query counters, so a query costs one atomic add, not a map lookup.
+struct QueryCounters {
+    metrics: DnsServerMetrics,
+    cache: HashMap<(&'static str, Rcode), Counter>,
 }
 
-/// A bounded set of label values, so that odd query types cannot blow up the metric's cardinality.
-fn qtype_label(q: QType) -> &'static str {
-    match q {
-        QType::A => "A",
-        QType::AAAA => "AAAA",
-        QType::CNAME => "CNAME",
-        QType::TXT => "TXT",
-        QType::ANY => "ANY",
-        QType::SOA => "SOA",
-        QType::NS => "NS",
-        QType::MX => "MX",
-        QType::PTR => "PTR",
-        QType::SRV => "SRV",
-        QType::HTTPS => "HTTPS",
-        QType::SVCB => "SVCB",
-        QType::CAA => "CAA",
-        _ => "other",
+impl QueryCounters {
+    fn new(metrics: DnsServerMetrics) -> Self {
+        Self { metrics, cache: HashMap::new() }
+    }
+
+    fn inc(&mut self, qtype: &'static str, rcode: Rcode) {
+        let metrics = &self.metrics;
+        self.cache.entry((qtype, rcode)).or_insert_with(|| metrics.counter(qtype, rcode)).inc();
     }
 }
 
 // ---------------------------------------------------------------------------------------------------
 // The in-memory zone
 
-/// One weighted record set, ready to answer with.
+/// One weighted record set, its answer records encoded once.
 #[derive(Debug, Clone)]
 pub struct ServedSet {
     pub rtype: RecordType,
     pub set_identifier: String,
     pub weight: u8,
     pub ttl: u32,
-    rdata: Vec<RData>,
+    /// Answer records, owner name = a pointer to the question name (offset 12).
+    rrs: Vec<u8>,
+    count: u16,
 }
 
-/// The zone as served: record sets per lower-case name, in (type, set identifier) order so that a
-/// seeded RNG always picks the same way.
+/// The weighted choice for one query type at one name: indexes into the name's sets.
+#[derive(Debug, Clone, Default)]
+struct Choice {
+    /// (cumulative weight, set index); total = last cumulative. Empty: no candidate.
+    table: Vec<(u32, usize)>,
+    total: u32,
+}
+
+impl Choice {
+    fn new(sets: &[ServedSet], wanted: impl Fn(&ServedSet) -> bool) -> Self {
+        let mut choice = Choice::default();
+        for (i, s) in sets.iter().enumerate().filter(|(_, s)| wanted(s)) {
+            choice.total += u32::from(s.weight);
+            choice.table.push((choice.total, i));
+        }
+        choice
+    }
+
+    /// `W / ΣW`; every candidate equally when all weights are zero (as Route53 does).
+    fn pick<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<usize> {
+        if self.table.is_empty() {
+            return None;
+        }
+        if self.total == 0 {
+            return Some(self.table[rng.random_range(0..self.table.len())].1);
+        }
+        let r = rng.random_range(0..self.total);
+        self.table.iter().find(|(cum, _)| r < *cum).map(|(_, i)| *i)
+    }
+}
+
+/// Query types answered from record sets, in [`NameEntry::choices`] order.
+const ANSWERED: [(u16, RecordType); 4] = [
+    (qtype::A, RecordType::A),
+    (qtype::AAAA, RecordType::Aaaa),
+    (qtype::CNAME, RecordType::Cname),
+    (qtype::TXT, RecordType::Txt),
+];
+
+/// What the zone holds at one name.
+#[derive(Debug, Default)]
+struct NameEntry {
+    sets: Vec<ServedSet>,
+    /// Per [`ANSWERED`] type: the set types that answer it. A CNAME answers every type but itself
+    /// competes by weight with the asked type: when one cluster publishes a CNAME and another an A
+    /// record for the same host, an A query still splits `W / ΣW` between them.
+    choices: [Choice; 4],
+    /// ANY (RFC 8482 allows a subset): one weighted choice per record type present.
+    any: Vec<Choice>,
+}
+
+/// The zone as served: entries per lower-case wire-format name (empty non-terminals included, with
+/// no sets), record sets in (type, set identifier) order so that a seeded RNG always picks the same
+/// way, and the zone apexes.
 #[derive(Debug, Default)]
 pub struct ZoneIndex {
-    names: HashMap<String, Vec<ServedSet>>,
-    /// Ancestors of record names that hold no records themselves: NOERROR/NODATA, not NXDOMAIN.
-    empty_non_terminals: HashSet<String>,
+    names: HashMap<Box<[u8]>, NameEntry>,
+    apexes: HashSet<Box<[u8]>>,
     record_sets: usize,
+    /// SOA serial: seconds since the epoch of the load, kept increasing across loads.
+    serial: u32,
 }
 
 impl ZoneIndex {
-    pub fn build(mut records: Vec<RecordSet>) -> Self {
+    /// The index of `records` for the zones `zones` (domain names; empty: derived from the records,
+    /// see [`derive_zones`]). Records outside every zone are left out with a warning.
+    pub fn build(mut records: Vec<RecordSet>, zones: &[String]) -> Self {
         records.sort();
+        let zones: Vec<String> = if zones.is_empty() {
+            derive_zones(records.iter().map(|r| r.key.name.as_str()))
+        } else {
+            zones.iter().map(|z| normalize(z)).filter(|z| !z.is_empty()).collect()
+        };
         let mut index = ZoneIndex::default();
-        for r in records {
-            let rdata = to_rdata(&r);
-            if rdata.is_empty() {
-                continue;
+        for z in &zones {
+            if let Some(w) = wire::name_from_text(z) {
+                index.apexes.insert(w.into());
             }
-            let name = r.key.name.to_ascii_lowercase();
-            let mut parent = name.as_str();
-            while let Some((_, rest)) = parent.split_once('.') {
-                index.empty_non_terminals.insert(rest.to_string());
-                parent = rest;
+        }
+        for r in records {
+            let name = normalize(&r.key.name);
+            let Some(wire_name) = wire::name_from_text(&name) else {
+                tracing::warn!(record = %r.key, "embedded zone: skipping a record whose name is not a DNS name");
+                continue;
+            };
+            let Some(apex) = index.apex_of(&wire_name) else {
+                tracing::warn!(record = %r.key, ?zones, "embedded zone: skipping a record outside the served zones");
+                continue;
+            };
+            let Some((rrs, count)) = encode_set(&r) else { continue };
+            // Ancestors below the apex are empty non-terminals unless they hold records themselves.
+            let mut at = wire::parent(&wire_name, 0);
+            while let Some(a) = at.filter(|a| *a < apex) {
+                index.names.entry(wire_name[a..].into()).or_default();
+                at = wire::parent(&wire_name, a);
             }
             index.record_sets += 1;
-            index.names.entry(name).or_default().push(ServedSet {
+            index.names.entry(wire_name.into()).or_default().sets.push(ServedSet {
                 rtype: r.key.rtype,
                 set_identifier: r.key.set_identifier,
                 weight: r.weight,
                 ttl: r.ttl,
-                rdata,
+                rrs,
+                count,
             });
         }
-        let names: Vec<String> = index.names.keys().cloned().collect();
-        for name in names {
-            index.empty_non_terminals.remove(&name);
+        for entry in index.names.values_mut() {
+            let sets = &entry.sets;
+            entry.choices = ANSWERED.map(|(_, t)| {
+                Choice::new(sets, |s| s.rtype == t || (s.rtype == RecordType::Cname && t != RecordType::Cname))
+            });
+            let mut types: Vec<RecordType> = sets.iter().map(|s| s.rtype).collect();
+            types.dedup();
+            entry.any = types.into_iter().map(|t| Choice::new(sets, |s| s.rtype == t)).collect();
         }
         index
     }
@@ -170,55 +260,83 @@ impl ZoneIndex {
     pub fn is_empty(&self) -> bool {
         self.record_sets == 0
     }
+
+    /// Offset in `name` (lower-case wire format) of the longest zone apex it is in.
+    fn apex_of(&self, name: &[u8]) -> Option<usize> {
+        let mut at = 0;
+        loop {
+            if self.apexes.contains(&name[at..]) {
+                return Some(at);
+            }
+            at = wire::parent(name, at)?;
+        }
+    }
 }
 
-/// The values of a record set as RDATA; a value that does not parse (a hand-edited row) is skipped.
-fn to_rdata(r: &RecordSet) -> Vec<RData> {
-    let parsed: Vec<RData> = r
-        .values
-        .iter()
-        .filter_map(|v| match r.key.rtype {
-            RecordType::A => v.parse::<Ipv4Addr>().ok().map(|ip| RData::A(A(ip))),
-            RecordType::Aaaa => v.parse::<Ipv6Addr>().ok().map(|ip| RData::AAAA(AAAA(ip))),
-            RecordType::Cname => Name::from_ascii(v).ok().map(|mut n| {
-                n.set_fqdn(true);
-                RData::CNAME(CNAME(n))
-            }),
-            RecordType::Txt => Some(RData::TXT(TXT::new(vec![v.clone()]))),
+fn normalize(name: &str) -> String {
+    name.trim().trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The zones when none is configured: each record name's parent (the name itself when it has two
+/// labels or fewer), without those inside another. `www.example.com` and `a.b.example.com` give
+/// `example.com`.
+pub fn derive_zones<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut parents: Vec<String> = names
+        .into_iter()
+        .map(normalize)
+        .filter(|n| !n.is_empty())
+        .map(|n| match n.split_once('.') {
+            Some((_, rest)) if rest.contains('.') => rest.to_string(),
+            _ => n,
         })
         .collect();
-    if parsed.len() != r.values.len() {
+    parents.sort_by_key(|p| p.len());
+    let mut zones: Vec<String> = Vec::new();
+    for p in parents {
+        if !zones.iter().any(|z| p == *z || p.ends_with(&format!(".{z}"))) {
+            zones.push(p);
+        }
+    }
+    zones
+}
+
+/// The answer records of a set, owner name compressed to the question; values that do not parse (a
+/// hand-edited row) are skipped. `None` when none is left.
+fn encode_set(r: &RecordSet) -> Option<(Vec<u8>, u16)> {
+    let mut rrs = Vec::new();
+    let mut count = 0u16;
+    let mut skipped = false;
+    for v in &r.values {
+        let rdata: Option<Vec<u8>> = match r.key.rtype {
+            RecordType::A => v.parse::<Ipv4Addr>().ok().map(|ip| ip.octets().to_vec()),
+            RecordType::Aaaa => v.parse::<Ipv6Addr>().ok().map(|ip| ip.octets().to_vec()),
+            RecordType::Cname => wire::name_from_text(v.trim_end_matches('.')),
+            RecordType::Txt => Some(wire::txt_rdata(v.as_bytes())),
+        };
+        let Some(rdata) = rdata.filter(|d| d.len() <= usize::from(u16::MAX)) else {
+            skipped = true;
+            continue;
+        };
+        let rtype = match r.key.rtype {
+            RecordType::A => qtype::A,
+            RecordType::Aaaa => qtype::AAAA,
+            RecordType::Cname => qtype::CNAME,
+            RecordType::Txt => qtype::TXT,
+        };
+        wire::push_rr(&mut rrs, 12, rtype, r.ttl, &rdata);
+        count += 1;
+    }
+    if skipped {
         tracing::warn!(record = %r.key, values = ?r.values, "embedded zone: skipping values that do not parse");
     }
-    parsed
+    (count > 0).then_some((rrs, count))
 }
 
 /// Picks one record set with probability `W / ΣW`; every set equally when all weights are zero (as
-/// Route53 does).
+/// Route53 does). The same rule as the served path, for callers holding sets.
 pub fn choose<'a, R: Rng + ?Sized>(sets: &[&'a ServedSet], rng: &mut R) -> Option<&'a ServedSet> {
-    if sets.is_empty() {
-        return None;
-    }
-    let total: u32 = sets.iter().map(|s| u32::from(s.weight)).sum();
-    if total == 0 {
-        return Some(sets[rng.random_range(0..sets.len())]);
-    }
-    let mut pick = rng.random_range(0..total);
-    for s in sets {
-        let w = u32::from(s.weight);
-        if pick < w {
-            return Some(s);
-        }
-        pick -= w;
-    }
-    None
-}
-
-/// The record types that can answer a query type at a name. A CNAME answers every type but itself
-/// competes by weight with the asked type: when one cluster publishes a CNAME and another an A record
-/// for the same host, an A query still splits `W / ΣW` between them.
-fn candidates(sets: &[ServedSet], qtype: RecordType) -> Vec<&ServedSet> {
-    sets.iter().filter(|s| s.rtype == qtype || (s.rtype == RecordType::Cname && qtype != RecordType::Cname)).collect()
+    let owned: Vec<ServedSet> = sets.iter().map(|s| (*s).clone()).collect();
+    Choice::new(&owned, |_| true).pick(rng).map(|i| sets[i])
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -235,109 +353,118 @@ pub enum Transport {
 pub struct Reply {
     pub bytes: Vec<u8>,
     pub qtype: &'static str,
-    pub rcode: ResponseCode,
+    pub rcode: Rcode,
 }
 
-/// Answers one packet. `None` means drop it (not a query, or too broken to know whom to answer).
+/// Answers one packet. `None` means drop it (not a query, or too short to know whom to answer).
 /// Never panics on any input.
 pub fn handle<R: Rng + ?Sized>(zone: &ZoneIndex, packet: &[u8], rng: &mut R, transport: Transport) -> Option<Reply> {
-    let request = match Message::from_vec(packet) {
-        Ok(m) => m,
-        Err(_) => {
-            // A readable header is enough to say FORMERR to the right query id.
-            let header = Header::read(&mut BinDecoder::new(packet)).ok()?;
-            if header.message_type() != MessageType::Query {
-                return None;
-            }
-            let msg = Message::error_msg(header.id(), header.op_code(), ResponseCode::FormErr);
-            return encode(msg, "none", transport, 512);
-        }
-    };
-    if request.message_type() != MessageType::Query {
-        return None;
-    }
-    let max_udp = request.extensions().as_ref().map_or(512, |e| e.max_payload().clamp(512, EDNS_PAYLOAD));
-    let mut response = Message::new();
-    response
-        .set_id(request.id())
-        .set_message_type(MessageType::Response)
-        .set_op_code(request.op_code())
-        .set_authoritative(true)
-        .set_recursion_desired(request.recursion_desired())
-        .set_recursion_available(false)
-        .add_queries(request.queries().iter().cloned());
-    if request.extensions().is_some() {
-        let mut edns = Edns::new();
-        edns.set_max_payload(EDNS_PAYLOAD).set_version(0);
-        response.set_edns(edns);
-    }
-    let qtype = request.queries().first().map_or("none", |q| qtype_label(q.query_type()));
-    let rcode = if request.op_code() != OpCode::Query {
-        ResponseCode::NotImp
-    } else if request.queries().len() != 1 {
-        ResponseCode::FormErr
-    } else {
-        let q = &request.queries()[0];
-        if !matches!(q.query_class(), DNSClass::IN | DNSClass::ANY) {
-            ResponseCode::Refused
-        } else {
-            let (rcode, answers) = answer(zone, q.name(), q.query_type(), rng);
-            response.add_answers(answers);
-            rcode
-        }
-    };
-    response.set_response_code(rcode);
-    encode(response, qtype, transport, max_udp)
-}
-
-fn encode(message: Message, qtype: &'static str, transport: Transport, max_udp: u16) -> Option<Reply> {
-    let rcode = message.response_code();
-    let mut bytes = match message.to_vec() {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not encode a DNS response");
-            let fail = Message::error_msg(message.id(), message.op_code(), ResponseCode::ServFail);
-            return fail.to_vec().ok().map(|bytes| Reply { bytes, qtype, rcode: ResponseCode::ServFail });
-        }
-    };
-    if transport == Transport::Udp && bytes.len() > usize::from(max_udp) {
-        // Too big for this client over UDP: TC tells it to ask again over TCP.
-        bytes = message.truncate().to_vec().ok()?;
-    }
+    let mut bytes = Vec::new();
+    let (qtype, rcode) = handle_into(zone, packet, rng, transport, &mut bytes)?;
     Some(Reply { bytes, qtype, rcode })
 }
 
-/// The answer section for one question.
-fn answer<R: Rng + ?Sized>(zone: &ZoneIndex, qname: &Name, qtype: QType, rng: &mut R) -> (ResponseCode, Vec<Record>) {
-    let key = qname.to_ascii().trim_end_matches('.').to_ascii_lowercase();
-    let Some(sets) = zone.names.get(&key) else {
-        let rcode =
-            if zone.empty_non_terminals.contains(&key) { ResponseCode::NoError } else { ResponseCode::NXDomain };
-        return (rcode, vec![]);
-    };
-    let chosen: Vec<&ServedSet> = match qtype {
-        // RFC 8482 allows a subset for ANY: one weighted choice per record type present.
-        QType::ANY => {
-            let mut types: Vec<RecordType> = sets.iter().map(|s| s.rtype).collect();
-            types.dedup();
-            types
-                .into_iter()
-                .filter_map(|t| choose(&sets.iter().filter(|s| s.rtype == t).collect::<Vec<_>>(), rng))
-                .collect()
+/// [`handle`] into a reused buffer (cleared first): the metric labels, or `None` to drop.
+pub fn handle_into<R: Rng + ?Sized>(
+    zone: &ZoneIndex,
+    packet: &[u8],
+    rng: &mut R,
+    transport: Transport,
+    out: &mut Vec<u8>,
+) -> Option<(&'static str, Rcode)> {
+    out.clear();
+    let query = match wire::parse_query(packet) {
+        Ok(q) => q,
+        Err(ParseError::Drop) => return None,
+        Err(ParseError::Reply { id, flags, rcode }) => {
+            wire::error_reply(out, id, flags, rcode);
+            return Some(("none", rcode));
         }
-        QType::A => choose(&candidates(sets, RecordType::A), rng).into_iter().collect(),
-        QType::AAAA => choose(&candidates(sets, RecordType::Aaaa), rng).into_iter().collect(),
-        QType::CNAME => choose(&candidates(sets, RecordType::Cname), rng).into_iter().collect(),
-        QType::TXT => choose(&candidates(sets, RecordType::Txt), rng).into_iter().collect(),
-        _ => vec![],
     };
-    let mut name = qname.clone();
-    name.set_fqdn(true);
-    let answers = chosen
-        .into_iter()
-        .flat_map(|s| s.rdata.iter().map(|rd| Record::from_rdata(name.clone(), s.ttl, rd.clone())))
-        .collect();
-    (ResponseCode::NoError, answers)
+    let qtype_label = wire::qtype_label(query.qtype);
+    let max_udp = query.edns.map_or(512, |e| e.payload.clamp(512, EDNS_PAYLOAD));
+    let mut lower = [0u8; wire::MAX_NAME];
+    let lname = query.lower_name(&mut lower);
+
+    let mut r = wire::Response::start(out, &query);
+    let rcode = if query.edns.is_some_and(|e| e.version > 0) {
+        Rcode::BadVers
+    } else if !matches!(query.qclass, wire::CLASS_IN | wire::CLASS_ANY) {
+        Rcode::Refused
+    } else if matches!(query.qtype, qtype::AXFR | qtype::IXFR) {
+        Rcode::NotImp
+    } else if let Some(apex) = zone.apex_of(lname) {
+        r.set_authoritative();
+        answer(zone, lname, apex, query.qtype, rng, &mut r)
+    } else {
+        Rcode::Refused
+    };
+    r.finish(rcode, query.edns.map(|_| Edns { payload: EDNS_PAYLOAD, version: 0 }));
+    if transport == Transport::Udp && out.len() > usize::from(max_udp) {
+        // Too big for this client over UDP: TC tells it to ask again over TCP.
+        let mut r = wire::Response::start(out, &query);
+        r.set_authoritative();
+        r.set_truncated();
+        r.finish(rcode, query.edns.map(|_| Edns { payload: EDNS_PAYLOAD, version: 0 }));
+    } else if out.len() > usize::from(u16::MAX) {
+        wire::Response::start(out, &query).finish(Rcode::ServFail, None);
+        return Some((qtype_label, Rcode::ServFail));
+    }
+    Some((qtype_label, rcode))
+}
+
+/// Fills the answer (or, when negative, the authority SOA) for a name inside a zone.
+fn answer<R: Rng + ?Sized>(
+    zone: &ZoneIndex,
+    lname: &[u8],
+    apex: usize,
+    qtype: u16,
+    rng: &mut R,
+    r: &mut wire::Response<'_>,
+) -> Rcode {
+    let at_apex = apex == 0;
+    let Some(entry) = zone.names.get(lname) else {
+        if at_apex {
+            return answer_apex_only(zone, apex, qtype, r);
+        }
+        r.authority_soa(apex, zone.serial);
+        return Rcode::NxDomain;
+    };
+    let mut answered = false;
+    if qtype == qtype::ANY {
+        for choice in &entry.any {
+            if let Some(i) = choice.pick(rng) {
+                r.answers(&entry.sets[i].rrs, entry.sets[i].count);
+                answered = true;
+            }
+        }
+        if at_apex {
+            r.answer_soa(apex, zone.serial);
+            answered = true;
+        }
+    } else if let Some(slot) = ANSWERED.iter().position(|(t, _)| *t == qtype) {
+        if let Some(i) = entry.choices[slot].pick(rng) {
+            r.answers(&entry.sets[i].rrs, entry.sets[i].count);
+            answered = true;
+        }
+    } else if at_apex && qtype == qtype::SOA {
+        r.answer_soa(apex, zone.serial);
+        answered = true;
+    }
+    if !answered {
+        // NODATA: the name exists, not with this type.
+        r.authority_soa(apex, zone.serial);
+    }
+    Rcode::NoError
+}
+
+fn answer_apex_only(zone: &ZoneIndex, apex: usize, qtype: u16, r: &mut wire::Response<'_>) -> Rcode {
+    if matches!(qtype, qtype::SOA | qtype::ANY) {
+        r.answer_soa(apex, zone.serial);
+    } else {
+        r.authority_soa(apex, zone.serial);
+    }
+    Rcode::NoError
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -347,11 +474,26 @@ fn answer<R: Rng + ?Sized>(zone: &ZoneIndex, qname: &Name, qtype: QType, rng: &m
 pub struct DnsServerOptions {
     pub reload_interval: Duration,
     pub rng: StdRng,
+    /// Zones served (domain names); empty: derived from the record names.
+    pub zones: Vec<String>,
+    /// UDP worker threads, each with its own `SO_REUSEPORT` socket; 0: one per CPU.
+    pub udp_workers: usize,
+    pub tcp_max_connections: usize,
+    pub tcp_max_per_ip: usize,
+    pub tcp_idle_timeout: Duration,
 }
 
 impl Default for DnsServerOptions {
     fn default() -> Self {
-        Self { reload_interval: RELOAD_INTERVAL, rng: StdRng::from_os_rng() }
+        Self {
+            reload_interval: RELOAD_INTERVAL,
+            rng: StdRng::from_os_rng(),
+            zones: Vec::new(),
+            udp_workers: 0,
+            tcp_max_connections: DEFAULT_TCP_MAX,
+            tcp_max_per_ip: DEFAULT_TCP_PER_IP,
+            tcp_idle_timeout: DEFAULT_TCP_IDLE,
+        }
     }
 }
 
@@ -360,6 +502,8 @@ impl Default for DnsServerOptions {
 struct ZoneLoader {
     reader: EmbeddedZone,
     version: Option<i64>,
+    zones: Vec<String>,
+    serial: u32,
 }
 
 impl ZoneLoader {
@@ -373,7 +517,39 @@ impl ZoneLoader {
         }
         let records = self.reader.all_blocking()?;
         self.version = Some(version);
-        Ok(Some(ZoneIndex::build(records)))
+        let mut index = ZoneIndex::build(records, &self.zones);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as u32)
+            .unwrap_or_default();
+        self.serial = now.max(self.serial.wrapping_add(1));
+        index.serial = self.serial;
+        Ok(Some(index))
+    }
+}
+
+/// The zone being served, swapped whole on reload; workers re-read it only when the generation moved.
+struct ZoneSlot {
+    generation: AtomicU64,
+    zone: Mutex<Arc<ZoneIndex>>,
+}
+
+impl ZoneSlot {
+    fn replace(&self, zone: ZoneIndex) {
+        *self.zone.lock() = Arc::new(zone);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Refreshes `local` when a newer zone was published.
+    fn refresh(&self, local: &mut (u64, Arc<ZoneIndex>)) {
+        let generation = self.generation.load(Ordering::Acquire);
+        if generation != local.0 {
+            *local = (generation, self.zone.lock().clone());
+        }
+    }
+
+    fn current(&self) -> (u64, Arc<ZoneIndex>) {
+        (self.generation.load(Ordering::Acquire), self.zone.lock().clone())
     }
 }
 
@@ -394,15 +570,20 @@ pub async fn serve_with(
     addr: SocketAddr,
     zone: &EmbeddedZone,
     metrics: DnsServerMetrics,
-    options: DnsServerOptions,
+    mut options: DnsServerOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> io::Result<(SocketAddr, JoinHandle<()>)> {
-    let (udp, tcp) = bind_both(addr).await?;
-    let local = udp.local_addr()?;
+    let workers = match options.udp_workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let (udp, tcp) = bind_all(addr, workers)?;
+    let local = udp[0].local_addr()?;
 
     let zone = zone.clone();
+    let zones = options.zones.clone();
     let mut loader = tokio::task::spawn_blocking(move || -> Result<ZoneLoader, super::DnsError> {
-        Ok(ZoneLoader { reader: zone.reopen()?, version: None })
+        Ok(ZoneLoader { reader: zone.reopen()?, version: None, zones, serial: 0 })
     })
     .await
     .map_err(io::Error::other)?
@@ -416,45 +597,84 @@ pub async fn serve_with(
     loader = loader_back;
     let first = first.map_err(io::Error::other)?.unwrap_or_default();
     metrics.record_sets.set(first.len() as i64);
-    let (index_tx, index_rx) = watch::channel(Arc::new(first));
+    let slot = Arc::new(ZoneSlot { generation: AtomicU64::new(1), zone: Mutex::new(Arc::new(first)) });
 
-    let rng = Arc::new(Mutex::new(options.rng));
-    let reload = reload_loop(loader, index_tx, metrics.clone(), options.reload_interval);
-    let udp_loop = udp_loop(udp, index_rx.clone(), rng.clone(), metrics.clone());
-    let tcp_loop = tcp_loop(tcp, index_rx, rng, metrics);
-    tracing::info!(%local, "embedded DNS server listening (UDP and TCP)");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for (i, socket) in udp.into_iter().enumerate() {
+        let worker = UdpWorker {
+            socket,
+            slot: slot.clone(),
+            rng: StdRng::seed_from_u64(options.rng.random()),
+            counters: QueryCounters::new(metrics.clone()),
+            stop: stop.clone(),
+        };
+        threads.push(std::thread::Builder::new().name(format!("weir-dns-udp-{i}")).spawn(move || worker.run())?);
+    }
+    let reload = reload_loop(loader, slot.clone(), metrics.clone(), options.reload_interval);
+    let tcp_loop = tcp_loop(
+        tcp,
+        TcpShared {
+            slot,
+            rng: Arc::new(Mutex::new(StdRng::seed_from_u64(options.rng.random()))),
+            metrics,
+            idle: options.tcp_idle_timeout,
+            per_ip: Arc::new(Mutex::new(HashMap::new())),
+        },
+        options.tcp_max_connections,
+        options.tcp_max_per_ip,
+    );
+    tracing::info!(%local, udp_workers = workers, "embedded DNS server listening (UDP and TCP)");
     let handle = tokio::spawn(async move {
         // Dropping the loops (and the TCP JoinSet inside) stops every connection task.
         tokio::select! {
             _ = shutdown => {}
             _ = reload => {}
-            _ = udp_loop => {}
             _ = tcp_loop => {}
         }
+        stop.store(true, Ordering::Release);
+        // The UDP workers see the flag within one read timeout.
+        let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
         tracing::info!(%local, "embedded DNS server stopped");
     });
     Ok((local, handle))
 }
 
-async fn bind_both(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
+/// `workers` UDP sockets sharing one port (`SO_REUSEPORT`: the kernel spreads clients over them) and a
+/// TCP listener on the same port.
+fn bind_all(addr: SocketAddr, workers: usize) -> io::Result<(Vec<std::net::UdpSocket>, TcpListener)> {
     let mut last_err = None;
     // With port 0 the UDP port may be taken for TCP by someone else: try a few free ports.
     for _ in 0..if addr.port() == 0 { 10 } else { 1 } {
-        let udp = UdpSocket::bind(addr).await?;
-        match TcpListener::bind(udp.local_addr()?).await {
-            Ok(tcp) => return Ok((udp, tcp)),
+        let first = reuseport_udp(addr)?;
+        let port_addr = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            sockets.push(reuseport_udp(port_addr)?);
+        }
+        let tcp = std::net::TcpListener::bind(port_addr).and_then(|l| {
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l)
+        });
+        match tcp {
+            Ok(tcp) => return Ok((sockets, tcp)),
             Err(e) => last_err = Some(e),
         }
     }
     Err(last_err.unwrap_or_else(|| io::Error::other("could not bind")))
 }
 
-async fn reload_loop(
-    mut loader: ZoneLoader,
-    tx: watch::Sender<Arc<ZoneIndex>>,
-    metrics: DnsServerMetrics,
-    every: Duration,
-) {
+fn reuseport_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    // Blocking with a timeout, so that a worker notices shutdown.
+    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    Ok(socket.into())
+}
+
+async fn reload_loop(mut loader: ZoneLoader, slot: Arc<ZoneSlot>, metrics: DnsServerMetrics, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -476,7 +696,7 @@ async fn reload_loop(
             Ok(Some(index)) => {
                 tracing::debug!(record_sets = index.len(), "embedded zone reloaded");
                 metrics.record_sets.set(index.len() as i64);
-                tx.send_replace(Arc::new(index));
+                slot.replace(index);
             }
             Ok(None) => {}
             Err(e) => {
@@ -487,59 +707,86 @@ async fn reload_loop(
     }
 }
 
-fn respond(
-    index: &watch::Receiver<Arc<ZoneIndex>>,
-    rng: &Mutex<StdRng>,
-    metrics: &DnsServerMetrics,
-    packet: &[u8],
-    transport: Transport,
-) -> Option<Vec<u8>> {
-    let zone = index.borrow().clone();
-    let reply = handle(&zone, packet, &mut *rng.lock(), transport)?;
-    metrics.count(reply.qtype, reply.rcode);
-    Some(reply.bytes)
+/// One UDP worker thread: its own socket, RNG, counters and buffers.
+struct UdpWorker {
+    socket: std::net::UdpSocket,
+    slot: Arc<ZoneSlot>,
+    rng: StdRng,
+    counters: QueryCounters,
+    stop: Arc<AtomicBool>,
 }
 
-async fn udp_loop(
-    socket: UdpSocket,
-    index: watch::Receiver<Arc<ZoneIndex>>,
-    rng: Arc<Mutex<StdRng>>,
-    metrics: DnsServerMetrics,
-) {
-    let mut buf = vec![0u8; 65_535];
-    loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
-            Ok(x) => x,
-            Err(e) => {
-                // e.g. ICMP port unreachable from an earlier reply: not fatal for the server.
-                tracing::debug!(error = %e, "DNS UDP receive error");
-                continue;
-            }
-        };
-        if let Some(reply) = respond(&index, &rng, &metrics, &buf[..n], Transport::Udp) {
-            if let Err(e) = socket.send_to(&reply, peer).await {
-                tracing::debug!(%peer, error = %e, "DNS UDP send failed");
+impl UdpWorker {
+    fn run(mut self) {
+        let mut buf = vec![0u8; 65_535];
+        let mut out = Vec::with_capacity(4096);
+        let mut zone = self.slot.current();
+        while !self.stop.load(Ordering::Acquire) {
+            let (n, peer) = match self.socket.recv_from(&mut buf) {
+                Ok(x) => x,
+                // Timeouts (to look at the stop flag) and e.g. ICMP port unreachable from an earlier
+                // reply: not fatal for the server.
+                Err(_) => continue,
+            };
+            self.slot.refresh(&mut zone);
+            if let Some((qtype, rcode)) = handle_into(&zone.1, &buf[..n], &mut self.rng, Transport::Udp, &mut out) {
+                self.counters.inc(qtype, rcode);
+                if let Err(e) = self.socket.send_to(&out, peer) {
+                    tracing::debug!(%peer, error = %e, "DNS UDP send failed");
+                }
             }
         }
     }
 }
 
-async fn tcp_loop(
-    listener: TcpListener,
-    index: watch::Receiver<Arc<ZoneIndex>>,
+#[derive(Clone)]
+struct TcpShared {
+    slot: Arc<ZoneSlot>,
     rng: Arc<Mutex<StdRng>>,
     metrics: DnsServerMetrics,
-) {
+    idle: Duration,
+    /// Open connections per client address.
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// Decrements the client's connection count when its connection ends.
+struct PerIpGuard {
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Drop for PerIpGuard {
+    fn drop(&mut self) {
+        let mut map = self.per_ip.lock();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+async fn tcp_loop(listener: TcpListener, shared: TcpShared, max_total: usize, max_per_ip: usize) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    if connections.len() >= MAX_TCP_CONNECTIONS {
-                        tracing::warn!(%peer, "too many DNS TCP connections; closing this one");
+                    let refused = if connections.len() >= max_total {
+                        Some("total")
+                    } else {
+                        let mut map = shared.per_ip.lock();
+                        let n = map.entry(peer.ip()).or_default();
+                        if *n >= max_per_ip { Some("per_ip") } else { *n += 1; None }
+                    };
+                    if let Some(reason) = refused {
+                        shared.metrics.tcp_refused.get_or_create(&RefusedLabels { reason }).inc();
+                        tracing::debug!(%peer, reason, "DNS TCP connection cap reached; closing this one");
                         continue;
                     }
-                    connections.spawn(tcp_connection(stream, index.clone(), rng.clone(), metrics.clone()));
+                    let guard = PerIpGuard { per_ip: shared.per_ip.clone(), ip: peer.ip() };
+                    connections.spawn(tcp_connection(stream, shared.clone(), guard));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "DNS TCP accept failed");
@@ -552,32 +799,31 @@ async fn tcp_loop(
 }
 
 /// RFC 1035 §4.2.2: each message is preceded by its length as two bytes; several queries may share a
-/// connection.
-async fn tcp_connection(
-    mut stream: TcpStream,
-    index: watch::Receiver<Arc<ZoneIndex>>,
-    rng: Arc<Mutex<StdRng>>,
-    metrics: DnsServerMetrics,
-) {
+/// connection. A connection idle (or stalled mid-message) for the idle timeout is closed.
+async fn tcp_connection(mut stream: TcpStream, shared: TcpShared, _guard: PerIpGuard) {
     // One write per reply already; no-delay keeps a pipelining client from waiting on delayed ACKs.
     let _ = stream.set_nodelay(true);
+    let mut counters = QueryCounters::new(shared.metrics.clone());
+    let mut zone = shared.slot.current();
     let mut buf = Vec::new();
+    let mut out = Vec::with_capacity(4096);
     loop {
-        let len = match tokio::time::timeout(TCP_IDLE, stream.read_u16()).await {
+        let len = match tokio::time::timeout(shared.idle, stream.read_u16()).await {
             Ok(Ok(len)) => usize::from(len),
             _ => return,
         };
         buf.resize(len, 0);
-        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buf)).await {
+        match tokio::time::timeout(shared.idle, stream.read_exact(&mut buf)).await {
             Ok(Ok(_)) => {}
             _ => return,
         }
-        let Some(reply) = respond(&index, &rng, &metrics, &buf, Transport::Tcp) else { continue };
-        let Ok(len) = u16::try_from(reply.len()) else { return };
-        let mut framed = Vec::with_capacity(reply.len() + 2);
-        framed.extend_from_slice(&len.to_be_bytes());
-        framed.extend_from_slice(&reply);
-        if stream.write_all(&framed).await.is_err() {
+        shared.slot.refresh(&mut zone);
+        let labels = handle_into(&zone.1, &buf, &mut *shared.rng.lock(), Transport::Tcp, &mut out);
+        let Some((qtype, rcode)) = labels else { continue };
+        counters.inc(qtype, rcode);
+        let Ok(len) = u16::try_from(out.len()) else { return };
+        out.splice(0..0, len.to_be_bytes());
+        if tokio::time::timeout(shared.idle, stream.write_all(&out)).await.map_or(true, |r| r.is_err()) {
             return;
         }
     }

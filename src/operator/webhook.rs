@@ -1,20 +1,22 @@
 //! The validating webhook's HTTPS server: `POST /validate-trafficinfra` takes an AdmissionReview
 //! of a TrafficInfra and answers with [`admission::review`] against the TrafficInfras of the
-//! provider's current snapshot. The certificate is read once at start (no reload): `tls.crt` and
-//! `tls.key` in a directory, as cert-manager or a Secret volume mounts them.
+//! provider's current snapshot. The certificate is `tls.crt` and `tls.key` in a directory, as
+//! cert-manager or a Secret volume mounts them, re-read when the files change (rotation needs no
+//! restart). Connections are bounded by [`crate::http_serve`], plus a TLS-handshake timeout.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use kube::core::admission::AdmissionReview;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -22,7 +24,9 @@ use tokio_rustls::TlsAcceptor;
 
 use super::admission;
 use crate::crd::TrafficInfra;
+use crate::http_serve::HttpServer;
 use crate::providers::SnapshotRx;
+use crate::telemetry::clip;
 
 /// The path the ValidatingWebhookConfiguration calls.
 pub const PATH: &str = "/validate-trafficinfra";
@@ -39,8 +43,8 @@ pub enum WebhookError {
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
-/// The server's TLS configuration from `dir/tls.crt` (the chain) and `dir/tls.key`.
-pub fn tls_config(dir: &Path) -> Result<rustls::ServerConfig, WebhookError> {
+/// The certificate and key from `dir/tls.crt` (the chain) and `dir/tls.key`.
+fn load_certified_key(dir: &Path) -> Result<Arc<CertifiedKey>, WebhookError> {
     let (crt, key) = (dir.join("tls.crt"), dir.join("tls.key"));
     let pem_err = |p: &Path, message: String| WebhookError::Pem { path: p.display().to_string(), message };
     let certs = CertificateDer::pem_file_iter(&crt)
@@ -50,18 +54,86 @@ pub fn tls_config(dir: &Path) -> Result<rustls::ServerConfig, WebhookError> {
         return Err(pem_err(&crt, "no certificate in the file".into()));
     }
     let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| pem_err(&key, e.to_string()))?;
+    Ok(Arc::new(CertifiedKey::from_der(certs, key, &rustls::crypto::aws_lc_rs::default_provider())?))
+}
+
+/// What identifies a version of the certificate files (a Secret volume swaps them by symlink).
+fn files_version(dir: &Path) -> Option<[(std::time::SystemTime, u64); 2]> {
+    let stamp = |name: &str| std::fs::metadata(dir.join(name)).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+    Some([stamp("tls.crt")?, stamp("tls.key")?])
+}
+
+/// Presents the certificate in the directory, re-read when its files change (checked at most once a
+/// second, at a handshake). A change that does not load keeps the previous certificate, with a warning.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    dir: PathBuf,
+    state: parking_lot::Mutex<CertState>,
+}
+
+#[derive(Debug)]
+struct CertState {
+    key: Arc<CertifiedKey>,
+    version: Option<[(std::time::SystemTime, u64); 2]>,
+    checked: std::time::Instant,
+}
+
+impl ReloadingCert {
+    pub fn open(dir: &Path) -> Result<Self, WebhookError> {
+        let version = files_version(dir);
+        let key = load_certified_key(dir)?;
+        let state = CertState { key, version, checked: std::time::Instant::now() };
+        Ok(Self { dir: dir.to_path_buf(), state: parking_lot::Mutex::new(state) })
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        let mut state = self.state.lock();
+        if state.checked.elapsed() >= CERT_CHECK_INTERVAL {
+            state.checked = std::time::Instant::now();
+            let version = files_version(&self.dir);
+            if version != state.version {
+                match load_certified_key(&self.dir) {
+                    Ok(key) => {
+                        tracing::info!(dir = %self.dir.display(), "webhook certificate reloaded");
+                        state.key = key;
+                        state.version = version;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhook certificate changed but does not load; keeping the last one")
+                    }
+                }
+            }
+        }
+        state.key.clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// How often the certificate files are looked at.
+const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The server's TLS configuration, its certificate from `dir` and reloaded when the files change.
+pub fn tls_config(dir: &Path) -> Result<rustls::ServerConfig, WebhookError> {
+    let resolver = Arc::new(ReloadingCert::open(dir)?);
     // The provider is named: the process may link more than one, and then no default is chosen.
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
-/// Binds `addr` and serves the webhook until shutdown.
+/// Binds `addr` and serves the webhook until shutdown, with `server`'s limits (connections, TLS
+/// handshake, headers, body).
 pub async fn serve(
+    server: HttpServer,
     addr: SocketAddr,
     cert_dir: &Path,
     snapshots: SnapshotRx,
@@ -70,51 +142,58 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(Arc::new(tls_config(cert_dir)?));
     let listener = TcpListener::bind(addr).await.map_err(|source| WebhookError::Bind { addr, source })?;
     tracing::info!(%addr, path = PATH, "validating webhook listening");
+    let stop = async move {
+        let _ = shutdown.wait_for(|v| *v).await;
+    };
     Ok(tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "webhook accept");
-                        continue;
-                    }
-                },
-                _ = shutdown.wait_for(|v| *v) => return,
-            };
-            let (acceptor, snapshots) = (acceptor.clone(), snapshots.clone());
-            tokio::spawn(async move {
-                let tls = match acceptor.accept(tcp).await {
-                    Ok(tls) => tls,
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "webhook TLS handshake failed");
-                        return;
-                    }
-                };
-                let service = hyper::service::service_fn(move |req| {
-                    let snapshots = snapshots.clone();
-                    async move { Ok::<_, Infallible>(handle(req, &snapshots).await) }
-                });
-                if let Err(e) =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await
-                {
-                    tracing::debug!(%peer, error = %e, "webhook connection");
+        let _ = server
+            .accept_loop(listener, stop, move |server, tcp, peer| {
+                let (acceptor, snapshots) = (acceptor.clone(), snapshots.clone());
+                async move {
+                    let tls =
+                        match tokio::time::timeout(server.limits.tls_handshake_timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "webhook TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                server.metrics.hit(server.name, "tls_handshake_timeout");
+                                tracing::debug!(%peer, "webhook TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let limits = (server.clone(), server.limits.body_timeout);
+                    let service = hyper::service::service_fn(move |req| {
+                        let (snapshots, limits) = (snapshots.clone(), limits.clone());
+                        async move { Ok::<_, Infallible>(handle(req, &snapshots, &limits.0, limits.1).await) }
+                    });
+                    server.serve_connection(tls, service, peer).await;
                 }
-            });
-        }
+            })
+            .await;
     }))
 }
 
-async fn handle(req: Request<hyper::body::Incoming>, snapshots: &SnapshotRx) -> Response<Full<Bytes>> {
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    snapshots: &SnapshotRx,
+    server: &HttpServer,
+    body_timeout: Duration,
+) -> Response<Full<Bytes>> {
     if req.uri().path() != PATH {
         return text(StatusCode::NOT_FOUND, format!("not found: the webhook serves POST {PATH}"));
     }
     if req.method() != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, format!("{PATH} takes POST"));
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("reading the request body: {e}")),
+    let body = match tokio::time::timeout(body_timeout, Limited::new(req.into_body(), MAX_BODY).collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => return text(StatusCode::BAD_REQUEST, format!("reading the request body: {e}")),
+        Err(_) => {
+            server.metrics.hit(server.name, "body_timeout");
+            return text(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time".into());
+        }
     };
     let snapshot = snapshots.borrow().clone();
     match respond(&body, &snapshot.traffic_infras) {
@@ -123,6 +202,7 @@ async fn handle(req: Request<hyper::body::Incoming>, snapshots: &SnapshotRx) -> 
             .body(Full::new(Bytes::from(json)))
             .unwrap_or_default(),
         Err(message) => {
+            let message = clip(&message).into_owned();
             tracing::warn!(%message, "webhook: malformed AdmissionReview");
             text(StatusCode::BAD_REQUEST, message)
         }
@@ -135,7 +215,7 @@ pub fn respond(body: &[u8], existing: &[TrafficInfra]) -> Result<Vec<u8>, String
         .map_err(|e| format!("the body is not an AdmissionReview of a TrafficInfra: {e}"))?;
     let answer = admission::review(review, existing);
     if let Some(resp) = &answer.response {
-        tracing::info!(uid = %resp.uid, allowed = resp.allowed, message = %resp.result.message, "webhook review");
+        tracing::info!(uid = %clip(&resp.uid), allowed = resp.allowed, message = %clip(&resp.result.message), "webhook review");
     }
     serde_json::to_vec(&answer).map_err(|e| format!("encoding the AdmissionReview: {e}"))
 }

@@ -45,6 +45,89 @@ pub enum ManifestError {
     Shape { document: usize, message: String },
     #[error("cannot list {path}: {message}")]
     Directory { path: String, message: String },
+    #[error("not a regular file ({0}); only regular files are read")]
+    NotRegular(String),
+    #[error("{size} bytes is over the per-file cap of {cap} bytes (--manifests-max-file-bytes)")]
+    TooLarge { size: u64, cap: u64 },
+    #[error("the manifests together pass the cap of {cap} bytes (--manifests-max-total-bytes)")]
+    DirectoryTooLarge { cap: u64 },
+}
+
+/// Bounds of the file provider.
+#[derive(Debug, Clone, Copy)]
+pub struct FileLimits {
+    pub max_file_bytes: u64,
+    pub max_total_bytes: u64,
+    /// A changed file is taken only once its (size, mtime, inode) held still this long.
+    pub settle: Duration,
+    /// Directories deeper than this below the root are not entered.
+    pub max_depth: usize,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        Self { max_file_bytes: 4 << 20, max_total_bytes: 64 << 20, settle: Duration::from_millis(250), max_depth: 16 }
+    }
+}
+
+/// What says a file changed without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime: Option<std::time::SystemTime>,
+    ino: u64,
+    dev: u64,
+}
+
+fn stamp(meta: &std::fs::Metadata) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    Stamp { len: meta.len(), mtime: meta.modified().ok(), ino: meta.ino(), dev: meta.dev() }
+}
+
+/// Modified within the last second.
+fn recent(st: &Stamp) -> bool {
+    st.mtime.and_then(|m| m.elapsed().ok()).is_none_or(|age| age < Duration::from_secs(1))
+}
+
+fn kind_of(ft: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "a device"
+    } else if ft.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Reads a regular file of at most `cap` bytes without ever blocking on a special file: opened
+/// non-blocking, its type checked on the open descriptor (the path may have been swapped since it was
+/// listed).
+fn read_regular(path: &Path, cap: u64) -> Result<(Vec<u8>, Stamp), ManifestError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| ManifestError::Read(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| ManifestError::Read(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(ManifestError::NotRegular(kind_of(meta.file_type()).into()));
+    }
+    if meta.len() > cap {
+        return Err(ManifestError::TooLarge { size: meta.len(), cap });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(|e| ManifestError::Read(e.to_string()))?;
+    if bytes.len() as u64 > cap {
+        return Err(ManifestError::TooLarge { size: bytes.len() as u64, cap });
+    }
+    Ok((bytes, stamp(&meta)))
 }
 
 /// Parses one file's text: every document (`---` separated; empty documents skipped) dispatched on
@@ -151,6 +234,8 @@ pub struct FileProblem {
 
 #[derive(Debug, Default)]
 struct FileState {
+    /// Stamp of the content last taken (or refused); the file is not re-read while it stays.
+    taken: Option<Stamp>,
     /// Hash of the content last looked at (good or bad), so unchanged files are not re-parsed and a
     /// bad file is reported once per distinct content.
     seen: Option<[u8; 32]>,
@@ -164,6 +249,7 @@ struct FileState {
 #[derive(Debug)]
 pub struct ManifestDir {
     root: PathBuf,
+    limits: FileLimits,
     files: BTreeMap<PathBuf, FileState>,
     dir_error: Option<ManifestError>,
 }
@@ -179,7 +265,12 @@ pub struct PollOutcome {
 
 impl ManifestDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), files: BTreeMap::new(), dir_error: None }
+        Self { root: root.into(), limits: FileLimits::default(), files: BTreeMap::new(), dir_error: None }
+    }
+
+    pub fn with_limits(mut self, limits: FileLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -189,7 +280,7 @@ impl ManifestDir {
     /// Re-reads the directory. Files are compared by content hash.
     pub fn poll(&mut self) -> PollOutcome {
         let mut outcome = PollOutcome::default();
-        let paths = match list_manifests(&self.root) {
+        let paths = match list_manifests(&self.root, self.limits.max_depth) {
             Ok(paths) => {
                 self.dir_error = None;
                 paths
@@ -205,12 +296,54 @@ impl ManifestDir {
             }
         };
         let before = self.files.len();
-        self.files.retain(|p, _| paths.contains(p));
+        self.files.retain(|p, _| paths.iter().any(|(q, _)| q == p));
         outcome.changed |= self.files.len() != before;
 
-        for path in paths {
+        // Which files moved since they were last taken; a moved file is read only once it has held
+        // still for the settle time (a writer rewriting in place is never read half-way).
+        let mut moved = Vec::new();
+        let mut total: u64 = 0;
+        for (path, listed) in &paths {
             let state = self.files.entry(path.clone()).or_default();
-            let result = std::fs::read(&path).map_err(|e| ManifestError::Read(e.to_string())).and_then(|bytes| {
+            match listed {
+                Listed::Regular(st) if st.len > self.limits.max_file_bytes => {
+                    let error = ManifestError::TooLarge { size: st.len, cap: self.limits.max_file_bytes };
+                    report(state, path, error, &mut outcome);
+                    state.taken = None;
+                }
+                Listed::Regular(st) => {
+                    total = total.saturating_add(st.len);
+                    if total > self.limits.max_total_bytes {
+                        let error = ManifestError::DirectoryTooLarge { cap: self.limits.max_total_bytes };
+                        report(state, path, error, &mut outcome);
+                        state.taken = None;
+                    } else if state.taken != Some(*st) || recent(st) {
+                        // mtime is coarse (a few ms): a same-size rewrite within one tick keeps the
+                        // stamp, so a recently modified file is re-read (and compared by hash).
+                        moved.push((path.clone(), *st));
+                    }
+                }
+                Listed::Special(kind) => report(state, path, ManifestError::NotRegular((*kind).into()), &mut outcome),
+            }
+        }
+        if moved.is_empty() {
+            return outcome;
+        }
+        if !self.limits.settle.is_zero() {
+            std::thread::sleep(self.limits.settle);
+        }
+        for (path, before) in moved {
+            let state = self.files.get_mut(&path).expect("listed above");
+            let still = std::fs::metadata(&path).ok().map(|m| stamp(&m));
+            if still != Some(before) {
+                // Still being written: look again at the next poll.
+                continue;
+            }
+            let result = read_regular(&path, self.limits.max_file_bytes).and_then(|(bytes, read_stamp)| {
+                if read_stamp != before {
+                    return Ok(None);
+                }
+                state.taken = Some(before);
                 let hash: [u8; 32] = Sha256::digest(&bytes).into();
                 if state.seen == Some(hash) {
                     return Ok(None);
@@ -230,11 +363,11 @@ impl ManifestDir {
                     if let ManifestError::Read(_) = error {
                         // Unreadable: look at it again next time, whatever its content turns out to be.
                         state.seen = None;
+                        state.taken = None;
+                    } else {
+                        state.taken = Some(before);
                     }
-                    if state.last_error.as_ref() != Some(&error) {
-                        state.last_error = Some(error.clone());
-                        outcome.problems.push(FileProblem { path, error, serving_last_good: state.good.is_some() });
-                    }
+                    report(state, &path, error, &mut outcome);
                 }
             }
         }
@@ -247,33 +380,66 @@ impl ManifestDir {
     }
 }
 
+/// Reports a problem once per distinct error; the file's last good objects keep serving.
+fn report(state: &mut FileState, path: &Path, error: ManifestError, outcome: &mut PollOutcome) {
+    if state.last_error.as_ref() != Some(&error) {
+        state.last_error = Some(error.clone());
+        outcome.problems.push(FileProblem { path: path.to_path_buf(), error, serving_last_good: state.good.is_some() });
+    }
+}
+
+/// A manifest path as listed.
+#[derive(Debug, Clone)]
+enum Listed {
+    Regular(Stamp),
+    /// A FIFO, socket or device with a manifest name: never opened.
+    Special(&'static str),
+}
+
 /// Manifest files under `root`, recursively, sorted; hidden files and directories are skipped.
-fn list_manifests(root: &Path) -> Result<Vec<PathBuf>, ManifestError> {
+/// Symlinks are followed (ConfigMap mounts are symlinks), each directory entered once (by device and
+/// inode, so a symlink loop ends) and at most `max_depth` deep.
+fn list_manifests(root: &Path, max_depth: usize) -> Result<Vec<(PathBuf, Listed)>, ManifestError> {
+    use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir)
-            .map_err(|e| ManifestError::Directory { path: dir.display().to_string(), message: e.to_string() })?;
+    let mut visited = std::collections::HashSet::new();
+    let mut stack = vec![(root.to_path_buf(), 0usize)];
+    while let Some((dir, depth)) = stack.pop() {
+        let dir_err =
+            |e: std::io::Error| ManifestError::Directory { path: dir.display().to_string(), message: e.to_string() };
+        let meta = std::fs::metadata(&dir).map_err(dir_err)?;
+        if !visited.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        let entries = std::fs::read_dir(&dir).map_err(dir_err)?;
         for entry in entries {
-            let entry = entry
-                .map_err(|e| ManifestError::Directory { path: dir.display().to_string(), message: e.to_string() })?;
+            let entry = entry.map_err(dir_err)?;
             let name = entry.file_name();
             if name.to_string_lossy().starts_with('.') {
                 continue;
             }
             let path = entry.path();
-            // Follows symlinks (ConfigMap mounts are symlinks).
+            // stat follows a symlink to what it names; stat never opens, so a FIFO cannot block here.
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
             if meta.is_dir() {
-                stack.push(path);
+                if depth < max_depth {
+                    stack.push((path, depth + 1));
+                } else {
+                    tracing::warn!(dir = %path.display(), max_depth, "manifest directory too deep; not entered");
+                }
             } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
-                out.push(path);
+                let listed = if meta.is_file() {
+                    Listed::Regular(stamp(&meta))
+                } else {
+                    Listed::Special(kind_of(meta.file_type()))
+                };
+                out.push((path, listed));
             }
         }
     }
-    out.sort();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 
@@ -282,11 +448,22 @@ pub struct FileProvider {
     dir: ManifestDir,
     interval: Duration,
     invalid: InvalidInputs,
+    heartbeat: Option<crate::telemetry::Heartbeat>,
 }
 
 impl FileProvider {
     pub fn new(root: impl Into<PathBuf>, interval: Duration, invalid: InvalidInputs) -> Self {
-        Self { dir: ManifestDir::new(root), interval, invalid }
+        Self { dir: ManifestDir::new(root), interval, invalid, heartbeat: None }
+    }
+
+    pub fn with_limits(mut self, limits: FileLimits) -> Self {
+        self.dir = self.dir.with_limits(limits);
+        self
+    }
+
+    /// Beaten after every poll, for `/healthz`.
+    pub fn set_heartbeat(&mut self, heartbeat: crate::telemetry::Heartbeat) {
+        self.heartbeat = Some(heartbeat);
     }
 
     /// Reads the directory once; returns the first snapshot (revision 1) for the channel.
@@ -301,11 +478,11 @@ impl FileProvider {
             self.invalid.inc(InputKind::Manifest);
             tracing::warn!(
                 file = %p.path.display(),
-                error = %p.error,
+                error = %crate::telemetry::clip(&p.error.to_string()),
                 serving_last_good = p.serving_last_good,
                 "invalid manifest: {} ({}); {}",
                 p.path.display(),
-                p.error,
+                crate::telemetry::clip(&p.error.to_string()),
                 if p.serving_last_good { "its last good content keeps serving" } else { "nothing from it is served" }
             );
         }
@@ -341,6 +518,9 @@ impl FileProvider {
                 }
             };
             self.dir = dir_back;
+            if let Some(h) = &self.heartbeat {
+                h.beat();
+            }
             self.report(&outcome);
             if outcome.changed {
                 revision += 1;
@@ -472,6 +652,107 @@ status:
         std::fs::remove_file(dir.path().join("sub/ing.yaml")).unwrap();
         assert!(m.poll().changed);
         assert!(m.snapshot(4).ingresses.is_empty());
+    }
+
+    fn quick() -> FileLimits {
+        FileLimits { settle: Duration::from_millis(20), ..FileLimits::default() }
+    }
+
+    #[test]
+    fn special_files_are_never_opened_and_symlink_loops_end() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("svc.yaml"), "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n").unwrap();
+        let fifo = dir.path().join("pipe.yaml");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.yaml")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("loop")).unwrap();
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        std::os::unix::fs::symlink("..", dir.path().join("a/up")).unwrap();
+        let mut m = ManifestDir::new(dir.path()).with_limits(quick());
+        let started = std::time::Instant::now();
+        let outcome = m.poll();
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(outcome.changed);
+        let mut problems: Vec<String> = outcome
+            .problems
+            .iter()
+            .map(|p| format!("{} {}", p.path.file_name().unwrap().to_string_lossy(), p.error))
+            .collect();
+        problems.sort();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("pipe.yaml not a regular file (a FIFO)"), "{problems:?}");
+        assert!(problems[1].starts_with("zero.yaml not a regular file (a device)"), "{problems:?}");
+        // The regular file is served once, not once per loop path.
+        assert_eq!(m.snapshot(1).services.len(), 1);
+    }
+
+    #[test]
+    fn oversized_files_keep_their_last_good_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = FileLimits { max_file_bytes: 1000, max_total_bytes: 600, ..quick() };
+        std::fs::write(dir.path().join("a.yaml"), INGRESS).unwrap();
+        let mut m = ManifestDir::new(dir.path()).with_limits(limits);
+        assert!(m.poll().changed);
+        let mut big = INGRESS.to_string();
+        big.push_str(&format!("# {}\n", "x".repeat(2000)));
+        std::fs::write(dir.path().join("a.yaml"), &big).unwrap();
+        let outcome = m.poll();
+        assert!(!outcome.changed);
+        assert!(
+            matches!(
+                outcome.problems[..],
+                [FileProblem { error: ManifestError::TooLarge { .. }, serving_last_good: true, .. }]
+            ),
+            "{outcome:?}"
+        );
+        assert_eq!(m.snapshot(2).ingresses.len(), 1);
+        // Per directory: the files past the total cap (in path order) are refused.
+        std::fs::write(dir.path().join("a.yaml"), INGRESS).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), INGRESS.replace("name: web", "name: web2")).unwrap();
+        let outcome = m.poll();
+        assert!(
+            matches!(outcome.problems[..], [FileProblem { error: ManifestError::DirectoryTooLarge { .. }, .. }]),
+            "{outcome:?}"
+        );
+        assert!(outcome.problems[0].path.ends_with("b.yaml"));
+    }
+
+    #[test]
+    fn a_file_still_being_written_is_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ing.yaml");
+        std::fs::write(&path, INGRESS).unwrap();
+        let limits = FileLimits { settle: Duration::from_millis(300), ..FileLimits::default() };
+        let mut m = ManifestDir::new(dir.path()).with_limits(limits);
+        assert!(m.poll().changed);
+        // A writer rewrites in place, slowly: the first half parses on its own (one document).
+        let half = INGRESS.replace("www.example.com", "half.example.com");
+        let cut = half.find("status:").unwrap();
+        let writer = {
+            let path = path.clone();
+            let half = half.clone();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&path).unwrap();
+                f.write_all(&half.as_bytes()[..cut]).unwrap();
+                std::thread::sleep(Duration::from_millis(150));
+                f.write_all(&half.as_bytes()[cut..]).unwrap();
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        // Polled mid-write: the half is never taken.
+        let outcome = m.poll();
+        writer.join().unwrap();
+        let s = m.snapshot(2);
+        assert!(!outcome.changed || s.ingresses[0].status.is_some(), "a half-written file was served");
+        // Once it holds still, the whole file is taken.
+        while !m.poll().changed {}
+        let s = m.snapshot(3);
+        assert!(s.ingresses[0].status.is_some());
+        assert_eq!(
+            s.ingresses[0].spec.as_ref().unwrap().rules.as_ref().unwrap()[0].host.as_deref(),
+            Some("half.example.com")
+        );
     }
 
     #[tokio::test]

@@ -24,7 +24,7 @@ use super::resources::ResourceType;
 use super::server::Clients;
 use super::state::{SharedState, StateError};
 use crate::ir::InputKind;
-use crate::telemetry::InvalidInputs;
+use crate::telemetry::{clip, InvalidInputs};
 
 /// Largest weight accepted for one strategy; keeps every sum far from overflowing.
 pub const MAX_WEIGHT: u32 = 1_000_000;
@@ -101,14 +101,11 @@ impl Admin {
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), AdminError> {
         let Some(token) = &self.token else { return Ok(()) };
-        let given = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        match given {
-            Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
-            _ => Err(AdminError::Unauthorized),
+        let given = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if bearer_matches(token, given) {
+            Ok(())
+        } else {
+            Err(AdminError::Unauthorized)
         }
     }
 
@@ -120,6 +117,11 @@ impl Admin {
         }
         e
     }
+}
+
+/// `Authorization: Bearer <token>` with exactly the token: no trimming, compared in constant time.
+pub fn bearer_matches(token: &str, header: Option<&str>) -> bool {
+    header.and_then(|v| v.strip_prefix("Bearer ")).is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -149,10 +151,10 @@ pub fn parse_weights(params: &[(String, String)], known: &BTreeSet<String>) -> R
     for (k, v) in params {
         if !known.contains(k) {
             let known: Vec<&str> = known.iter().map(String::as_str).collect();
-            return Err(format!("unknown strategy {k:?}; known strategies: {}", known.join(", ")));
+            return Err(format!("unknown strategy {:?}; known strategies: {}", clip(k), known.join(", ")));
         }
         if !v.bytes().all(|b| b.is_ascii_digit()) || v.is_empty() {
-            return Err(format!("weight of {k:?} must be a non-negative integer, got {v:?}"));
+            return Err(format!("weight of {k:?} must be a non-negative integer, got {:?}", clip(v)));
         }
         let w: u32 = v
             .parse()
@@ -206,7 +208,7 @@ async fn get_services(State(a): State<Admin>) -> Response {
 /// The one `service` parameter of `/services` writes, as `namespace/name`.
 fn service_param(settings: &XdsSettings, params: &[(String, String)]) -> Result<String, AdminError> {
     if let Some((k, _)) = params.iter().find(|(k, _)| k != "service") {
-        return Err(bad(format!("unknown parameter {k:?}; use ?service=NAME")));
+        return Err(bad(format!("unknown parameter {:?}; use ?service=NAME", clip(k))));
     }
     match params {
         [(_, v)] if !v.trim().is_empty() => Ok(settings.qualify(v.trim())),
@@ -224,7 +226,7 @@ async fn put_service(
     let service = service_param(&a.settings, &params).map_err(|e| a.refuse("PUT /services", e))?;
     let view = a.view();
     if find_service(&view.snapshot, &service).is_none() {
-        return Err(a.refuse("PUT /services", bad(format!("unknown service {service:?}: no such Service"))));
+        return Err(a.refuse("PUT /services", bad(format!("unknown service {:?}: no such Service", clip(&service)))));
     }
     let next = a
         .state
@@ -248,7 +250,8 @@ async fn delete_service(
     let service = service_param(&a.settings, &params).map_err(|e| a.refuse("DELETE /services", e))?;
     let view = a.view();
     let Some(selected) = view.services.iter().find(|s| s.service == service) else {
-        return Err(a.refuse("DELETE /services", bad(format!("unknown service {service:?}: it is not registered"))));
+        let msg = format!("unknown service {:?}: it is not registered", clip(&service));
+        return Err(a.refuse("DELETE /services", bad(msg)));
     };
     let by_api_only = selected.source == ServiceSource::Api;
     a.state
@@ -331,6 +334,25 @@ mod tests {
         assert!(apply_weights(&state, &[("blue".to_string(), 0)].into()).is_err());
         let next = apply_weights(&state, &[("green".to_string(), 10)].into()).unwrap();
         assert_eq!(next.weights, [("blue".to_string(), 100), ("green".to_string(), 10)].into());
+    }
+
+    #[test]
+    fn unknown_strategy_keys_are_clipped_in_the_error() {
+        let huge = "x".repeat(60_000);
+        let err = parse_weights(&p(&[(huge.as_str(), "1")]), &known()).unwrap_err();
+        assert!(err.len() < 400, "{}", err.len());
+        assert!(err.contains("60000 bytes in all"), "{err}");
+    }
+
+    #[test]
+    fn the_bearer_token_must_match_exactly() {
+        assert!(bearer_matches("s3cret", Some("Bearer s3cret")));
+        for bad in
+            ["Bearer s3cret ", "Bearer  s3cret", "Bearer s3cret\n", "bearer s3cret", "s3cret", "Bearer s3cre", ""]
+        {
+            assert!(!bearer_matches("s3cret", Some(bad)), "{bad:?}");
+        }
+        assert!(!bearer_matches("s3cret", None));
     }
 
     #[test]

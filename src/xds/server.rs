@@ -26,6 +26,7 @@ use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_ser
 use super::ads::{DeltaStream, Event, SotwStream, Step, StreamStatus};
 use super::cache::SnapshotCache;
 use super::snapshot::XdsSnapshot;
+use crate::telemetry::clip;
 
 type Labels = Vec<(String, String)>;
 
@@ -223,17 +224,19 @@ impl AdsServer {
             match e {
                 Event::Nack { ty, version, message } => {
                     self.metrics.nacks.get_or_create(&vec![("type".into(), ty.label().into())]).inc();
-                    tracing::warn!(node = %status.node_id, r#type = ty.label(), %version, %message,
-                        "client rejected a config; it keeps its last good one");
+                    tracing::warn!(node = %clip(&status.node_id), r#type = ty.label(), version = %clip(version),
+                        message = %clip(message), "client rejected a config; it keeps its last good one");
                 }
                 Event::UnknownType { type_url } => {
-                    tracing::warn!(node = %status.node_id, %type_url, "client asked for a type weir does not serve");
+                    tracing::warn!(node = %clip(&status.node_id), type_url = %clip(type_url),
+                        "client asked for a type weir does not serve");
                 }
                 Event::StaleNonce { ty, nonce } => {
-                    tracing::debug!(node = %status.node_id, r#type = ty.label(), %nonce, "stale nonce ignored");
+                    tracing::debug!(node = %clip(&status.node_id), r#type = ty.label(), nonce = %clip(nonce),
+                        "stale nonce ignored");
                 }
                 Event::Ack { ty, version } => {
-                    tracing::debug!(node = %status.node_id, r#type = ty.label(), %version, "ACK");
+                    tracing::debug!(node = %clip(&status.node_id), r#type = ty.label(), version = %clip(version), "ACK");
                 }
             }
         }
