@@ -191,6 +191,10 @@ pub struct ControllerArgs {
     /// How often the weight store is polled (consistent read of this cluster's row).
     #[arg(long, env = "WEIR_WEIGHT_POLL_INTERVAL", value_parser = parse_duration, default_value = "5s")]
     pub weight_poll_interval: Duration,
+    /// Refuse a DesiredWeight of 0 that would leave fewer than N clusters with DesiredWeight > 0 (not
+    /// applied, not acknowledged; Event, metric). 0: off.
+    #[arg(long, env = "WEIR_MIN_SERVING_CLUSTERS", default_value_t = 0)]
+    pub min_serving_clusters: usize,
     /// Full reconcile at least this often, even when no input changed.
     #[arg(long, env = "WEIR_RESYNC_INTERVAL", value_parser = parse_duration, default_value = "5m")]
     pub resync_interval: Duration,
@@ -225,6 +229,10 @@ pub struct LocalArgs {
     /// How often this cluster's weight row is read.
     #[arg(long, env = "WEIR_WEIGHT_POLL_INTERVAL", value_parser = parse_duration, default_value = "5s")]
     pub weight_poll_interval: Duration,
+    /// Refuse a DesiredWeight of 0 that would leave fewer than N clusters with DesiredWeight > 0 (not
+    /// applied, not acknowledged; Event, metric). 0: off.
+    #[arg(long, env = "WEIR_MIN_SERVING_CLUSTERS", default_value_t = 0)]
+    pub min_serving_clusters: usize,
     /// How often the manifest directory is checked for changes.
     #[arg(long, env = "WEIR_MANIFESTS_POLL_INTERVAL", value_parser = parse_duration, default_value = "1s")]
     pub manifests_poll_interval: Duration,

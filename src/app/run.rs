@@ -99,6 +99,7 @@ pub async fn local(args: LocalArgs) -> Result<()> {
         },
         metrics_addr: args.metrics_addr,
         weight_poll_interval: args.weight_poll_interval,
+        min_serving_clusters: args.min_serving_clusters,
         resync_interval: LOCAL_RESYNC,
         webhook_addr: None,
         webhook_cert_dir: PathBuf::new(),
@@ -141,6 +142,9 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     crate::aws::AwsMetrics::register(&mut registry);
     crate::dns::route53::HealthMetrics::register(&mut registry);
     let reconcile_metrics = ReconcileMetrics::register(&mut registry);
+    let ramp_metrics = crate::reconciler::ramp::RampMetrics::register(&mut registry);
+    // Exposed as 0 from the start, so that `increase()` sees the first abort.
+    let _ = ramp_metrics.aborted.get_or_create(&crate::reconciler::metrics::labels(&[("cluster", &cluster)]));
     // The infra manager (TrafficInfra → child objects) needs the Kubernetes API.
     let infra_loop = if args.provider.provider == ProviderKind::Kubernetes {
         let client =
@@ -176,6 +180,7 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         metrics: weight_metrics,
         invalid: invalid.clone(),
         poll_now: poll_now.clone(),
+        min_serving_clusters: args.min_serving_clusters,
     };
     let dns_loop = DnsLoop {
         config: pipeline_config(&args.cluster, &args.dns),

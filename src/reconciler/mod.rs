@@ -8,6 +8,7 @@ pub mod explain;
 pub mod infra;
 pub mod leader;
 pub mod metrics;
+pub mod ramp;
 pub mod weight;
 
 use crate::dns::record::{DesiredRecords, Ownership, RecordOptions};
