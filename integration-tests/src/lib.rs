@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod aws;
+pub mod gate;
 pub mod weir_aws;
 
 use std::net::{TcpListener, UdpSocket};

@@ -75,6 +75,7 @@ pub async fn local(args: LocalArgs) -> Result<()> {
             initial_weight: args.initial_weight,
             static_weight: 100,
             aws_region: String::new(),
+            history_table: None,
         },
         dns: DnsArgs {
             dns_provider: DnsProviderKind::Embedded,
@@ -172,6 +173,15 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
 
     let poll_now = Arc::new(Notify::new());
     let (weight_tx, weight_rx) = watch::channel(None);
+    let (rows_tx, rows_rx) = watch::channel(None);
+    let plan_loop = crate::reconciler::ramp::PlanLoop {
+        store: store.clone(),
+        cluster: cluster.clone(),
+        metrics: ramp_metrics,
+        leader: leader.clone(),
+        rows: rows_rx,
+        poll_weight_now: poll_now.clone(),
+    };
     let weight_loop = WeightLoop {
         store: store.clone(),
         cluster: cluster.clone(),
@@ -181,6 +191,7 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         invalid: invalid.clone(),
         poll_now: poll_now.clone(),
         min_serving_clusters: args.min_serving_clusters,
+        rows: Some(rows_tx),
     };
     let dns_loop = DnsLoop {
         config: pipeline_config(&args.cluster, &args.dns),
@@ -196,6 +207,7 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     };
     tracing::info!(%cluster, "weir running");
     tasks.push(tokio::spawn(weight_loop.run(weight_tx, shutdown.clone())));
+    tasks.push(tokio::spawn(plan_loop.run(shutdown.clone())));
     if let Some(infra_loop) = infra_loop {
         tasks.push(tokio::spawn(infra_loop.run(snapshots.clone(), shutdown.clone())));
     }

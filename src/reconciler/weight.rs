@@ -140,6 +140,8 @@ pub struct WeightLoop {
     pub poll_now: Arc<Notify>,
     /// `--min-serving-clusters` (0: off).
     pub min_serving_clusters: usize,
+    /// Every row read, for the plan executor (ramps, overrides).
+    pub rows: Option<watch::Sender<Option<WeightRow>>>,
 }
 
 impl WeightLoop {
@@ -208,6 +210,15 @@ impl WeightLoop {
                 None => None,
             };
             if let Some(row) = row {
+                if let Some(rows) = &self.rows {
+                    rows.send_if_modified(|old| {
+                        let changed = old.as_ref() != Some(&row);
+                        if changed {
+                            *old = Some(row.clone());
+                        }
+                        changed
+                    });
+                }
                 let refusal = self.safety_refusal(&row).await;
                 let obs = tracker.observe_with(&row, Instant::now(), refusal.is_some());
                 self.metrics.row_invalid.get_or_create(&cluster_labels).set(i64::from(row.desired.valid().is_none()));
@@ -266,7 +277,7 @@ mod tests {
     use super::*;
 
     fn row(desired: StoredWeight, current: StoredWeight) -> WeightRow {
-        WeightRow { cluster: "eu".into(), desired, current }
+        WeightRow::new("eu", desired, current)
     }
     use StoredWeight::{Invalid, Valid};
 
@@ -304,9 +315,9 @@ mod tests {
     fn min_serving_clusters_refuses_only_a_change_that_takes_a_serving_cluster_below_the_minimum() {
         let rows = |eu: u8, us: u8, ap: StoredWeight| {
             vec![
-                WeightRow { cluster: "eu".into(), desired: Valid(eu), current: Valid(100) },
-                WeightRow { cluster: "us".into(), desired: Valid(us), current: Valid(us) },
-                WeightRow { cluster: "ap".into(), desired: ap, current: Valid(0) },
+                WeightRow::new("eu", Valid(eu), Valid(100)),
+                WeightRow::new("us", Valid(us), Valid(us)),
+                WeightRow::new("ap", ap, Valid(0)),
             ]
         };
         // us serving, ap not: eu to 0 leaves one serving.
@@ -409,6 +420,7 @@ mod loop_tests {
             invalid: InvalidInputs::default(),
             poll_now: Arc::new(Notify::new()),
             min_serving_clusters: 0,
+            rows: None,
         };
         let (tx, mut rx) = watch::channel(None);
         let (stop_tx, stop_rx) = watch::channel(false);
