@@ -413,6 +413,9 @@ async fn open_dynamodb(cfg: &StoreConfig) -> Result<Arc<dyn WeightStore>, StoreE
         .await
         .with_history_table(cfg.history_table.clone());
     store.check_history_table().await?;
+    if cfg.history_table.is_none() {
+        tracing::warn!("no --history-table: weight history is off (the DynamoDB store keeps no record of changes)");
+    }
     Ok(Arc::new(store))
 }
 
