@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use std::time::Duration;
 
-use super::sqlite::SqliteStore;
-use super::{
+use crate::backends::sqlite::SqliteStore;
+use crate::backends::{
     now_ms, open_store, BackendType, Gate, HistoryEntry, Plan, PlanWrite, Ramp, RampState, StoreConfig, StoreError,
     StoredWeight, WeightRow, WeightStore,
 };
