@@ -142,6 +142,10 @@ pub struct StoreArgs {
     pub static_weight: u8,
     #[arg(long, env = "WEIR_AWS_REGION", default_value = "eu-west-1")]
     pub aws_region: String,
+    /// DynamoDB table of weight history (key ClusterName S, sort ChangedAt S); without it, history is
+    /// off (SQLite keeps it in --db).
+    #[arg(long, env = "WEIR_HISTORY_TABLE")]
+    pub history_table: Option<String>,
 }
 
 /// Where records are published.
@@ -250,9 +254,15 @@ pub struct ControllerArgs {
     /// Prometheus metrics, /healthz and /readyz.
     #[arg(long, env = "WEIR_METRICS_ADDR", value_parser = parse_listen_addr, default_value = ":8080")]
     pub metrics_addr: SocketAddr,
-    /// How often the weight store is polled (consistent read of this cluster's row).
-    #[arg(long, env = "WEIR_WEIGHT_POLL_INTERVAL", value_parser = parse_duration, default_value = "5s")]
+    /// How often the weight store is polled (consistent read of this cluster's row). 250ms puts a
+    /// DesiredWeight edit into DNS within 0.5 s (p99); on DynamoDB on-demand it costs about 10.4M
+    /// consistent reads (~$2.9) per replica and month (BENCHMARKS.md).
+    #[arg(long, env = "WEIR_WEIGHT_POLL_INTERVAL", value_parser = parse_duration, default_value = "250ms")]
     pub weight_poll_interval: Duration,
+    /// Refuse a DesiredWeight of 0 that would leave fewer than N clusters with DesiredWeight > 0 (not
+    /// applied, not acknowledged; Event, metric). 0: off.
+    #[arg(long, env = "WEIR_MIN_SERVING_CLUSTERS", default_value_t = 0)]
+    pub min_serving_clusters: usize,
     /// Full reconcile at least this often, even when no input changed.
     #[arg(long, env = "WEIR_RESYNC_INTERVAL", value_parser = parse_duration, default_value = "5m")]
     pub resync_interval: Duration,
@@ -288,9 +298,13 @@ pub struct LocalArgs {
     /// Weight of the row created for this cluster when it has none (an existing row is never changed).
     #[arg(long, env = "WEIR_INITIAL_WEIGHT", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub initial_weight: u8,
-    /// How often this cluster's weight row is read.
-    #[arg(long, env = "WEIR_WEIGHT_POLL_INTERVAL", value_parser = parse_duration, default_value = "5s")]
+    /// How often this cluster's weight row is read (a local SQLite read).
+    #[arg(long, env = "WEIR_WEIGHT_POLL_INTERVAL", value_parser = parse_duration, default_value = "250ms")]
     pub weight_poll_interval: Duration,
+    /// Refuse a DesiredWeight of 0 that would leave fewer than N clusters with DesiredWeight > 0 (not
+    /// applied, not acknowledged; Event, metric). 0: off.
+    #[arg(long, env = "WEIR_MIN_SERVING_CLUSTERS", default_value_t = 0)]
+    pub min_serving_clusters: usize,
     /// How often the manifest directory is checked for changes.
     #[arg(long, env = "WEIR_MANIFESTS_POLL_INTERVAL", value_parser = parse_duration, default_value = "1s")]
     pub manifests_poll_interval: Duration,
@@ -370,7 +384,8 @@ pub enum WeightsCommand {
         #[arg(long, env = "WEIR_CLUSTER_NAME")]
         cluster_name: String,
     },
-    /// Set one cluster's DesiredWeight (the controller applies it, then acknowledges).
+    /// Set one cluster's DesiredWeight (the controller applies it, then acknowledges). Cancels a
+    /// running ramp of that cluster, and says so.
     Set {
         #[command(flatten)]
         store: WeightsStoreArgs,
@@ -379,7 +394,85 @@ pub enum WeightsCommand {
         /// 0-100. Parsed by weir, not clap, so that `--desired -1` gets weir's message.
         #[arg(long, allow_hyphen_values = true)]
         desired: String,
+        /// A time-boxed override: the controller restores the previous DesiredWeight after this long,
+        /// unless someone changed it meanwhile.
+        #[arg(long = "for", allow_hyphen_values = true)]
+        for_: Option<String>,
+        /// Why; kept in the history.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Refuse a change of DesiredWeight by more than this, unless --force.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+        max_step: Option<u8>,
+        /// Apply a change larger than --max-step.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        safety: SafetyArgs,
     },
+    /// Record a ramp: the cluster's controller moves DesiredWeight to --to by --step, waiting for each
+    /// step's ack and --every, and asking the gate (a Prometheus query) before the next step.
+    Ramp(RampArgs),
+    /// Changes of DesiredWeight and CurrentWeight: who, when, before -> after, why.
+    History {
+        #[command(flatten)]
+        store: WeightsStoreArgs,
+        #[arg(long, env = "WEIR_CLUSTER_NAME")]
+        cluster_name: Option<String>,
+        /// Only changes younger than this (e.g. 1h).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+    },
+}
+
+/// Safety rules shared by `weir weights set` and `ramp`.
+#[derive(Debug, Clone, Args)]
+pub struct SafetyArgs {
+    /// Refuse a change that would leave fewer than N clusters with DesiredWeight > 0. 0: off.
+    #[arg(long, env = "WEIR_MIN_SERVING_CLUSTERS", default_value_t = 0)]
+    pub min_serving_clusters: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RampArgs {
+    #[command(flatten)]
+    pub store: WeightsStoreArgs,
+    #[arg(long, env = "WEIR_CLUSTER_NAME")]
+    pub cluster_name: String,
+    /// Target DesiredWeight, 0-100.
+    #[arg(long, allow_hyphen_values = true, required_unless_present = "cancel")]
+    pub to: Option<String>,
+    /// Change per step, 1-100.
+    #[arg(long, allow_hyphen_values = true, required_unless_present = "cancel")]
+    pub step: Option<String>,
+    /// Hold after each acknowledged step before the gate is asked and the next step is written.
+    #[arg(long, allow_hyphen_values = true, required_unless_present = "cancel")]
+    pub every: Option<String>,
+    /// Prometheus HTTP API base URL of the gate (http://host:port); the query goes to /api/v1/query.
+    #[arg(long, requires_all = ["gate_query", "gate_max"])]
+    pub gate_url: Option<String>,
+    /// PromQL instant query; its value must not exceed --gate-max.
+    #[arg(long, requires = "gate_url")]
+    pub gate_query: Option<String>,
+    #[arg(long, requires = "gate_url", allow_hyphen_values = true)]
+    pub gate_max: Option<f64>,
+    /// What an empty query result means: fail (default) or pass.
+    #[arg(long, value_enum, default_value_t = GateOnNoData::Fail)]
+    pub gate_on_no_data: GateOnNoData,
+    /// Why; kept in the history.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Cancel the running ramp of --cluster-name (DesiredWeight stays where it is).
+    #[arg(long)]
+    pub cancel: bool,
+    #[command(flatten)]
+    pub safety: SafetyArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GateOnNoData {
+    Fail,
+    Pass,
 }
 
 /// The store flags of `weir weights`: the backend is sqlite when --db is given, else dynamodb.
@@ -393,6 +486,9 @@ pub struct WeightsStoreArgs {
     pub table_name: String,
     #[arg(long, env = "WEIR_AWS_REGION", default_value = "eu-west-1")]
     pub aws_region: String,
+    /// DynamoDB history table (see `weir controller --history-table`).
+    #[arg(long, env = "WEIR_HISTORY_TABLE")]
+    pub history_table: Option<String>,
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }

@@ -132,6 +132,8 @@ pub enum InputKind {
     AdminRequest,
     /// A bad TrafficInfra, BackendTrafficPolicy or NamespaceConfig.
     Resource,
+    /// A weight row that would leave fewer than `--min-serving-clusters` clusters serving.
+    MinServingClusters,
 }
 
 impl InputKind {
@@ -146,6 +148,7 @@ impl InputKind {
             InputKind::Ownership => "ownership",
             InputKind::AdminRequest => "admin_request",
             InputKind::Resource => "resource",
+            InputKind::MinServingClusters => "min_serving_clusters",
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod apiserver;
 pub mod aws;
 pub mod chart;
+pub mod gate;
 pub mod pod;
 pub mod weir_aws;
 

@@ -46,13 +46,19 @@ pub struct ControllerSpec<'a> {
 
 impl Controller {
     pub fn start(spec: ControllerSpec<'_>, log_dir: &Path, log_name: &str) -> Controller {
+        Self::start_polling(spec, Some("1s"), log_dir, log_name)
+    }
+
+    /// `poll`: `--weight-poll-interval`, or None for weir's default.
+    pub fn start_polling(spec: ControllerSpec<'_>, poll: Option<&str>, log_dir: &Path, log_name: &str) -> Controller {
         let metrics_port = free_port();
         let mut cmd = Command::new(weir_bin());
         cmd.args(["controller", "--provider", "file", "--manifests"])
             .arg(&spec.manifests)
             .args(["--cluster-name", spec.cluster, "--backend-type", "dynamodb", "--table-name", TABLE])
             .args(["--dns-provider", "route53", "--hosted-zone-id", spec.zone, "--binding-domain", DOMAIN])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}"), "--weight-poll-interval", "1s"])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(poll.map(|p| ["--weight-poll-interval", p]).into_iter().flatten())
             .args(["--initial-weight", &spec.initial_weight.to_string()])
             .args(&spec.extra)
             .env("WEIR_LOG", "info,weir=debug");

@@ -105,7 +105,7 @@ struct RuleGroup {
 struct Rule {
     alert: String,
     expr: String,
-    #[serde(rename = "for")]
+    #[serde(rename = "for", default, skip_serializing_if = "String::is_empty")]
     for_: String,
     labels: BTreeMap<String, String>,
     annotations: BTreeMap<String, String>,
@@ -317,15 +317,13 @@ fn all_features_values_render_valid_objects() {
     assert_eq!(r.objects["Certificate/weir-webhook"]["spec"]["secretName"], "weir-webhook-cert");
     assert!(r.objects.contains_key("Issuer/weir-webhook-selfsigned"));
 
-    // The alerts compare the old controller's gauges and watch reconcile errors.
+    // The drift alert goes by the drift counter (it grows while DesiredWeight is invalid); the
+    // alerts' behaviour is tested by `promtool test rules` (rendered_alerts_pass_promtool).
     let rule: Monitoring<RuleSpec> = serde_json::from_value(r.objects["PrometheusRule/weir"].clone()).unwrap();
     let alerts = &rule.spec.groups[0].rules;
     let drift = alerts.iter().find(|a| a.alert == "WeirWeightDrift").unwrap();
-    assert!(drift.expr.contains("cluster_traffic_controller_ingress_weight_desired"));
-    assert!(drift.expr.contains("cluster_traffic_controller_ingress_weight_current"));
+    assert!(drift.expr.contains("weir_weight_drift_seconds"), "{}", drift.expr);
     assert_eq!(drift.for_, "15m");
-    let errors = alerts.iter().find(|a| a.alert == "WeirReconcileErrors").unwrap();
-    assert!(errors.expr.contains("weir_reconcile_total{result=\"error\"}"));
 
     // The dashboard is valid JSON and charts what it promises.
     let dashboard: Value =
@@ -345,4 +343,178 @@ fn all_features_values_render_valid_objects() {
     ] {
         assert!(exprs.iter().any(|e| e.contains(metric)), "dashboard lacks {metric}");
     }
+}
+
+/// The chart's alerts as the chart renders them, run through `promtool test rules` against the cases
+/// in integration-tests/promtool/weir_alerts_test.yaml (the rules are never copied there).
+#[test]
+fn rendered_alerts_pass_promtool() {
+    let r = render(Some("ci/all-features-values.yaml"), json!({})).unwrap();
+    let rule = &r.objects["PrometheusRule/weir"];
+    let dir = tempfile::tempdir().unwrap();
+    let rules_yaml = serde_yaml::to_string(&json!({"groups": rule["spec"]["groups"]})).unwrap();
+    std::fs::write(dir.path().join("rules.yaml"), rules_yaml).unwrap();
+    let cases_path = workspace_root().join("integration-tests/promtool/weir_alerts_test.yaml");
+    let cases_text = std::fs::read_to_string(&cases_path).unwrap();
+    std::fs::write(dir.path().join("weir_alerts_test.yaml"), &cases_text).unwrap();
+
+    // Every alert has a case where it fires and one where it does not.
+    let cases: Value = serde_yaml::from_str(&cases_text).unwrap();
+    let mut fires = std::collections::BTreeSet::new();
+    let mut quiet = std::collections::BTreeSet::new();
+    for test in cases["tests"].as_array().unwrap() {
+        for check in test["alert_rule_test"].as_array().unwrap() {
+            let name = check["alertname"].as_str().unwrap().to_string();
+            if check["exp_alerts"].as_array().is_some_and(|a| !a.is_empty()) {
+                fires.insert(name);
+            } else {
+                quiet.insert(name);
+            }
+        }
+    }
+    for alert in rule["spec"]["groups"][0]["rules"].as_array().unwrap() {
+        let name = alert["alert"].as_str().unwrap();
+        assert!(fires.contains(name), "no promtool case fires {name}");
+        assert!(quiet.contains(name), "no promtool case where {name} stays quiet");
+    }
+
+    let promtool = which_promtool().expect(
+        "promtool is not on PATH: install Debian's prometheus package (apt-get install prometheus); .ci/run does",
+    );
+    let (ok, stdout, stderr) =
+        run(Command::new(promtool).current_dir(dir.path()).args(["test", "rules", "weir_alerts_test.yaml"]));
+    assert!(ok, "promtool test rules failed:\n{stdout}\n{stderr}");
+}
+
+fn which_promtool() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join("promtool"))
+        .find(|p| p.is_file())
+}
+
+/// Metric names a PromQL expression reads (not functions, keywords, labels or Grafana variables).
+fn promql_metric_names(expr: &str) -> Vec<String> {
+    // Strip what holds no metric name: strings, label matchers, ranges, grouping label lists.
+    let mut text = String::new();
+    let mut chars = expr.chars().peekable();
+    while let Some(c) = chars.next() {
+        let close = match c {
+            '"' => '"',
+            '{' => '}',
+            '[' => ']',
+            _ => {
+                text.push(c);
+                continue;
+            }
+        };
+        for d in chars.by_ref() {
+            if d == close {
+                break;
+            }
+        }
+        text.push(' ');
+    }
+    let grouping = regex_lite::Regex::new(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)").unwrap();
+    let text = grouping.replace_all(&text, " ");
+    let ident = regex_lite::Regex::new(r"\$?[A-Za-z_:][A-Za-z0-9_:]*(\s*\()?").unwrap();
+    const KEYWORDS: [&str; 5] = ["and", "or", "unless", "offset", "bool"];
+    ident
+        .find_iter(&text)
+        .map(|m| m.as_str())
+        .filter(|t| !t.starts_with('$') && !t.ends_with('(') && !KEYWORDS.contains(t))
+        .filter(|t| !t.chars().next().unwrap().is_ascii_digit())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every metric name the rules and the dashboard query is one that weir exports: names taken from a
+/// running `weir local` (DNS and xDS halves), with the suffixes Prometheus adds (`_total` for
+/// counters; `_bucket`, `_sum`, `_count` for histograms), plus Prometheus's own `up`.
+#[test]
+fn alerts_and_dashboard_use_only_exported_metric_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (metrics_port, admin_port) = (integration_tests::free_port(), integration_tests::free_port());
+    let mut cmd = Command::new(integration_tests::weir_bin());
+    cmd.arg("local")
+        .arg("--manifests")
+        .arg(workspace_root().join("examples/local"))
+        .arg("--db")
+        .arg(tmp.path().join("weir.db"))
+        .args(["--cluster-name", "eu", "--initial-weight", "100"])
+        .args(["--dns-listen", &format!("127.0.0.1:{}", integration_tests::free_udp_tcp_port())])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--xds-name", "shop", "--xds-namespace", "shop"])
+        .args(["--grpc-addr", &format!("127.0.0.1:{}", integration_tests::free_port())])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")]);
+    let _weir = integration_tests::Proc::spawn("weir-local-metrics", &mut cmd, tmp.path());
+    let mut exported = std::collections::BTreeSet::from(["up".to_string()]);
+    for port in [metrics_port, admin_port] {
+        let body = integration_tests::wait_for("/metrics", std::time::Duration::from_secs(30), || {
+            integration_tests::http_get(&format!("http://127.0.0.1:{port}/metrics"))
+        });
+        for line in body.lines() {
+            let Some(rest) = line.strip_prefix("# TYPE ") else { continue };
+            let (name, kind) = rest.split_once(' ').unwrap();
+            match kind {
+                "counter" => exported.insert(format!("{name}_total")),
+                "histogram" => {
+                    for suffix in ["_bucket", "_sum", "_count"] {
+                        exported.insert(format!("{name}{suffix}"));
+                    }
+                    true
+                }
+                _ => exported.insert(name.to_string()),
+            };
+        }
+    }
+    assert!(exported.contains("weir_ramp_aborted_total") && exported.contains("weir_leader"), "{exported:?}");
+    assert!(exported.contains("weir_xds_nacks_total"), "{exported:?}");
+
+    let r = render(Some("ci/all-features-values.yaml"), json!({})).unwrap();
+    let mut queries: Vec<(String, String)> = Vec::new();
+    for alert in r.objects["PrometheusRule/weir"]["spec"]["groups"][0]["rules"].as_array().unwrap() {
+        queries.push((format!("alert {}", alert["alert"]), alert["expr"].as_str().unwrap().to_string()));
+    }
+    let dashboard: Value =
+        serde_json::from_str(r.objects["ConfigMap/weir-dashboard"]["data"]["weir.json"].as_str().unwrap()).unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            queries.push((format!("panel {}", panel["title"]), t["expr"].as_str().unwrap().to_string()));
+        }
+    }
+    for a in dashboard["annotations"]["list"].as_array().unwrap() {
+        queries.push((format!("annotation {}", a["name"]), a["expr"].as_str().unwrap().to_string()));
+    }
+    for v in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["query"].as_str().and_then(|q| q.strip_prefix("label_values(")) {
+            queries.push((format!("variable {}", v["name"]), q.split(',').next().unwrap().to_string()));
+        }
+    }
+    assert!(queries.len() > 20, "{queries:?}");
+    let mut unknown = Vec::new();
+    for (what, expr) in &queries {
+        let names = promql_metric_names(expr);
+        assert!(!names.is_empty() || expr.contains("vector("), "{what}: no metric found in {expr:?}");
+        for name in names.into_iter().filter(|n| !exported.contains(n)) {
+            unknown.push(format!("{what}: {name} in {expr:?}"));
+        }
+    }
+    assert!(unknown.is_empty(), "metric names weir does not export:\n{}", unknown.join("\n"));
+}
+
+#[test]
+fn promql_metric_names_skip_functions_labels_and_variables() {
+    assert_eq!(
+        promql_metric_names(
+            r#"sum by (namespace, kind) (increase(weir_invalid_input_total{kind=~"a|b"}[15m])) > 0 and on (x) up"#
+        ),
+        vec!["weir_invalid_input_total", "up"]
+    );
+    assert_eq!(promql_metric_names(r#"absent(up{job="weir-metrics"} == 1)"#), vec!["up"]);
+    assert_eq!(
+        promql_metric_names(r#"max by (cluster) (weir_ramp_active{cluster=~"$cluster"})"#),
+        vec!["weir_ramp_active"]
+    );
 }

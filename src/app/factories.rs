@@ -85,6 +85,7 @@ pub fn store_config(args: &StoreArgs, cluster: &str) -> StoreConfig {
         aws_region: args.aws_region.clone(),
         static_weight: args.static_weight,
         cluster: cluster.to_string(),
+        history_table: args.history_table.clone(),
     }
 }
 

@@ -22,7 +22,10 @@ pub async fn start_leader_election(
     shutdown: &watch::Receiver<bool>,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Result<(Option<watch::Sender<bool>>, LeaderRx)> {
+    // Registered in every mode so that "no replica is the leader" can be alerted on everywhere.
+    let metrics = LeaderMetrics::register(registry);
     if !args.enable_leader_election {
+        metrics.leader.set(1);
         let (tx, rx) = always_leader();
         return Ok((Some(tx), rx));
     }
@@ -37,11 +40,7 @@ pub async fn start_leader_election(
     .checked()?;
     let client =
         crate::providers::kubernetes::client().await.context("connecting to Kubernetes for leader election")?;
-    let elector = LeaderElector {
-        api: Api::namespaced(client, &config.namespace),
-        config,
-        metrics: LeaderMetrics::register(registry),
-    };
+    let elector = LeaderElector { api: Api::namespaced(client, &config.namespace), config, metrics };
     let (tx, rx) = watch::channel(false);
     tasks.push(tokio::spawn(elector.run(tx, shutdown.clone())));
     Ok((None, rx))

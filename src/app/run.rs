@@ -78,6 +78,7 @@ pub async fn local(args: LocalArgs) -> Result<()> {
             initial_weight: args.initial_weight,
             static_weight: 100,
             aws_region: String::new(),
+            history_table: None,
         },
         dns: DnsArgs {
             dns_provider: DnsProviderKind::Embedded,
@@ -103,6 +104,7 @@ pub async fn local(args: LocalArgs) -> Result<()> {
         },
         metrics_addr: args.metrics_addr,
         weight_poll_interval: args.weight_poll_interval,
+        min_serving_clusters: args.min_serving_clusters,
         resync_interval: LOCAL_RESYNC,
         webhook_addr: None,
         webhook_cert_dir: PathBuf::new(),
@@ -149,6 +151,9 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     crate::aws::AwsMetrics::register(&mut registry);
     crate::dns::route53::HealthMetrics::register(&mut registry);
     let reconcile_metrics = ReconcileMetrics::register(&mut registry);
+    let ramp_metrics = crate::reconciler::ramp::RampMetrics::register(&mut registry);
+    // Exposed as 0 from the start, so that `increase()` sees the first abort.
+    let _ = ramp_metrics.aborted.get_or_create(&crate::reconciler::metrics::labels(&[("cluster", &cluster)]));
     // The infra manager (TrafficInfra → child objects) needs the Kubernetes API.
     let infra_loop = if args.provider.provider == ProviderKind::Kubernetes {
         let client =
@@ -183,6 +188,15 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
 
     let poll_now = Arc::new(Notify::new());
     let (weight_tx, weight_rx) = watch::channel(None);
+    let (rows_tx, rows_rx) = watch::channel(None);
+    let plan_loop = crate::reconciler::ramp::PlanLoop {
+        store: store.clone(),
+        cluster: cluster.clone(),
+        metrics: ramp_metrics,
+        leader: leader.clone(),
+        rows: rows_rx,
+        poll_weight_now: poll_now.clone(),
+    };
     let weight_loop = WeightLoop {
         store: store.clone(),
         cluster: cluster.clone(),
@@ -191,6 +205,8 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         metrics: weight_metrics,
         invalid: invalid.clone(),
         poll_now: poll_now.clone(),
+        min_serving_clusters: args.min_serving_clusters,
+        rows: Some(rows_tx),
     };
     let dns_loop = DnsLoop {
         config: pipeline_config(&args.cluster, &args.dns),
@@ -206,6 +222,7 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     };
     tracing::info!(%cluster, "weir running");
     tasks.push(tokio::spawn(weight_loop.run(weight_tx, shutdown.clone())));
+    tasks.push(tokio::spawn(plan_loop.run(shutdown.clone())));
     if let Some(infra_loop) = infra_loop {
         tasks.push(tokio::spawn(infra_loop.run(snapshots.clone(), shutdown.clone())));
     }

@@ -7,9 +7,16 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use std::time::Duration;
+
 use crate::backends::sqlite::SqliteStore;
-use crate::backends::{open_store, BackendType, StoreConfig, StoreError, StoredWeight, WeightRow, WeightStore};
-use crate::cli::{OutputFormat, WeightsCommand, WeightsStoreArgs};
+use crate::backends::{
+    now_ms, open_store, BackendType, Gate, HistoryEntry, Plan, PlanWrite, Ramp, RampState, StoreConfig, StoreError,
+    StoredWeight, WeightRow, WeightStore,
+};
+use crate::cli::{GateOnNoData, OutputFormat, RampArgs, SafetyArgs, WeightsCommand, WeightsStoreArgs};
+use crate::reconciler::ramp::{describe_plan, new_override, query_gate};
+use crate::reconciler::weight::min_serving_violation;
 use crate::weight::{parse_strict_weight, WeightError};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +35,9 @@ pub enum WeightsCliError {
          PATH (sqlite) or --backend-type dynamodb"
     )]
     StaticBackend,
+    /// A safety rule, a bad flag or a changed row: nothing was written.
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("could not encode JSON: {0}")]
@@ -47,47 +57,277 @@ pub async fn run(cmd: &WeightsCommand) -> Result<String, WeightsCliError> {
         WeightsCommand::List(args) => {
             let store = open(args, "").await?;
             let rows = store.list().await?;
-            output(args.output, &rows, || table(&rows))
+            let now = now_ms();
+            let listed: Vec<ListedRow> = rows.iter().map(|r| ListedRow { status: status(r, now), row: r }).collect();
+            output(args.output, &listed, || table(&rows, now))
         }
         WeightsCommand::Get { store: args, cluster_name } => {
             let store = open(args, cluster_name).await?;
             let Some(row) = store.get(cluster_name).await? else {
                 return Err(unknown(store.as_ref(), cluster_name).await);
             };
-            output(args.output, &row, || table(std::slice::from_ref(&row)))
+            let now = now_ms();
+            output(args.output, &ListedRow { status: status(&row, now), row: &row }, || {
+                table(std::slice::from_ref(&row), now)
+            })
         }
-        WeightsCommand::Set { store: args, cluster_name, desired } => {
+        WeightsCommand::Set { store: args, cluster_name, desired, for_, reason, max_step, force, safety } => {
             // Before anything is opened: a bad value must leave no trace, not even a new file.
             let value = parse_strict_weight(desired).map_err(|reason| WeightsCliError::BadValue {
                 cluster: cluster_name.clone(),
                 value: desired.clone(),
                 reason,
             })?;
+            let duration = for_.as_deref().map(parse_positive_duration("--for")).transpose()?;
             let store = open(args, cluster_name).await?;
-            let previous = match store.set_desired(cluster_name, value).await {
-                Ok(p) => p,
-                Err(StoreError::NotFound(_)) => return Err(unknown(store.as_ref(), cluster_name).await),
-                Err(e) => return Err(e.into()),
+            let Some(row) = store.get(cluster_name).await? else {
+                return Err(unknown(store.as_ref(), cluster_name).await);
             };
+            let before = row.desired.valid();
+            if let (Some(max), Some(b)) = (max_step, before) {
+                if b.abs_diff(value) > *max && !force {
+                    return Err(WeightsCliError::Refused(format!(
+                        "{cluster_name}: {b} -> {value} is a change of {}, more than --max-step {max} (add --force)",
+                        b.abs_diff(value)
+                    )));
+                }
+            }
+            check_min_serving(store.as_ref(), cluster_name, before.or(row.current.valid()), value, safety).await?;
+            let mut notes = Vec::new();
+            let plan = match (duration, &row.plan) {
+                (Some(d), _) => {
+                    let previous = before.ok_or_else(|| {
+                        WeightsCliError::Refused(format!(
+                            "{cluster_name}: DesiredWeight is {}, so there is no weight for --for to revert to; set \
+                             it without --for first",
+                            row.desired
+                        ))
+                    })?;
+                    notes.push(format!(
+                        "override: back to {previous} in {} unless changed meanwhile",
+                        humantime::format_duration(d)
+                    ));
+                    Some(Plan::Override(new_override(previous, value, d, reason.clone(), actor())))
+                }
+                (None, Some(p)) => match p.running_ramp() {
+                    Some(ramp) => {
+                        notes.push(format!("cancelled the running ramp {}→{}", ramp.from, ramp.to));
+                        Some(Plan::Ramp(Ramp {
+                            state: RampState::Cancelled {
+                                reason: format!("`weir weights set --desired {value}`"),
+                                at_ms: now_ms(),
+                            },
+                            ..ramp.clone()
+                        }))
+                    }
+                    None => {
+                        if let Plan::Override(o) = p {
+                            notes.push(format!("ended the override of {} (it will not revert)", o.value));
+                        }
+                        None
+                    }
+                },
+                (None, None) => None,
+            };
+            let cause = if duration.is_some() { "override" } else { "set" };
+            write(store.as_ref(), cluster_name, &row, Some(value), plan.as_ref(), cause, reason.as_deref()).await?;
             let current = store.get(cluster_name).await?.map(|r| r.current);
             let result = SetResult {
                 cluster: cluster_name.clone(),
-                previous: previous.clone(),
+                previous: Some(row.desired.clone()),
                 desired: value,
                 current: current.clone(),
+                plan: plan.clone(),
+                notes: notes.clone(),
             };
             output(args.output, &result, || {
                 let show =
                     |w: &Option<StoredWeight>| w.as_ref().map_or_else(|| "unknown".to_string(), |w| w.to_string());
-                format!(
+                let mut text = format!(
                     "{cluster_name}: DesiredWeight {} -> {value} (CurrentWeight {}; the controller applies it within \
                      one --weight-poll-interval)\n",
-                    show(&previous),
+                    row.desired,
                     show(&current)
-                )
+                );
+                for n in &notes {
+                    text.push_str(&format!("{cluster_name}: {n}\n"));
+                }
+                text
             })
         }
+        WeightsCommand::Ramp(args) => ramp(args).await,
+        WeightsCommand::History { store: args, cluster_name, since } => {
+            let store = open(args, cluster_name.as_deref().unwrap_or("")).await?;
+            let since_ms = since.map(|d| now_ms() - d.as_millis() as i64);
+            let entries = store.history(cluster_name.as_deref(), since_ms).await?;
+            output(args.output, &entries, || history_table(&entries))
+        }
     }
+}
+
+/// Who is making a change from this CLI: the local user (the AWS caller identity is not looked up).
+fn actor() -> String {
+    let user = std::env::var("USER").or_else(|_| std::env::var("USERNAME")).unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    if host.is_empty() {
+        format!("{user} (weir weights)")
+    } else {
+        format!("{user}@{host} (weir weights)")
+    }
+}
+
+fn parse_positive_duration(flag: &'static str) -> impl Fn(&str) -> Result<Duration, WeightsCliError> {
+    move |s| {
+        let d = crate::cli::parse_duration(s).map_err(|e| WeightsCliError::Refused(format!("{flag}: {e}")))?;
+        if d.is_zero() {
+            return Err(WeightsCliError::Refused(format!("{flag} must be longer than 0; nothing was written")));
+        }
+        Ok(d)
+    }
+}
+
+async fn check_min_serving(
+    store: &dyn WeightStore,
+    cluster: &str,
+    before: Option<u8>,
+    after: u8,
+    safety: &SafetyArgs,
+) -> Result<(), WeightsCliError> {
+    if safety.min_serving_clusters == 0 {
+        return Ok(());
+    }
+    let rows = store.list().await?;
+    match min_serving_violation(&rows, cluster, before, after, safety.min_serving_clusters) {
+        Some(why) => Err(WeightsCliError::Refused(format!("{why}; nothing was written"))),
+        None => Ok(()),
+    }
+}
+
+/// The conditional write of the CLI: lands only on the row as it was read.
+async fn write(
+    store: &dyn WeightStore,
+    cluster: &str,
+    row: &WeightRow,
+    desired: Option<u8>,
+    plan: Option<&Plan>,
+    cause: &str,
+    reason: Option<&str>,
+) -> Result<(), WeightsCliError> {
+    let actor = actor();
+    let landed = store
+        .write_plan(
+            cluster,
+            PlanWrite {
+                expect_desired: row.desired.valid(),
+                expect_plan: row.plan.as_ref(),
+                desired,
+                plan,
+                actor: &actor,
+                cause,
+                reason,
+            },
+        )
+        .await?;
+    if landed {
+        Ok(())
+    } else {
+        Err(WeightsCliError::Refused(format!(
+            "the row of {cluster:?} changed while this command ran (a ramp step, an override or another operator); \
+             nothing was written: look at `weir weights list` and run it again"
+        )))
+    }
+}
+
+async fn ramp(args: &RampArgs) -> Result<String, WeightsCliError> {
+    let cluster = &args.cluster_name;
+    if args.cancel {
+        let store = open(&args.store, cluster).await?;
+        let Some(row) = store.get(cluster).await? else { return Err(unknown(store.as_ref(), cluster).await) };
+        let Some(ramp) = row.plan.as_ref().and_then(Plan::running_ramp) else {
+            return Err(WeightsCliError::Refused(format!("{cluster}: no ramp is running; nothing was written")));
+        };
+        let plan = Plan::Ramp(Ramp {
+            state: RampState::Cancelled { reason: format!("cancelled by {}", actor()), at_ms: now_ms() },
+            ..ramp.clone()
+        });
+        write(store.as_ref(), cluster, &row, None, Some(&plan), "ramp_cancel", args.reason.as_deref()).await?;
+        return output(args.store.output, &plan, || {
+            format!("{cluster}: ramp {}→{} cancelled; DesiredWeight stays {}\n", ramp.from, ramp.to, row.desired)
+        });
+    }
+    // Everything is checked before the store is written.
+    let bad =
+        |what: &str, v: &str, e: String| WeightsCliError::Refused(format!("{what} {v:?}: {e}; nothing was written"));
+    let to_raw = args.to.as_deref().unwrap_or_default();
+    let to = parse_strict_weight(to_raw).map_err(|e| bad("--to", to_raw, e.to_string()))?;
+    let step_raw = args.step.as_deref().unwrap_or_default();
+    let step = parse_strict_weight(step_raw)
+        .map_err(|e| e.to_string())
+        .and_then(|s| if s == 0 { Err("a step of 0 never arrives".to_string()) } else { Ok(s) })
+        .map_err(|e| bad("--step", step_raw, e))?;
+    let every_raw = args.every.as_deref().unwrap_or_default();
+    let every = crate::cli::parse_duration(every_raw).map_err(|e| bad("--every", every_raw, e))?;
+    let gate = match (&args.gate_url, &args.gate_query, args.gate_max) {
+        (Some(url), Some(query), Some(max)) => Some(Gate {
+            url: url.clone(),
+            query: query.clone(),
+            max,
+            pass_on_no_data: args.gate_on_no_data == GateOnNoData::Pass,
+        }),
+        _ => None,
+    };
+    // A query the server rejects (or a gate that cannot be asked) fails now, before any step.
+    if let Some(g) = &gate {
+        if let Err(e) = query_gate(g).await {
+            return Err(WeightsCliError::Refused(format!("the gate cannot be used: {e}; nothing was written")));
+        }
+    }
+    let store = open(&args.store, cluster).await?;
+    let Some(row) = store.get(cluster).await? else { return Err(unknown(store.as_ref(), cluster).await) };
+    if let Some(running) = row.plan.as_ref().and_then(Plan::running_ramp) {
+        return Err(WeightsCliError::Refused(format!(
+            "{cluster}: a ramp is already running ({}); cancel it first with `weir weights ramp --cancel`",
+            describe_plan(&Plan::Ramp(running.clone()), now_ms())
+        )));
+    }
+    let from = row.desired.valid().ok_or_else(|| {
+        WeightsCliError::Refused(format!("{cluster}: DesiredWeight is {}; set a valid weight first", row.desired))
+    })?;
+    if from == to {
+        return Err(WeightsCliError::Refused(format!("{cluster}: DesiredWeight is already {to}; nothing to ramp")));
+    }
+    check_min_serving(store.as_ref(), cluster, Some(from), to, &args.safety).await?;
+    let mut ramp = Ramp {
+        from,
+        to,
+        step,
+        every_ms: every.as_millis() as u64,
+        gate,
+        reason: args.reason.clone(),
+        actor: actor(),
+        started_at_ms: now_ms(),
+        state: RampState::Completed { at_ms: 0 },
+    };
+    ramp.state = RampState::Running { step: 0, steps: ramp.steps(), at: from, hold_until_ms: None };
+    let plan = Plan::Ramp(ramp.clone());
+    write(store.as_ref(), cluster, &row, None, Some(&plan), "ramp", args.reason.as_deref()).await?;
+    output(args.store.output, &plan, || {
+        format!(
+            "{cluster}: ramp {from}→{to} by {step} every {} recorded ({} steps{}); the cluster's controller carries it \
+             out\n",
+            humantime::format_duration(every),
+            ramp.steps(),
+            ramp.gate.as_ref().map_or(String::new(), |g| format!(", gate {} <= {}", g.query, g.max))
+        )
+    })
+}
+
+#[derive(Serialize)]
+struct ListedRow<'a> {
+    #[serde(flatten)]
+    row: &'a WeightRow,
+    #[serde(rename = "Status")]
+    status: String,
 }
 
 #[derive(Serialize)]
@@ -100,6 +340,10 @@ struct SetResult {
     desired: u8,
     #[serde(rename = "CurrentWeight")]
     current: Option<StoredWeight>,
+    #[serde(rename = "Plan", skip_serializing_if = "Option::is_none")]
+    plan: Option<Plan>,
+    #[serde(rename = "Notes")]
+    notes: Vec<String>,
 }
 
 async fn open(args: &WeightsStoreArgs, cluster: &str) -> Result<std::sync::Arc<dyn WeightStore>, WeightsCliError> {
@@ -126,6 +370,7 @@ async fn open(args: &WeightsStoreArgs, cluster: &str) -> Result<std::sync::Arc<d
             aws_region: args.aws_region.clone(),
             static_weight: 0,
             cluster: cluster.to_string(),
+            history_table: args.history_table.clone(),
         })
         .await?),
     }
@@ -152,19 +397,40 @@ fn output<T: Serialize>(
     }
 }
 
-fn status(row: &WeightRow) -> &'static str {
-    match (&row.desired, &row.current) {
+fn status(row: &WeightRow, now: i64) -> String {
+    let sync = match (&row.desired, &row.current) {
         (StoredWeight::Invalid(_), _) => "invalid DesiredWeight: not applied",
         (d, c) if d == c => "in sync",
         _ => "pending",
+    };
+    match &row.plan {
+        Some(plan) => format!("{sync}; {}", describe_plan(plan, now)),
+        None => sync.to_string(),
     }
 }
 
-fn table(rows: &[WeightRow]) -> String {
+fn history_table(entries: &[HistoryEntry]) -> String {
+    let mut out =
+        String::from("TIME                      CLUSTER  FIELD          CHANGE      CAUSE       ACTOR / REASON\n");
+    for e in entries {
+        let change = format!("{} -> {}", e.before.as_deref().unwrap_or("?"), e.after);
+        let why = match &e.reason {
+            Some(r) => format!("{} / {r}", e.actor),
+            None => e.actor.clone(),
+        };
+        out.push_str(&format!(
+            "{:<25} {:<8} {:<14} {:<11} {:<11} {why}\n",
+            e.time, e.cluster, e.field, change, e.cause
+        ));
+    }
+    out
+}
+
+fn table(rows: &[WeightRow], now: i64) -> String {
     let header = ["CLUSTER", "DESIRED", "CURRENT", "STATUS"];
     let cells: Vec<[String; 4]> = rows
         .iter()
-        .map(|r| [r.cluster.clone(), r.desired.to_string(), r.current.to_string(), status(r).to_string()])
+        .map(|r| [r.cluster.clone(), r.desired.to_string(), r.current.to_string(), status(r, now)])
         .collect();
     let mut widths = header.map(str::len);
     for row in &cells {
@@ -192,15 +458,11 @@ mod tests {
     #[test]
     fn table_shows_invalid_and_pending_rows() {
         let rows = vec![
-            WeightRow { cluster: "eu-west".into(), desired: StoredWeight::Valid(0), current: StoredWeight::Valid(100) },
-            WeightRow {
-                cluster: "us".into(),
-                desired: StoredWeight::Invalid("abc".into()),
-                current: StoredWeight::Valid(5),
-            },
-            WeightRow { cluster: "ap".into(), desired: StoredWeight::Valid(5), current: StoredWeight::Valid(5) },
+            WeightRow::new("eu-west", StoredWeight::Valid(0), StoredWeight::Valid(100)),
+            WeightRow::new("us", StoredWeight::Invalid("abc".into()), StoredWeight::Valid(5)),
+            WeightRow::new("ap", StoredWeight::Valid(5), StoredWeight::Valid(5)),
         ];
-        let t = table(&rows);
+        let t = table(&rows, 0);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines[0], "CLUSTER  DESIRED          CURRENT  STATUS");
         assert_eq!(lines[1], "eu-west  0                100      pending");

@@ -11,22 +11,45 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
 
-use super::{AckOutcome, StoreError, StoredWeight, WeightRow, WeightStore};
+use super::{AckOutcome, HistoryEntry, Plan, PlanWrite, StoreError, StoredWeight, WeightRow, WeightStore};
 use crate::aws::{classify, describe, Aws, Outcome};
 
 pub const KEY: &str = "ClusterName";
 pub const DESIRED: &str = "DesiredWeight";
 pub const CURRENT: &str = "CurrentWeight";
+/// The row's ramp or override, JSON ([`Plan`]).
+pub const PLAN: &str = "Plan";
+/// The history table's sort key: `<unix ms, 13 digits>-<random>`, so that entries sort by time and
+/// two in one millisecond do not collide.
+pub const HISTORY_SORT: &str = "ChangedAt";
 
 pub struct DynamoStore {
     client: Client,
     table: String,
     aws: Aws,
+    /// `--history-table` (key `ClusterName` S, sort `ChangedAt` S); history is off without it.
+    history_table: Option<String>,
 }
 
 impl DynamoStore {
     pub fn new(client: Client, table: &str, aws: Aws) -> Self {
-        Self { client, table: table.to_string(), aws }
+        Self { client, table: table.to_string(), aws, history_table: None }
+    }
+
+    pub fn with_history_table(mut self, table: Option<String>) -> Self {
+        self.history_table = table;
+        self
+    }
+
+    /// Fails unless the history table exists (a typo must not silently turn history off).
+    pub async fn check_history_table(&self) -> Result<(), StoreError> {
+        let Some(table) = &self.history_table else { return Ok(()) };
+        let req = self.client.describe_table().table_name(table);
+        self.aws
+            .call("dynamodb", "DescribeTable", || req.clone().send())
+            .await
+            .map(drop)
+            .map_err(|e| Self::error("open the history table", format!("{table}: {}", describe(&e))))
     }
 
     /// A store on the SDK configuration from the standard environment, `region` as the fallback.
@@ -77,7 +100,59 @@ fn parse_row(cluster: &str, item: &HashMap<String, AttributeValue>) -> WeightRow
         Some(AttributeValue::S(s)) => s.clone(),
         _ => cluster.to_string(),
     };
-    WeightRow { cluster, desired: parse_weight(item.get(DESIRED)), current: parse_weight(item.get(CURRENT)) }
+    let mut row = WeightRow::new(cluster, parse_weight(item.get(DESIRED)), parse_weight(item.get(CURRENT)));
+    row.plan = match item.get(PLAN) {
+        Some(AttributeValue::S(raw)) => match Plan::from_json(raw) {
+            Ok(plan) => Some(plan),
+            Err(e) => {
+                tracing::warn!(cluster = %row.cluster, error = %e, "ignoring the plan of this row");
+                None
+            }
+        },
+        _ => None,
+    };
+    row
+}
+
+fn history_item(e: &HistoryEntry) -> HashMap<String, AttributeValue> {
+    let mut item = HashMap::from([
+        (KEY.to_string(), AttributeValue::S(e.cluster.clone())),
+        (HISTORY_SORT.to_string(), AttributeValue::S(format!("{:013}-{:08x}", e.at_ms, rand::random::<u32>()))),
+        ("At".to_string(), AttributeValue::N(e.at_ms.to_string())),
+        ("Field".to_string(), AttributeValue::S(e.field.clone())),
+        ("After".to_string(), AttributeValue::S(e.after.clone())),
+        ("Actor".to_string(), AttributeValue::S(e.actor.clone())),
+        ("Cause".to_string(), AttributeValue::S(e.cause.clone())),
+    ]);
+    if let Some(b) = &e.before {
+        item.insert("Before".into(), AttributeValue::S(b.clone()));
+    }
+    if let Some(r) = &e.reason {
+        item.insert("Reason".into(), AttributeValue::S(r.clone()));
+    }
+    item
+}
+
+fn history_entry(item: &HashMap<String, AttributeValue>) -> HistoryEntry {
+    let s = |k: &str| match item.get(k) {
+        Some(AttributeValue::S(v)) => Some(v.clone()),
+        _ => None,
+    };
+    let at_ms = match item.get("At") {
+        Some(AttributeValue::N(n)) => n.parse().unwrap_or(0),
+        _ => 0,
+    };
+    HistoryEntry {
+        at_ms,
+        time: super::rfc3339_ms(at_ms),
+        cluster: s(KEY).unwrap_or_default(),
+        field: s("Field").unwrap_or_default(),
+        before: s("Before"),
+        after: s("After").unwrap_or_default(),
+        actor: s("Actor").unwrap_or_default(),
+        cause: s("Cause").unwrap_or_default(),
+        reason: s("Reason"),
+    }
 }
 
 fn number(w: u8) -> AttributeValue {
@@ -134,11 +209,7 @@ impl WeightStore for DynamoStore {
         match self.aws.call("dynamodb", "PutItem", || req.clone().send()).await {
             Ok(_) => {
                 tracing::info!(cluster, table = %self.table, initial, "created weight row");
-                Ok(WeightRow {
-                    cluster: cluster.to_string(),
-                    desired: StoredWeight::Valid(initial),
-                    current: StoredWeight::Valid(initial),
-                })
+                Ok(WeightRow::new(cluster, StoredWeight::Valid(initial), StoredWeight::Valid(initial)))
             }
             // The operator's row is there: leave it, read it.
             Err(e) if classify(&e) == Outcome::ConditionFailed => self
@@ -163,7 +234,22 @@ impl WeightStore for DynamoStore {
         let req =
             self.client.transact_write_items().transact_items(TransactWriteItem::builder().update(update).build());
         match self.aws.call("dynamodb", "TransactWriteItems", || req.clone().send()).await {
-            Ok(_) => Ok(AckOutcome::Acknowledged),
+            Ok(_) => {
+                if self.history_table.is_some() {
+                    let entry = HistoryEntry::new(
+                        cluster,
+                        "CurrentWeight",
+                        None,
+                        applied.to_string(),
+                        &format!("weir controller of {cluster}"),
+                        "ack",
+                    );
+                    if let Err(e) = self.append_history(&entry).await {
+                        tracing::warn!(cluster, error = %e, "recording the ack in the history failed");
+                    }
+                }
+                Ok(AckOutcome::Acknowledged)
+            }
             Err(e) if classify(&e) == Outcome::ConditionFailed => {
                 tracing::info!(cluster, applied, reason = %describe(&e), "DesiredWeight changed while applying; not acknowledged, reconciling again");
                 Ok(AckOutcome::DesiredChanged)
@@ -204,6 +290,140 @@ impl WeightStore for DynamoStore {
             }
             Err(e) => Err(Self::error("set", describe(&e))),
         }
+    }
+
+    async fn write_plan(&self, cluster: &str, write: PlanWrite<'_>) -> Result<bool, StoreError> {
+        let mut condition = vec!["attribute_exists(#k)".to_string()];
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(cluster)))
+            .expression_attribute_names("#k", KEY)
+            .expression_attribute_names("#p", PLAN)
+            .return_values(ReturnValue::UpdatedOld);
+        if let Some(d) = write.expect_desired {
+            condition.push("#d = :ed".into());
+            req = req.expression_attribute_values(":ed", number(d));
+        }
+        match write.expect_plan {
+            Some(p) => {
+                condition.push("#p = :ep".into());
+                req = req.expression_attribute_values(":ep", AttributeValue::S(p.to_json()));
+            }
+            None => condition.push("attribute_not_exists(#p)".into()),
+        }
+        let mut set = Vec::new();
+        if let Some(d) = write.desired {
+            set.push("#d = :nd");
+            req = req.expression_attribute_values(":nd", number(d));
+        }
+        if let Some(p) = write.plan {
+            set.push("#p = :np");
+            req = req.expression_attribute_values(":np", AttributeValue::S(p.to_json()));
+        }
+        if write.expect_desired.is_some() || write.desired.is_some() {
+            req = req.expression_attribute_names("#d", DESIRED);
+        }
+        let mut update = String::new();
+        if !set.is_empty() {
+            update = format!("SET {}", set.join(", "));
+        }
+        if write.plan.is_none() {
+            update = format!("{update} REMOVE #p");
+        }
+        let req = req.condition_expression(condition.join(" AND ")).update_expression(update.trim());
+        match self.aws.call("dynamodb", "UpdateItem", || req.clone().send()).await {
+            Ok(out) => {
+                let before = out.attributes.as_ref().map(|a| parse_weight(a.get(DESIRED)));
+                if let (Some(d), Some(before)) = (write.desired, before) {
+                    if before != StoredWeight::Valid(d) {
+                        let entry = HistoryEntry::new(
+                            cluster,
+                            "DesiredWeight",
+                            Some(before.to_string()),
+                            d.to_string(),
+                            write.actor,
+                            write.cause,
+                        )
+                        .with_reason(write.reason);
+                        if let Err(e) = self.append_history(&entry).await {
+                            tracing::warn!(cluster, error = %e, "recording the change in the history failed");
+                        }
+                    }
+                }
+                Ok(true)
+            }
+            Err(e) if classify(&e) == Outcome::ConditionFailed => Ok(false),
+            Err(e) => Err(Self::error("write_plan", describe(&e))),
+        }
+    }
+
+    async fn append_history(&self, entry: &HistoryEntry) -> Result<(), StoreError> {
+        let Some(table) = &self.history_table else { return Ok(()) };
+        let req = self.client.put_item().table_name(table).set_item(Some(history_item(entry)));
+        self.aws
+            .call("dynamodb", "PutItem", || req.clone().send())
+            .await
+            .map(drop)
+            .map_err(|e| Self::error("append_history", describe(&e)))
+    }
+
+    async fn history(&self, cluster: Option<&str>, since_ms: Option<i64>) -> Result<Vec<HistoryEntry>, StoreError> {
+        let Some(table) = &self.history_table else {
+            return Err(Self::error("history", "history is off: no --history-table was given".into()));
+        };
+        let since = format!("{:013}", since_ms.unwrap_or(0).max(0));
+        let mut entries = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        for _ in 0..1000 {
+            let items = match cluster {
+                Some(c) => {
+                    let req = self
+                        .client
+                        .query()
+                        .table_name(table)
+                        .consistent_read(true)
+                        .key_condition_expression("#k = :c AND #s >= :since")
+                        .expression_attribute_names("#k", KEY)
+                        .expression_attribute_names("#s", HISTORY_SORT)
+                        .expression_attribute_values(":c", AttributeValue::S(c.to_string()))
+                        .expression_attribute_values(":since", AttributeValue::S(since.clone()))
+                        .set_exclusive_start_key(start.clone());
+                    let out = self
+                        .aws
+                        .call("dynamodb", "Query", || req.clone().send())
+                        .await
+                        .map_err(|e| Self::error("history", describe(&e)))?;
+                    start = out.last_evaluated_key.clone().filter(|k| !k.is_empty());
+                    out.items.unwrap_or_default()
+                }
+                None => {
+                    let req = self
+                        .client
+                        .scan()
+                        .table_name(table)
+                        .consistent_read(true)
+                        .filter_expression("#s >= :since")
+                        .expression_attribute_names("#s", HISTORY_SORT)
+                        .expression_attribute_values(":since", AttributeValue::S(since.clone()))
+                        .set_exclusive_start_key(start.clone());
+                    let out = self
+                        .aws
+                        .call("dynamodb", "Scan", || req.clone().send())
+                        .await
+                        .map_err(|e| Self::error("history", describe(&e)))?;
+                    start = out.last_evaluated_key.clone().filter(|k| !k.is_empty());
+                    out.items.unwrap_or_default()
+                }
+            };
+            entries.extend(items.iter().map(history_entry));
+            if start.is_none() {
+                break;
+            }
+        }
+        entries.sort_by_key(|e| e.at_ms);
+        Ok(entries)
     }
 }
 

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::weight::{check_strict_weight, WeightError};
 
@@ -86,7 +86,7 @@ impl fmt::Display for StoredWeight {
 }
 
 /// One cluster's row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WeightRow {
     #[serde(rename = "ClusterName")]
     pub cluster: String,
@@ -94,6 +94,202 @@ pub struct WeightRow {
     pub desired: StoredWeight,
     #[serde(rename = "CurrentWeight")]
     pub current: StoredWeight,
+    /// A ramp or a time-boxed override of this cluster (attribute/column `Plan`, JSON), carried out
+    /// by the cluster's leader; a finished ramp stays for `weir weights list` until the next change.
+    #[serde(rename = "Plan", skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
+}
+
+impl WeightRow {
+    pub fn new(cluster: impl Into<String>, desired: StoredWeight, current: StoredWeight) -> Self {
+        Self { cluster: cluster.into(), desired, current, plan: None }
+    }
+}
+
+/// What the leader carries out for a cluster besides applying DesiredWeight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Plan {
+    Ramp(Ramp),
+    Override(Override),
+}
+
+impl Plan {
+    /// The JSON kept in the store (also what conditional writes compare).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a plan serializes")
+    }
+
+    /// A stored plan; `Err` keeps the raw text for the message.
+    pub fn from_json(raw: &str) -> Result<Plan, String> {
+        serde_json::from_str(raw).map_err(|e| format!("unreadable Plan {raw:?}: {e}"))
+    }
+
+    pub fn running_ramp(&self) -> Option<&Ramp> {
+        match self {
+            Plan::Ramp(r) if matches!(r.state, RampState::Running { .. }) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// `weir weights ramp`: DesiredWeight moves from `from` to `to` by `step`, holding `every_ms` after
+/// each acknowledged step, then asking the gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ramp {
+    /// DesiredWeight before the ramp: where a failed gate reverts to.
+    pub from: u8,
+    pub to: u8,
+    pub step: u8,
+    pub every_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub actor: String,
+    pub started_at_ms: i64,
+    pub state: RampState,
+}
+
+impl Ramp {
+    /// Steps from `from` to `to` (at least 1).
+    pub fn steps(&self) -> u32 {
+        let distance = u32::from(self.from.abs_diff(self.to));
+        distance.div_ceil(u32::from(self.step.max(1))).max(1)
+    }
+
+    /// The weight after step `n` (1-based), clamped at `to`.
+    pub fn weight_at(&self, n: u32) -> u8 {
+        let moved = (n * u32::from(self.step)).min(u32::from(self.from.abs_diff(self.to))) as u8;
+        if self.to >= self.from {
+            self.from + moved
+        } else {
+            self.from - moved
+        }
+    }
+}
+
+/// The gate asked after each step's hold: a Prometheus instant query whose value must not exceed `max`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gate {
+    pub url: String,
+    pub query: String,
+    pub max: f64,
+    /// `--gate-on-no-data pass`: an empty result passes (by default it fails).
+    #[serde(default)]
+    pub pass_on_no_data: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RampState {
+    /// Step `step` of `steps` sets DesiredWeight to `at`; once acknowledged, it holds until `hold_until_ms`
+    /// (absent: not acknowledged yet). Step 0: recorded, no step written yet.
+    Running {
+        step: u32,
+        steps: u32,
+        at: u8,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hold_until_ms: Option<i64>,
+    },
+    Completed {
+        at_ms: i64,
+    },
+    /// The gate failed at weight `at`; DesiredWeight was reverted to `from`.
+    Aborted {
+        at: u8,
+        reason: String,
+        at_ms: i64,
+    },
+    Cancelled {
+        reason: String,
+        at_ms: i64,
+    },
+}
+
+/// `weir weights set --for`: DesiredWeight `value` until `until_ms`, then back to `previous`, unless
+/// DesiredWeight was changed meanwhile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Override {
+    pub previous: u8,
+    pub value: u8,
+    pub until_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub actor: String,
+}
+
+/// One change of DesiredWeight or CurrentWeight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Unix milliseconds.
+    #[serde(rename = "At")]
+    pub at_ms: i64,
+    #[serde(rename = "Time")]
+    pub time: String,
+    #[serde(rename = "ClusterName")]
+    pub cluster: String,
+    /// `DesiredWeight` or `CurrentWeight`.
+    #[serde(rename = "Field")]
+    pub field: String,
+    #[serde(rename = "Before")]
+    pub before: Option<String>,
+    #[serde(rename = "After")]
+    pub after: String,
+    #[serde(rename = "Actor")]
+    pub actor: String,
+    /// What made the change: `set`, `override`, `revert`, `ramp_step`, `ramp_abort`, `ack`.
+    #[serde(rename = "Cause")]
+    pub cause: String,
+    #[serde(rename = "Reason")]
+    pub reason: Option<String>,
+}
+
+impl HistoryEntry {
+    pub fn new(cluster: &str, field: &str, before: Option<String>, after: String, actor: &str, cause: &str) -> Self {
+        let at_ms = now_ms();
+        Self {
+            at_ms,
+            time: rfc3339_ms(at_ms),
+            cluster: cluster.to_string(),
+            field: field.to_string(),
+            before,
+            after,
+            actor: actor.to_string(),
+            cause: cause.to_string(),
+            reason: None,
+        }
+    }
+
+    pub fn with_reason(mut self, reason: Option<&str>) -> Self {
+        self.reason = reason.map(str::to_string);
+        self
+    }
+}
+
+/// Wall-clock Unix milliseconds (plan deadlines are shared between processes, so not `Instant`).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+pub fn rfc3339_ms(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The conditional write of a plan step: lands only if DesiredWeight is still `expect_desired` (when
+/// given) and the plan is still `expect_plan`.
+#[derive(Debug, Clone)]
+pub struct PlanWrite<'a> {
+    pub expect_desired: Option<u8>,
+    pub expect_plan: Option<&'a Plan>,
+    /// The new DesiredWeight (None: unchanged).
+    pub desired: Option<u8>,
+    pub plan: Option<&'a Plan>,
+    /// Appended to the history when the write lands and changes DesiredWeight.
+    pub actor: &'a str,
+    pub cause: &'a str,
+    pub reason: Option<&'a str>,
 }
 
 /// What `ack` did.
@@ -124,6 +320,26 @@ pub trait WeightStore: Send + Sync {
 
     /// Sets DesiredWeight (conditionally on the row existing); returns the value it replaced.
     async fn set_desired(&self, cluster: &str, desired: u8) -> Result<Option<StoredWeight>, StoreError>;
+
+    /// A conditional write of DesiredWeight and the plan (see [`PlanWrite`]); `Ok(false)` when the
+    /// condition failed (someone changed the row meanwhile). A DesiredWeight change is recorded in
+    /// the history.
+    async fn write_plan(&self, cluster: &str, write: PlanWrite<'_>) -> Result<bool, StoreError> {
+        let _ = (cluster, write);
+        Err(StoreError::ReadOnly(self.name()))
+    }
+
+    /// Appends to the history (a no-op where history is off).
+    async fn append_history(&self, entry: &HistoryEntry) -> Result<(), StoreError> {
+        let _ = entry;
+        Ok(())
+    }
+
+    /// History entries, oldest first, of one cluster or all, since a Unix-milliseconds time.
+    async fn history(&self, cluster: Option<&str>, since_ms: Option<i64>) -> Result<Vec<HistoryEntry>, StoreError> {
+        let _ = (cluster, since_ms);
+        Err(StoreError::ReadOnly(self.name()))
+    }
 }
 
 /// `--backend-type`. The old spellings `fake`, `dynamodb` and `dynamoDB` are accepted.
@@ -169,6 +385,8 @@ pub struct StoreConfig {
     pub static_weight: u8,
     /// This cluster's name (the static backend's only row).
     pub cluster: String,
+    /// DynamoDB history table (`--history-table`); SQLite keeps history in its own file.
+    pub history_table: Option<String>,
 }
 
 /// Opens the configured weight store.
@@ -190,7 +408,13 @@ pub async fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn WeightStore>, Store
 /// The DynamoDB table, on the SDK's standard environment (`AWS_ENDPOINT_URL`, `AWS_REGION`,
 /// credentials), `--aws-region` as the fallback region.
 async fn open_dynamodb(cfg: &StoreConfig) -> Result<Arc<dyn WeightStore>, StoreError> {
-    let store = dynamodb::DynamoStore::connect(&cfg.table_name, &cfg.aws_region, crate::aws::Aws::default()).await;
+    let store = dynamodb::DynamoStore::connect(&cfg.table_name, &cfg.aws_region, crate::aws::Aws::default())
+        .await
+        .with_history_table(cfg.history_table.clone());
+    store.check_history_table().await?;
+    if cfg.history_table.is_none() {
+        tracing::warn!("no --history-table: weight history is off (the DynamoDB store keeps no record of changes)");
+    }
     Ok(Arc::new(store))
 }
 
@@ -206,6 +430,7 @@ mod tests {
             aws_region: "eu-west-1".into(),
             static_weight: 40,
             cluster: "eu".into(),
+            history_table: None,
         }
     }
 

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use super::{AckOutcome, StoreError, StoredWeight, WeightRow, WeightStore};
+use super::{AckOutcome, HistoryEntry, Plan, PlanWrite, StoreError, StoredWeight, WeightRow, WeightStore};
 
 const STORE: &str = "sqlite";
 
@@ -47,7 +47,28 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS weights (
     cluster_name TEXT PRIMARY KEY NOT NULL,
     desired_weight,
     current_weight
-)";
+);
+CREATE TABLE IF NOT EXISTS weight_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    cluster_name TEXT NOT NULL,
+    field TEXT NOT NULL,
+    before TEXT,
+    after TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    cause TEXT NOT NULL,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS weight_history_by_time ON weight_history (at_ms)";
+
+/// Adds the `plan` column to a file made before plans existed.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_plan = conn.prepare("SELECT plan FROM weights LIMIT 0").is_ok();
+    if !has_plan {
+        conn.execute_batch("ALTER TABLE weights ADD COLUMN plan TEXT")?;
+    }
+    Ok(())
+}
 
 /// The `sqlite` weight store.
 #[derive(Clone)]
@@ -79,6 +100,7 @@ impl SqliteStore {
         let conn = tokio::task::spawn_blocking(move || -> rusqlite::Result<Connection> {
             let conn = connect(&p, create)?;
             conn.execute_batch(SCHEMA)?;
+            migrate(&conn)?;
             Ok(conn)
         })
         .await
@@ -128,21 +150,42 @@ fn stored(value: ValueRef<'_>) -> StoredWeight {
 }
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WeightRow> {
-    Ok(WeightRow { cluster: r.get(0)?, desired: stored(r.get_ref(1)?), current: stored(r.get_ref(2)?) })
+    let mut row = WeightRow::new(r.get::<_, String>(0)?, stored(r.get_ref(1)?), stored(r.get_ref(2)?));
+    row.plan = match r.get_ref(3)? {
+        ValueRef::Text(t) => match Plan::from_json(&String::from_utf8_lossy(t)) {
+            Ok(plan) => Some(plan),
+            Err(e) => {
+                tracing::warn!(cluster = %row.cluster, error = %e, "ignoring the plan of this row");
+                None
+            }
+        },
+        _ => None,
+    };
+    Ok(row)
 }
 
 fn read_row(conn: &Connection, cluster: &str) -> rusqlite::Result<Option<WeightRow>> {
     conn.query_row(
-        "SELECT cluster_name, desired_weight, current_weight FROM weights WHERE cluster_name = ?1",
+        "SELECT cluster_name, desired_weight, current_weight, plan FROM weights WHERE cluster_name = ?1",
         [cluster],
         row,
     )
     .optional()
 }
 
+fn insert_history(conn: &Connection, e: &HistoryEntry) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO weight_history (at_ms, cluster_name, field, before, after, actor, cause, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![e.at_ms, e.cluster, e.field, e.before, e.after, e.actor, e.cause, e.reason],
+    )?;
+    Ok(())
+}
+
 fn read_all(conn: &Connection) -> rusqlite::Result<Vec<WeightRow>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT cluster_name, desired_weight, current_weight FROM weights ORDER BY cluster_name")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT cluster_name, desired_weight, current_weight, plan FROM weights ORDER BY cluster_name",
+    )?;
     let rows = stmt.query_map([], row)?.collect();
     rows
 }
@@ -193,6 +236,17 @@ impl WeightStore for SqliteStore {
             }
             tx.execute("UPDATE weights SET current_weight = ?2 WHERE cluster_name = ?1", params![cluster, applied])
                 .map_err(sql("ack"))?;
+            if row.current != StoredWeight::Valid(applied) {
+                let entry = HistoryEntry::new(
+                    &cluster,
+                    "CurrentWeight",
+                    Some(row.current.to_string()),
+                    applied.to_string(),
+                    &format!("weir controller of {cluster}"),
+                    "ack",
+                );
+                insert_history(&tx, &entry).map_err(sql("ack"))?;
+            }
             tx.commit().map_err(sql("ack"))?;
             Ok(AckOutcome::Acknowledged)
         })
@@ -210,6 +264,87 @@ impl WeightStore for SqliteStore {
                 .map_err(sql("set_desired"))?;
             tx.commit().map_err(sql("set_desired"))?;
             Ok(Some(row.desired))
+        })
+        .await
+    }
+
+    async fn write_plan(&self, cluster: &str, write: PlanWrite<'_>) -> Result<bool, StoreError> {
+        let cluster = cluster.to_string();
+        let expect_plan = write.expect_plan.map(Plan::to_json);
+        let plan = write.plan.map(Plan::to_json);
+        let (expect_desired, desired) = (write.expect_desired, write.desired);
+        let (actor, cause, reason) =
+            (write.actor.to_string(), write.cause.to_string(), write.reason.map(str::to_string));
+        self.blocking("write_plan", move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("write_plan"))?;
+            let Some(row) = read_row(&tx, &cluster).map_err(sql("write_plan"))? else {
+                return Err(StoreError::NotFound(cluster));
+            };
+            if expect_desired.is_some_and(|d| row.desired != StoredWeight::Valid(d))
+                || row.plan.as_ref().map(Plan::to_json) != expect_plan
+            {
+                return Ok(false);
+            }
+            let new_desired = desired.map_or_else(|| row.desired.clone(), StoredWeight::Valid);
+            match desired {
+                Some(d) => tx.execute(
+                    "UPDATE weights SET desired_weight = ?2, plan = ?3 WHERE cluster_name = ?1",
+                    params![cluster, d, plan],
+                ),
+                None => tx.execute("UPDATE weights SET plan = ?2 WHERE cluster_name = ?1", params![cluster, plan]),
+            }
+            .map_err(sql("write_plan"))?;
+            if new_desired != row.desired {
+                let entry = HistoryEntry::new(
+                    &cluster,
+                    "DesiredWeight",
+                    Some(row.desired.to_string()),
+                    new_desired.to_string(),
+                    &actor,
+                    &cause,
+                )
+                .with_reason(reason.as_deref());
+                insert_history(&tx, &entry).map_err(sql("write_plan"))?;
+            }
+            tx.commit().map_err(sql("write_plan"))?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn append_history(&self, entry: &HistoryEntry) -> Result<(), StoreError> {
+        let entry = entry.clone();
+        self.blocking("append_history", move |conn| insert_history(conn, &entry).map_err(sql("append_history"))).await
+    }
+
+    async fn history(&self, cluster: Option<&str>, since_ms: Option<i64>) -> Result<Vec<HistoryEntry>, StoreError> {
+        let cluster = cluster.map(str::to_string);
+        self.blocking("history", move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT at_ms, cluster_name, field, before, after, actor, cause, reason FROM weight_history
+                     WHERE (?1 IS NULL OR cluster_name = ?1) AND at_ms >= ?2 ORDER BY at_ms, id",
+                )
+                .map_err(sql("history"))?;
+            let rows = stmt
+                .query_map(params![cluster, since_ms.unwrap_or(0)], |r| {
+                    let at_ms: i64 = r.get(0)?;
+                    Ok(HistoryEntry {
+                        at_ms,
+                        time: super::rfc3339_ms(at_ms),
+                        cluster: r.get(1)?,
+                        field: r.get(2)?,
+                        before: r.get(3)?,
+                        after: r.get(4)?,
+                        actor: r.get(5)?,
+                        cause: r.get(6)?,
+                        reason: r.get(7)?,
+                    })
+                })
+                .map_err(sql("history"))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(sql("history"));
+            rows
         })
         .await
     }

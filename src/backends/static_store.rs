@@ -15,11 +15,7 @@ impl StaticStore {
     }
 
     fn row(&self) -> WeightRow {
-        WeightRow {
-            cluster: self.cluster.clone(),
-            desired: StoredWeight::Valid(self.weight),
-            current: StoredWeight::Valid(self.weight),
-        }
+        WeightRow::new(self.cluster.clone(), StoredWeight::Valid(self.weight), StoredWeight::Valid(self.weight))
     }
 }
 

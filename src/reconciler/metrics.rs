@@ -26,6 +26,13 @@ pub struct WeightMetrics {
     pub drift: Family<Labels, Gauge<f64, AtomicU64>>,
     /// `weir_weight_store_errors_total{operation,error}`.
     pub store_errors: Family<Labels, Counter>,
+    /// `weir_weight_row_invalid{cluster}`: 1 while this cluster's DesiredWeight is not a weight (a
+    /// level, unlike the counter `weir_invalid_input_total{kind="weight"}`, so that an alert lasts as
+    /// long as the bad row does).
+    pub row_invalid: Family<Labels, Gauge>,
+    /// `weir_weight_refused{cluster,rule}`: 1 while a valid DesiredWeight is refused by a safety rule
+    /// (`min_serving_clusters`).
+    pub refused: Family<Labels, Gauge>,
 }
 
 impl WeightMetrics {
@@ -47,6 +54,16 @@ impl WeightMetrics {
             m.drift.clone(),
         );
         registry.register("weir_weight_store_errors", "Failed weight store calls", m.store_errors.clone());
+        registry.register(
+            "weir_weight_row_invalid",
+            "1 while this cluster's DesiredWeight in the weight store is not a weight (0-100)",
+            m.row_invalid.clone(),
+        );
+        registry.register(
+            "weir_weight_refused",
+            "1 while this cluster's DesiredWeight is refused by a safety rule, by rule",
+            m.refused.clone(),
+        );
         m
     }
 }

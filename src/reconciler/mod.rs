@@ -7,6 +7,7 @@ pub mod events;
 pub mod infra;
 pub mod leader;
 pub mod metrics;
+pub mod ramp;
 pub mod weight;
 
 pub use weir_core::explain;

@@ -42,6 +42,8 @@ pub struct Observation {
     pub signal: Option<WeightSignal>,
     /// A DesiredWeight refused for the first time (log and count it).
     pub new_bad_value: Option<String>,
+    /// A valid DesiredWeight refused by a safety rule for the first time (log and count it).
+    pub new_refused_value: Option<u8>,
     pub desired: Option<u8>,
     pub current: Option<u8>,
     pub drift_seconds: f64,
@@ -49,6 +51,12 @@ pub struct Observation {
 
 impl WeightTracker {
     pub fn observe(&mut self, row: &WeightRow, now: Instant) -> Observation {
+        self.observe_with(row, now, false)
+    }
+
+    /// `refused`: the row's (valid) DesiredWeight breaks a safety rule; it is then handled like an
+    /// invalid one: not applied, not acknowledged, reported once per value, drift counting.
+    pub fn observe_with(&mut self, row: &WeightRow, now: Instant, refused: bool) -> Observation {
         let drift_seconds = if row.desired == row.current && row.desired.valid().is_some() {
             self.drift_since = None;
             0.0
@@ -57,15 +65,24 @@ impl WeightTracker {
         };
         let current = row.current.valid();
         let mut new_bad_value = None;
+        let mut new_refused_value = None;
         let signal = match &row.desired {
-            StoredWeight::Valid(d) => {
+            StoredWeight::Valid(d) if !refused => {
                 self.last_bad = None;
                 Some(WeightSignal { weight: *d, from_desired: true, current })
             }
-            StoredWeight::Invalid(raw) => {
-                if self.last_bad.as_deref() != Some(raw) {
-                    self.last_bad = Some(raw.clone());
-                    new_bad_value = Some(raw.clone());
+            bad => {
+                // One key per refused value, so that each distinct refusal is reported once.
+                let key = match bad {
+                    StoredWeight::Valid(d) => format!("refused:{d}"),
+                    StoredWeight::Invalid(raw) => format!("invalid:{raw}"),
+                };
+                if self.last_bad.as_deref() != Some(key.as_str()) {
+                    self.last_bad = Some(key);
+                    match bad {
+                        StoredWeight::Valid(d) => new_refused_value = Some(*d),
+                        StoredWeight::Invalid(raw) => new_bad_value = Some(raw.clone()),
+                    }
                 }
                 match (self.last, current) {
                     // Keep applying what was applied before; only refresh what we know of CurrentWeight.
@@ -79,8 +96,37 @@ impl WeightTracker {
         if signal.is_some() {
             self.last = signal;
         }
-        Observation { signal, new_bad_value, desired: row.desired.valid(), current, drift_seconds }
+        Observation { signal, new_bad_value, new_refused_value, desired: row.desired.valid(), current, drift_seconds }
     }
+}
+
+/// `--min-serving-clusters`: why setting `cluster` from `before` to `after` is refused, if it is. A
+/// change that takes a serving cluster (DesiredWeight > 0) to 0 is refused when fewer than `min`
+/// clusters would then have DesiredWeight > 0. Pure; `rows` is the whole table (this cluster's row
+/// may show `before` or `after`: it is replaced by `after`).
+pub fn min_serving_violation(
+    rows: &[WeightRow],
+    cluster: &str,
+    before: Option<u8>,
+    after: u8,
+    min: usize,
+) -> Option<String> {
+    if min == 0 || after > 0 || before.unwrap_or(0) == 0 {
+        return None;
+    }
+    let serving: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.cluster != cluster && r.desired.valid().is_some_and(|w| w > 0))
+        .map(|r| r.cluster.as_str())
+        .collect();
+    (serving.len() < min).then(|| {
+        format!(
+            "setting {cluster:?} to 0 would leave {} cluster(s) with DesiredWeight > 0 ({}), fewer than \
+             --min-serving-clusters {min}",
+            serving.len(),
+            if serving.is_empty() { "none".to_string() } else { serving.join(", ") }
+        )
+    })
 }
 
 pub struct WeightLoop {
@@ -92,9 +138,30 @@ pub struct WeightLoop {
     pub invalid: InvalidInputs,
     /// Wakes the loop for an immediate poll (after an ack, or when DesiredWeight changed under an ack).
     pub poll_now: Arc<Notify>,
+    /// `--min-serving-clusters` (0: off).
+    pub min_serving_clusters: usize,
+    /// Every row read, for the plan executor (ramps, overrides).
+    pub rows: Option<watch::Sender<Option<WeightRow>>>,
 }
 
 impl WeightLoop {
+    /// Why the row's DesiredWeight must not be applied under the safety rules, if it must not. A
+    /// failed read of the table refuses too (fail safe: keep serving what is applied).
+    async fn safety_refusal(&self, row: &WeightRow) -> Option<String> {
+        let desired = row.desired.valid()?;
+        let before = row.current.valid();
+        if self.min_serving_clusters == 0 || desired > 0 || before.unwrap_or(0) == 0 {
+            return None;
+        }
+        match self.store.list().await {
+            Ok(rows) => min_serving_violation(&rows, &self.cluster, before, desired, self.min_serving_clusters),
+            Err(e) => {
+                self.store_error("list", &e);
+                Some(format!("the weight table could not be read to check --min-serving-clusters: {e}"))
+            }
+        }
+    }
+
     fn store_error(&self, operation: &str, e: &StoreError) {
         tracing::warn!(cluster = %self.cluster, operation, error = %e, "weight store call failed; will retry");
         self.metrics
@@ -143,7 +210,31 @@ impl WeightLoop {
                 None => None,
             };
             if let Some(row) = row {
-                let obs = tracker.observe(&row, Instant::now());
+                if let Some(rows) = &self.rows {
+                    rows.send_if_modified(|old| {
+                        let changed = old.as_ref() != Some(&row);
+                        if changed {
+                            *old = Some(row.clone());
+                        }
+                        changed
+                    });
+                }
+                let refusal = self.safety_refusal(&row).await;
+                let obs = tracker.observe_with(&row, Instant::now(), refusal.is_some());
+                self.metrics.row_invalid.get_or_create(&cluster_labels).set(i64::from(row.desired.valid().is_none()));
+                self.metrics
+                    .refused
+                    .get_or_create(&labels(&[("cluster", &self.cluster), ("rule", "min_serving_clusters")]))
+                    .set(i64::from(refusal.is_some()));
+                if let (Some(value), Some(reason)) = (obs.new_refused_value, &refusal) {
+                    self.invalid.inc(InputKind::MinServingClusters);
+                    tracing::warn!(
+                        cluster = %self.cluster,
+                        value,
+                        "DesiredWeight {value} of cluster {} refused: {reason}; not applied, not acknowledged",
+                        self.cluster
+                    );
+                }
                 if let Some(raw) = &obs.new_bad_value {
                     self.invalid.inc(InputKind::Weight);
                     tracing::warn!(
@@ -186,7 +277,7 @@ mod tests {
     use super::*;
 
     fn row(desired: StoredWeight, current: StoredWeight) -> WeightRow {
-        WeightRow { cluster: "eu".into(), desired, current }
+        WeightRow::new("eu", desired, current)
     }
     use StoredWeight::{Invalid, Valid};
 
@@ -218,6 +309,43 @@ mod tests {
         assert_eq!(o.drift_seconds, 3.0, "drift keeps counting");
         let o = t.observe(&row(Invalid("abc".into()), Valid(40)), t0 + Duration::from_secs(4));
         assert_eq!(o.new_bad_value.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn min_serving_clusters_refuses_only_a_change_that_takes_a_serving_cluster_below_the_minimum() {
+        let rows = |eu: u8, us: u8, ap: StoredWeight| {
+            vec![
+                WeightRow::new("eu", Valid(eu), Valid(100)),
+                WeightRow::new("us", Valid(us), Valid(us)),
+                WeightRow::new("ap", ap, Valid(0)),
+            ]
+        };
+        // us serving, ap not: eu to 0 leaves one serving.
+        let why = min_serving_violation(&rows(0, 100, Valid(0)), "eu", Some(100), 0, 2).unwrap();
+        assert!(why.contains("leave 1 cluster(s)") && why.contains("us"), "{why}");
+        assert_eq!(min_serving_violation(&rows(0, 100, Valid(0)), "eu", Some(100), 0, 1), None);
+        assert_eq!(min_serving_violation(&rows(0, 100, Valid(30)), "eu", Some(100), 0, 2), None);
+        // An invalid row does not count as serving.
+        assert!(min_serving_violation(&rows(0, 100, Invalid("abc".into())), "eu", Some(100), 0, 2).is_some());
+        // Raising a weight, or a cluster already at 0, is never refused; 0 turns the rule off.
+        assert_eq!(min_serving_violation(&rows(50, 0, Valid(0)), "eu", Some(100), 50, 3), None);
+        assert_eq!(min_serving_violation(&rows(0, 0, Valid(0)), "eu", Some(0), 0, 3), None);
+        assert_eq!(min_serving_violation(&rows(0, 0, Valid(0)), "eu", Some(100), 0, 0), None);
+    }
+
+    #[test]
+    fn a_refused_weight_is_kept_out_like_an_invalid_one() {
+        let mut t = WeightTracker::default();
+        let t0 = Instant::now();
+        t.observe(&row(Valid(100), Valid(100)), t0);
+        let o = t.observe_with(&row(Valid(0), Valid(100)), t0, true);
+        assert_eq!(o.new_refused_value, Some(0));
+        assert_eq!(o.signal.unwrap().weight, 100, "the applied weight stays");
+        let o = t.observe_with(&row(Valid(0), Valid(100)), t0 + Duration::from_secs(60), true);
+        assert_eq!(o.new_refused_value, None, "reported once");
+        assert_eq!(o.drift_seconds, 60.0, "drift counts, so the drift alert fires");
+        // Once allowed (another cluster came back), it is applied.
+        assert_eq!(t.observe_with(&row(Valid(0), Valid(100)), t0, false).signal.unwrap().weight, 0);
     }
 
     #[test]
@@ -291,6 +419,8 @@ mod loop_tests {
             metrics: metrics.clone(),
             invalid: InvalidInputs::default(),
             poll_now: Arc::new(Notify::new()),
+            min_serving_clusters: 0,
+            rows: None,
         };
         let (tx, mut rx) = watch::channel(None);
         let (stop_tx, stop_rx) = watch::channel(false);

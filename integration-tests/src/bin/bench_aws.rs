@@ -143,7 +143,17 @@ async fn big_zone(foreign: usize) {
     print(100, "one host added", &reconcile(&p, &m, &snapshot(dir.path(), 101), 20).await);
 }
 
+/// Failover latency at `poll` (None: weir's default), `edits` edits; `random_gaps`: each edit waits a
+/// random 0-2 s after the previous ack, so that edits land at random points of the poll cycle.
 fn failover() {
+    failover_run(Some("1s"), 20, false);
+}
+
+fn failover_default() {
+    failover_run(None, 50, true);
+}
+
+fn failover_run(poll: Option<&str>, edits: usize, random_gaps: bool) {
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start(dir.path());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -156,7 +166,7 @@ fn failover() {
     });
     let manifests = dir.path().join("eu");
     write_manifests(&manifests, 10, "eu-lb.example.net");
-    let _c = Controller::start(
+    let _c = Controller::start_polling(
         ControllerSpec {
             cluster: "eu",
             manifests,
@@ -165,9 +175,19 @@ fn failover() {
             initial_weight: 50,
             extra: vec![],
         },
+        poll,
         dir.path(),
         "weir-eu",
     );
+    // A small xorshift: random gaps without another dependency.
+    let mut seed: u64 =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let mut gap = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        Duration::from_millis(seed % 2000)
+    };
     let weight_of_h0 = || {
         rt.block_on(async {
             let out = r53
@@ -190,7 +210,10 @@ fn failover() {
     wait_for("initial publish", Duration::from_secs(60), || (weight_of_h0() == Some(50)).then_some(()));
     wait_for("initial ack", Duration::from_secs(60), || (current() == "N:50").then_some(()));
     let mut latencies = Vec::new();
-    for i in 0..20 {
+    for i in 0..edits {
+        if random_gaps {
+            std::thread::sleep(gap());
+        }
         let w: i64 = if i % 2 == 0 { 20 } else { 80 };
         let started = Instant::now();
         rt.block_on(async {
@@ -217,8 +240,10 @@ fn failover() {
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1];
     println!(
-        "failover latency over {} edits, --weight-poll-interval 1s, 10 hosts: p50={}ms p99={}ms max={}ms",
+        "failover latency over {} edits, --weight-poll-interval {}, 10 hosts{}: p50={}ms p99={}ms max={}ms",
         latencies.len(),
+        poll.unwrap_or("default"),
+        if random_gaps { ", edits at random times" } else { "" },
         pct(0.50).as_millis(),
         pct(0.99).as_millis(),
         latencies.last().unwrap().as_millis()
@@ -245,5 +270,8 @@ fn main() {
     }
     if want("failover") {
         failover();
+    }
+    if want("failover-default") {
+        failover_default();
     }
 }
