@@ -7,7 +7,7 @@ use integration_tests::apiserver::{ApiServer, Options};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use tokio::sync::watch;
-use weir::reconciler::leader::{LeaderConfig, LeaderElector, LeaderMetrics};
+use weir::reconciler::leader::{writer_guards, Fence, LeaderConfig, LeaderElector, LeaderMetrics};
 
 struct Replica {
     leader: watch::Receiver<bool>,
@@ -24,11 +24,17 @@ fn replica(server: &ApiServer, identity: &str) -> Replica {
         renew_deadline: Duration::from_millis(1500),
         retry_period: Duration::from_millis(200),
     };
-    let elector =
-        LeaderElector { api: Api::namespaced(server.client(), "default"), config, metrics: LeaderMetrics::default() };
+    let elector = LeaderElector {
+        api: Api::namespaced(server.client(), "default"),
+        config,
+        metrics: LeaderMetrics::default(),
+        fence: Fence::closed(),
+    };
     let (tx, leader) = watch::channel(false);
     let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(elector.run(tx, stop_rx));
+    // No writers here: the guard is dropped at once.
+    let (_, writers) = writer_guards();
+    let task = tokio::spawn(elector.run(tx, stop_rx, writers));
     Replica { leader, stop, task }
 }
 

@@ -10,33 +10,40 @@ use tokio::task::JoinHandle;
 
 use crate::cli::{LeaderArgs, ProviderKind};
 use crate::reconciler::leader::{
-    always_leader, default_identity, LeaderConfig, LeaderElector, LeaderMetrics, LeaderRx,
+    always_leader, default_identity, Fence, LeaderConfig, LeaderElector, LeaderMetrics, LeaderRx, WritersDone,
 };
 use crate::reconciler::{NoRefusalSink, RefusalSink};
 
 /// Starts leader election when enabled; otherwise this process is always the leader. The returned
-/// sender must live as long as the writers (dropping it freezes the value).
+/// sender must live as long as the writers (dropping it freezes the value). Every writer checks the
+/// returned [`Fence`] before each write batch; on shutdown the Lease is released once `writers` says
+/// the in-flight passes ended.
 pub async fn start_leader_election(
     args: &LeaderArgs,
     registry: &mut Registry,
     shutdown: &watch::Receiver<bool>,
+    writers: WritersDone,
     tasks: &mut Vec<JoinHandle<()>>,
-) -> Result<(Option<watch::Sender<bool>>, LeaderRx)> {
+) -> Result<(Option<watch::Sender<bool>>, LeaderRx, Fence)> {
     if !args.enable_leader_election {
-        let (tx, rx) = always_leader();
-        return Ok((Some(tx), rx));
+        let (tx, rx, fence) = always_leader();
+        return Ok((Some(tx), rx, fence));
     }
     let config = LeaderConfig::from_args(args, default_identity())?;
-    let client =
-        crate::providers::kubernetes::client().await.context("connecting to Kubernetes for leader election")?;
+    // Lease calls are bounded twice: by this read timeout and by the elector's own deadline per round.
+    let client = crate::providers::kubernetes::client_with_read_timeout(config.renew_deadline)
+        .await
+        .context("connecting to Kubernetes for leader election")?;
+    let fence = Fence::closed();
     let elector = LeaderElector {
         api: Api::namespaced(client, &config.namespace),
         config,
         metrics: LeaderMetrics::register(registry),
+        fence: fence.clone(),
     };
     let (tx, rx) = watch::channel(false);
-    tasks.push(tokio::spawn(elector.run(tx, shutdown.clone())));
-    Ok((None, rx))
+    tasks.push(tokio::spawn(elector.run(tx, shutdown.clone(), writers)));
+    Ok((None, rx, fence))
 }
 
 /// Events on refused inputs with the Kubernetes provider; nothing more than logs and metrics otherwise.

@@ -8,6 +8,7 @@
 //! (built-ins, weir's CRDs, external-dns DNSEndpoint, or any CustomResourceDefinition created through
 //! the API).
 
+mod faults;
 mod selector;
 mod store;
 mod types;
@@ -26,6 +27,7 @@ use axum::Router;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+pub use faults::Faults;
 pub use selector::Selector;
 pub use store::{ApiError, EventType, Store, WriteOp};
 pub use types::ResourceType;
@@ -49,6 +51,7 @@ impl Default for Options {
 pub struct ApiServer {
     pub addr: SocketAddr,
     store: Arc<Store>,
+    faults: Faults,
     _shutdown: oneshot::Sender<()>,
     _runtime: Option<std::thread::JoinHandle<()>>,
 }
@@ -60,17 +63,20 @@ impl ApiServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind test API server");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel();
-        let app = router(store.clone(), opts.bookmark_interval);
+        let faults = Faults::default();
+        let app = router(store.clone(), opts.bookmark_interval, faults.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).with_graceful_shutdown(async { drop(rx.await) }).await;
         });
-        ApiServer { addr, store, _shutdown: tx, _runtime: None }
+        ApiServer { addr, store, faults, _shutdown: tx, _runtime: None }
     }
 
     /// Starts on its own thread and runtime, for synchronous tests that drive the `weir` binary.
     pub fn start_background(opts: Options) -> ApiServer {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (tx, rx) = oneshot::channel::<()>();
+        let faults = Faults::default();
+        let server_faults = faults.clone();
         let handle = std::thread::spawn(move || {
             let rt =
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
@@ -79,12 +85,12 @@ impl ApiServer {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind test API server");
                 let addr = listener.local_addr().expect("local addr");
                 ready_tx.send((addr, store.clone())).expect("report address");
-                let app = router(store, opts.bookmark_interval);
+                let app = router(store, opts.bookmark_interval, server_faults);
                 let _ = axum::serve(listener, app).with_graceful_shutdown(async { drop(rx.await) }).await;
             });
         });
         let (addr, store) = ready_rx.recv().expect("test API server started");
-        ApiServer { addr, store, _shutdown: tx, _runtime: Some(handle) }
+        ApiServer { addr, store, faults, _shutdown: tx, _runtime: Some(handle) }
     }
 
     pub fn url(&self) -> String {
@@ -94,6 +100,11 @@ impl ApiServer {
     /// Direct, synchronous access to the objects (seeding and inspecting state in tests).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The fault switches (hang a client's requests).
+    pub fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     /// A kube client configuration pointing at this server (plain http, namespace `default`).
@@ -109,10 +120,19 @@ impl ApiServer {
 
     /// Writes a kubeconfig for this server into `dir` and returns its path (for `KUBECONFIG`).
     pub fn write_kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("kubeconfig");
+        self.write_kubeconfig_as(dir, "kubeconfig", "{}")
+    }
+
+    /// A kubeconfig whose client sends `Authorization: Bearer TOKEN`, which [`Faults`] can hang.
+    pub fn write_kubeconfig_with_token(&self, dir: &Path, token: &str) -> PathBuf {
+        self.write_kubeconfig_as(dir, &format!("kubeconfig-{token}"), &format!("{{token: {token}}}"))
+    }
+
+    fn write_kubeconfig_as(&self, dir: &Path, file: &str, user: &str) -> PathBuf {
+        let path = dir.join(file);
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\nusers:\n- name: test\n  \
-             user: {{}}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n    namespace: default\n\
+             user: {user}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n    namespace: default\n\
              current-context: test\n",
             self.url()
         );
@@ -135,11 +155,15 @@ struct Ctx {
     bookmark_interval: Duration,
 }
 
-fn router(store: Arc<Store>, bookmark_interval: Duration) -> Router {
+fn router(store: Arc<Store>, bookmark_interval: Duration, faults: Faults) -> Router {
     let ctx = Ctx { store, bookmark_interval };
     Router::new().fallback(move |req: Request<Body>| {
         let ctx = ctx.clone();
-        async move { handle(ctx, req).await }
+        let faults = faults.clone();
+        async move {
+            faults.gate(req.headers()).await;
+            handle(ctx, req).await
+        }
     })
 }
 
