@@ -5,6 +5,7 @@
 pub mod apiserver;
 pub mod aws;
 pub mod weir_aws;
+pub mod writelog;
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
