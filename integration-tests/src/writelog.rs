@@ -31,9 +31,11 @@ fn timestamp(line: &serde_json::Value) -> Option<f64> {
 pub fn parse(replica: &str, text: &str) -> ReplicaLog {
     let mut log = ReplicaLog::default();
     let mut open: Option<f64> = None;
+    let mut last = 0.0;
     for line in text.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
         let Some(t) = timestamp(&v) else { continue };
+        last = t;
         let fields = &v["fields"];
         match fields["message"].as_str().unwrap_or_default() {
             "DNS batch: writing" => open = Some(t),
@@ -50,9 +52,10 @@ pub fn parse(replica: &str, text: &str) -> ReplicaLog {
             _ => {}
         }
     }
-    // A batch that started and never ended (the process was killed mid-apply) may have landed.
+    // A batch that started and never ended (the process was killed mid-apply) may have landed: it
+    // counts as writing until the process's last log line (it logs at least every weight poll).
     if let Some(start) = open {
-        log.writes.push(Write { replica: replica.into(), start, end: f64::INFINITY, what: "dns (killed)" });
+        log.writes.push(Write { replica: replica.into(), start, end: last.max(start), what: "dns (killed)" });
     }
     log
 }

@@ -494,6 +494,10 @@ impl DnsProvider for Route53Dns {
         report
     }
 
+    fn forget_published(&self) {
+        *self.cache.lock() = Cache::default();
+    }
+
     async fn prepare(&self, desired: &mut DesiredRecords) {
         if let Some(health) = &self.health {
             health.attach(desired, &self.opts.owner).await;

@@ -73,15 +73,23 @@ impl DnsLoop {
             if *shutdown.borrow() {
                 return;
             }
+            // A flip, even back to true (a term lost and won again during a pass), is a new term.
+            let new_term = leader.has_changed().unwrap_or(false);
             if !*leader.borrow_and_update() {
                 self.readiness.set(true);
-                // Forget what was seen while leading: the next leadership starts from a fresh pass.
+                // Forget what was seen while leading: the next term starts from a fresh read, since
+                // the other leader changed what is published (a cached read would hide it).
                 book = Bookkeeping::default();
+                self.provider.forget_published();
                 tokio::select! {
                     Ok(()) = leader.changed() => {}
                     _ = shutdown.changed() => {}
                 }
                 continue;
+            }
+            if new_term {
+                book = Bookkeeping::default();
+                self.provider.forget_published();
             }
             let snapshot = snapshots.borrow_and_update().clone();
             let signal = *weights.borrow_and_update();

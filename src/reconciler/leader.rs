@@ -340,16 +340,18 @@ impl LeaderElector {
     }
 
     fn publish(&self, tx: &watch::Sender<bool>, round: &mut Round) {
-        let changed = tx.send_if_modified(|v| std::mem::replace(v, round.leader) != round.leader);
-        if changed {
-            self.metrics.transitions.inc();
-            self.metrics.leader.set(i64::from(round.leader));
-            if round.leader {
-                tracing::info!(identity = %self.config.identity, "became the leader");
-            } else {
-                tracing::warn!(identity = %self.config.identity, "no longer the leader; writes stop");
-            }
+        if *tx.borrow() == round.leader {
+            return;
         }
+        // Logged before the loops are woken, so that the log shows the term before its writes.
+        if round.leader {
+            tracing::info!(identity = %self.config.identity, "became the leader");
+        } else {
+            tracing::warn!(identity = %self.config.identity, "no longer the leader; writes stop");
+        }
+        self.metrics.transitions.inc();
+        self.metrics.leader.set(i64::from(round.leader));
+        tx.send_replace(round.leader);
     }
 
     /// The flag never outlives the fence.
