@@ -29,7 +29,15 @@ pub async fn start_leader_election(
         let (tx, rx, fence) = always_leader();
         return Ok((Some(tx), rx, fence));
     }
-    let config = LeaderConfig::from_args(args, default_identity())?;
+    let config = LeaderConfig {
+        namespace: args.leader_election_namespace.clone(),
+        name: args.leader_election_id.clone(),
+        identity: default_identity(),
+        lease_duration: args.lease_duration,
+        renew_deadline: args.renew_deadline,
+        retry_period: args.retry_period,
+    }
+    .checked()?;
     // Lease calls are bounded twice: by this read timeout and by the elector's own deadline per round.
     let client = crate::providers::kubernetes::client_with_read_timeout(config.renew_deadline)
         .await
