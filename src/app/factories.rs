@@ -15,6 +15,7 @@ use crate::dns::route53::{HealthCheckSettings, Route53Dns, Route53Options, ZoneR
 use crate::dns::DnsProvider;
 use crate::providers::file::FileProvider;
 use crate::providers::SnapshotRx;
+use crate::reconciler::leader::Fence;
 use crate::reconciler::PipelineConfig;
 use crate::telemetry::InvalidInputs;
 use crate::translate::TranslateConfig;
@@ -101,13 +102,20 @@ pub struct DnsParts {
     pub route53: Option<Arc<Route53Dns>>,
 }
 
-pub async fn open_dns_provider(dns: &DnsArgs, store: &StoreArgs, cluster: &ClusterArgs) -> Result<DnsParts> {
+/// Every provider writes only while `fence` is open.
+pub async fn open_dns_provider(
+    dns: &DnsArgs,
+    store: &StoreArgs,
+    cluster: &ClusterArgs,
+    fence: &Fence,
+) -> Result<DnsParts> {
     match dns.dns_provider {
         DnsProviderKind::Embedded => {
             let db = store.db.clone().context("--dns-provider embedded keeps its zone in --db PATH")?;
             let zone =
                 EmbeddedZone::open(&db).await.with_context(|| format!("opening the zone in {}", db.display()))?;
-            Ok(DnsParts { provider: Arc::new(EmbeddedDns::new(zone.clone())), zone: Some(zone), route53: None })
+            let provider = EmbeddedDns::new(zone.clone()).with_fence(fence.clone());
+            Ok(DnsParts { provider: Arc::new(provider), zone: Some(zone), route53: None })
         }
         DnsProviderKind::Route53 => {
             let zone = match (&dns.hosted_zone_id, cluster.selection.binding_domain.as_str()) {
@@ -123,7 +131,12 @@ pub async fn open_dns_provider(dns: &DnsArgs, store: &StoreArgs, cluster: &Clust
                 port: dns.health_check_port,
                 protocol: dns.health_check_protocol.clone(),
             });
-            let provider = Arc::new(Route53Dns::connect(&store.aws_region, opts).await.context("opening Route53")?);
+            let provider = Arc::new(
+                Route53Dns::connect(&store.aws_region, opts)
+                    .await
+                    .context("opening Route53")?
+                    .with_fence(fence.clone()),
+            );
             Ok(DnsParts { provider: provider.clone(), zone: None, route53: Some(provider) })
         }
         DnsProviderKind::Dnsendpoint => {
@@ -131,7 +144,7 @@ pub async fn open_dns_provider(dns: &DnsArgs, store: &StoreArgs, cluster: &Clust
                 .await
                 .context("--dns-provider dnsendpoint writes DNSEndpoint objects: connecting to Kubernetes")?;
             let owner = Ownership { cluster: cluster.cluster_name.clone(), txt_prefix: dns.txt_prefix.clone() };
-            let provider = crate::dns::dnsendpoint_k8s::DnsEndpointDns::new(client, owner);
+            let provider = crate::dns::dnsendpoint_k8s::DnsEndpointDns::new(client, owner).with_fence(fence.clone());
             Ok(DnsParts { provider: Arc::new(provider), zone: None, route53: None })
         }
     }

@@ -10,24 +10,27 @@ use tokio::task::JoinHandle;
 
 use crate::cli::{LeaderArgs, ProviderKind};
 use crate::reconciler::leader::{
-    always_leader, default_identity, LeaderConfig, LeaderElector, LeaderMetrics, LeaderRx,
+    always_leader, default_identity, Fence, LeaderConfig, LeaderElector, LeaderMetrics, LeaderRx, WritersDone,
 };
 use crate::reconciler::{NoRefusalSink, RefusalSink};
 
 /// Starts leader election when enabled; otherwise this process is always the leader. The returned
-/// sender must live as long as the writers (dropping it freezes the value).
+/// sender must live as long as the writers (dropping it freezes the value). Every writer checks the
+/// returned [`Fence`] before each write batch; on shutdown the Lease is released once `writers` says
+/// the in-flight passes ended.
 pub async fn start_leader_election(
     args: &LeaderArgs,
     registry: &mut Registry,
     shutdown: &watch::Receiver<bool>,
+    writers: WritersDone,
     tasks: &mut Vec<JoinHandle<()>>,
-) -> Result<(Option<watch::Sender<bool>>, LeaderRx)> {
+) -> Result<(Option<watch::Sender<bool>>, LeaderRx, Fence)> {
     // Registered in every mode so that "no replica is the leader" can be alerted on everywhere.
     let metrics = LeaderMetrics::register(registry);
     if !args.enable_leader_election {
         metrics.leader.set(1);
-        let (tx, rx) = always_leader();
-        return Ok((Some(tx), rx));
+        let (tx, rx, fence) = always_leader();
+        return Ok((Some(tx), rx, fence));
     }
     let config = LeaderConfig {
         namespace: args.leader_election_namespace.clone(),
@@ -38,12 +41,15 @@ pub async fn start_leader_election(
         retry_period: args.retry_period,
     }
     .checked()?;
-    let client =
-        crate::providers::kubernetes::client().await.context("connecting to Kubernetes for leader election")?;
-    let elector = LeaderElector { api: Api::namespaced(client, &config.namespace), config, metrics };
+    // Lease calls are bounded twice: by this read timeout and by the elector's own deadline per round.
+    let client = crate::providers::kubernetes::client_with_read_timeout(config.renew_deadline)
+        .await
+        .context("connecting to Kubernetes for leader election")?;
+    let fence = Fence::closed();
+    let elector = LeaderElector { api: Api::namespaced(client, &config.namespace), config, metrics, fence: fence.clone() };
     let (tx, rx) = watch::channel(false);
-    tasks.push(tokio::spawn(elector.run(tx, shutdown.clone())));
-    Ok((None, rx))
+    tasks.push(tokio::spawn(elector.run(tx, shutdown.clone(), writers)));
+    Ok((None, rx, fence))
 }
 
 /// Events on refused inputs with the Kubernetes provider; nothing more than logs and metrics otherwise.

@@ -72,7 +72,8 @@ async fn read_pass(
             )),
         ),
     };
-    let dns_parts = open_dns_provider(dns, store_args, cluster).await?;
+    // `weir explain` only reads: a closed fence makes sure of it.
+    let dns_parts = open_dns_provider(dns, store_args, cluster, &crate::reconciler::leader::Fence::closed()).await?;
     let config = pipeline_config(cluster, dns);
     let live = match xds_state {
         Some(path) => read_strategy_weights(path, &snapshot).await?,

@@ -23,6 +23,7 @@ use crate::cli::{
 };
 use crate::http_serve::HttpServer;
 use crate::reconciler::dns::DnsLoop;
+use crate::reconciler::leader::writer_guards;
 use crate::reconciler::metrics::{ReconcileMetrics, WeightMetrics};
 use crate::reconciler::weight::WeightLoop;
 use crate::telemetry::{self, InvalidInputs, Readiness};
@@ -131,9 +132,14 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
 
     let (snapshots, provider_task) = start_provider(&args.provider, &invalid, &liveness, shutdown.clone()).await?;
     let store = open_weight_store(&args.store, &cluster).await?;
-    let dns = open_dns_provider(&args.dns, &args.store, &args.cluster).await?;
-
     let mut tasks = vec![provider_task];
+    // Every writer holds a guard: on shutdown the Lease is released once their passes ended.
+    let (writer_guard, writers_done) = writer_guards();
+    let (_leader_tx, leader, fence) =
+        super::kubernetes::start_leader_election(&args.leader, &mut registry, &shutdown, writers_done, &mut tasks)
+            .await?;
+    let dns = open_dns_provider(&args.dns, &args.store, &args.cluster, &fence).await?;
+
     // The embedded zone is served by weir's own DNS server when an address is given.
     let dns_listen =
         dns_listen.or(if args.dns.dns_provider == DnsProviderKind::Embedded { args.dns.dns_listen } else { None });
@@ -142,8 +148,6 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         tasks.push(super::factories::serve_embedded_dns(addr, zone, options, &mut registry, shutdown.clone()).await?);
     }
 
-    let (_leader_tx, leader) =
-        super::kubernetes::start_leader_election(&args.leader, &mut registry, &shutdown, &mut tasks).await?;
     // The sink's task ends when the DNS loop (and with it the sink) is dropped.
     let (sink, _events_task) = super::kubernetes::refusal_sink(args.provider.provider).await?;
     let weight_metrics = WeightMetrics::register(&mut registry);
@@ -165,6 +169,7 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
             sink: sink.clone(),
             resync: args.resync_interval,
             leader: leader.clone(),
+            fence: fence.clone(),
         })
     } else {
         None
@@ -219,19 +224,33 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         poll_weight_now: poll_now,
         readiness,
         leader,
+        fence,
     };
     tracing::info!(%cluster, "weir running");
     tasks.push(tokio::spawn(weight_loop.run(weight_tx, shutdown.clone())));
     tasks.push(tokio::spawn(plan_loop.run(shutdown.clone())));
     if let Some(infra_loop) = infra_loop {
-        tasks.push(tokio::spawn(infra_loop.run(snapshots.clone(), shutdown.clone())));
+        let guard = writer_guard.clone();
+        let run = infra_loop.run(snapshots.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            run.await;
+            drop(guard);
+        }));
     }
-    tasks.push(tokio::spawn(dns_loop.run(snapshots, weight_rx, shutdown.clone())));
+    let run = dns_loop.run(snapshots, weight_rx, shutdown.clone());
+    tasks.push(tokio::spawn(async move {
+        run.await;
+        drop(writer_guard);
+    }));
 
     wait_shutdown(shutdown).await;
-    for task in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    // The elector may wait for the in-flight pass (at most its fence) and then for the release call
+    // (at most the renew deadline).
+    let mut grace = Duration::from_secs(5);
+    if args.leader.enable_leader_election {
+        grace += args.leader.renew_deadline * 2;
     }
+    let _ = tokio::time::timeout(grace, futures::future::join_all(tasks)).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), metrics_task).await;
     Ok(())
 }

@@ -20,6 +20,7 @@ use super::plan::{source_of, Change};
 use super::record::{Ownership, RecordKey, RecordSet, RecordType, TXT_WEIGHT};
 use super::{validate, ApplyReport, DnsError, DnsProvider};
 use crate::model::ObjectRef;
+use crate::reconciler::leader::Fence;
 
 /// The field manager of weir's server-side applies.
 pub const FIELD_MANAGER: &str = "weir-controller";
@@ -28,14 +29,22 @@ const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=weir";
 pub struct DnsEndpointDns {
     client: Client,
     owner: Ownership,
+    fence: Fence,
 }
 
 /// Records per DNSEndpoint (namespace, name = the Ingress's).
 type Objects = BTreeMap<(String, String), BTreeMap<RecordKey, RecordSet>>;
 
 impl DnsEndpointDns {
+    /// A provider that always writes (no leader election); see [`Self::with_fence`].
     pub fn new(client: Client, owner: Ownership) -> Self {
-        Self { client, owner }
+        Self { client, owner, fence: Fence::always() }
+    }
+
+    /// Writes each DNSEndpoint only while `fence` is open.
+    pub fn with_fence(mut self, fence: Fence) -> Self {
+        self.fence = fence;
+        self
     }
 
     fn call_error(operation: &'static str, e: kube::Error) -> DnsError {
@@ -222,6 +231,11 @@ impl DnsProvider for DnsEndpointDns {
         let mut failed_objects: BTreeMap<(String, String), String> = BTreeMap::new();
         for key in &touched {
             let records = objects.get(key).cloned().unwrap_or_default();
+            // Each object is one write batch: checked right before it is sent.
+            if let Err(e) = self.fence.check() {
+                failed_objects.insert(key.clone(), e.to_string());
+                continue;
+            }
             if let Err(e) = self.write(&key.0, &key.1, &records).await {
                 tracing::warn!(namespace = %key.0, name = %key.1, error = %e, "writing the DNSEndpoint failed");
                 failed_objects.insert(key.clone(), e.to_string());

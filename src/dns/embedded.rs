@@ -17,6 +17,7 @@ use super::plan::Change;
 use super::record::{Ownership, RecordKey, RecordSet, RecordType};
 use super::{validate, ApplyReport, DnsError, DnsProvider};
 use crate::backends::sqlite::connect;
+use crate::reconciler::leader::Fence;
 
 const PROVIDER: &str = "embedded";
 
@@ -278,11 +279,19 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<RecordSet>> {
 #[derive(Debug, Clone)]
 pub struct EmbeddedDns {
     zone: EmbeddedZone,
+    fence: Fence,
 }
 
 impl EmbeddedDns {
+    /// A provider that always writes (no leader election); see [`Self::with_fence`].
     pub fn new(zone: EmbeddedZone) -> Self {
-        Self { zone }
+        Self { zone, fence: Fence::always() }
+    }
+
+    /// Writes each batch only while `fence` is open.
+    pub fn with_fence(mut self, fence: Fence) -> Self {
+        self.fence = fence;
+        self
     }
 
     pub fn zone(&self) -> &EmbeddedZone {
@@ -304,12 +313,16 @@ impl DnsProvider for EmbeddedDns {
     }
 
     async fn apply(&self, batches: Vec<Vec<Change>>) -> ApplyReport {
-        let zone = self.zone.clone();
+        let (zone, fence) = (self.zone.clone(), self.fence.clone());
         let all: Vec<Change> = batches.iter().flatten().cloned().collect();
         let joined = tokio::task::spawn_blocking(move || {
             let mut report = ApplyReport::default();
             for batch in batches {
-                zone.apply_batch_blocking(batch, &mut report);
+                // Checked right before each batch's transaction.
+                match fence.check() {
+                    Ok(()) => zone.apply_batch_blocking(batch, &mut report),
+                    Err(e) => report.failed.extend(batch.into_iter().map(|c| (c, call_err("apply", &e, true)))),
+                }
             }
             report
         })

@@ -73,6 +73,10 @@ pub trait DnsProvider: Send + Sync {
     /// the health check of each target). A host it cannot complete is moved to `desired.keep`, so
     /// that its published records stay as they are and the other hosts still proceed.
     async fn prepare(&self, _desired: &mut record::DesiredRecords) {}
+
+    /// Drops whatever the provider remembers of what is published: called when this replica starts
+    /// a term as the leader, because another replica wrote in between.
+    fn forget_published(&self) {}
 }
 
 /// Checks a record before it is sent (the test endpoint validates nothing, and Route53 rejects a whole

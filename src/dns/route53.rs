@@ -27,6 +27,8 @@ use super::plan::Change;
 use super::record::{DesiredRecords, Ownership, RecordKey, RecordSet, RecordType};
 use super::{validate, ApplyReport, DnsError, DnsProvider};
 use crate::aws::{classify, describe, Aws, Outcome};
+use crate::reconciler::leader::Fence;
+use aws_sdk_route53::error::SdkError;
 
 use super::route53_health::HealthChecks;
 pub use super::route53_health::{HealthCheckSettings, HealthCheckState, HealthMetrics};
@@ -101,9 +103,16 @@ pub struct Route53Dns {
     opts: Route53Options,
     cache: Mutex<Cache>,
     health: Option<HealthChecks>,
+    fence: Fence,
 }
 
 impl Route53Dns {
+    /// Sends change batches only while `fence` is open (without it: always, no leader election).
+    pub fn with_fence(mut self, fence: Fence) -> Self {
+        self.fence = fence;
+        self
+    }
+
     /// A provider on the SDK configuration from the standard environment, `region` as the fallback.
     pub async fn connect(region: &str, opts: Route53Options) -> Result<Self, DnsError> {
         let config = crate::aws::sdk_config(region).await;
@@ -118,7 +127,16 @@ impl Route53Dns {
         let health = opts.health.clone().map(|settings| {
             HealthChecks::new(client.clone(), aws.clone(), opts.owner.cluster.clone(), settings, health_metrics)
         });
-        Ok(Self { client, aws, zone_id, zone_name, opts, cache: Mutex::new(Cache::default()), health })
+        Ok(Self {
+            client,
+            aws,
+            zone_id,
+            zone_name,
+            opts,
+            cache: Mutex::new(Cache::default()),
+            health,
+            fence: Fence::always(),
+        })
     }
 
     pub fn zone_id(&self) -> &str {
@@ -227,6 +245,8 @@ impl Route53Dns {
 
     /// Sends one batch. `Err` carries the outcome class and the message.
     async fn send(&self, changes: &[Change]) -> Result<Option<String>, (Outcome, String)> {
+        // Not leading: nothing is sent (and no request counted). Retried by the next leader's pass.
+        self.fence.check().map_err(|e| (Outcome::Transport, e.to_string()))?;
         let mut r53 = Vec::with_capacity(changes.len());
         for change in changes {
             r53.push(to_route53_change(change).map_err(|m| (Outcome::Invalid, m))?);
@@ -237,7 +257,19 @@ impl Route53Dns {
             .build()
             .map_err(|e| (Outcome::Invalid, e.to_string()))?;
         let req = self.client.change_resource_record_sets().hosted_zone_id(&self.zone_id).change_batch(batch);
-        match self.aws.call(PROVIDER, "ChangeResourceRecordSets", || req.clone().send()).await {
+        // The fence is checked before every attempt, retries after throttling included: a backoff can
+        // outlast the lease.
+        let attempt = || {
+            let fenced = self.fence.check();
+            let send = req.clone().send();
+            async move {
+                match fenced {
+                    Ok(()) => send.await,
+                    Err(e) => Err(SdkError::construction_failure(e)),
+                }
+            }
+        };
+        match self.aws.call(PROVIDER, "ChangeResourceRecordSets", attempt).await {
             Ok(out) => Ok(out.change_info().map(|c| c.id().to_string())),
             Err(e) => Err((classify(&e), describe(&e))),
         }
@@ -450,6 +482,10 @@ impl DnsProvider for Route53Dns {
             }
         }
         report
+    }
+
+    fn forget_published(&self) {
+        *self.cache.lock() = Cache::default();
     }
 
     async fn prepare(&self, desired: &mut DesiredRecords) {

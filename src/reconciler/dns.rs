@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
+use super::leader::Fence;
 use super::metrics::{labels, ReconcileMetrics};
 use super::weight::{WeightRx, WeightSignal};
 use super::{PipelineConfig, RefusalSink};
 use crate::backends::{AckOutcome, WeightStore};
 use crate::dns::plan::{plan, BatchLimits, Change, Plan};
 use crate::dns::record::{Ownership, RecordKey, RecordSet, RecordType};
-use crate::dns::{ApplyReport, DnsProvider};
+use crate::dns::{ApplyReport, DnsError, DnsProvider};
 use crate::ir::Refusal;
 use crate::model::Snapshot;
 use crate::providers::SnapshotRx;
@@ -38,6 +39,8 @@ pub struct DnsLoop {
     /// True while this replica may write (always, without leader election). A standby computes
     /// nothing and writes nothing; it is ready once its caches are (the provider published).
     pub leader: watch::Receiver<bool>,
+    /// Checked before every write batch and before the ack: the flag above only says when to run.
+    pub fence: Fence,
 }
 
 /// How a pass ended.
@@ -70,15 +73,23 @@ impl DnsLoop {
             if *shutdown.borrow() {
                 return;
             }
+            // A flip, even back to true (a term lost and won again during a pass), is a new term.
+            let new_term = leader.has_changed().unwrap_or(false);
             if !*leader.borrow_and_update() {
                 self.readiness.set(true);
-                // Forget what was seen while leading: the next leadership starts from a fresh pass.
+                // Forget what was seen while leading: the next term starts from a fresh read, since
+                // the other leader changed what is published (a cached read would hide it).
                 book = Bookkeeping::default();
+                self.provider.forget_published();
                 tokio::select! {
                     Ok(()) = leader.changed() => {}
                     _ = shutdown.changed() => {}
                 }
                 continue;
+            }
+            if new_term {
+                book = Bookkeeping::default();
+                self.provider.forget_published();
             }
             let snapshot = snapshots.borrow_and_update().clone();
             let signal = *weights.borrow_and_update();
@@ -144,7 +155,7 @@ impl DnsLoop {
             ApplyReport::default()
         } else {
             log_plan(&plan, snapshot.revision, signal.weight);
-            self.provider.apply(plan.batches(BatchLimits::ROUTE53)).await
+            self.apply_fenced(plan.batches(BatchLimits::ROUTE53)).await
         };
         for change in &report.applied {
             self.metrics.changes.get_or_create(&labels(&[("action", change.action())])).inc();
@@ -158,6 +169,9 @@ impl DnsLoop {
             return PassOutcome::Failed(format!("{} of {} DNS changes failed", report.failed.len(), plan.len()));
         }
         if signal.from_desired && signal.current != Some(signal.weight) && plan.reaches_desired_weights() {
+            if let Err(e) = self.fence.check() {
+                return PassOutcome::Failed(format!("acknowledging weight {}: {e}", signal.weight));
+            }
             match self.store.ack(&owner.cluster, signal.weight).await {
                 Ok(AckOutcome::Acknowledged) => {
                     tracing::info!(cluster = %owner.cluster, weight = signal.weight, "acknowledged: CurrentWeight := DesiredWeight");
@@ -171,6 +185,27 @@ impl DnsLoop {
             }
         }
         PassOutcome::Done { changes: report.applied.len() }
+    }
+
+    /// Applies batch by batch, checking the fence right before each one: a pass that outlives the
+    /// lease stops between batches, and what was not sent is reported failed (retried by the leader).
+    async fn apply_fenced(&self, batches: Vec<Vec<Change>>) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        let mut batches = batches.into_iter();
+        while let Some(batch) = batches.next() {
+            if let Err(e) = self.fence.check() {
+                let not_sent = std::iter::once(batch).chain(batches.by_ref()).flatten();
+                report.failed.extend(not_sent.map(|c| (c, fenced_error(&e))));
+                break;
+            }
+            // The write log: the fencing test reads these two lines to know who wrote when.
+            tracing::debug!(changes = batch.len(), "DNS batch: writing");
+            let done = self.provider.apply(vec![batch]).await;
+            tracing::debug!(applied = done.applied.len(), failed = done.failed.len(), "DNS batch: done");
+            report.applied.extend(done.applied);
+            report.failed.extend(done.failed);
+        }
+        report
     }
 
     fn note_refusals(&self, book: &mut Bookkeeping, refusals: impl Iterator<Item = Refusal>) {
@@ -228,6 +263,10 @@ pub fn published_weights(current: &[RecordSet], applied: &[Change], owner: &Owne
         *w = (*w).max(weight);
     }
     out
+}
+
+fn fenced_error(e: &super::leader::Fenced) -> DnsError {
+    DnsError::Call { provider: "weir", operation: "apply", message: e.to_string(), retryable: true }
 }
 
 fn log_plan(plan: &Plan, revision: u64, weight: u8) {
@@ -288,6 +327,7 @@ mod tests {
             poll_weight_now: Arc::new(Notify::new()),
             readiness: Readiness::default(),
             leader: watch::channel(true).1,
+            fence: Fence::always(),
         };
         (l, store, invalid)
     }

@@ -47,12 +47,15 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 pub enum InfraError {
     #[error("{op} {object}: {source}")]
     Api { op: &'static str, object: String, source: kube::Error },
+    #[error(transparent)]
+    Fenced(#[from] super::leader::Fenced),
 }
 
 impl InfraError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             InfraError::Api { op, .. } => op,
+            InfraError::Fenced(_) => "fenced",
         }
     }
 }
@@ -84,6 +87,8 @@ pub struct InfraLoop {
     pub sink: Arc<dyn RefusalSink>,
     pub resync: Duration,
     pub leader: LeaderRx,
+    /// Checked before every object write.
+    pub fence: super::leader::Fence,
 }
 
 impl InfraLoop {
@@ -225,6 +230,7 @@ impl InfraLoop {
     {
         let api: Api<K> = Api::namespaced(self.client.clone(), ns);
         let name = obj.name_any();
+        self.fence.check()?;
         api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await.map_err(|source| {
             InfraError::Api { op: "apply", object: format!("{} {ns}/{name}", K::kind(&())), source }
         })?;
@@ -294,6 +300,7 @@ impl InfraLoop {
         if !owned {
             return Ok(());
         }
+        self.fence.check()?;
         match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
@@ -311,6 +318,7 @@ impl InfraLoop {
         let api: Api<K> = Api::namespaced(self.client.clone(), ns);
         // Server-side apply on the status: fields weir stops setting (an endpoint that went away)
         // are removed, which a merge patch would not do.
+        self.fence.check()?;
         api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await.map_err(
             |source| InfraError::Api { op: "status", object: format!("{} {ns}/{name}", K::kind(&())), source },
         )?;

@@ -7,7 +7,15 @@
 //! for the lease duration (no trust in other replicas' wall clocks); the leader steps down when it
 //! cannot renew within the renew deadline; a clean shutdown releases the lease. The decisions are
 //! pure functions below; [`LeaderElector`] only does the reads and the conditional writes.
+//!
+//! Writers do not trust the `bool` alone (it changes only after a call returns): every write batch
+//! checks a [`Fence`], which is valid until `t + lease duration − margin`, where `t` is the instant this
+//! replica SENT the renewal that succeeded, read from its own monotonic clock. A standby takes over
+//! only after the record has been unchanged, from when it received it, for the lease duration, so
+//! the old leader's fence has closed by then whatever its API calls are doing. Every call of the
+//! election loop is bounded by the renew deadline.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -17,10 +25,65 @@ use kube::Api;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-/// Receives `true` while this replica holds the lease. Writers check it before every write pass.
+/// Receives `true` while this replica holds the lease. Loops wait on it to start and stop passes;
+/// the write itself is decided by the [`Fence`].
 pub type LeaderRx = watch::Receiver<bool>;
+
+/// A write was refused because this replica's lease is not (or no longer) valid by its own clock.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("not the leader: this replica's Lease is not valid, so it does not write")]
+pub struct Fenced;
+
+/// Whether this replica may write now. One per process, shared by every writer (DNS providers, the
+/// weight ack, the infra manager), checked immediately before each write batch.
+#[derive(Clone, Debug)]
+pub struct Fence {
+    /// `None`: never valid (a standby, or after a step-down). Unused when `always`.
+    valid_until: Arc<parking_lot::Mutex<Option<Instant>>>,
+    /// Without leader election the process is the only writer.
+    always: bool,
+}
+
+impl Fence {
+    /// A fence that is always open: no leader election, one writer.
+    pub fn always() -> Self {
+        Self { valid_until: Arc::default(), always: true }
+    }
+
+    /// A fence that stays closed until the elector opens it.
+    pub fn closed() -> Self {
+        Self { valid_until: Arc::default(), always: false }
+    }
+
+    /// `Ok` while the lease is valid by this process's monotonic clock.
+    pub fn check(&self) -> Result<(), Fenced> {
+        if self.always || self.valid_until.lock().is_some_and(|until| Instant::now() < until) {
+            Ok(())
+        } else {
+            Err(Fenced)
+        }
+    }
+
+    /// How long writes stay allowed from now (zero when closed; `None` when always open).
+    pub fn remaining(&self) -> Option<Duration> {
+        if self.always {
+            return None;
+        }
+        Some(self.valid_until.lock().map(|u| u.saturating_duration_since(Instant::now())).unwrap_or_default())
+    }
+
+    /// Opens (or extends) the fence until `until`. Never moves it backwards.
+    fn extend(&self, until: Instant) {
+        let mut v = self.valid_until.lock();
+        *v = Some(v.map_or(until, |old| old.max(until)));
+    }
+
+    fn close(&self) {
+        *self.valid_until.lock() = None;
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
@@ -40,6 +103,18 @@ pub struct LeaderConfig {
 }
 
 impl LeaderConfig {
+    /// How much earlier than the lease's end this replica stops writing: the difference between the
+    /// lease duration and the renew deadline (5 s with the defaults). It covers a write already in
+    /// flight when the fence closes and the drift between replicas' clock rates.
+    pub fn safety_margin(&self) -> Duration {
+        self.lease_duration.saturating_sub(self.renew_deadline)
+    }
+
+    /// How long after SENDING a successful renewal this replica may write.
+    pub fn write_validity(&self) -> Duration {
+        self.lease_duration.saturating_sub(self.safety_margin())
+    }
+
     /// Checks that the timings can work: retry < renew deadline < lease duration.
     pub fn checked(self) -> Result<Self, LeaderError> {
         if self.renew_deadline >= self.lease_duration || self.retry_period >= self.renew_deadline {
@@ -97,11 +172,6 @@ pub fn decide(lease: Option<&LeaseSpec>, me: &str, unchanged_for: Duration, defa
     } else {
         Decision::Follow { holder: holder.to_string() }
     }
-}
-
-/// Whether a leader whose last successful renewal was `since_renew` ago may keep writing.
-pub fn keeps_leadership(since_renew: Duration, renew_deadline: Duration) -> bool {
-    since_renew < renew_deadline
 }
 
 /// The spec to write for a decision that takes or keeps the lease.
@@ -167,18 +237,40 @@ impl LeaderMetrics {
     }
 }
 
-/// The I/O side: reads the Lease, writes it conditionally (resourceVersion), publishes leadership.
+/// Held by every loop that writes; the elector hands the Lease back on shutdown only once every
+/// guard is dropped (the loop's in-flight pass ended), or the fence closed, whichever comes first.
+#[derive(Clone)]
+pub struct WriterGuard(#[allow(dead_code)] mpsc::Sender<()>);
+
+/// The elector's side of [`WriterGuard`].
+pub struct WritersDone(mpsc::Receiver<()>);
+
+pub fn writer_guards() -> (WriterGuard, WritersDone) {
+    let (tx, rx) = mpsc::channel(1);
+    (WriterGuard(tx), WritersDone(rx))
+}
+
+impl WritersDone {
+    /// Resolves once every [`WriterGuard`] is dropped.
+    pub async fn wait(mut self) {
+        while self.0.recv().await.is_some() {}
+    }
+}
+
+/// The I/O side: reads the Lease, writes it conditionally (resourceVersion), publishes leadership
+/// and opens the [`Fence`] for the validity of each renewal.
 pub struct LeaderElector {
     pub api: Api<Lease>,
     pub config: LeaderConfig,
     pub metrics: LeaderMetrics,
+    pub fence: Fence,
 }
 
 /// What the elector remembers between rounds.
 struct Round {
     leader: bool,
-    last_renew: Option<Instant>,
-    /// The lease record as last seen (holder, renew time, resourceVersion) and when it first looked so.
+    /// The lease record as last seen (holder, renew time, resourceVersion) and when a response first
+    /// carried it (received, not sent: the conservative end for a follower).
     observed: Option<(String, Instant)>,
 }
 
@@ -197,67 +289,100 @@ fn now() -> MicroTime {
 }
 
 impl LeaderElector {
-    /// Runs until `shutdown` flips to true, then releases the lease if held.
-    pub async fn run(self, tx: watch::Sender<bool>, mut shutdown: watch::Receiver<bool>) {
-        let mut round = Round { leader: false, last_renew: None, observed: None };
+    /// Runs until `shutdown` flips to true; then, if leading, waits for the writers to finish their
+    /// pass (at most until the fence closes), closes the fence and releases the lease.
+    pub async fn run(self, tx: watch::Sender<bool>, mut shutdown: watch::Receiver<bool>, writers: WritersDone) {
+        let mut round = Round { leader: false, observed: None };
         tracing::info!(identity = %self.config.identity, lease = %format!("{}/{}", self.config.namespace, self.config.name), "leader election started");
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            self.round(&mut round).await;
+            if tokio::time::timeout(self.config.renew_deadline, self.round(&mut round)).await.is_err() {
+                tracing::warn!(deadline = ?self.config.renew_deadline, "the Lease API did not answer within the renew deadline");
+            }
+            self.step_down_if_fenced(&mut round);
             self.publish(&tx, &mut round);
+            // While leading, wake no later than the fence's end so that the flag follows it.
+            let wait = match self.fence.remaining() {
+                Some(left) if round.leader => self.config.retry_period.min(left + Duration::from_millis(1)),
+                _ => self.config.retry_period,
+            };
             tokio::select! {
-                _ = tokio::time::sleep(self.config.retry_period) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => {}
             }
         }
         if round.leader {
-            // Stop writers first, then hand the lease back so a standby takes over at once.
+            // Let the in-flight pass end first: it stops between batches once the fence closes.
+            let left = self.fence.remaining().unwrap_or_default();
+            if tokio::time::timeout(left, writers.wait()).await.is_err() {
+                tracing::warn!("the writers did not finish before the Lease's validity ended");
+            }
+            self.fence.close();
             round.leader = false;
             self.publish(&tx, &mut round);
-            self.release().await;
+            if tokio::time::timeout(self.config.renew_deadline, self.release()).await.is_err() {
+                tracing::warn!("releasing the leader Lease timed out; a standby takes over when it expires");
+            }
+        } else {
+            self.fence.close();
         }
     }
 
     fn publish(&self, tx: &watch::Sender<bool>, round: &mut Round) {
-        let changed = tx.send_if_modified(|v| std::mem::replace(v, round.leader) != round.leader);
-        if changed {
-            self.metrics.transitions.inc();
-            self.metrics.leader.set(i64::from(round.leader));
-            if round.leader {
-                tracing::info!(identity = %self.config.identity, "became the leader");
-            } else {
-                tracing::warn!(identity = %self.config.identity, "no longer the leader; writes stop");
-            }
+        if *tx.borrow() == round.leader {
+            return;
+        }
+        // Logged before the loops are woken, so that the log shows the term before its writes.
+        if round.leader {
+            tracing::info!(identity = %self.config.identity, "became the leader");
+        } else {
+            tracing::warn!(identity = %self.config.identity, "no longer the leader; writes stop");
+        }
+        self.metrics.transitions.inc();
+        self.metrics.leader.set(i64::from(round.leader));
+        tx.send_replace(round.leader);
+    }
+
+    /// The flag never outlives the fence.
+    fn step_down_if_fenced(&self, round: &mut Round) {
+        if round.leader && self.fence.check().is_err() {
+            tracing::warn!(deadline = ?self.config.renew_deadline, "could not renew the Lease in time");
+            round.leader = false;
         }
     }
 
+    fn step_down(&self, round: &mut Round) {
+        self.fence.close();
+        round.leader = false;
+    }
+
     async fn round(&self, round: &mut Round) {
-        let started = Instant::now();
         let current = match self.api.get_opt(&self.config.name).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the leader Lease failed");
-                self.check_deadline(round, started);
                 return;
             }
         };
+        let received = Instant::now();
         if let Some(lease) = &current {
             let key = record_key(lease);
             if round.observed.as_ref().is_none_or(|(k, _)| *k != key) {
-                round.observed = Some((key, started));
+                round.observed = Some((key, received));
             }
         }
-        let unchanged_for = round.observed.as_ref().map(|(_, at)| started.duration_since(*at)).unwrap_or_default();
+        let unchanged_for = round.observed.as_ref().map(|(_, at)| received.duration_since(*at)).unwrap_or_default();
         let spec = current.as_ref().and_then(|l| l.spec.as_ref());
         let decision = decide(spec, &self.config.identity, unchanged_for, self.config.lease_duration);
+        let sent = Instant::now();
         let result = match &decision {
             Decision::Follow { holder } => {
                 if round.leader {
                     tracing::warn!(%holder, "another replica holds the Lease");
                 }
-                round.leader = false;
+                self.step_down(round);
                 return;
             }
             Decision::Create => {
@@ -280,29 +405,20 @@ impl LeaderElector {
         };
         match result {
             Ok(written) => {
+                // Valid from when the renewal was sent: a standby counts from when it saw it, later.
+                self.fence.extend(sent + self.config.write_validity());
                 round.leader = true;
-                round.last_renew = Some(started);
-                round.observed = Some((record_key(&written), started));
+                round.observed = Some((record_key(&written), Instant::now()));
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 tracing::debug!(?decision, "the Lease changed under us");
-                self.check_deadline(round, started);
                 if decision != Decision::Renew {
-                    round.leader = false;
+                    self.step_down(round);
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, ?decision, "writing the leader Lease failed");
-                self.check_deadline(round, started);
             }
-        }
-    }
-
-    fn check_deadline(&self, round: &mut Round, now: Instant) {
-        let since = round.last_renew.map(|t| now.duration_since(t)).unwrap_or(Duration::MAX);
-        if round.leader && !keeps_leadership(since, self.config.renew_deadline) {
-            tracing::warn!(?since, deadline = ?self.config.renew_deadline, "could not renew the Lease in time");
-            round.leader = false;
         }
     }
 
@@ -322,9 +438,10 @@ impl LeaderElector {
     }
 }
 
-/// Leadership for a process: the elector's channel when election is on, else always leader.
-pub fn always_leader() -> (watch::Sender<bool>, LeaderRx) {
-    watch::channel(true)
+/// Leadership for a process without election: always the leader, the fence always open.
+pub fn always_leader() -> (watch::Sender<bool>, LeaderRx, Fence) {
+    let (tx, rx) = watch::channel(true);
+    (tx, rx, Fence::always())
 }
 
 #[cfg(test)]
@@ -381,10 +498,30 @@ mod tests {
     }
 
     #[test]
-    fn leader_steps_down_after_the_renew_deadline() {
-        let deadline = Duration::from_secs(10);
-        assert!(keeps_leadership(Duration::from_secs(9), deadline));
-        assert!(!keeps_leadership(Duration::from_secs(10), deadline));
+    fn fence_is_open_only_until_its_end_and_never_moves_back() {
+        let fence = Fence::closed();
+        assert!(fence.check().is_err(), "a standby never writes");
+        assert_eq!(fence.remaining(), Some(Duration::ZERO));
+        fence.extend(Instant::now() + Duration::from_secs(60));
+        assert!(fence.check().is_ok());
+        fence.extend(Instant::now());
+        assert!(fence.check().is_ok(), "an older renewal does not shorten a newer one");
+        fence.close();
+        assert!(fence.check().is_err());
+        fence.extend(Instant::now() - Duration::from_millis(1));
+        assert!(fence.check().is_err(), "a renewal whose validity already ended does not open it");
+        let shared = fence.clone();
+        fence.extend(Instant::now() + Duration::from_secs(60));
+        assert!(shared.check().is_ok(), "every writer sees the same fence");
+        assert!(Fence::always().check().is_ok());
+        assert_eq!(Fence::always().remaining(), None);
+    }
+
+    #[test]
+    fn writes_stop_a_margin_before_the_lease_ends() {
+        let c = cfg("me");
+        assert_eq!(c.safety_margin(), Duration::from_secs(5));
+        assert_eq!(c.write_validity(), Duration::from_secs(10));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! [`ApiServer::write_kubeconfig`]) and run each component with its own identity
 //! ([`ApiServer::service_account_token`], [`ApiServer::write_kubeconfig_for`]).
 
+mod faults;
 pub mod rbac;
 mod selector;
 mod store;
@@ -33,6 +34,7 @@ use axum::Router;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+pub use faults::Faults;
 pub use rbac::{AuditRecord, Identity};
 pub use selector::Selector;
 pub use store::{ApiError, EventType, Store, WriteOp};
@@ -65,6 +67,7 @@ pub struct ApiServer {
     auth: Arc<Auth>,
     superuser_token: String,
     kubeconfigs: std::sync::atomic::AtomicU64,
+    faults: Faults,
     _shutdown: oneshot::Sender<()>,
     _runtime: Option<std::thread::JoinHandle<()>>,
 }
@@ -97,17 +100,19 @@ impl ApiServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind test API server");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel();
-        let app = router(store.clone(), auth.clone(), opts.bookmark_interval);
+        let faults = Faults::default();
+        let app = router(store.clone(), auth.clone(), opts.bookmark_interval, faults.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).with_graceful_shutdown(async { drop(rx.await) }).await;
         });
-        ApiServer::new(addr, store, auth, tx, None)
+        ApiServer::new(addr, store, auth, faults, tx, None)
     }
 
     fn new(
         addr: SocketAddr,
         store: Arc<Store>,
         auth: Arc<Auth>,
+        faults: Faults,
         shutdown: oneshot::Sender<()>,
         runtime: Option<std::thread::JoinHandle<()>>,
     ) -> ApiServer {
@@ -118,6 +123,7 @@ impl ApiServer {
             auth,
             superuser_token,
             kubeconfigs: Default::default(),
+            faults,
             _shutdown: shutdown,
             _runtime: runtime,
         }
@@ -127,6 +133,8 @@ impl ApiServer {
     pub fn start_background(opts: Options) -> ApiServer {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (tx, rx) = oneshot::channel::<()>();
+        let faults = Faults::default();
+        let server_faults = faults.clone();
         let handle = std::thread::spawn(move || {
             let rt =
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
@@ -136,12 +144,12 @@ impl ApiServer {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind test API server");
                 let addr = listener.local_addr().expect("local addr");
                 ready_tx.send((addr, store.clone(), auth.clone())).expect("report address");
-                let app = router(store, auth, opts.bookmark_interval);
+                let app = router(store, auth, opts.bookmark_interval, server_faults);
                 let _ = axum::serve(listener, app).with_graceful_shutdown(async { drop(rx.await) }).await;
             });
         });
         let (addr, store, auth) = ready_rx.recv().expect("test API server started");
-        ApiServer::new(addr, store, auth, tx, Some(handle))
+        ApiServer::new(addr, store, auth, faults, tx, Some(handle))
     }
 
     pub fn url(&self) -> String {
@@ -240,6 +248,18 @@ impl ApiServer {
         self.auth.watch_epoch.send_modify(|e| *e += 1);
     }
 
+    /// The fault switches (hang a client's requests, named by its bearer token).
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// A kubeconfig whose client sends `Authorization: Bearer TOKEN`, which [`Faults`] can hang. The
+    /// token acts as the superuser: the fault-injection tests (fencing, soak) name replicas by token.
+    pub fn write_kubeconfig_with_token(&self, dir: &Path, token: &str) -> PathBuf {
+        self.auth.tokens.insert(token, Identity::superuser());
+        self.write_kubeconfig_for(dir, token)
+    }
+
     /// Forgets the audit so far.
     pub fn clear_audit(&self) {
         self.auth.audit.lock().clear();
@@ -290,11 +310,15 @@ struct Ctx {
     bookmark_interval: Duration,
 }
 
-fn router(store: Arc<Store>, auth: Arc<Auth>, bookmark_interval: Duration) -> Router {
+fn router(store: Arc<Store>, auth: Arc<Auth>, bookmark_interval: Duration, faults: Faults) -> Router {
     let ctx = Ctx { store, auth, bookmark_interval };
     Router::new().fallback(move |req: Request<Body>| {
         let ctx = ctx.clone();
-        async move { handle(ctx, req).await }
+        let faults = faults.clone();
+        async move {
+            faults.gate(req.headers()).await;
+            handle(ctx, req).await
+        }
     })
 }
 

@@ -72,6 +72,11 @@ impl Tokens {
         token
     }
 
+    /// Maps a token the test chose to `identity` (fault-injection tests name clients by token).
+    pub fn insert(&self, token: &str, identity: Identity) {
+        self.by_token.lock().insert(token.to_string(), identity);
+    }
+
     pub fn lookup(&self, token: &str) -> Option<Identity> {
         self.by_token.lock().get(token).cloned()
     }

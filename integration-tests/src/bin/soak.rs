@@ -1,0 +1,352 @@
+//! A fault soak: two clusters (eu, us), each two `weir controller` replicas with leader election on
+//! the test API server, against moto (Route53 + DynamoDB) through the fault proxy. For the first part
+//! of the run faults are injected at random: 30% of AWS calls throttled (`Throttling`, and
+//! `PriorRequestNotComplete` on record changes), SIGKILL of a cluster's leader just after a
+//! DesiredWeight edit (mid-apply), the API server hanging one replica's requests, and DesiredWeight
+//! edits every ~1.5 s (acks then meet changed rows: DynamoDB condition failures). It asserts
+//! continuously that no host's records are all zero and that an acknowledged CurrentWeight matches
+//! the published records; at the end, that no two replicas of a cluster ever wrote in the same term
+//! (from their JSON logs), and that, once faults stop, both clusters converge within a bound.
+//! No Ingress carries a bad annotation: a held host is another issue's subject (finding 3).
+//!
+//! `WEIR_TEST_VENV=/work/main/.venv cargo run -p integration-tests --bin soak -- --duration 60s [--seed N] [--both-zero]`
+//! (`--both-zero` lets both clusters' DesiredWeight be 0 at once, which the all-zero guard does not
+//! yet hold against two clusters draining concurrently.)
+//! Exits 1 on any violation; prints its figures.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use integration_tests::apiserver::{ApiServer, Options};
+use integration_tests::aws::{aws_env, create_table, create_zone, dynamodb, route53, zone_records, FaultProxy, Moto};
+use integration_tests::weir_aws::{write_manifests, TABLE};
+use integration_tests::writelog::{check_single_writer, parse_file};
+use integration_tests::{free_port, weir_bin, Proc};
+use weir::aws::Aws;
+use weir::backends::dynamodb::DynamoStore;
+use weir::backends::{StoredWeight, WeightStore};
+use weir::dns::record::{RecordSet, RecordType};
+
+const CLUSTERS: [&str; 2] = ["eu", "us"];
+const HOSTS: usize = 4;
+const WEIGHTS: [u8; 6] = [0, 10, 30, 50, 70, 100];
+/// After the faults stop, both clusters must converge within this.
+const CONVERGENCE_BOUND: Duration = Duration::from_secs(30);
+/// The final, fault-free part of the run.
+const QUIET: Duration = Duration::from_secs(20);
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+struct Replica {
+    cluster: &'static str,
+    name: String,
+    incarnation: u32,
+    proc: Option<Proc>,
+    metrics_port: u16,
+    logs: Vec<PathBuf>,
+}
+
+struct Soak {
+    dir: PathBuf,
+    endpoint: String,
+    zone: String,
+    api: ApiServer,
+}
+
+impl Soak {
+    fn spawn(&self, r: &mut Replica) {
+        r.incarnation += 1;
+        r.metrics_port = free_port();
+        let log_name = format!("{}.{}", r.name, r.incarnation);
+        let kubeconfig = self.api.write_kubeconfig_with_token(&self.dir, &r.name);
+        let mut cmd = Command::new(weir_bin());
+        cmd.args(["controller", "--provider", "file", "--manifests"])
+            .arg(self.dir.join(r.cluster))
+            .args(["--cluster-name", r.cluster, "--backend-type", "dynamodb", "--table-name", TABLE])
+            .args(["--dns-provider", "route53", "--hosted-zone-id", &self.zone, "--binding-domain", "example.com"])
+            .args(["--metrics-addr", &format!("127.0.0.1:{}", r.metrics_port), "--weight-poll-interval", "500ms"])
+            .args(["--initial-weight", "50", "--resync-interval", "5s"])
+            .args(["--enable-leader-election", "--leader-election-namespace", "default"])
+            .args(["--leader-election-id", &format!("weir-{}", r.cluster)])
+            .args(["--lease-duration", "3s", "--renew-deadline", "2s", "--retry-period", "250ms"])
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", &r.name)
+            .env("WEIR_LOG", "info,weir=debug")
+            .env("WEIR_LOG_FORMAT", "json");
+        for (k, v) in aws_env(&self.endpoint) {
+            cmd.env(k, v);
+        }
+        r.logs.push(self.dir.join(format!("{log_name}.log")));
+        r.proc = Some(Proc::spawn(&log_name, &mut cmd, &self.dir));
+    }
+}
+
+fn leads(r: &Replica) -> bool {
+    r.proc.is_some()
+        && integration_tests::http_get(&format!("http://127.0.0.1:{}/metrics", r.metrics_port))
+            .and_then(|m| integration_tests::metric(&m, "weir_leader", &[]))
+            == Some(1.0)
+}
+
+fn parse_duration(s: &str) -> Duration {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().expect("--duration N[s|m]");
+    match unit {
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        other => panic!("unknown unit {other:?} in --duration"),
+    }
+}
+
+/// Each host's traffic weight per cluster.
+fn weights_by_host(records: &[RecordSet]) -> BTreeMap<String, BTreeMap<String, u8>> {
+    let mut out: BTreeMap<String, BTreeMap<String, u8>> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.key.rtype != RecordType::Txt) {
+        let w = out.entry(r.key.name.clone()).or_default().entry(r.key.set_identifier.clone()).or_default();
+        *w = (*w).max(r.weight);
+    }
+    out
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let duration = parse_duration(&arg("--duration").unwrap_or_else(|| "60s".into()));
+    let seed = arg("--seed").map(|s| s.parse().unwrap()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
+    let mut rng = Rng(seed);
+    let both_zero = args.iter().any(|a| a == "--both-zero");
+    let faulty = duration.saturating_sub(QUIET).max(Duration::from_secs(10));
+    println!("soak: {duration:?} ({faulty:?} with faults), seed {seed}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let moto = Moto::start(&dir);
+    let proxy = FaultProxy::start(moto.port, 0);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (r53, store, zone) = rt.block_on(async {
+        let ddb = dynamodb(&moto.endpoint()).await;
+        create_table(&ddb, TABLE).await;
+        let r53 = route53(&moto.endpoint()).await;
+        let zone = create_zone(&r53, "example.com.").await;
+        (r53, DynamoStore::new(ddb, TABLE, Aws::default()), zone)
+    });
+    for c in CLUSTERS {
+        write_manifests(&dir.join(c), HOSTS, &format!("{c}-lb.example.net"));
+    }
+    let soak = Soak {
+        dir: dir.clone(),
+        endpoint: proxy.endpoint(),
+        zone: zone.clone(),
+        api: ApiServer::start_background(Options::default()),
+    };
+    let mut replicas: Vec<Replica> = CLUSTERS
+        .iter()
+        .flat_map(|c| ["a", "b"].map(|r| (*c, format!("{c}-{r}"))))
+        .map(|(cluster, name)| Replica { cluster, name, incarnation: 0, proc: None, metrics_port: 0, logs: vec![] })
+        .collect();
+    for r in &mut replicas {
+        soak.spawn(r);
+    }
+
+    let mut violations: Vec<String> = Vec::new();
+    // (when, weight) of every DesiredWeight edit, per cluster.
+    let mut desired_history: BTreeMap<&str, Vec<(Instant, u8)>> = BTreeMap::new();
+    let mut last_current: BTreeMap<&str, Option<u8>> = BTreeMap::new();
+    let (mut kills, mut hangs, mut edits, mut checks) = (0u32, 0u32, 0u32, 0u32);
+    let mut hung: Option<(String, Instant)> = None;
+    let mut dead: Vec<(usize, Instant)> = Vec::new();
+    let started = Instant::now();
+    let mut next_edit = started + Duration::from_secs(3);
+    let mut next_fault = started + Duration::from_secs(5);
+    let mut quiet_at: Option<Instant> = None;
+    let mut converged_after: Option<Duration> = None;
+    let final_weights: BTreeMap<&str, u8> = BTreeMap::from([("eu", 70), ("us", 30)]);
+
+    proxy.state.percent.store(30, Ordering::SeqCst);
+    while started.elapsed() < duration.max(faulty + QUIET) {
+        let now = Instant::now();
+        let in_faults = started.elapsed() < faulty;
+        if !in_faults && quiet_at.is_none() {
+            // Faults stop: no throttling, no hang, every replica back; the final weights are set.
+            proxy.state.percent.store(0, Ordering::SeqCst);
+            if let Some((token, _)) = hung.take() {
+                soak.api.faults().release(&token);
+            }
+            for (i, _) in dead.drain(..) {
+                soak.spawn(&mut replicas[i]);
+            }
+            for (c, w) in &final_weights {
+                rt.block_on(store.set_desired(c, *w)).unwrap();
+                desired_history.entry(c).or_default().push((Instant::now(), *w));
+            }
+            quiet_at = Some(Instant::now());
+        }
+        if in_faults && now >= next_edit {
+            let c = CLUSTERS[rng.below(2)];
+            let mut w = WEIGHTS[rng.below(WEIGHTS.len())];
+            // Both clusters drained at once races the all-zero guard between clusters (a known gap,
+            // see docs/testing.md); `--both-zero` keeps it in.
+            let other_zero =
+                desired_history.iter().filter(|(k, _)| **k != c).any(|(_, h)| h.last().is_some_and(|(_, w)| *w == 0));
+            if w == 0 && other_zero && !both_zero {
+                w = 50;
+            }
+            if rt.block_on(store.set_desired(c, w)).is_ok() {
+                desired_history.entry(c).or_default().push((Instant::now(), w));
+                edits += 1;
+            }
+            next_edit = now + Duration::from_millis(1000 + rng.below(1000) as u64);
+            // Sometimes kill that cluster's leader right away: it is likely mid-apply.
+            if now >= next_fault && rng.below(2) == 0 {
+                std::thread::sleep(Duration::from_millis(150 + rng.below(300) as u64));
+                if let Some(i) = replicas.iter().position(|r| r.cluster == c && leads(r)) {
+                    if let Some(mut p) = replicas[i].proc.take() {
+                        p.kill();
+                    }
+                    dead.push((i, Instant::now()));
+                    kills += 1;
+                }
+                next_fault = Instant::now() + Duration::from_secs(2 + rng.below(3) as u64);
+            }
+        }
+        if in_faults && now >= next_fault && hung.is_none() {
+            let i = rng.below(replicas.len());
+            if replicas[i].proc.is_some() {
+                soak.api.faults().hang(&replicas[i].name);
+                hung = Some((replicas[i].name.clone(), now));
+                hangs += 1;
+            }
+            next_fault = now + Duration::from_secs(2 + rng.below(3) as u64);
+        }
+        if let Some((token, since)) = &hung {
+            if since.elapsed() > Duration::from_secs(5) {
+                soak.api.faults().release(token);
+                hung = None;
+            }
+        }
+        let restart: Vec<usize> =
+            dead.iter().filter(|(_, at)| at.elapsed() > Duration::from_millis(1500)).map(|(i, _)| *i).collect();
+        dead.retain(|(i, _)| !restart.contains(i));
+        for i in restart {
+            soak.spawn(&mut replicas[i]);
+        }
+
+        // The invariants on what is published and acknowledged (read from moto directly).
+        let (rows, records) = rt.block_on(async {
+            let mut rows = BTreeMap::new();
+            for c in CLUSTERS {
+                if let Ok(Some(row)) = store.get(c).await {
+                    rows.insert(c, row);
+                }
+            }
+            (rows, zone_records(&r53, &zone).await)
+        });
+        checks += 1;
+        let by_host = weights_by_host(&records);
+        for (host, clusters) in &by_host {
+            if clusters.values().all(|w| *w == 0) {
+                violations.push(format!("{host} is all zero: {clusters:?}"));
+            }
+        }
+        for c in CLUSTERS {
+            let current = rows.get(c).and_then(|r| match r.current {
+                StoredWeight::Valid(w) => Some(w),
+                _ => None,
+            });
+            let previous = last_current.insert(c, current).flatten();
+            let Some(acked) = current.filter(|w| Some(*w) != previous) else { continue };
+            // Newly acknowledged: every host of c must be at the acked weight, or at a DesiredWeight
+            // set after the acked value was last set (already being applied).
+            let history = desired_history.get(c).cloned().unwrap_or_default();
+            let set_at = history.iter().rev().find(|(_, w)| *w == acked).map(|(t, _)| *t);
+            let Some(set_at) = set_at else { continue }; // the initial weight
+            let allowed: Vec<u8> =
+                std::iter::once(acked).chain(history.iter().filter(|(t, _)| *t > set_at).map(|(_, w)| *w)).collect();
+            for (host, clusters) in &by_host {
+                let w = clusters.get(c).copied();
+                if w.is_none_or(|w| !allowed.contains(&w)) {
+                    violations.push(format!("{c} acknowledged {acked} but {host} is at {w:?} (allowed {allowed:?})"));
+                }
+            }
+        }
+        if let (Some(q), None) = (quiet_at, converged_after) {
+            let done = CLUSTERS.iter().all(|c| {
+                let want = final_weights[c];
+                rows.get(c).is_some_and(|r| r.current == StoredWeight::Valid(want))
+                    && by_host.len() == HOSTS
+                    && by_host.values().all(|cl| cl.get(*c) == Some(&want))
+            });
+            if done {
+                converged_after = Some(q.elapsed());
+            } else if q.elapsed() > CONVERGENCE_BOUND {
+                violations.push(format!("not converged {CONVERGENCE_BOUND:?} after the faults stopped"));
+                converged_after = Some(q.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    for r in &mut replicas {
+        if let Some(mut p) = r.proc.take() {
+            p.terminate(Duration::from_secs(20));
+        }
+    }
+    let mut writes = 0;
+    let mut passes = 0;
+    for c in CLUSTERS {
+        let logs: Vec<_> = replicas
+            .iter()
+            .filter(|r| r.cluster == c)
+            .flat_map(|r| r.logs.iter().enumerate().map(|(i, p)| parse_file(&format!("{}.{}", r.name, i + 1), p)))
+            .collect();
+        writes += logs.iter().map(|l| l.writes.len()).sum::<usize>();
+        for v in check_single_writer(&logs) {
+            violations.push(format!("{c}: {v}"));
+        }
+        for r in replicas.iter().filter(|r| r.cluster == c) {
+            for p in &r.logs {
+                passes += std::fs::read_to_string(p).unwrap_or_default().matches("applying DNS plan").count();
+            }
+        }
+    }
+    if converged_after.is_none() {
+        violations.push("the run ended before convergence was seen".into());
+    }
+    println!(
+        "soak figures: seed {seed}; AWS calls refused by the proxy {} of {}; leader kills {kills}; API hangs {hangs}; \
+         DesiredWeight edits {edits}; invariant checks {checks}; DNS passes that wrote {passes}; writes (DNS batches + \
+         acks) {writes}; convergence after faults stopped {:?}; violations {}",
+        proxy.faults(),
+        proxy.faults() + proxy.state.forwarded.load(Ordering::SeqCst),
+        converged_after,
+        violations.len()
+    );
+    if !violations.is_empty() {
+        for v in violations.iter().take(50) {
+            eprintln!("VIOLATION: {v}");
+        }
+        if std::env::var_os("SOAK_KEEP").is_some() {
+            eprintln!("logs kept in {}", tmp.keep().display());
+        }
+        std::process::exit(1);
+    }
+    println!("soak: ok");
+    let _ = Path::new(&dir);
+}
