@@ -86,8 +86,8 @@ pub struct SelectionArgs {
 /// The weight store.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// static (alias fake), sqlite, or dynamodb (alias dynamoDB).
-    #[arg(long, env = "WEIR_BACKEND_TYPE", default_value = "dynamodb")]
+    /// static (alias fake, the old controller's default), sqlite, or dynamodb (alias dynamoDB).
+    #[arg(long, env = "WEIR_BACKEND_TYPE", default_value = "static")]
     pub backend_type: BackendType,
     /// SQLite database file (sqlite backend; the embedded DNS zone lives there too).
     #[arg(long, env = "WEIR_DB")]
@@ -95,14 +95,16 @@ pub struct StoreArgs {
     /// DynamoDB table.
     #[arg(long, env = "WEIR_TABLE_NAME", default_value = "traffic-controller")]
     pub table_name: String,
-    /// Weight of a row created for a cluster that has none.
+    /// Weight of a row created for a cluster that has none; the static backend's weight when
+    /// --static-weight is not given (the old controller's `fake` backend).
     #[arg(long, env = "WEIR_INITIAL_WEIGHT", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub initial_weight: u8,
-    /// The cluster weight of the static backend.
-    #[arg(long, env = "WEIR_STATIC_WEIGHT", default_value_t = 100, value_parser = clap::value_parser!(u8).range(0..=100))]
-    pub static_weight: u8,
-    #[arg(long, env = "WEIR_AWS_REGION", default_value = "eu-west-1")]
-    pub aws_region: String,
+    /// The cluster weight of the static backend [default: --initial-weight].
+    #[arg(long, env = "WEIR_STATIC_WEIGHT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub static_weight: Option<u8>,
+    /// AWS region; wins over AWS_REGION [default: AWS_REGION, else the profile's, else eu-west-1].
+    #[arg(long, env = "WEIR_AWS_REGION")]
+    pub aws_region: Option<String>,
 }
 
 /// Where records are published.
@@ -325,8 +327,9 @@ pub struct WeightsStoreArgs {
     pub db: Option<PathBuf>,
     #[arg(long, env = "WEIR_TABLE_NAME", default_value = "traffic-controller")]
     pub table_name: String,
-    #[arg(long, env = "WEIR_AWS_REGION", default_value = "eu-west-1")]
-    pub aws_region: String,
+    /// AWS region; wins over AWS_REGION [default: AWS_REGION, else the profile's, else eu-west-1].
+    #[arg(long, env = "WEIR_AWS_REGION")]
+    pub aws_region: Option<String>,
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }

@@ -67,7 +67,8 @@ pub fn store_config(args: &StoreArgs, cluster: &str) -> StoreConfig {
         db: args.db.clone(),
         table_name: args.table_name.clone(),
         aws_region: args.aws_region.clone(),
-        static_weight: args.static_weight,
+        // The old controller's `fake` backend published --initial-weight.
+        static_weight: args.static_weight.unwrap_or(args.initial_weight),
         cluster: cluster.to_string(),
     }
 }
@@ -106,7 +107,8 @@ pub async fn open_dns_provider(dns: &DnsArgs, store: &StoreArgs, cluster: &Clust
                 port: dns.health_check_port,
                 protocol: dns.health_check_protocol.clone(),
             });
-            let provider = Arc::new(Route53Dns::connect(&store.aws_region, opts).await.context("opening Route53")?);
+            let provider =
+                Arc::new(Route53Dns::connect(store.aws_region.as_deref(), opts).await.context("opening Route53")?);
             Ok(DnsParts { provider: provider.clone(), zone: None, route53: Some(provider) })
         }
         DnsProviderKind::Dnsendpoint => {

@@ -73,8 +73,8 @@ pub async fn local(args: LocalArgs) -> Result<()> {
             db: Some(args.db),
             table_name: String::new(),
             initial_weight: args.initial_weight,
-            static_weight: 100,
-            aws_region: String::new(),
+            static_weight: None,
+            aws_region: None,
         },
         dns: DnsArgs {
             dns_provider: DnsProviderKind::Embedded,

@@ -104,8 +104,9 @@ pub struct Route53Dns {
 }
 
 impl Route53Dns {
-    /// A provider on the SDK configuration from the standard environment, `region` as the fallback.
-    pub async fn connect(region: &str, opts: Route53Options) -> Result<Self, DnsError> {
+    /// A provider on the SDK configuration from the standard environment; `region` (`--aws-region`)
+    /// wins over `AWS_REGION` when given.
+    pub async fn connect(region: Option<&str>, opts: Route53Options) -> Result<Self, DnsError> {
         let config = crate::aws::sdk_config(region).await;
         Self::new(Client::new(&config), Aws::default(), opts).await
     }
