@@ -139,6 +139,12 @@ pub struct DnsArgs {
     /// Acknowledge a weight only once Route53 reports the change INSYNC.
     #[arg(long, env = "WEIR_WAIT_INSYNC")]
     pub wait_insync: bool,
+    /// Publish a target that is an AWS load balancer as a CNAME, not as a weighted ALIAS A/AAAA.
+    #[arg(long, env = "WEIR_PREFER_CNAME")]
+    pub prefer_cname: bool,
+    /// EvaluateTargetHealth of ALIAS records (`--evaluate-target-health=false` to turn it off).
+    #[arg(long, env = "WEIR_EVALUATE_TARGET_HEALTH", action = clap::ArgAction::Set, default_value_t = true)]
+    pub evaluate_target_health: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

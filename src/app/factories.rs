@@ -12,6 +12,7 @@ use crate::cli::{ClusterArgs, DnsArgs, DnsProviderKind, ProviderArgs, ProviderKi
 use crate::dns::embedded::{EmbeddedDns, EmbeddedZone};
 use crate::dns::record::{Ownership, RecordOptions};
 use crate::dns::route53::{HealthCheckSettings, Route53Dns, Route53Options, ZoneRef};
+use crate::dns::route53_alias::AliasOptions;
 use crate::dns::DnsProvider;
 use crate::providers::file::FileProvider;
 use crate::providers::SnapshotRx;
@@ -102,6 +103,7 @@ pub async fn open_dns_provider(dns: &DnsArgs, store: &StoreArgs, cluster: &Clust
             let owner = Ownership { cluster: cluster.cluster_name.clone(), txt_prefix: dns.txt_prefix.clone() };
             let mut opts = Route53Options::new(zone, owner);
             opts.wait_insync = dns.wait_insync;
+            opts.alias = alias_options(dns);
             opts.health = dns.health_check_path.as_ref().map(|path| HealthCheckSettings {
                 path: path.clone(),
                 port: dns.health_check_port,
@@ -116,10 +118,14 @@ pub async fn open_dns_provider(dns: &DnsArgs, store: &StoreArgs, cluster: &Clust
                 .await
                 .context("--dns-provider dnsendpoint writes DNSEndpoint objects: connecting to Kubernetes")?;
             let owner = Ownership { cluster: cluster.cluster_name.clone(), txt_prefix: dns.txt_prefix.clone() };
-            let provider = crate::dns::dnsendpoint_k8s::DnsEndpointDns::new(client, owner);
+            let provider = crate::dns::dnsendpoint_k8s::DnsEndpointDns::new(client, owner, alias_options(dns));
             Ok(DnsParts { provider: Arc::new(provider), zone: None, route53: None })
         }
     }
+}
+
+pub fn alias_options(dns: &DnsArgs) -> AliasOptions {
+    AliasOptions { prefer_cname: dns.prefer_cname, evaluate_target_health: dns.evaluate_target_health }
 }
 
 pub fn pipeline_config(cluster: &ClusterArgs, dns: &DnsArgs) -> PipelineConfig {

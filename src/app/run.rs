@@ -88,6 +88,8 @@ pub async fn local(args: LocalArgs) -> Result<()> {
             txt_prefix: crate::dns::record::DEFAULT_TXT_PREFIX.into(),
             allow_all_zero: args.allow_all_zero,
             wait_insync: false,
+            prefer_cname: false,
+            evaluate_target_health: true,
         },
         leader: LeaderArgs {
             enable_leader_election: false,
