@@ -90,6 +90,7 @@ fn published(s: &Snapshot, cfg: &TranslateConfig, owner: &Ownership) -> Vec<Reco
             ttl: 60,
             values: vec!["lb.us-east-1.elb.example.net".into()],
             health_check_id: None,
+            alias: None,
         });
     }
     records

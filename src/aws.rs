@@ -27,16 +27,23 @@ pub use aws_config;
 pub use aws_sdk_dynamodb;
 pub use aws_sdk_route53;
 
+/// The region when `--aws-region` is not given and the environment names none.
+pub const DEFAULT_REGION: &str = "eu-west-1";
+
 /// Loads the SDK configuration from the standard environment (`AWS_ENDPOINT_URL`, `AWS_REGION`,
-/// credentials chain). The region falls back to `default_region` (`--aws-region`).
-pub async fn sdk_config(default_region: &str) -> SdkConfig {
-    loader(default_region).load().await
+/// credentials chain). `region` is `--aws-region`: when given it wins over `AWS_REGION`, as the old
+/// controller's flag did.
+pub async fn sdk_config(region: Option<&str>) -> SdkConfig {
+    loader(region).load().await
 }
 
-/// The configuration loader with weir's settings (region fallback, no SDK retries, timeouts), for
-/// callers that set more (tests point it at their own endpoint).
-pub fn loader(default_region: &str) -> aws_config::ConfigLoader {
-    let region = RegionProviderChain::default_provider().or_else(Region::new(default_region.to_string()));
+/// The configuration loader with weir's settings (region, no SDK retries, timeouts), for callers that
+/// set more (tests point it at their own endpoint).
+pub fn loader(region: Option<&str>) -> aws_config::ConfigLoader {
+    let region = match region {
+        Some(explicit) => RegionProviderChain::first_try(Region::new(explicit.to_string())),
+        None => RegionProviderChain::default_provider().or_else(Region::new(DEFAULT_REGION)),
+    };
     aws_config::defaults(BehaviorVersion::latest())
         .region(region)
         // Retries happen in `Aws::call`, where each attempt is counted and throttling is backed off.

@@ -125,8 +125,8 @@ pub struct SelectionArgs {
 /// The weight store.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// static (alias fake), sqlite, or dynamodb (alias dynamoDB).
-    #[arg(long, env = "WEIR_BACKEND_TYPE", default_value = "dynamodb")]
+    /// static (alias fake, the old controller's default), sqlite, or dynamodb (alias dynamoDB).
+    #[arg(long, env = "WEIR_BACKEND_TYPE", default_value = "static")]
     pub backend_type: BackendType,
     /// SQLite database file (sqlite backend; the embedded DNS zone lives there too).
     #[arg(long, env = "WEIR_DB")]
@@ -134,14 +134,16 @@ pub struct StoreArgs {
     /// DynamoDB table.
     #[arg(long, env = "WEIR_TABLE_NAME", default_value = "traffic-controller")]
     pub table_name: String,
-    /// Weight of a row created for a cluster that has none.
+    /// Weight of a row created for a cluster that has none; the static backend's weight when
+    /// --static-weight is not given (the old controller's `fake` backend).
     #[arg(long, env = "WEIR_INITIAL_WEIGHT", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub initial_weight: u8,
-    /// The cluster weight of the static backend.
-    #[arg(long, env = "WEIR_STATIC_WEIGHT", default_value_t = 100, value_parser = clap::value_parser!(u8).range(0..=100))]
-    pub static_weight: u8,
-    #[arg(long, env = "WEIR_AWS_REGION", default_value = "eu-west-1")]
-    pub aws_region: String,
+    /// The cluster weight of the static backend [default: --initial-weight].
+    #[arg(long, env = "WEIR_STATIC_WEIGHT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub static_weight: Option<u8>,
+    /// AWS region; wins over AWS_REGION [default: AWS_REGION, else the profile's, else eu-west-1].
+    #[arg(long, env = "WEIR_AWS_REGION")]
+    pub aws_region: Option<String>,
     /// DynamoDB table of weight history (key ClusterName S, sort ChangedAt S); without it, history is
     /// off (SQLite keeps it in --db).
     #[arg(long, env = "WEIR_HISTORY_TABLE")]
@@ -180,6 +182,12 @@ pub struct DnsArgs {
     /// Acknowledge a weight only once Route53 reports the change INSYNC.
     #[arg(long, env = "WEIR_WAIT_INSYNC")]
     pub wait_insync: bool,
+    /// Publish a target that is an AWS load balancer as a CNAME, not as a weighted ALIAS A/AAAA.
+    #[arg(long, env = "WEIR_PREFER_CNAME")]
+    pub prefer_cname: bool,
+    /// EvaluateTargetHealth of ALIAS records (`--evaluate-target-health=false` to turn it off).
+    #[arg(long, env = "WEIR_EVALUATE_TARGET_HEALTH", action = clap::ArgAction::Set, default_value_t = true)]
+    pub evaluate_target_health: bool,
     #[command(flatten)]
     pub server: DnsServerArgs,
 }
@@ -484,8 +492,9 @@ pub struct WeightsStoreArgs {
     pub db: Option<PathBuf>,
     #[arg(long, env = "WEIR_TABLE_NAME", default_value = "traffic-controller")]
     pub table_name: String,
-    #[arg(long, env = "WEIR_AWS_REGION", default_value = "eu-west-1")]
-    pub aws_region: String,
+    /// AWS region; wins over AWS_REGION [default: AWS_REGION, else the profile's, else eu-west-1].
+    #[arg(long, env = "WEIR_AWS_REGION")]
+    pub aws_region: Option<String>,
     /// DynamoDB history table (see `weir controller --history-table`).
     #[arg(long, env = "WEIR_HISTORY_TABLE")]
     pub history_table: Option<String>,

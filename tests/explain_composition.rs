@@ -105,6 +105,7 @@ fn setup() -> tempfile::TempDir {
             ttl: 60,
             values: vec!["lb.us.example.net".into()],
             health_check_id: None,
+            alias: None,
         };
         let report = EmbeddedDns::new(zone).apply(vec![vec![Change::Upsert { record, previous: None }]]).await;
         assert!(report.failed.is_empty(), "{:?}", report.failed);

@@ -323,6 +323,7 @@ mod tests {
             ttl: 60,
             values: vec![format!("lb.{cluster}.example.net")],
             health_check_id: None,
+            alias: None,
         }
     }
 

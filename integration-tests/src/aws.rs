@@ -65,7 +65,7 @@ pub fn aws_env(endpoint: &str) -> Vec<(&'static str, String)> {
 /// SDK configuration for the test process itself (explicit, not from the environment, so that tests
 /// running in parallel can each use their own moto).
 pub async fn sdk(endpoint: &str) -> weir::aws::aws_config::SdkConfig {
-    weir::aws::loader(REGION)
+    weir::aws::loader(Some(REGION))
         .endpoint_url(endpoint)
         .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
         .load()

@@ -248,3 +248,38 @@ fn weights_cli_operates_the_table() {
     assert_eq!(rt.block_on(item_attr(&client, TABLE, "eu", "DesiredWeight")), "N:15");
     assert_eq!(rt.block_on(item_attr(&client, TABLE, "nowhere", "DesiredWeight")), "-");
 }
+
+/// `--aws-region` given on the command line wins over `AWS_REGION`, as the old controller's flag did;
+/// without it, `AWS_REGION` is used. moto keeps a table per region, so the region weir used shows in
+/// which table it finds.
+#[test]
+fn explicit_aws_region_wins_over_the_environment() {
+    use integration_tests::aws::{aws_env, sdk};
+    use integration_tests::{run, weir_bin};
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path());
+    rt().block_on(async {
+        let config = sdk(&moto.endpoint()).await;
+        let us = weir::aws::aws_sdk_dynamodb::config::Builder::from(&config)
+            .region(weir::aws::aws_config::Region::new("us-east-1"))
+            .build();
+        let client = weir::aws::aws_sdk_dynamodb::Client::from_conf(us);
+        create_table(&client, TABLE).await;
+        DynamoStore::new(client, TABLE, Aws::default()).ensure("only-in-us-east-1", 42).await.unwrap();
+    });
+    let list = |flags: &[&str]| {
+        let mut cmd = std::process::Command::new(weir_bin());
+        cmd.args(["weights", "list", "--backend-type", "dynamodb", "--table-name", TABLE, "--output", "json"]);
+        cmd.args(flags).env_remove("WEIR_AWS_REGION");
+        // aws_env sets AWS_REGION=eu-west-1, where there is no table.
+        for (k, v) in aws_env(&moto.endpoint()) {
+            cmd.env(k, v);
+        }
+        run(&mut cmd)
+    };
+    let (ok, out, err) = list(&["--aws-region", "us-east-1"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("only-in-us-east-1"), "{out}");
+    let (ok, out, _) = list(&[]);
+    assert!(!ok, "without --aws-region, AWS_REGION=eu-west-1 is used and has no table: {out}");
+}

@@ -24,6 +24,7 @@ fn rec(name: &str, rtype: RecordType, weight: u8, value: &str) -> RecordSet {
         ttl: 60,
         values: vec![value.into()],
         health_check_id: None,
+        alias: None,
     }
 }
 

@@ -12,6 +12,7 @@ use crate::cli::{ClusterArgs, DnsArgs, DnsProviderKind, ProviderArgs, ProviderKi
 use crate::dns::embedded::{EmbeddedDns, EmbeddedZone};
 use crate::dns::record::{Ownership, RecordOptions};
 use crate::dns::route53::{HealthCheckSettings, Route53Dns, Route53Options, ZoneRef};
+use crate::dns::route53_alias::AliasOptions;
 use crate::dns::DnsProvider;
 use crate::providers::file::FileProvider;
 use crate::providers::SnapshotRx;
@@ -84,7 +85,8 @@ pub fn store_config(args: &StoreArgs, cluster: &str) -> StoreConfig {
         db: args.db.clone(),
         table_name: args.table_name.clone(),
         aws_region: args.aws_region.clone(),
-        static_weight: args.static_weight,
+        // The old controller's `fake` backend published --initial-weight.
+        static_weight: args.static_weight.unwrap_or(args.initial_weight),
         cluster: cluster.to_string(),
         history_table: args.history_table.clone(),
     }
@@ -126,13 +128,14 @@ pub async fn open_dns_provider(
             let owner = Ownership { cluster: cluster.cluster_name.clone(), txt_prefix: dns.txt_prefix.clone() };
             let mut opts = Route53Options::new(zone, owner);
             opts.wait_insync = dns.wait_insync;
+            opts.alias = alias_options(dns);
             opts.health = dns.health_check_path.as_ref().map(|path| HealthCheckSettings {
                 path: path.clone(),
                 port: dns.health_check_port,
                 protocol: dns.health_check_protocol.clone(),
             });
             let provider = Arc::new(
-                Route53Dns::connect(&store.aws_region, opts)
+                Route53Dns::connect(store.aws_region.as_deref(), opts)
                     .await
                     .context("opening Route53")?
                     .with_fence(fence.clone()),
@@ -144,10 +147,15 @@ pub async fn open_dns_provider(
                 .await
                 .context("--dns-provider dnsendpoint writes DNSEndpoint objects: connecting to Kubernetes")?;
             let owner = Ownership { cluster: cluster.cluster_name.clone(), txt_prefix: dns.txt_prefix.clone() };
-            let provider = crate::dns::dnsendpoint_k8s::DnsEndpointDns::new(client, owner).with_fence(fence.clone());
+            let provider = crate::dns::dnsendpoint_k8s::DnsEndpointDns::new(client, owner, alias_options(dns))
+                .with_fence(fence.clone());
             Ok(DnsParts { provider: Arc::new(provider), zone: None, route53: None })
         }
     }
+}
+
+pub fn alias_options(dns: &DnsArgs) -> AliasOptions {
+    AliasOptions { prefer_cname: dns.prefer_cname, evaluate_target_health: dns.evaluate_target_health }
 }
 
 pub fn pipeline_config(cluster: &ClusterArgs, dns: &DnsArgs) -> PipelineConfig {

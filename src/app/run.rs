@@ -77,8 +77,8 @@ pub async fn local(args: LocalArgs) -> Result<()> {
             db: Some(args.db),
             table_name: String::new(),
             initial_weight: args.initial_weight,
-            static_weight: 100,
-            aws_region: String::new(),
+            static_weight: None,
+            aws_region: None,
             history_table: None,
         },
         dns: DnsArgs {
@@ -94,6 +94,8 @@ pub async fn local(args: LocalArgs) -> Result<()> {
             allow_all_zero: args.allow_all_zero,
             wait_insync: false,
             server: args.dns_server,
+            prefer_cname: false,
+            evaluate_target_health: true,
         },
         leader: LeaderArgs {
             enable_leader_election: false,

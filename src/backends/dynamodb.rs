@@ -52,8 +52,9 @@ impl DynamoStore {
             .map_err(|e| Self::error("open the history table", format!("{table}: {}", describe(&e))))
     }
 
-    /// A store on the SDK configuration from the standard environment, `region` as the fallback.
-    pub async fn connect(table: &str, region: &str, aws: Aws) -> Self {
+    /// A store on the SDK configuration from the standard environment; `region` (`--aws-region`)
+    /// wins over `AWS_REGION` when given.
+    pub async fn connect(table: &str, region: Option<&str>, aws: Aws) -> Self {
         let config = crate::aws::sdk_config(region).await;
         Self::new(Client::new(&config), table, aws)
     }

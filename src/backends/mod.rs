@@ -380,7 +380,8 @@ pub struct StoreConfig {
     pub db: Option<PathBuf>,
     /// DynamoDB table.
     pub table_name: String,
-    pub aws_region: String,
+    /// `--aws-region` when given (it wins over `AWS_REGION`).
+    pub aws_region: Option<String>,
     /// The weight of the static backend.
     pub static_weight: u8,
     /// This cluster's name (the static backend's only row).
@@ -406,9 +407,9 @@ pub async fn open_store(cfg: &StoreConfig) -> Result<Arc<dyn WeightStore>, Store
 }
 
 /// The DynamoDB table, on the SDK's standard environment (`AWS_ENDPOINT_URL`, `AWS_REGION`,
-/// credentials), `--aws-region` as the fallback region.
+/// credentials); an explicit `--aws-region` wins over `AWS_REGION`.
 async fn open_dynamodb(cfg: &StoreConfig) -> Result<Arc<dyn WeightStore>, StoreError> {
-    let store = dynamodb::DynamoStore::connect(&cfg.table_name, &cfg.aws_region, crate::aws::Aws::default())
+    let store = dynamodb::DynamoStore::connect(&cfg.table_name, cfg.aws_region.as_deref(), crate::aws::Aws::default())
         .await
         .with_history_table(cfg.history_table.clone());
     store.check_history_table().await?;
@@ -427,7 +428,7 @@ mod tests {
             backend,
             db,
             table_name: "traffic-controller".into(),
-            aws_region: "eu-west-1".into(),
+            aws_region: Some("eu-west-1".into()),
             static_weight: 40,
             cluster: "eu".into(),
             history_table: None,

@@ -1,5 +1,5 @@
-//! The `static` weight store (`--backend-type static`, old name `fake`): this cluster's weight is a
-//! flag value. Nothing is stored, so acknowledging always succeeds and setting is refused.
+//! The `static` weight store (`--backend-type static`, old name `fake`, the default): this cluster's
+//! weight is a flag value (`--static-weight`, else `--initial-weight` as the old controller's `fake`). Nothing is stored, so acknowledging always succeeds and setting is refused.
 
 use super::{AckOutcome, StoreError, StoredWeight, WeightRow, WeightStore};
 
@@ -33,7 +33,7 @@ impl WeightStore for StaticStore {
         Ok((cluster == self.cluster).then(|| self.row()))
     }
 
-    /// The flag value wins over `--initial-weight`: there is no row to create.
+    /// There is no row to create: the weight is the one the store was opened with.
     async fn ensure(&self, _cluster: &str, _initial: u8) -> Result<WeightRow, StoreError> {
         Ok(self.row())
     }

@@ -5,7 +5,9 @@
 //! Kubernetes provider. The shape follows the earlier controller: same name and namespace as the
 //! Ingress, a controller owner reference to it (so deleting the Ingress deletes the endpoint), one
 //! endpoint per host with `setIdentifier` = cluster name and the provider-specific properties
-//! `aws/weight` and, when set, `aws/health-check-id`. Ownership TXT records are not included:
+//! `aws/weight` and, when set, `aws/health-check-id`; a target that is an AWS load balancer is an
+//! `A` (and, dual-stack, `AAAA`) endpoint with external-dns's `alias: "true"`,
+//! `aws/target-hosted-zone` and `aws/evaluate-target-health`. Ownership TXT records are not included:
 //! external-dns keeps its own registry.
 
 use std::collections::BTreeMap;
@@ -23,6 +25,10 @@ pub const GROUP: &str = "externaldns.k8s.io";
 pub const VERSION: &str = "v1alpha1";
 pub const KIND: &str = "DNSEndpoint";
 pub const MANAGED_BY: &str = "weir";
+/// external-dns's provider-specific properties of an AWS ALIAS (endpoint `alias`, provider/aws).
+pub const PROP_ALIAS: &str = "alias";
+pub const PROP_TARGET_ZONE: &str = "aws/target-hosted-zone";
+pub const PROP_EVALUATE_TARGET_HEALTH: &str = "aws/evaluate-target-health";
 
 /// The DNSEndpoint API resource (plural `dnsendpoints`).
 pub fn api_resource() -> ApiResource {
@@ -64,6 +70,17 @@ pub fn endpoints(records: &[&RecordSet]) -> Vec<Endpoint> {
                 vec![ProviderSpecific { name: "aws/weight".into(), value: r.weight.to_string() }];
             if let Some(id) = &r.health_check_id {
                 provider_specific.push(ProviderSpecific { name: "aws/health-check-id".into(), value: id.clone() });
+            }
+            // external-dns's own ALIAS properties; the target zone is given so that it need not guess.
+            if let Some(alias) = &r.alias {
+                provider_specific.extend([
+                    ProviderSpecific { name: PROP_ALIAS.into(), value: "true".into() },
+                    ProviderSpecific { name: PROP_TARGET_ZONE.into(), value: alias.hosted_zone_id.clone() },
+                    ProviderSpecific {
+                        name: PROP_EVALUATE_TARGET_HEALTH.into(),
+                        value: alias.evaluate_target_health.to_string(),
+                    },
+                ]);
             }
             Endpoint {
                 dns_name: r.key.name.clone(),
@@ -127,6 +144,7 @@ mod tests {
             ttl: 60,
             values: values.iter().map(|s| s.to_string()).collect(),
             health_check_id: hc.map(str::to_string),
+            alias: None,
         }
     }
 
@@ -267,5 +285,31 @@ endpoints: [{addresses: [10.0.0.1], conditions: {ready: true}}]
             spec.endpoints[0].provider_specific,
             vec![ProviderSpecific { name: "aws/weight".into(), value: "100".into() }]
         );
+    }
+
+    /// An ALIAS as external-dns's AWS provider reads it: type A/AAAA, `alias: "true"`, the target's
+    /// zone and EvaluateTargetHealth.
+    #[test]
+    fn alias_records_are_alias_endpoints() {
+        let mut a = record("shop.example.com", RecordType::A, 30, &["lb-1.elb.eu-west-1.amazonaws.com"], None);
+        a.alias = Some(crate::dns::record::AliasTarget {
+            hosted_zone_id: "Z2IFOLAFXWLO4F".into(),
+            evaluate_target_health: true,
+        });
+        let got = serde_json::to_value(endpoints(&[&a])).unwrap();
+        let want = serde_json::json!([{
+            "dnsName": "shop.example.com",
+            "targets": ["lb-1.elb.eu-west-1.amazonaws.com"],
+            "recordType": "A",
+            "recordTTL": 60,
+            "setIdentifier": "eu-1",
+            "providerSpecific": [
+                {"name": "aws/weight", "value": "30"},
+                {"name": "alias", "value": "true"},
+                {"name": "aws/target-hosted-zone", "value": "Z2IFOLAFXWLO4F"},
+                {"name": "aws/evaluate-target-health", "value": "true"},
+            ],
+        }]);
+        assert_eq!(got, want);
     }
 }

@@ -15,9 +15,12 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
-use super::dnsendpoint::{api_resource, dns_endpoint, DnsEndpointSpec};
+use super::dnsendpoint::{
+    api_resource, dns_endpoint, DnsEndpointSpec, PROP_ALIAS, PROP_EVALUATE_TARGET_HEALTH, PROP_TARGET_ZONE,
+};
 use super::plan::{source_of, Change};
-use super::record::{Ownership, RecordKey, RecordSet, RecordType, TXT_WEIGHT};
+use super::record::{AliasTarget, DesiredRecords, Ownership, RecordKey, RecordSet, RecordType, TXT_WEIGHT};
+use super::route53_alias::{use_aliases, AliasOptions};
 use super::{validate, ApplyReport, DnsError, DnsProvider};
 use crate::model::ObjectRef;
 use crate::reconciler::leader::Fence;
@@ -29,6 +32,7 @@ const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=weir";
 pub struct DnsEndpointDns {
     client: Client,
     owner: Ownership,
+    alias: AliasOptions,
     fence: Fence,
 }
 
@@ -37,8 +41,8 @@ type Objects = BTreeMap<(String, String), BTreeMap<RecordKey, RecordSet>>;
 
 impl DnsEndpointDns {
     /// A provider that always writes (no leader election); see [`Self::with_fence`].
-    pub fn new(client: Client, owner: Ownership) -> Self {
-        Self { client, owner, fence: Fence::always() }
+    pub fn new(client: Client, owner: Ownership, alias: AliasOptions) -> Self {
+        Self { client, owner, alias, fence: Fence::always() }
     }
 
     /// Writes each DNSEndpoint only while `fence` is open.
@@ -125,6 +129,10 @@ pub fn records_of(obj: &DynamicObject) -> Vec<RecordSet> {
                 ttl: e.record_ttl.unwrap_or(0),
                 values: e.targets,
                 health_check_id: prop("aws/health-check-id"),
+                alias: (prop(PROP_ALIAS).as_deref() == Some("true")).then(|| AliasTarget {
+                    hosted_zone_id: prop(PROP_TARGET_ZONE).unwrap_or_default(),
+                    evaluate_target_health: prop(PROP_EVALUATE_TARGET_HEALTH).as_deref() != Some("false"),
+                }),
             })
         })
         .collect()
@@ -138,6 +146,7 @@ fn ownership_txt(owner: &Ownership, host: &str, source: &ObjectRef, ttl: u32) ->
         ttl,
         values: vec![owner.txt_value(source)],
         health_check_id: None,
+        alias: None,
     }
 }
 
@@ -180,6 +189,11 @@ pub fn regroup(objects: &mut Objects, changes: &[Change], owner: &Ownership) -> 
 impl DnsProvider for DnsEndpointDns {
     fn name(&self) -> &'static str {
         "dnsendpoint"
+    }
+
+    /// Targets that are AWS load balancers become ALIAS endpoints, as external-dns would make them.
+    async fn prepare(&self, desired: &mut DesiredRecords) {
+        use_aliases(desired, self.alias, |_| false);
     }
 
     async fn current(&self, _hosts: &BTreeSet<String>, owner: &Ownership) -> Result<Vec<RecordSet>, DnsError> {
@@ -276,6 +290,7 @@ mod tests {
             ttl: 60,
             values: vec!["lb.example.net".into()],
             health_check_id: None,
+            alias: None,
         }
     }
 
@@ -329,5 +344,19 @@ mod tests {
         let obj = dns_endpoint(&ingress, &[&r]);
         assert_eq!(records_of(&obj), vec![r]);
         assert_eq!(obj.labels().get("app.kubernetes.io/managed-by").map(String::as_str), Some(MANAGED_BY));
+    }
+
+    #[test]
+    fn alias_endpoints_read_back() {
+        let ingress: Ingress = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "shop", "namespace": "web", "uid": "u1"}
+        }))
+        .unwrap();
+        let mut r = rec("shop.example.com", 25);
+        r.key.rtype = RecordType::Aaaa;
+        r.values = vec!["dualstack.lb-1.eu-west-1.elb.amazonaws.com".into()];
+        r.alias = Some(AliasTarget { hosted_zone_id: "Z32O12XQLNTSW2".into(), evaluate_target_health: false });
+        let obj = dns_endpoint(&ingress, &[&r]);
+        assert_eq!(records_of(&obj), vec![r]);
     }
 }

@@ -264,6 +264,7 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<RecordSet>> {
             values: serde_json::from_str(&vals)
                 .map_err(|e| format!("vals {vals:?} is not a JSON array of strings: {e}"))?,
             health_check_id,
+            alias: None,
         })
     })();
     match parsed {
@@ -348,6 +349,7 @@ mod tests {
             ttl: 60,
             values: values.iter().map(|v| v.to_string()).collect(),
             health_check_id: None,
+            alias: None,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod dnsendpoint;
 pub mod dnsendpoint_k8s;
 pub mod embedded;
 pub mod route53;
+pub mod route53_alias;
 mod route53_health;
 pub mod server;
 
@@ -94,6 +95,18 @@ pub fn validate(record: &RecordSet) -> Result<(), DnsError> {
     }
     if record.ttl > 2_147_483_647 {
         return Err(invalid("TTL out of range".into()));
+    }
+    if let Some(alias) = &record.alias {
+        if !matches!(record.key.rtype, RecordType::A | RecordType::Aaaa) {
+            return Err(invalid("only A and AAAA records can be ALIAS records".into()));
+        }
+        if record.values.len() != 1 || !is_dns_name(&record.values[0]) {
+            return Err(invalid("an ALIAS points at exactly one DNS name".into()));
+        }
+        if alias.hosted_zone_id.is_empty() {
+            return Err(invalid("an ALIAS needs the target's hosted zone id".into()));
+        }
+        return Ok(());
     }
     match record.key.rtype {
         RecordType::A => {

@@ -18,18 +18,20 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use aws_sdk_route53::types::{
-    Change as R53Change, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecord, ResourceRecordSet, RrType,
+    AliasTarget as R53AliasTarget, Change as R53Change, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecord,
+    ResourceRecordSet, RrType,
 };
 use aws_sdk_route53::Client;
 use parking_lot::Mutex;
 
 use super::plan::Change;
-use super::record::{DesiredRecords, Ownership, RecordKey, RecordSet, RecordType};
+use super::record::{AliasTarget, DesiredRecords, Ownership, RecordKey, RecordSet, RecordType};
 use super::{validate, ApplyReport, DnsError, DnsProvider};
 use crate::aws::{classify, describe, Aws, Outcome};
 use crate::reconciler::leader::Fence;
 use aws_sdk_route53::error::SdkError;
 
+use super::route53_alias::{use_aliases, AliasOptions};
 use super::route53_health::HealthChecks;
 pub use super::route53_health::{HealthCheckSettings, HealthCheckState, HealthMetrics};
 
@@ -64,6 +66,8 @@ pub struct Route53Options {
     /// on a stale view of the other clusters.
     pub recheck_drain_after: Duration,
     pub health: Option<HealthCheckSettings>,
+    /// CNAMEs to AWS load balancers become ALIAS records unless `--prefer-cname`.
+    pub alias: AliasOptions,
 }
 
 impl Route53Options {
@@ -76,6 +80,7 @@ impl Route53Options {
             rescan_interval: Duration::from_secs(300),
             recheck_drain_after: Duration::from_secs(5),
             health: None,
+            alias: AliasOptions::default(),
         }
     }
 }
@@ -113,8 +118,9 @@ impl Route53Dns {
         self
     }
 
-    /// A provider on the SDK configuration from the standard environment, `region` as the fallback.
-    pub async fn connect(region: &str, opts: Route53Options) -> Result<Self, DnsError> {
+    /// A provider on the SDK configuration from the standard environment; `region` (`--aws-region`)
+    /// wins over `AWS_REGION` when given.
+    pub async fn connect(region: Option<&str>, opts: Route53Options) -> Result<Self, DnsError> {
         let config = crate::aws::sdk_config(region).await;
         Self::new(Client::new(&config), Aws::default(), opts).await
     }
@@ -492,6 +498,25 @@ impl DnsProvider for Route53Dns {
         if let Some(health) = &self.health {
             health.attach(desired, &self.opts.owner).await;
         }
+        // Route53 refuses an ALIAS A beside another cluster's CNAME of the same name: a host where the
+        // last read found one keeps its CNAME (docs/aws.md, "ALIAS records").
+        {
+            let cluster = &self.opts.owner.cluster;
+            let cache = self.cache.lock();
+            use_aliases(desired, self.opts.alias, |host| {
+                let foreign_cname = cache.hosts.get(host).is_some_and(|records| {
+                    records.iter().any(|r| r.key.rtype == RecordType::Cname && &r.key.set_identifier != cluster)
+                });
+                if foreign_cname {
+                    tracing::info!(host, "another cluster publishes a CNAME here; keeping this cluster's CNAME");
+                }
+                foreign_cname
+            });
+        }
+        // Route53 keeps no TTL on an ALIAS (it reads back as 0).
+        for record in desired.records.iter_mut().filter(|r| r.alias.is_some()) {
+            record.ttl = 0;
+        }
         // A host this cluster is about to drain (published > 0, desired 0) is read again before
         // planning: the all-zero guard must decide on the other clusters' records as they are now,
         // not as cached (both to allow the drain and to refuse it).
@@ -722,6 +747,10 @@ pub fn from_route53(rrs: &ResourceRecordSet) -> Option<RecordSet> {
         RrType::Txt => RecordType::Txt,
         _ => return None,
     };
+    let alias = rrs.alias_target().map(|a| AliasTarget {
+        hosted_zone_id: a.hosted_zone_id().trim_start_matches("/hostedzone/").to_string(),
+        evaluate_target_health: a.evaluate_target_health(),
+    });
     let mut values: Vec<String> = match rrs.alias_target() {
         Some(alias) => vec![normalize_name(alias.dns_name())],
         None => rrs
@@ -746,6 +775,7 @@ pub fn from_route53(rrs: &ResourceRecordSet) -> Option<RecordSet> {
         ttl: rrs.ttl().unwrap_or(0).clamp(0, u32::MAX as i64) as u32,
         values,
         health_check_id: rrs.health_check_id().map(str::to_string),
+        alias,
     })
 }
 
@@ -757,9 +787,20 @@ pub fn to_route53_change(change: &Change) -> Result<R53Change, String> {
         .r#type(rr_type(record.key.rtype))
         .set_identifier(&record.key.set_identifier)
         .weight(i64::from(record.weight))
-        .ttl(i64::from(record.ttl))
         .set_health_check_id(record.health_check_id.clone());
-    for value in &record.values {
+    if let Some(alias) = &record.alias {
+        // An ALIAS has no TTL and no resource records: Route53 answers with the target's addresses.
+        let target = R53AliasTarget::builder()
+            .hosted_zone_id(&alias.hosted_zone_id)
+            .dns_name(format!("{}.", record.values.first().map(String::as_str).unwrap_or_default()))
+            .evaluate_target_health(alias.evaluate_target_health)
+            .build()
+            .map_err(|e| e.to_string())?;
+        rrs = rrs.alias_target(target);
+    } else {
+        rrs = rrs.ttl(i64::from(record.ttl));
+    }
+    for value in record.values.iter().filter(|_| record.alias.is_none()) {
         let value = match record.key.rtype {
             RecordType::Txt => quote_txt(value),
             _ => value.clone(),
@@ -806,11 +847,34 @@ mod tests {
             ttl: 60,
             values: vec!["heritage=weir,weir/owner=eu".into()],
             health_check_id: None,
+            alias: None,
         };
         let change = to_route53_change(&Change::Upsert { record: record.clone(), previous: None }).unwrap();
         let rrs = change.resource_record_set().unwrap();
         assert_eq!(rrs.name(), "a.example.com.");
         assert_eq!(rrs.resource_records()[0].value(), "\"heritage=weir,weir/owner=eu\"");
+        assert_eq!(from_route53(rrs), Some(record));
+    }
+
+    #[test]
+    fn alias_records_convert_both_ways() {
+        let record = RecordSet {
+            key: RecordKey { name: "example.com".into(), rtype: RecordType::A, set_identifier: "eu".into() },
+            weight: 30,
+            ttl: 0,
+            values: vec!["dualstack.lb-1.eu-west-1.elb.amazonaws.com".into()],
+            health_check_id: None,
+            alias: Some(AliasTarget { hosted_zone_id: "Z32O12XQLNTSW2".into(), evaluate_target_health: true }),
+        };
+        let change = to_route53_change(&Change::Upsert { record: record.clone(), previous: None }).unwrap();
+        let rrs = change.resource_record_set().unwrap();
+        let target = rrs.alias_target().expect("an AliasTarget");
+        assert_eq!(target.hosted_zone_id(), "Z32O12XQLNTSW2");
+        assert_eq!(target.dns_name(), "dualstack.lb-1.eu-west-1.elb.amazonaws.com.");
+        assert!(target.evaluate_target_health());
+        assert!(rrs.ttl().is_none() && rrs.resource_records().is_empty(), "an ALIAS has no TTL nor values");
+        assert_eq!(rrs.set_identifier(), Some("eu"));
+        assert_eq!(rrs.weight(), Some(30));
         assert_eq!(from_route53(rrs), Some(record));
     }
 

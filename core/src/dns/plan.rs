@@ -358,6 +358,7 @@ mod tests {
             ttl: 60,
             values: vec![format!("lb.{cluster}.example.net")],
             health_check_id: None,
+            alias: None,
         }
     }
 
@@ -426,6 +427,7 @@ mod tests {
             ttl: 300,
             values: vec!["198.51.100.1".into()],
             health_check_id: None,
+            alias: None,
         };
         let current = vec![other("us", "a.example.com", 30), foreign.clone()];
         let d = desired(vec![

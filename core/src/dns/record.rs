@@ -82,6 +82,18 @@ pub struct RecordSet {
     pub values: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check_id: Option<String>,
+    /// A Route53 ALIAS (an `A` or `AAAA` record answering with the addresses of `values[0]`, a name in
+    /// another hosted zone); `None` for an ordinary record. Route53 keeps no TTL on an ALIAS (`ttl` 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<AliasTarget>,
+}
+
+/// Where a Route53 ALIAS points: the target's canonical hosted zone (a load balancer's, by region and
+/// type) and whether Route53 answers it only while the target is healthy.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AliasTarget {
+    pub hosted_zone_id: String,
+    pub evaluate_target_health: bool,
 }
 
 /// How this cluster names and marks what it owns.
@@ -180,6 +192,7 @@ pub fn records_for(intent: &DnsIntent, weight: u8, owner: &Ownership, opts: &Rec
         ttl: opts.ttl,
         values,
         health_check_id: if health { opts.health_check_id.clone() } else { None },
+        alias: None,
     };
     let mut out = Vec::with_capacity(3);
     let t = &intent.targets;

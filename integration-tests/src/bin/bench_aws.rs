@@ -116,7 +116,7 @@ async fn big_zone(foreign: usize) {
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start(dir.path());
     // Set-up only: moto slows down as the zone grows, so this client waits longer than weir does.
-    let config = weir::aws::loader(integration_tests::aws::REGION)
+    let config = weir::aws::loader(Some(integration_tests::aws::REGION))
         .endpoint_url(moto.endpoint())
         .credentials_provider(weir::aws::aws_sdk_route53::config::Credentials::new("t", "t", None, None, "t"))
         .timeout_config(

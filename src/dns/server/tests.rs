@@ -21,6 +21,7 @@ fn mk(name: &str, rtype: RecordType, cluster: &str, weight: u8, values: &[&str])
         ttl: 30,
         values: values.iter().map(|v| v.to_string()).collect(),
         health_check_id: None,
+        alias: None,
     }
 }
 
