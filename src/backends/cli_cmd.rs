@@ -47,14 +47,16 @@ pub async fn run(cmd: &WeightsCommand) -> Result<String, WeightsCliError> {
         WeightsCommand::List(args) => {
             let store = open(args, "").await?;
             let rows = store.list().await?;
-            output(args.output, &rows, || table(&rows))
+            let held = store.held().await?;
+            output(args.output, &rows, || table_with_held(&rows, &held))
         }
         WeightsCommand::Get { store: args, cluster_name } => {
             let store = open(args, cluster_name).await?;
             let Some(row) = store.get(cluster_name).await? else {
                 return Err(unknown(store.as_ref(), cluster_name).await);
             };
-            output(args.output, &row, || table(std::slice::from_ref(&row)))
+            let held = store.held().await?;
+            output(args.output, &row, || table_with_held(std::slice::from_ref(&row), &held))
         }
         WeightsCommand::Set { store: args, cluster_name, desired } => {
             // Before anything is opened: a bad value must leave no trace, not even a new file.
@@ -160,12 +162,21 @@ fn status(row: &WeightRow) -> &'static str {
     }
 }
 
+#[cfg(test)]
 fn table(rows: &[WeightRow]) -> String {
+    table_with_held(rows, &Default::default())
+}
+
+/// The status column names the hosts that hold a cluster's ack back.
+fn table_with_held(rows: &[WeightRow], held: &std::collections::BTreeMap<String, Vec<String>>) -> String {
     let header = ["CLUSTER", "DESIRED", "CURRENT", "STATUS"];
-    let cells: Vec<[String; 4]> = rows
-        .iter()
-        .map(|r| [r.cluster.clone(), r.desired.to_string(), r.current.to_string(), status(r).to_string()])
-        .collect();
+    let status_of = |r: &WeightRow| match held.get(&r.cluster).filter(|h| !h.is_empty()) {
+        Some(hosts) if r.desired != r.current => format!("{}; ack blocked, held: {}", status(r), hosts.join(", ")),
+        Some(hosts) => format!("{}; held: {}", status(r), hosts.join(", ")),
+        None => status(r).to_string(),
+    };
+    let cells: Vec<[String; 4]> =
+        rows.iter().map(|r| [r.cluster.clone(), r.desired.to_string(), r.current.to_string(), status_of(r)]).collect();
     let mut widths = header.map(str::len);
     for row in &cells {
         for (w, c) in widths.iter_mut().zip(row) {

@@ -125,6 +125,17 @@ pub trait WeightStore: Send + Sync {
 
     /// Sets DesiredWeight (conditionally on the row existing); returns the value it replaced.
     async fn set_desired(&self, cluster: &str, desired: u8) -> Result<Option<StoredWeight>, StoreError>;
+
+    /// Records the hosts that hold this cluster's ack back (empty: none), for `weir weights list`.
+    /// Stores without a place for it keep nothing (the metric and the Events still say it).
+    async fn note_held(&self, _cluster: &str, _hosts: &[String]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// What [`WeightStore::note_held`] recorded, per cluster.
+    async fn held(&self) -> Result<std::collections::BTreeMap<String, Vec<String>>, StoreError> {
+        Ok(Default::default())
+    }
 }
 
 /// `--backend-type`. The old spellings `fake`, `dynamodb` and `dynamoDB` are accepted.
