@@ -133,6 +133,12 @@ pub fn envoy_listener_name(cfg: &ProxyConfig) -> String {
     format!("{}-envoy", cfg.name)
 }
 
+/// Whether a `plannerip` pin may reach the endpoint: `serving` in its EndpointSlice (ready, or
+/// terminating while still serving), whatever its strategy's weight.
+fn can_serve(ep: &BackendEndpoint) -> bool {
+    ep.health != EndpointHealth::Unhealthy
+}
+
 /// Name of the per-endpoint cluster a `plannerip` route pins to.
 pub fn endpoint_cluster_name(svc: &ServiceBackend, addr: SocketAddr) -> String {
     format!("{}/{}", svc.cluster_name(), addr)
@@ -151,10 +157,16 @@ pub fn translate(cfg: &ProxyConfig) -> Resources {
             ResourceType::ClusterLoadAssignment,
             Resource::new(name.clone(), &load_assignment(&name, &svc.endpoints), true),
         );
-        for ep in &svc.endpoints {
+        for ep in svc.endpoints.iter().filter(|ep| can_serve(ep)) {
             let name = endpoint_cluster_name(svc, ep.address);
-            out.insert(ResourceType::Cluster, Resource::new(name.clone(), &eds_cluster(&name, policy), true));
-            let cla = load_assignment(&name, std::slice::from_ref(ep));
+            let mut cluster = eds_cluster(&name, policy);
+            // Panic mode would send pinned calls to the endpoint whatever its health: never.
+            cluster.common_lb_config.get_or_insert_with(Default::default).healthy_panic_threshold =
+                Some(xds_api::pb::envoy::r#type::v3::Percent { value: 0.0 });
+            out.insert(ResourceType::Cluster, Resource::new(name.clone(), &cluster, true));
+            // A draining endpoint still finishes the queries pinned to it: healthy in its own cluster.
+            let pinned = BackendEndpoint { health: EndpointHealth::Healthy, ..ep.clone() };
+            let cla = load_assignment(&name, std::slice::from_ref(&pinned));
             out.insert(ResourceType::ClusterLoadAssignment, Resource::new(name, &cla, true));
         }
     }
@@ -233,7 +245,7 @@ fn socket_address(addr: SocketAddr) -> xcore::Address {
 fn route_configuration(cfg: &ProxyConfig) -> xroute::RouteConfiguration {
     let mut routes = Vec::new();
     for svc in &cfg.services {
-        for ep in &svc.endpoints {
+        for ep in svc.endpoints.iter().filter(|ep| can_serve(ep)) {
             routes.push(xroute::Route {
                 name: format!("plannerip {}", ep.address),
                 r#match: Some(xroute::RouteMatch {
@@ -560,6 +572,28 @@ mod tests {
         let w = weights(&c);
         let total: u64 = w.iter().map(|(_, v)| u64::from(*v)).sum();
         assert!(total <= u64::from(u32::MAX) && w.iter().all(|(_, v)| *v > 0), "total {total}");
+    }
+
+    #[test]
+    fn plannerip_pins_only_endpoints_that_can_serve_and_never_panic() {
+        let mut c = cfg(&[("blue", 100), ("green", 0)], &[("a-blue", "blue"), ("b-green", "green")]);
+        let ep = |ip: &str, health| BackendEndpoint { address: ip.parse().unwrap(), zone: None, health };
+        c.services[0].endpoints =
+            vec![ep("10.0.0.1:9000", EndpointHealth::Healthy), ep("10.0.0.2:9000", EndpointHealth::Unhealthy)];
+        c.services[1].endpoints = vec![ep("10.0.0.3:9000", EndpointHealth::Draining)];
+        let r = translate(&c);
+        let routes = route_configuration(&c);
+        let pins: Vec<&str> = routes.virtual_hosts[0].routes.iter().map(|r| r.name.as_str()).collect();
+        // The green endpoint at weight 0, draining but serving, keeps its pin.
+        assert_eq!(pins, ["plannerip 10.0.0.1:9000", "plannerip 10.0.0.3:9000", "weighted"]);
+        let clusters: Vec<&str> = r.of(ResourceType::Cluster).map(|c| c.name.as_str()).collect();
+        assert!(!clusters.iter().any(|n| n.contains("10.0.0.2")), "{clusters:?}");
+        for name in ["default/a-blue/10.0.0.1:9000", "default/b-green/10.0.0.3:9000"] {
+            let res = r.of(ResourceType::Cluster).find(|c| c.name == name).unwrap();
+            let cluster = xcluster::Cluster::decode(res.body.value.as_slice()).unwrap();
+            let threshold = cluster.common_lb_config.and_then(|l| l.healthy_panic_threshold).map(|p| p.value);
+            assert_eq!(threshold, Some(0.0), "{name}");
+        }
     }
 
     #[test]
