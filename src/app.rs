@@ -8,6 +8,7 @@ mod factories;
 mod kubernetes;
 mod oneshot;
 mod run;
+mod weights;
 mod xds;
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -21,7 +22,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Xds(args) => runtime()?.block_on(xds::xds(args)),
         Command::Local(args) => runtime()?.block_on(run::local(args)),
         Command::Weights(args) => {
-            print!("{}", crate::backends::cli_cmd::run_blocking(&args.command)?);
+            print!("{}", weights::run_blocking(&args.command)?);
             Ok(())
         }
         Command::Explain(args) => runtime()?.block_on(oneshot::explain_command(args)),

@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod aws;
+pub mod pod;
 pub mod weir_aws;
 
 use std::net::{TcpListener, UdpSocket};

@@ -63,6 +63,7 @@ fn envoy_runs_from_the_bootstrap_on_loopback() {
     p.xds_port = xds;
     p.admin_address = "127.0.0.1".into();
     p.admin_port = admin;
+    p.probe_port = free_port();
     let path = dir.path().join("envoy.yaml");
     std::fs::write(&path, children::bootstrap_yaml(&p)).unwrap();
     assert!(validate(&path).0);
@@ -130,6 +131,7 @@ fn envoy_from_the_bootstrap_connects_to_weir_xds_and_acks() {
     p.xds_port = weir.grpc_port;
     p.admin_address = "127.0.0.1".into();
     p.admin_port = free_port();
+    p.probe_port = free_port();
     let path = dir.path().join("envoy.yaml");
     std::fs::write(&path, children::bootstrap_yaml(&p)).unwrap();
     let _envoy = Proc::spawn(

@@ -26,7 +26,15 @@ pub async fn start_leader_election(
         let (tx, rx) = always_leader();
         return Ok((Some(tx), rx));
     }
-    let config = LeaderConfig::from_args(args, default_identity())?;
+    let config = LeaderConfig {
+        namespace: args.leader_election_namespace.clone(),
+        name: args.leader_election_id.clone(),
+        identity: default_identity(),
+        lease_duration: args.lease_duration,
+        renew_deadline: args.renew_deadline,
+        retry_period: args.retry_period,
+    }
+    .checked()?;
     let client =
         crate::providers::kubernetes::client().await.context("connecting to Kubernetes for leader election")?;
     let elector = LeaderElector {

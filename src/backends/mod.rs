@@ -4,7 +4,6 @@
 //! same trait. Values are read raw and checked here, so that a bad row is refused the same way whatever
 //! the store.
 
-pub mod cli_cmd;
 pub mod dynamodb;
 pub mod sqlite;
 pub mod static_store;

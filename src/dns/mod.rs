@@ -6,11 +6,11 @@
 pub mod dnsendpoint;
 pub mod dnsendpoint_k8s;
 pub mod embedded;
-pub mod plan;
-pub mod record;
 pub mod route53;
 mod route53_health;
 pub mod server;
+
+pub use weir_core::dns::{plan, record};
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr};

@@ -141,16 +141,6 @@ impl Route53Dns {
         }
     }
 
-    /// The health check statuses read last (no call), e.g. for a status page.
-    pub fn last_health_status(&self) -> Vec<HealthCheckState> {
-        self.health.as_ref().map(|h| h.last_status()).unwrap_or_default()
-    }
-
-    /// Forgets everything read; the next `current` lists the zone again.
-    pub fn invalidate(&self) {
-        *self.cache.lock() = Cache::default();
-    }
-
     fn host_of<'a>(&self, name: &'a str) -> &'a str {
         self.opts.owner.host_of_txt(name).unwrap_or(name)
     }

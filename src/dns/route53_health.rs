@@ -308,13 +308,6 @@ impl HealthChecks {
         }
     }
 
-    /// The statuses read last (no call).
-    pub(crate) fn last_status(&self) -> Vec<HealthCheckState> {
-        let mut out: Vec<HealthCheckState> = self.state.lock().status.values().cloned().collect();
-        out.sort_by(|a, b| a.target.cmp(&b.target));
-        out
-    }
-
     /// Reads the status of the checks of `targets` (existing ones only; nothing is created) and
     /// updates the metric.
     pub(crate) async fn status(&self, targets: &[String]) -> Result<Vec<HealthCheckState>, DnsError> {

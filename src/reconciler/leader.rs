@@ -19,8 +19,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
-use crate::cli::LeaderArgs;
-
 /// Receives `true` while this replica holds the lease. Writers check it before every write pass.
 pub type LeaderRx = watch::Receiver<bool>;
 
@@ -42,23 +40,16 @@ pub struct LeaderConfig {
 }
 
 impl LeaderConfig {
-    pub fn from_args(args: &LeaderArgs, identity: String) -> Result<Self, LeaderError> {
-        let cfg = Self {
-            namespace: args.leader_election_namespace.clone(),
-            name: args.leader_election_id.clone(),
-            identity,
-            lease_duration: args.lease_duration,
-            renew_deadline: args.renew_deadline,
-            retry_period: args.retry_period,
-        };
-        if cfg.renew_deadline >= cfg.lease_duration || cfg.retry_period >= cfg.renew_deadline {
+    /// Checks that the timings can work: retry < renew deadline < lease duration.
+    pub fn checked(self) -> Result<Self, LeaderError> {
+        if self.renew_deadline >= self.lease_duration || self.retry_period >= self.renew_deadline {
             return Err(LeaderError::Timing {
-                lease: cfg.lease_duration,
-                renew: cfg.renew_deadline,
-                retry: cfg.retry_period,
+                lease: self.lease_duration,
+                renew: self.renew_deadline,
+                retry: self.retry_period,
             });
         }
-        Ok(cfg)
+        Ok(self)
     }
 }
 
@@ -425,16 +416,16 @@ mod tests {
 
     #[test]
     fn timing_flags_are_checked() {
-        let args = |lease, renew, retry| LeaderArgs {
-            enable_leader_election: true,
-            leader_election_namespace: "ns".into(),
-            leader_election_id: "weir".into(),
+        let config = |lease, renew, retry| LeaderConfig {
+            namespace: "ns".into(),
+            name: "weir".into(),
+            identity: "me".into(),
             lease_duration: Duration::from_secs(lease),
             renew_deadline: Duration::from_secs(renew),
             retry_period: Duration::from_secs(retry),
         };
-        assert!(LeaderConfig::from_args(&args(15, 10, 2), "me".into()).is_ok());
-        assert!(LeaderConfig::from_args(&args(10, 10, 2), "me".into()).is_err());
-        assert!(LeaderConfig::from_args(&args(15, 10, 10), "me".into()).is_err());
+        assert!(config(15, 10, 2).checked().is_ok());
+        assert!(config(10, 10, 2).checked().is_err());
+        assert!(config(15, 10, 10).checked().is_err());
     }
 }

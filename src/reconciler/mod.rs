@@ -4,11 +4,12 @@
 
 pub mod dns;
 pub mod events;
-pub mod explain;
 pub mod infra;
 pub mod leader;
 pub mod metrics;
 pub mod weight;
+
+pub use weir_core::explain;
 
 use crate::dns::record::{DesiredRecords, Ownership, RecordOptions};
 use crate::ir::{DesiredState, Refusal};

@@ -2,79 +2,49 @@
 //! Publishing replaces an `Arc` behind a `watch` channel; readers never block the writer and every
 //! stream wakes up on a change. Nothing is published when no resource changed.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::watch;
 
-use super::resources::{Resource, ResourceType, Resources};
+use super::resources::{ResourceType, Resources};
+use super::snapshot::XdsSnapshot;
 
-/// An immutable, versioned set of resources.
+/// A snapshot and when it was published (the start of the push latency). It dereferences to the
+/// snapshot, which is all the ADS machine sees.
 #[derive(Debug, Clone)]
-pub struct XdsSnapshot {
-    pub resources: Resources,
-    /// Per-type version: a hash of every resource of the type, so that it changes exactly when a
-    /// resource of that type changes and is the same on every replica.
-    pub versions: BTreeMap<ResourceType, String>,
-    /// Increases on every publish.
-    pub generation: u64,
-    /// When it was published: the start of the push latency.
+pub struct PublishedSnapshot {
+    pub snapshot: XdsSnapshot,
     pub published: Instant,
 }
 
-impl XdsSnapshot {
-    pub fn empty() -> Self {
-        Self::new(Resources::default(), 0)
-    }
-
-    fn new(resources: Resources, generation: u64) -> Self {
-        let versions = ResourceType::ALL
-            .into_iter()
-            .map(|ty| (ty, version_of(resources.of(ty).map(|r| (r.name.as_str(), r.version.as_str())))))
-            .collect();
-        Self { resources, versions, generation, published: Instant::now() }
-    }
-
-    pub fn version(&self, ty: ResourceType) -> &str {
-        self.versions.get(&ty).map(String::as_str).unwrap_or("")
-    }
-
-    pub fn get(&self, ty: ResourceType, name: &str) -> Option<&Resource> {
-        self.resources.by_type.get(&ty)?.get(name)
-    }
-
-    pub fn all(&self, ty: ResourceType) -> impl Iterator<Item = &Resource> {
-        self.resources.of(ty)
+impl PublishedSnapshot {
+    fn now(snapshot: XdsSnapshot) -> Self {
+        Self { snapshot, published: Instant::now() }
     }
 }
 
-/// A short, stable hash of `(name, version)` pairs: the version of a set of resources.
-pub fn version_of<'a>(items: impl Iterator<Item = (&'a str, &'a str)>) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    for (name, version) in items {
-        h.update(name.as_bytes());
-        h.update([0]);
-        h.update(version.as_bytes());
-        h.update([0]);
+impl std::ops::Deref for PublishedSnapshot {
+    type Target = XdsSnapshot;
+
+    fn deref(&self) -> &XdsSnapshot {
+        &self.snapshot
     }
-    hex::encode(&h.finalize()[..8])
 }
 
 /// The only writer.
 pub struct SnapshotWriter {
-    tx: watch::Sender<Arc<XdsSnapshot>>,
+    tx: watch::Sender<Arc<PublishedSnapshot>>,
 }
 
 /// A cloneable reader.
 #[derive(Clone)]
 pub struct SnapshotCache {
-    rx: watch::Receiver<Arc<XdsSnapshot>>,
+    rx: watch::Receiver<Arc<PublishedSnapshot>>,
 }
 
 pub fn new_cache() -> (SnapshotWriter, SnapshotCache) {
-    let (tx, rx) = watch::channel(Arc::new(XdsSnapshot::empty()));
+    let (tx, rx) = watch::channel(Arc::new(PublishedSnapshot::now(XdsSnapshot::empty())));
     (SnapshotWriter { tx }, SnapshotCache { rx })
 }
 
@@ -87,7 +57,7 @@ impl SnapshotWriter {
         let changed: Vec<ResourceType> =
             ResourceType::ALL.into_iter().filter(|ty| current.version(*ty) != next.version(*ty)).collect();
         if !changed.is_empty() {
-            self.tx.send_replace(Arc::new(next));
+            self.tx.send_replace(Arc::new(PublishedSnapshot::now(next)));
         }
         changed
     }
@@ -98,12 +68,12 @@ impl SnapshotWriter {
 }
 
 impl SnapshotCache {
-    pub fn current(&self) -> Arc<XdsSnapshot> {
+    pub fn current(&self) -> Arc<PublishedSnapshot> {
         self.rx.borrow().clone()
     }
 
     /// A receiver that wakes on every publish, for one stream.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<XdsSnapshot>> {
+    pub fn subscribe(&self) -> watch::Receiver<Arc<PublishedSnapshot>> {
         let mut rx = self.rx.clone();
         rx.mark_unchanged();
         rx

@@ -8,11 +8,10 @@
 //! ```
 
 pub mod admin;
-pub mod ads;
 pub mod cache;
 pub mod controller;
-pub mod model;
-pub mod resources;
 pub mod server;
 pub mod state;
 pub mod state_kube;
+
+pub use weir_core::xds::{ads, model, resources, snapshot};

@@ -24,7 +24,8 @@ use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_ser
 };
 
 use super::ads::{DeltaStream, Event, SotwStream, Step, StreamStatus};
-use super::cache::{SnapshotCache, XdsSnapshot};
+use super::cache::SnapshotCache;
+use super::snapshot::XdsSnapshot;
 
 type Labels = Vec<(String, String)>;
 

@@ -121,6 +121,27 @@ impl ApiServer {
     }
 }
 
+/// Stand-in until the RBAC-enforcing server lands: a bearer token naming the ServiceAccount, accepted
+/// but not checked (every request is still allowed).
+impl ApiServer {
+    pub fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        format!("weir-test-sa.{namespace}.{name}")
+    }
+
+    /// Writes a kubeconfig for this server that authenticates with `token`, into `dir`.
+    pub fn write_kubeconfig_for(&self, dir: &Path, token: &str) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\nusers:\n- name: test\n  \
+             user: {{token: {token}}}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n    \
+             namespace: default\ncurrent-context: test\n",
+            self.url()
+        );
+        std::fs::write(&path, text).expect("write kubeconfig");
+        path
+    }
+}
+
 fn new_store(opts: &Options) -> Store {
     let mut types = ResourceType::builtins();
     if opts.weir_crds {

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::ResourceExt;
+use kube_core::ResourceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::crd::TrafficDefaults;

@@ -15,8 +15,8 @@ use serde::Serialize;
 use xds_api::pb::envoy::config::core::v3::Node;
 use xds_api::pb::envoy::service::discovery::v3 as xdisc;
 
-use super::cache::{version_of, XdsSnapshot};
 use super::resources::{Resource, ResourceType};
+use super::snapshot::{version_of, XdsSnapshot};
 
 /// Something a client told us, for metrics and logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -369,7 +369,6 @@ impl DeltaStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xds::cache::new_cache;
     use crate::xds::model::{BackendEndpoint, EndpointHealth, ProxyConfig, ServiceBackend};
     use crate::xds::resources::translate;
     use std::sync::Arc;
@@ -395,9 +394,7 @@ mod tests {
     }
 
     fn snap(c: &ProxyConfig) -> Arc<XdsSnapshot> {
-        let (w, r) = new_cache();
-        w.publish(translate(c));
-        r.current()
+        Arc::new(XdsSnapshot::new(translate(c), 1))
     }
 
     fn req(ty: ResourceType, names: &[&str], version: &str, nonce: &str) -> xdisc::DiscoveryRequest {

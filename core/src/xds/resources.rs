@@ -474,13 +474,12 @@ fn health(h: EndpointHealth) -> xcore::HealthStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     /// Golden files: `testdata/xds/*.in.yaml` (a ProxyConfig) → `*.out.yaml` (the resources as
     /// canonical protobuf JSON, in YAML). `WEIR_UPDATE_GOLDEN=1` rewrites the outputs.
     #[test]
     fn golden() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/xds");
+        let dir = crate::golden::testdata("xds");
         let update = std::env::var_os("WEIR_UPDATE_GOLDEN").is_some();
         let mut seen = 0;
         let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();

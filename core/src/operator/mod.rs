@@ -8,14 +8,13 @@ pub mod children;
 pub mod envoy;
 pub mod policy;
 pub mod status;
-pub mod webhook;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::ResourceExt;
+use kube_core::ResourceExt;
 use serde::Serialize;
 
 use crate::crd::{NamespaceConfig, TrafficInfra, TrafficInfraStatus, LABEL_TRAFFIC_INFRA};

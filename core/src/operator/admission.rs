@@ -5,9 +5,9 @@
 //! Without the webhook the same rule holds, later: the operator marks the newer TrafficInfra
 //! Failed and creates nothing for it (`operator::elect`).
 
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::core::{DynamicObject, Status};
-use kube::ResourceExt;
+use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube_core::ResourceExt;
+use kube_core::{DynamicObject, Status};
 
 use crate::crd::TrafficInfra;
 

@@ -8,7 +8,7 @@ use std::fmt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::ResourceExt;
+use kube_core::ResourceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::crd::{BackendTrafficPolicy, NamespaceConfig, TrafficInfra};
@@ -31,7 +31,7 @@ impl Snapshot {
     /// Sorts every list by namespace/name so that translation output does not depend on the order in
     /// which a provider happened to see objects.
     pub fn normalize(&mut self) {
-        fn by_key<K: kube::Resource>(items: &mut [K]) {
+        fn by_key<K: kube_core::Resource>(items: &mut [K]) {
             items.sort_by(|a, b| {
                 (a.namespace().unwrap_or_default(), a.name_any())
                     .cmp(&(b.namespace().unwrap_or_default(), b.name_any()))
@@ -60,7 +60,7 @@ impl ObjectRef {
         Self { kind: kind.to_string(), namespace: namespace.to_string(), name: name.to_string() }
     }
 
-    pub fn of<K: kube::Resource<DynamicType = ()>>(obj: &K) -> Self {
+    pub fn of<K: kube_core::Resource<DynamicType = ()>>(obj: &K) -> Self {
         Self { kind: K::kind(&()).to_string(), namespace: obj.namespace().unwrap_or_default(), name: obj.name_any() }
     }
 

@@ -21,7 +21,7 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::ResourceExt;
+use kube_core::ResourceExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -36,6 +36,14 @@ pub const BOOTSTRAP_DIR: &str = "/etc/weir/envoy";
 pub const BOOTSTRAP_HASH_ANNOTATION: &str = "weir.dev/bootstrap-hash";
 /// Name of the Envoy cluster, in the bootstrap, that points at the xDS control plane.
 pub const XDS_CLUSTER: &str = "weir_xds";
+/// Name of the Envoy cluster, in the bootstrap, that reaches Envoy's own admin on loopback (only
+/// `/ready` is routed to it, from the probe listener).
+pub const ADMIN_CLUSTER: &str = "envoy_admin";
+/// The Envoy pod's probe port: a static listener that answers only `/ready` (proxied to the admin
+/// interface, which listens on 127.0.0.1 only, so `/quitquitquit` and friends stay in the pod).
+pub const ENVOY_PROBE_PORT: u16 = 9902;
+/// The uid and gid weir's pods run as (the image's nonroot user).
+pub const NONROOT_UID: i64 = 65532;
 /// Field manager the infra manager applies children with.
 pub const FIELD_MANAGER: &str = "weir-operator";
 
@@ -181,6 +189,8 @@ pub struct BootstrapParams {
     pub xds_port: u16,
     pub admin_address: String,
     pub admin_port: u16,
+    /// The probe listener (all interfaces): `/ready` only.
+    pub probe_port: u16,
 }
 
 impl BootstrapParams {
@@ -192,9 +202,10 @@ impl BootstrapParams {
             node_cluster: name.clone(),
             xds_host: format!("{}.{ns}.svc", ChildNames::of(&name).xds),
             xds_port: port(ti.spec.xds.ports.grpc),
-            // Kubelet probes reach the admin port on the pod IP; the Service does not expose it.
-            admin_address: "0.0.0.0".into(),
+            // Admin (with /quitquitquit) stays inside the pod; kubelet probes use the probe listener.
+            admin_address: "127.0.0.1".into(),
             admin_port: port(ti.spec.envoy.ports.admin),
+            probe_port: ENVOY_PROBE_PORT,
         }
     }
 }
@@ -203,8 +214,8 @@ fn port(p: i32) -> u16 {
     u16::try_from(p).unwrap_or(0)
 }
 
-/// A complete Envoy bootstrap: node identity, admin interface, and listeners and clusters fetched
-/// over one ADS gRPC stream from `weir xds`.
+/// A complete Envoy bootstrap: node identity, admin interface, a probe listener, and listeners and
+/// clusters fetched over one ADS gRPC stream from `weir xds`.
 pub fn bootstrap_yaml(p: &BootstrapParams) -> String {
     let bootstrap = serde_json::json!({
         "node": { "id": p.node_id, "cluster": p.node_cluster },
@@ -222,7 +233,40 @@ pub fn bootstrap_yaml(p: &BootstrapParams) -> String {
             "cds_config": { "resource_api_version": "V3", "ads": {} },
         },
         "static_resources": {
+            "listeners": [ {
+                "name": "probe",
+                "address": { "socket_address": { "address": "0.0.0.0", "port_value": p.probe_port } },
+                "filter_chains": [ { "filters": [ {
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "probe",
+                        "route_config": { "name": "probe", "virtual_hosts": [ {
+                            "name": "probe",
+                            "domains": ["*"],
+                            "routes": [
+                                { "match": { "path": "/ready", "headers": [ { "name": ":method", "string_match": { "exact": "GET" } } ] },
+                                  "route": { "cluster": ADMIN_CLUSTER } },
+                                { "match": { "prefix": "/" }, "direct_response": { "status": 404 } },
+                            ],
+                        } ] },
+                        "http_filters": [ { "name": "envoy.filters.http.router", "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                        } } ],
+                    },
+                } ] } ],
+            } ],
             "clusters": [ {
+                "name": ADMIN_CLUSTER,
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "load_assignment": {
+                    "cluster_name": ADMIN_CLUSTER,
+                    "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": { "socket_address": {
+                        "address": p.admin_address, "port_value": p.admin_port,
+                    } } } } ] } ],
+                },
+            }, {
                 "name": XDS_CLUSTER,
                 // STRICT_DNS follows the Service's address if it changes; fine for an IP too.
                 "type": "STRICT_DNS",
@@ -385,11 +429,23 @@ pub fn children(ti: &TrafficInfra, ns_config: &NamespaceConfig) -> Children {
         image: Some(envoy.image.reference()),
         image_pull_policy: Some(envoy.image.pull_policy.clone()),
         command: Some(vec!["envoy".into()]),
-        args: Some(vec!["-c".into(), format!("{BOOTSTRAP_DIR}/{BOOTSTRAP_KEY}"), "--drain-time-s".into(), "30".into()]),
-        ports: Some(vec![container_port("grpc", envoy.ports.grpc), container_port("admin", envoy.ports.admin)]),
-        // Envoy's /ready is 200 once it is initialised (listeners and clusters received).
-        readiness_probe: Some(http_probe("/ready", "admin", 5)),
-        liveness_probe: Some(http_probe("/server_info", "admin", 10)),
+        // Pods are replaced, never hot-restarted: no shared memory or domain socket is needed.
+        args: Some(vec![
+            "-c".into(),
+            format!("{BOOTSTRAP_DIR}/{BOOTSTRAP_KEY}"),
+            "--drain-time-s".into(),
+            "30".into(),
+            "--disable-hot-restart".into(),
+        ]),
+        // The admin port is on loopback: not a container port.
+        ports: Some(vec![
+            container_port("grpc", envoy.ports.grpc),
+            container_port("probe", i32::from(ENVOY_PROBE_PORT)),
+        ]),
+        // Envoy's /ready (through the probe listener) is 200 once it is initialised (listeners and
+        // clusters received, or the initial fetch timed out); liveness waits out that first fetch.
+        readiness_probe: Some(http_probe("/ready", "probe", 5)),
+        liveness_probe: Some(Probe { initial_delay_seconds: Some(20), ..http_probe("/ready", "probe", 10) }),
         resources: Some(resources(&envoy.resources.cpu, &envoy.resources.memory)),
         volume_mounts: Some(vec![VolumeMount {
             name: "bootstrap".into(),
@@ -397,11 +453,7 @@ pub fn children(ti: &TrafficInfra, ns_config: &NamespaceConfig) -> Children {
             read_only: Some(true),
             ..Default::default()
         }]),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
-            ..Default::default()
-        }),
+        security_context: Some(restricted_container()),
         ..Default::default()
     };
     let volumes = vec![Volume {
@@ -536,6 +588,8 @@ fn restricted_container() -> SecurityContext {
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),
         run_as_non_root: Some(true),
+        run_as_user: Some(NONROOT_UID),
+        run_as_group: Some(NONROOT_UID),
         capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
         ..Default::default()
     }

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Affinity, LocalObjectReference, Toleration};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{CustomResourceDefinition, JSON};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
-use kube::CustomResource;
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -27,8 +27,6 @@ pub const API_VERSION: &str = "weir.dev/v1alpha1";
 
 /// Label on a Service that links it to a TrafficInfra (value: the TrafficInfra's name).
 pub const LABEL_TRAFFIC_INFRA: &str = "weir.dev/traffic-infra";
-/// Label on a Service naming its strategy (blue, green, …).
-pub const LABEL_STRATEGY: &str = "weir.dev/strategy";
 
 /// A duration as Gateway API writes them: one to four `<number><unit>` groups, units h, m, s, ms
 /// (`250ms`, `2s`, `1m30s`). `operator::policy::parse_duration` accepts exactly this.
@@ -83,7 +81,7 @@ impl Serialize for TrafficInfra {
     }
 }
 
-impl kube::Resource for TrafficInfra {
+impl kube_core::Resource for TrafficInfra {
     type DynamicType = ();
     type Scope = k8s_openapi::NamespaceResourceScope;
 
@@ -110,7 +108,7 @@ impl kube::Resource for TrafficInfra {
     }
 }
 
-impl kube::core::object::HasSpec for TrafficInfra {
+impl kube_core::object::HasSpec for TrafficInfra {
     type Spec = TrafficInfraSpec;
     fn spec(&self) -> &TrafficInfraSpec {
         &self.spec
@@ -120,7 +118,7 @@ impl kube::core::object::HasSpec for TrafficInfra {
     }
 }
 
-impl kube::core::object::HasStatus for TrafficInfra {
+impl kube_core::object::HasStatus for TrafficInfra {
     type Status = TrafficInfraStatus;
     fn status(&self) -> Option<&TrafficInfraStatus> {
         self.status.as_ref()
@@ -130,7 +128,7 @@ impl kube::core::object::HasStatus for TrafficInfra {
     }
 }
 
-impl kube::CustomResourceExt for TrafficInfra {
+impl kube_core::CustomResourceExt for TrafficInfra {
     /// The derived CRD with `spec` optional and defaulted to `{}`, so that the API server fills every
     /// default of a TrafficInfra that has only metadata.
     fn crd() -> CustomResourceDefinition {
@@ -154,8 +152,8 @@ impl kube::CustomResourceExt for TrafficInfra {
     fn crd_name() -> &'static str {
         "trafficinfras.weir.dev"
     }
-    fn api_resource() -> kube::core::ApiResource {
-        kube::core::ApiResource::erase::<Self>(&())
+    fn api_resource() -> kube_core::ApiResource {
+        kube_core::ApiResource::erase::<Self>(&())
     }
     fn shortnames() -> &'static [&'static str] {
         &["ti"]
@@ -180,7 +178,8 @@ impl kube::CustomResourceExt for TrafficInfra {
     printcolumn = r#"{"name":"xDS","type":"boolean","jsonPath":".status.xdsReady"}"#,
     printcolumn = r#"{"name":"Envoy","type":"boolean","jsonPath":".status.envoyReady"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.envoyEndpoint"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    crates(kube_core = "::kube_core")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficInfraSpec {
@@ -230,6 +229,11 @@ impl Default for XdsSpec {
         }
     }
 }
+
+/// weir's own image (registry/name; the tag is the crate version): the TrafficInfra default, the
+/// chart's `image.repository` and what scripts/build-image.sh tags. integration-tests/tests/image.rs
+/// checks that the three agree.
+pub const WEIR_IMAGE: &str = "ghcr.io/weir-dev/weir";
 
 /// The image of the xDS control plane; weir's own image by default, running `weir xds`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -398,7 +402,7 @@ pub struct EnvoyPorts {
     #[serde(default = "grpc_envoy")]
     #[schemars(range(min = 1, max = 65535))]
     pub grpc: i32,
-    /// Envoy's admin interface (bound to the pod; not exposed by the Service).
+    /// Envoy's admin interface, on 127.0.0.1 inside the pod (probes use the probe listener, 9902).
     #[serde(default = "admin_envoy")]
     #[schemars(range(min = 1, max = 65535))]
     pub admin: i32,
@@ -536,7 +540,14 @@ fn phase_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 /// Scheduling settings inherited by every pod the operator creates in this namespace. A
 /// TrafficInfra stays Pending until its namespace has one.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(group = "weir.dev", version = "v1alpha1", kind = "NamespaceConfig", plural = "namespaceconfigs", namespaced)]
+#[kube(
+    group = "weir.dev",
+    version = "v1alpha1",
+    kind = "NamespaceConfig",
+    plural = "namespaceconfigs",
+    namespaced,
+    crates(kube_core = "::kube_core")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct NamespaceConfigSpec {
     #[serde(default)]
@@ -562,7 +573,8 @@ pub struct NamespaceConfigSpec {
     status = "PolicyStatus",
     printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRef.name"}"#,
     printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    crates(kube_core = "::kube_core")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BackendTrafficPolicySpec {
@@ -826,10 +838,10 @@ fn if_not_present() -> String {
     "IfNotPresent".into()
 }
 fn weir_repository() -> String {
-    "ghcr.io/weir-dev".into()
+    WEIR_IMAGE.rsplit_once('/').map_or("", |(repository, _)| repository).into()
 }
 fn weir_image_name() -> String {
-    "weir".into()
+    WEIR_IMAGE.rsplit_once('/').map_or(WEIR_IMAGE, |(_, name)| name).into()
 }
 fn weir_tag() -> String {
     env!("CARGO_PKG_VERSION").into()
@@ -858,7 +870,7 @@ fn mem_512mi() -> String {
 
 /// The three CRDs, in the order `weir crd` prints them.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    use kube::CustomResourceExt;
+    use kube_core::CustomResourceExt;
     vec![TrafficInfra::crd(), NamespaceConfig::crd(), BackendTrafficPolicy::crd()]
 }
 
@@ -1145,7 +1157,7 @@ mod tests {
         assert_eq!(v["kind"], "TrafficInfra");
         assert!(v.get("status").is_none());
         assert_eq!(serde_json::from_value::<TrafficInfra>(v).unwrap(), ti);
-        assert_eq!(<TrafficInfra as kube::Resource>::plural(&()), "trafficinfras");
+        assert_eq!(<TrafficInfra as kube_core::Resource>::plural(&()), "trafficinfras");
     }
 
     #[test]

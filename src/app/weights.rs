@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::sqlite::SqliteStore;
-use super::{open_store, BackendType, StoreConfig, StoreError, StoredWeight, WeightRow, WeightStore};
+use crate::backends::sqlite::SqliteStore;
+use crate::backends::{open_store, BackendType, StoreConfig, StoreError, StoredWeight, WeightRow, WeightStore};
 use crate::cli::{OutputFormat, WeightsCommand, WeightsStoreArgs};
 use crate::weight::{parse_strict_weight, WeightError};
 

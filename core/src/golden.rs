@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 pub fn testdata(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata").join(rel)
 }
 
 /// Asserts that `actual` equals the file at `testdata/<rel>`, or rewrites the file under

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::ResourceExt;
+use kube_core::ResourceExt;
 use serde::Serialize;
 
 use crate::crd::{self, BackendTrafficPolicy, GROUP};

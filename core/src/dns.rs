@@ -1,0 +1,5 @@
+//! DNS: the record model and the planner, both pure. The providers that publish records are in the
+//! `weir` crate.
+
+pub mod plan;
+pub mod record;

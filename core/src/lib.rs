@@ -1,0 +1,16 @@
+//! weir's pure core: everything from the object snapshot to the plan, with no I/O and no clocks
+//! (DESIGN §2). The `weir` crate holds the edges: providers, stores, DNS and xDS servers, the loops.
+#![forbid(unsafe_code)]
+
+pub mod crd;
+pub mod dns;
+pub mod explain;
+#[cfg(test)]
+mod golden;
+pub mod ir;
+pub mod model;
+pub mod operator;
+pub mod selection;
+pub mod translate;
+pub mod weight;
+pub mod xds;

@@ -1,0 +1,7 @@
+//! xDS: desired proxy config → Envoy resources, the versioned snapshot, and the ADS protocol as a
+//! state machine with no I/O. The cache, the tonic server and the admin API are in the `weir` crate.
+
+pub mod ads;
+pub mod model;
+pub mod resources;
+pub mod snapshot;
