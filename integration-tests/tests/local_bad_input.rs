@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use integration_tests::{ingress_manifest, wait_for, weight_row, write_atomic, LocalCluster};
+use integration_tests::{ingress_manifest, wait_for, weight_row, weights, write_atomic, LocalCluster};
 
 const HOST: &str = "www.example.com";
 const IP: &str = "192.0.2.1";
@@ -107,4 +107,61 @@ fn bad_manifest_file_keeps_the_last_good_snapshot() {
     });
     assert_eq!(dns.first_a(HOST).as_deref(), Some(IP));
     assert_eq!(c.metric("weir_record_weight", &[("host", HOST), ("cluster", "eu")]), Some(100.0));
+}
+
+/// A host held at its old weight (bad annotation) blocks the ack: CurrentWeight is not written, the
+/// host is named in a log line, `weir_ack_blocked_hosts` and `weir weights list`; fixed, the ack goes.
+#[test]
+fn a_held_host_blocks_the_ack_until_its_annotation_is_fixed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = start(tmp.path(), None);
+    let db = tmp.path().join("weir.db");
+    let dir = tmp.path().join("manifests");
+    write_atomic(&dir.join("api.yaml"), &ingress_manifest("shop", "api", &["api.example.com"], None, "192.0.2.9"));
+    wait_for("both hosts at 100", Duration::from_secs(15), || {
+        (c.metric("weir_record_weight", &[("host", "api.example.com"), ("cluster", "eu")])? == 100.0).then_some(())
+    });
+    write_atomic(
+        &dir.join("api.yaml"),
+        &ingress_manifest("shop", "api", &["api.example.com"], Some("abc"), "192.0.2.9"),
+    );
+    wait_for("the annotation to be refused", Duration::from_secs(15), || {
+        (invalid(&c, "annotation")? == 1.0).then_some(())
+    });
+
+    let (ok, _, err) = weights(&db, &["set", "--cluster-name", "eu", "--desired", "20"]);
+    assert!(ok, "{err}");
+    wait_for("the other host at 20", Duration::from_secs(15), || {
+        (c.metric("weir_record_weight", &[("host", HOST), ("cluster", "eu")])? == 20.0).then_some(())
+    });
+    wait_for("the blocked ack to be counted", Duration::from_secs(15), || {
+        (c.metric("weir_ack_blocked_hosts", &[("cluster", "eu")])? == 1.0).then_some(())
+    });
+    // Several passes later CurrentWeight is still the old one, and drift keeps counting.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(weight_row(&db, "eu").unwrap(), (serde_json::json!(20), serde_json::json!(100)), "no ack while held");
+    assert_eq!(c.metric("weir_record_weight", &[("host", "api.example.com"), ("cluster", "eu")]), Some(100.0));
+    assert!(c.metric("weir_weight_drift_seconds", &[("cluster", "eu")]).unwrap() > 0.0);
+    let log = c.proc.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("api.example.com is held") && l.contains("Ingress shop/api")),
+        "no warning naming the held host:\n{log}"
+    );
+    let (ok, list, err) = weights(&db, &["list"]);
+    assert!(ok, "{err}");
+    assert!(list.contains("held: api.example.com"), "weir weights list does not name the held host:\n{list}");
+
+    // Fixed: the held host takes its derived weight and the ack goes.
+    write_atomic(
+        &dir.join("api.yaml"),
+        &ingress_manifest("shop", "api", &["api.example.com"], Some("100"), "192.0.2.9"),
+    );
+    wait_for("the ack", Duration::from_secs(15), || {
+        weight_row(&db, "eu").filter(|row| *row == (serde_json::json!(20), serde_json::json!(20)))
+    });
+    assert_eq!(c.metric("weir_record_weight", &[("host", "api.example.com"), ("cluster", "eu")]), Some(20.0));
+    assert_eq!(c.metric("weir_ack_blocked_hosts", &[("cluster", "eu")]), Some(0.0));
+    let (_, list, _) = weights(&db, &["list"]);
+    assert!(!list.contains("held:"), "{list}");
 }

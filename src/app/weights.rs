@@ -58,8 +58,9 @@ pub async fn run(cmd: &WeightsCommand) -> Result<String, WeightsCliError> {
             let store = open(args, "").await?;
             let rows = store.list().await?;
             let now = now_ms();
+            let held = store.held().await?;
             let listed: Vec<ListedRow> = rows.iter().map(|r| ListedRow { status: status(r, now), row: r }).collect();
-            output(args.output, &listed, || table(&rows, now))
+            output(args.output, &listed, || table_with_held(&rows, now, &held))
         }
         WeightsCommand::Get { store: args, cluster_name } => {
             let store = open(args, cluster_name).await?;
@@ -67,8 +68,9 @@ pub async fn run(cmd: &WeightsCommand) -> Result<String, WeightsCliError> {
                 return Err(unknown(store.as_ref(), cluster_name).await);
             };
             let now = now_ms();
+            let held = store.held().await?;
             output(args.output, &ListedRow { status: status(&row, now), row: &row }, || {
-                table(std::slice::from_ref(&row), now)
+                table_with_held(std::slice::from_ref(&row), now, &held)
             })
         }
         WeightsCommand::Set { store: args, cluster_name, desired, for_, reason, max_step, force, safety } => {
@@ -426,12 +428,21 @@ fn history_table(entries: &[HistoryEntry]) -> String {
     out
 }
 
+#[cfg(test)]
 fn table(rows: &[WeightRow], now: i64) -> String {
+    table_with_held(rows, now, &Default::default())
+}
+
+/// The status column names the hosts that hold a cluster's ack back.
+fn table_with_held(rows: &[WeightRow], now: i64, held: &std::collections::BTreeMap<String, Vec<String>>) -> String {
     let header = ["CLUSTER", "DESIRED", "CURRENT", "STATUS"];
-    let cells: Vec<[String; 4]> = rows
-        .iter()
-        .map(|r| [r.cluster.clone(), r.desired.to_string(), r.current.to_string(), status(r, now)])
-        .collect();
+    let status_of = |r: &WeightRow| match held.get(&r.cluster).filter(|h| !h.is_empty()) {
+        Some(hosts) if r.desired != r.current => format!("{}; ack blocked, held: {}", status(r, now), hosts.join(", ")),
+        Some(hosts) => format!("{}; held: {}", status(r, now), hosts.join(", ")),
+        None => status(r, now),
+    };
+    let cells: Vec<[String; 4]> =
+        rows.iter().map(|r| [r.cluster.clone(), r.desired.to_string(), r.current.to_string(), status_of(r)]).collect();
     let mut widths = header.map(str::len);
     for row in &cells {
         for (w, c) in widths.iter_mut().zip(row) {

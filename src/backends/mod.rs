@@ -340,6 +340,17 @@ pub trait WeightStore: Send + Sync {
         let _ = (cluster, since_ms);
         Err(StoreError::ReadOnly(self.name()))
     }
+
+    /// Records the hosts that hold this cluster's ack back (empty: none), for `weir weights list`.
+    /// Stores without a place for it keep nothing (the metric and the Events still say it).
+    async fn note_held(&self, _cluster: &str, _hosts: &[String]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// What [`WeightStore::note_held`] recorded, per cluster.
+    async fn held(&self) -> Result<std::collections::BTreeMap<String, Vec<String>>, StoreError> {
+        Ok(Default::default())
+    }
 }
 
 /// `--backend-type`. The old spellings `fake`, `dynamodb` and `dynamoDB` are accepted.

@@ -59,7 +59,11 @@ CREATE TABLE IF NOT EXISTS weight_history (
     cause TEXT NOT NULL,
     reason TEXT
 );
-CREATE INDEX IF NOT EXISTS weight_history_by_time ON weight_history (at_ms)";
+CREATE INDEX IF NOT EXISTS weight_history_by_time ON weight_history (at_ms);
+CREATE TABLE IF NOT EXISTS held_hosts (
+    cluster_name TEXT PRIMARY KEY NOT NULL,
+    hosts TEXT NOT NULL
+)";
 
 /// Adds the `plan` column to a file made before plans existed.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -249,6 +253,36 @@ impl WeightStore for SqliteStore {
             }
             tx.commit().map_err(sql("ack"))?;
             Ok(AckOutcome::Acknowledged)
+        })
+        .await
+    }
+
+    async fn note_held(&self, cluster: &str, hosts: &[String]) -> Result<(), StoreError> {
+        let (cluster, hosts) = (cluster.to_string(), hosts.join(","));
+        self.blocking("note_held", move |conn| {
+            if hosts.is_empty() {
+                conn.execute("DELETE FROM held_hosts WHERE cluster_name = ?1", params![cluster])
+            } else {
+                conn.execute(
+                    "INSERT OR REPLACE INTO held_hosts (cluster_name, hosts) VALUES (?1, ?2)",
+                    params![cluster, hosts],
+                )
+            }
+            .map(|_| ())
+            .map_err(sql("note_held"))
+        })
+        .await
+    }
+
+    async fn held(&self) -> Result<std::collections::BTreeMap<String, Vec<String>>, StoreError> {
+        self.blocking("held", |conn| {
+            let mut stmt = conn.prepare_cached("SELECT cluster_name, hosts FROM held_hosts").map_err(sql("held"))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(sql("held"))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(sql("held"))?;
+            Ok(rows.into_iter().map(|(c, h)| (c, h.split(',').map(str::to_string).collect())).collect())
         })
         .await
     }

@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::record::{DesiredRecords, Ownership, RecordType};
+use super::record::{DesiredRecords, Hold, HoldReason, Ownership, RecordType};
 use super::DnsError;
 use crate::aws::{classify, describe, Aws};
 
@@ -280,6 +280,17 @@ impl HealthChecks {
             }
         }
         if !failed_hosts.is_empty() {
+            for host in &failed_hosts {
+                let txt = owner.txt_name(host);
+                let source = desired
+                    .records
+                    .iter()
+                    .find(|r| r.key.name == txt)
+                    .and_then(|r| crate::dns::plan::source_of(&r.values))
+                    .unwrap_or_else(|| crate::model::ObjectRef::new("Ingress", "", host));
+                let weight = desired.records.iter().find(|r| r.key.name == *host).map(|r| r.weight);
+                desired.keep.insert(host.clone(), Hold { source, weight, reason: HoldReason::Incomplete });
+            }
             desired.records.retain(|r| {
                 let host = match r.key.rtype {
                     RecordType::Txt => owner.host_of_txt(&r.key.name).unwrap_or(&r.key.name),
@@ -287,7 +298,6 @@ impl HealthChecks {
                 };
                 !failed_hosts.contains(host)
             });
-            desired.keep.extend(failed_hosts);
         }
         let due = self.state.lock().status_read_at.is_none_or(|t| t.elapsed() >= STATUS_INTERVAL);
         if due {

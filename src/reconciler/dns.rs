@@ -16,7 +16,7 @@ use crate::backends::{AckOutcome, WeightStore};
 use crate::dns::plan::{plan, BatchLimits, Change, Plan};
 use crate::dns::record::{Ownership, RecordKey, RecordSet, RecordType};
 use crate::dns::{ApplyReport, DnsError, DnsProvider};
-use crate::ir::Refusal;
+use crate::ir::{InputKind, Refusal};
 use crate::model::Snapshot;
 use crate::providers::SnapshotRx;
 use crate::telemetry::{InvalidInputs, Readiness};
@@ -61,6 +61,10 @@ pub struct Bookkeeping {
     active_refusals: BTreeSet<Refusal>,
     /// Hosts that have a `weir_record_weight` series.
     metric_hosts: BTreeSet<String>,
+    /// Hosts held off their derived weight in the previous pass.
+    held_hosts: BTreeSet<String>,
+    /// The held hosts last recorded in the store (`None`: not yet this leadership).
+    stored_held: Option<BTreeSet<String>>,
 }
 
 impl DnsLoop {
@@ -164,6 +168,7 @@ impl DnsLoop {
             tracing::warn!(record = %change.record().key, action = change.action(), %error, "DNS change failed");
         }
         self.update_record_weights(book, &current, &report, owner);
+        self.note_held(book, &plan).await;
 
         if !report.is_complete() {
             return PassOutcome::Failed(format!("{} of {} DNS changes failed", report.failed.len(), plan.len()));
@@ -206,6 +211,32 @@ impl DnsLoop {
             report.failed.extend(done.failed);
         }
         report
+    }
+
+    /// `weir_ack_blocked_hosts{cluster}`, and a log line and an Event (on the host's Ingress) when a
+    /// host starts being held off its derived weight; while any is held the weight is not acknowledged.
+    async fn note_held(&self, book: &mut Bookkeeping, plan: &Plan) {
+        let cluster = self.config.owner.cluster.as_str();
+        self.metrics.ack_blocked.get_or_create(&labels(&[("cluster", cluster)])).set(plan.held.len() as i64);
+        let now: BTreeSet<String> = plan.held.iter().map(|h| h.host.clone()).collect();
+        for held in plan.held.iter().filter(|h| !book.held_hosts.contains(&h.host)) {
+            let message = held.message(cluster);
+            tracing::warn!(host = %held.host, object = %held.source, "{message}");
+            self.sink.refused(&Refusal {
+                object: held.source.clone(),
+                kind: InputKind::Weight,
+                reason: "AckBlocked".into(),
+                message,
+            });
+        }
+        if book.stored_held.as_ref() != Some(&now) {
+            let hosts: Vec<String> = now.iter().cloned().collect();
+            match self.store.note_held(cluster, &hosts).await {
+                Ok(()) => book.stored_held = Some(now.clone()),
+                Err(e) => tracing::warn!(error = %e, "could not record the held hosts in the weight store"),
+            }
+        }
+        book.held_hosts = now;
     }
 
     fn note_refusals(&self, book: &mut Bookkeeping, refusals: impl Iterator<Item = Refusal>) {
@@ -289,7 +320,6 @@ mod tests {
     use crate::backends::sqlite::SqliteStore;
     use crate::backends::StoredWeight;
     use crate::dns::embedded::{EmbeddedDns, EmbeddedZone};
-    use crate::ir::InputKind;
     use crate::providers::file::{parse_manifests, snapshot_of};
     use crate::reconciler::NoRefusalSink;
     use crate::translate::TranslateConfig;
@@ -385,6 +415,27 @@ mod tests {
         l.pass(&snapshot("30"), signal, &mut book).await;
         l.pass(&bad, signal, &mut book).await;
         assert_eq!(invalid.get(InputKind::Annotation), 2, "a new occurrence counts again");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_host_held_by_a_bad_annotation_blocks_the_ack_until_fixed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (l, store, _) = setup(dir.path()).await;
+        store.ensure("eu", 100).await.unwrap();
+        let mut book = Bookkeeping::default();
+        let synced = Some(WeightSignal { weight: 100, from_desired: true, current: Some(100) });
+        l.pass(&snapshot("100"), synced, &mut book).await;
+        store.set_desired("eu", 20).await.unwrap();
+        let pending = Some(WeightSignal { weight: 20, from_desired: true, current: Some(100) });
+        let blocked = labels(&[("cluster", "eu")]);
+        for _ in 0..2 {
+            assert!(matches!(l.pass(&snapshot("abc"), pending, &mut book).await, PassOutcome::Done { changes: 0 }));
+            assert_eq!(store.get("eu").await.unwrap().unwrap().current, StoredWeight::Valid(100), "not acknowledged");
+            assert_eq!(l.metrics.ack_blocked.get_or_create(&blocked).get(), 1);
+        }
+        assert!(matches!(l.pass(&snapshot("100"), pending, &mut book).await, PassOutcome::Done { changes: 1 }));
+        assert_eq!(store.get("eu").await.unwrap().unwrap().current, StoredWeight::Valid(20), "acknowledged once fixed");
+        assert_eq!(l.metrics.ack_blocked.get_or_create(&blocked).get(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread")]

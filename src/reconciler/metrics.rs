@@ -79,6 +79,9 @@ pub struct ReconcileMetrics {
     pub duration: Histogram,
     /// `weir_dns_changes_total{action}`: changes that landed.
     pub changes: Family<Labels, Counter>,
+    /// `weir_ack_blocked_hosts{cluster}`: hosts held off the weight derived from the cluster weight;
+    /// while above 0 the weight is not acknowledged.
+    pub ack_blocked: Family<Labels, Gauge>,
 }
 
 impl Default for ReconcileMetrics {
@@ -88,6 +91,7 @@ impl Default for ReconcileMetrics {
             reconciles: Family::default(),
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             changes: Family::default(),
+            ack_blocked: Family::default(),
         }
     }
 }
@@ -103,6 +107,12 @@ impl ReconcileMetrics {
         registry.register("weir_reconcile", "DNS reconcile passes by result", m.reconciles.clone());
         registry.register("weir_reconcile_duration_seconds", "Duration of DNS reconcile passes", m.duration.clone());
         registry.register("weir_dns_changes", "DNS record changes applied, by action", m.changes.clone());
+        registry.register(
+            "weir_ack_blocked_hosts",
+            "Hosts held off the weight derived from the cluster weight (bad annotation, no load-balancer \
+             address, no health check); while above 0 the cluster weight is not acknowledged",
+            m.ack_blocked.clone(),
+        );
         m
     }
 }
@@ -125,6 +135,7 @@ mod tests {
         r.reconciles.get_or_create(&labels(&[("result", "success")])).inc();
         r.changes.get_or_create(&labels(&[("action", "UPSERT")])).inc();
         r.duration.observe(0.01);
+        r.ack_blocked.get_or_create(&eu).set(1);
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
         for line in [
@@ -135,6 +146,7 @@ mod tests {
             "weir_reconcile_total{result=\"success\"} 1",
             "weir_dns_changes_total{action=\"UPSERT\"} 1",
             "weir_reconcile_duration_seconds_count 1",
+            "weir_ack_blocked_hosts{cluster=\"eu\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

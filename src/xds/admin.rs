@@ -19,8 +19,8 @@ use tokio::sync::watch;
 
 use super::cache::SnapshotCache;
 use super::controller::View;
-use super::model::{find_service, ServiceSource, TrafficState, XdsSettings};
-use super::resources::ResourceType;
+use super::model::{find_service, ProxyConfig, ServiceSource, TrafficState, XdsSettings};
+use super::resources::{exact_weight_total, ResourceType};
 use super::server::Clients;
 use super::state::{SharedState, StateError};
 use crate::ir::InputKind;
@@ -178,6 +178,23 @@ pub fn apply_weights(state: &TrafficState, new: &BTreeMap<String, u32>) -> Resul
     Ok(next)
 }
 
+/// Refuses weights whose weighted route, over the services registered now, would total more than
+/// `u32::MAX` (Envoy and grpcio NACK it). Services registered later can still push a total over it;
+/// the translator then scales the route down proportionally (`resources::weighted_clusters`). Pure.
+pub fn check_weight_total(config: &ProxyConfig, weights: &BTreeMap<String, u32>) -> Result<(), String> {
+    let candidate = ProxyConfig { strategies: weights.clone(), ..config.clone() };
+    let total = exact_weight_total(&candidate);
+    if total > u64::from(u32::MAX) {
+        return Err(format!(
+            "refusing weights {weights:?}: split over the {} registered services the route's weights would total \
+             {total}, above {} (Envoy rejects that); use smaller weights, e.g. percentages",
+            config.services.len(),
+            u32::MAX
+        ));
+    }
+    Ok(())
+}
+
 async fn post_traffic(
     State(a): State<Admin>,
     headers: HeaderMap,
@@ -189,7 +206,9 @@ async fn post_traffic(
         .state
         .update(|cur| {
             let new = parse_weights(&params, &view.known_strategies(cur))?;
-            apply_weights(cur, &new)
+            let next = apply_weights(cur, &new)?;
+            check_weight_total(&view.config, &next.weights)?;
+            Ok::<_, String>(next)
         })
         .await?;
     match result {
@@ -353,6 +372,32 @@ mod tests {
             assert!(!bearer_matches("s3cret", Some(bad)), "{bad:?}");
         }
         assert!(!bearer_matches("s3cret", None));
+    }
+
+    #[test]
+    fn weights_whose_route_total_would_overflow_are_refused() {
+        let services = (0..47)
+            .map(|i| (format!("s{i}-blue"), "blue"))
+            .chain((0..48).map(|i| (format!("s{i}-green"), "green")))
+            .map(|(name, strategy)| super::super::model::ServiceBackend {
+                namespace: "shop".into(),
+                name,
+                strategy: strategy.into(),
+                endpoints: vec![],
+            })
+            .collect();
+        let config = super::super::model::ProxyConfig {
+            name: "shop".into(),
+            listener_port: 8080,
+            strategies: BTreeMap::new(),
+            services,
+            policies: Default::default(),
+        };
+        let big: BTreeMap<String, u32> = [("blue".to_string(), 1_000_000), ("green".to_string(), 1_000_000)].into();
+        let err = check_weight_total(&config, &big).unwrap_err();
+        assert!(err.contains("4294967295"), "{err}");
+        let fine: BTreeMap<String, u32> = [("blue".to_string(), 50), ("green".to_string(), 50)].into();
+        assert!(check_weight_total(&config, &fine).is_ok());
     }
 
     #[test]

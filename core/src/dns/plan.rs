@@ -78,6 +78,38 @@ pub struct Plan {
     /// Changes refused by the planner (all-zero guard, records weir does not own).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub refusals: Vec<Refusal>,
+    /// Hosts kept at a published weight that is not the one derived from the cluster weight (or
+    /// whose weight cannot be derived): while any is held, the weight is not acknowledged.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<HeldHost>,
+}
+
+/// A host whose published records stay off the weight the cluster weight asks for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct HeldHost {
+    pub host: String,
+    /// The Ingress to blame.
+    pub source: ObjectRef,
+    /// What this cluster publishes for it now (`None`: nothing).
+    pub published: Option<u8>,
+    /// The weight derived for it (`None`: not derivable).
+    pub derived: Option<u8>,
+    /// Why it is held, in words.
+    pub reason: String,
+}
+
+impl HeldHost {
+    pub fn message(&self, cluster: &str) -> String {
+        let show = |w: Option<u8>| w.map_or_else(|| "none".to_string(), |w| w.to_string());
+        format!(
+            "{} is held at its published weight ({}) in cluster {cluster}, not the derived weight ({}): {}; the \
+             cluster weight is not acknowledged (CurrentWeight is not written) until this is fixed",
+            self.host,
+            show(self.published),
+            show(self.derived),
+            self.reason
+        )
+    }
 }
 
 impl Plan {
@@ -94,9 +126,10 @@ impl Plan {
     }
 
     /// Whether every traffic record will carry the desired weight once the plan is applied: false
-    /// when the all-zero guard held a weight back, so the cluster weight must not be acknowledged.
+    /// when the all-zero guard held a weight back or a host is kept off its derived weight, so the
+    /// cluster weight must not be acknowledged.
     pub fn reaches_desired_weights(&self) -> bool {
-        !self.refusals.iter().any(|r| r.kind == InputKind::AllZeroGuard)
+        self.held.is_empty() && !self.refusals.iter().any(|r| r.kind == InputKind::AllZeroGuard)
     }
 
     /// Splits the plan into batches within `limits`, never splitting one host's changes.
@@ -183,11 +216,23 @@ pub fn plan(desired: &DesiredRecords, current: &[RecordSet], owner: &Ownership, 
     let mut plan = Plan::default();
     let hosts: BTreeSet<&str> = by_host.keys().map(String::as_str).chain(wanted.keys().copied()).collect();
     for host in hosts {
-        if desired.keep.contains(host) {
-            continue;
-        }
         let empty = HostView::default();
         let view = by_host.get(host).unwrap_or(&empty);
+        if let Some(hold) = desired.keep.get(host) {
+            let published: Vec<u8> =
+                view.ours.values().filter(|r| r.key.rtype.is_traffic()).map(|r| r.weight).collect();
+            let at_derived = !published.is_empty() && published.iter().all(|w| Some(*w) == hold.weight);
+            if !at_derived {
+                plan.held.push(HeldHost {
+                    host: host.to_string(),
+                    source: hold.source.clone(),
+                    published: published.iter().copied().max(),
+                    derived: hold.weight,
+                    reason: hold.reason.describe().to_string(),
+                });
+            }
+            continue;
+        }
         let records = wanted.get(host).map(Vec::as_slice).unwrap_or_default();
         let has_our_records = !view.ours.is_empty();
         if has_our_records && !view.owned {
@@ -482,6 +527,46 @@ mod tests {
             let p = plan(&desired(vec![held]), &current, &owner(), false);
             assert!(p.is_empty(), "{p:?}");
         }
+    }
+
+    #[test]
+    fn a_host_held_off_its_derived_weight_blocks_the_ack() {
+        let d = desired(vec![
+            intent("a.example.com", Some(50), cname("lb.eu.example.net")),
+            intent("b.example.com", Some(50), cname("lb.eu.example.net")),
+        ]);
+        let current = applied(&[], &plan(&d, &[], &owner(), false));
+        // a: bad annotation (weight not derivable); b: fine at the new weight.
+        let bad = desired(vec![
+            intent("a.example.com", None, cname("lb.eu.example.net")),
+            intent("b.example.com", Some(20), cname("lb.eu.example.net")),
+        ]);
+        let p = plan(&bad, &current, &owner(), false);
+        assert!(!p.reaches_desired_weights(), "a is held at 50: {p:?}");
+        assert_eq!(p.held.iter().map(|h| h.host.as_str()).collect::<Vec<_>>(), ["a.example.com"]);
+        assert_eq!(p.held[0].source, ObjectRef::new("Ingress", "shop", "web"));
+
+        // No load-balancer address: held at 50 while 20 is derived.
+        let no_lb = desired(vec![
+            intent("a.example.com", Some(20), Targets::default()),
+            intent("b.example.com", Some(20), cname("lb.eu.example.net")),
+        ]);
+        let p = plan(&no_lb, &current, &owner(), false);
+        assert_eq!(p.held.iter().map(|h| h.host.as_str()).collect::<Vec<_>>(), ["a.example.com"]);
+        // ... but a kept host whose published weight already is the derived one does not block.
+        let same = desired(vec![
+            intent("a.example.com", Some(50), Targets::default()),
+            intent("b.example.com", Some(50), cname("lb.eu.example.net")),
+        ]);
+        let p = plan(&same, &current, &owner(), false);
+        assert!(p.held.is_empty() && p.reaches_desired_weights(), "{p:?}");
+
+        // Fixed: nothing held, the ack may go.
+        let fixed = desired(vec![
+            intent("a.example.com", Some(20), cname("lb.eu.example.net")),
+            intent("b.example.com", Some(20), cname("lb.eu.example.net")),
+        ]);
+        assert!(plan(&fixed, &current, &owner(), false).reaches_desired_weights());
     }
 
     #[test]

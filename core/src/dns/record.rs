@@ -1,6 +1,6 @@
 //! The DNS record model shared by every DNS provider, and the records one cluster wants for its intents.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -153,13 +153,44 @@ impl Default for RecordOptions {
     }
 }
 
+/// A host whose published records are kept as they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// The Ingress that owns the host.
+    pub source: ObjectRef,
+    /// The weight derived for it, when it can be.
+    pub weight: Option<u8>,
+    pub reason: HoldReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldReason {
+    /// An input the weight depends on was refused (an invalid annotation).
+    WeightUnknown,
+    /// The Ingress has no load-balancer address to publish.
+    NoTarget,
+    /// The provider could not complete its records (Route53: no health check).
+    Incomplete,
+}
+
+impl HoldReason {
+    pub fn describe(self) -> &'static str {
+        match self {
+            HoldReason::WeightUnknown => "its weight cannot be derived (an input was refused)",
+            HoldReason::NoTarget => "its Ingress has no load-balancer address",
+            HoldReason::Incomplete => "its records could not be completed (no health check)",
+        }
+    }
+}
+
 /// What this cluster wants published.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DesiredRecords {
     /// Traffic records and their ownership TXT, sorted by key.
     pub records: Vec<RecordSet>,
-    /// Hosts whose published records must be kept as they are (weight not derivable, or no target yet).
-    pub keep: BTreeSet<String>,
+    /// Hosts whose published records must be kept as they are (weight not derivable, no target yet,
+    /// no health check), and why.
+    pub keep: BTreeMap<String, Hold>,
     /// Every managed host (to tell a removed host from a kept one).
     pub hosts: BTreeSet<String>,
 }
@@ -173,8 +204,9 @@ impl DesiredRecords {
                 Some(weight) if !intent.targets.is_empty() => {
                     out.records.extend(records_for(intent, weight, owner, opts));
                 }
-                _ => {
-                    out.keep.insert(intent.host.clone());
+                weight => {
+                    let reason = if weight.is_none() { HoldReason::WeightUnknown } else { HoldReason::NoTarget };
+                    out.keep.insert(intent.host.clone(), Hold { source: intent.source.clone(), weight, reason });
                 }
             }
         }

@@ -209,8 +209,14 @@ pub fn endpoints_of(snapshot: &Snapshot, namespace: &str, service: &str) -> Vec<
             // Kubernetes: an absent `ready` means ready.
             let ready = cond.and_then(|c| c.ready).unwrap_or(true);
             let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+            // `serving` is `ready` regardless of terminating; absent, it follows `ready`.
+            let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
             let health = if terminating {
-                EndpointHealth::Draining
+                if serving {
+                    EndpointHealth::Draining
+                } else {
+                    EndpointHealth::Unhealthy
+                }
             } else if ready {
                 EndpointHealth::Healthy
             } else {
@@ -316,7 +322,8 @@ mod tests {
             health,
             vec![
                 ("10.0.0.1:9000".into(), EndpointHealth::Healthy),
-                ("10.0.0.2:9000".into(), EndpointHealth::Draining),
+                // Terminating and not serving: nothing may reach it, not even a pin.
+                ("10.0.0.2:9000".into(), EndpointHealth::Unhealthy),
                 ("10.0.0.3:9000".into(), EndpointHealth::Unhealthy),
                 ("10.0.0.4:9000".into(), EndpointHealth::Healthy),
             ]

@@ -133,6 +133,12 @@ pub fn envoy_listener_name(cfg: &ProxyConfig) -> String {
     format!("{}-envoy", cfg.name)
 }
 
+/// Whether a `plannerip` pin may reach the endpoint: `serving` in its EndpointSlice (ready, or
+/// terminating while still serving), whatever its strategy's weight.
+fn can_serve(ep: &BackendEndpoint) -> bool {
+    ep.health != EndpointHealth::Unhealthy
+}
+
 /// Name of the per-endpoint cluster a `plannerip` route pins to.
 pub fn endpoint_cluster_name(svc: &ServiceBackend, addr: SocketAddr) -> String {
     format!("{}/{}", svc.cluster_name(), addr)
@@ -151,10 +157,16 @@ pub fn translate(cfg: &ProxyConfig) -> Resources {
             ResourceType::ClusterLoadAssignment,
             Resource::new(name.clone(), &load_assignment(&name, &svc.endpoints), true),
         );
-        for ep in &svc.endpoints {
+        for ep in svc.endpoints.iter().filter(|ep| can_serve(ep)) {
             let name = endpoint_cluster_name(svc, ep.address);
-            out.insert(ResourceType::Cluster, Resource::new(name.clone(), &eds_cluster(&name, policy), true));
-            let cla = load_assignment(&name, std::slice::from_ref(ep));
+            let mut cluster = eds_cluster(&name, policy);
+            // Panic mode would send pinned calls to the endpoint whatever its health: never.
+            cluster.common_lb_config.get_or_insert_with(Default::default).healthy_panic_threshold =
+                Some(xds_api::pb::envoy::r#type::v3::Percent { value: 0.0 });
+            out.insert(ResourceType::Cluster, Resource::new(name.clone(), &cluster, true));
+            // A draining endpoint still finishes the queries pinned to it: healthy in its own cluster.
+            let pinned = BackendEndpoint { health: EndpointHealth::Healthy, ..ep.clone() };
+            let cla = load_assignment(&name, std::slice::from_ref(&pinned));
             out.insert(ResourceType::ClusterLoadAssignment, Resource::new(name, &cla, true));
         }
     }
@@ -233,7 +245,7 @@ fn socket_address(addr: SocketAddr) -> xcore::Address {
 fn route_configuration(cfg: &ProxyConfig) -> xroute::RouteConfiguration {
     let mut routes = Vec::new();
     for svc in &cfg.services {
-        for ep in &svc.endpoints {
+        for ep in svc.endpoints.iter().filter(|ep| can_serve(ep)) {
             routes.push(xroute::Route {
                 name: format!("plannerip {}", ep.address),
                 r#match: Some(xroute::RouteMatch {
@@ -307,22 +319,40 @@ fn route_to(spec: xroute::route_action::ClusterSpecifier, policy: Option<&Policy
     xroute::route::Action::Route(action)
 }
 
+/// The total the weights of one route are scaled down to when exact scaling would exceed
+/// `u32::MAX` (which Envoy and grpcio refuse). Far enough below it that rounding up (an entry above 0
+/// never becomes 0) cannot cross it.
+pub const NORMALISED_WEIGHT_TOTAL: u64 = 1_000_000_000;
+
 /// One entry per service of a strategy with a non-zero weight. When a strategy has several
 /// services they share its weight equally (weights are scaled by the least common multiple of the
-/// service counts so that they stay integers). Zero-weight entries are omitted.
+/// service counts so that they stay integers). Zero-weight entries are omitted. When the exact
+/// total would exceed `u32::MAX`, every entry is scaled down proportionally to a total of about
+/// [`NORMALISED_WEIGHT_TOTAL`] (each share off by less than one part in 10^7; an entry above 0
+/// stays above 0).
 pub fn weighted_clusters(cfg: &ProxyConfig) -> Vec<xroute::weighted_cluster::ClusterWeight> {
     let mut per_strategy: BTreeMap<&str, Vec<&ServiceBackend>> = BTreeMap::new();
     for svc in &cfg.services {
         per_strategy.entry(svc.strategy.as_str()).or_default().push(svc);
     }
-    let scale = per_strategy.values().map(|v| v.len() as u64).fold(1, lcm);
+    let exact = exact_weight_total(cfg) <= u64::from(u32::MAX);
+    let scale =
+        if exact { per_strategy.values().map(|v| v.len() as u64).fold(1, |a, b| lcm(a, b).unwrap_or(1)) } else { 1 };
+    let sum: u64 = per_strategy.keys().map(|s| u64::from(cfg.strategies.get(*s).copied().unwrap_or(0))).sum();
     let mut out = Vec::new();
     for (strategy, services) in per_strategy {
         let weight = u64::from(cfg.strategies.get(strategy).copied().unwrap_or(0));
-        let each = weight * scale / services.len() as u64;
-        if each == 0 {
+        if weight == 0 {
             continue;
         }
+        let n = services.len() as u64;
+        let each = if exact {
+            weight * scale / n
+        } else {
+            // weight / (n · sum) of the route, computed without the LCM.
+            let share = u128::from(weight) * u128::from(NORMALISED_WEIGHT_TOTAL) / (u128::from(n) * u128::from(sum));
+            u64::try_from(share).unwrap_or(NORMALISED_WEIGHT_TOTAL).max(1)
+        };
         for svc in services {
             out.push(xroute::weighted_cluster::ClusterWeight {
                 name: svc.cluster_name(),
@@ -334,7 +364,21 @@ pub fn weighted_clusters(cfg: &ProxyConfig) -> Vec<xroute::weighted_cluster::Clu
     out
 }
 
-fn lcm(a: u64, b: u64) -> u64 {
+/// The sum of the weights [`weighted_clusters`] would emit with exact integer scaling (the LCM of
+/// the service counts times the sum of the strategy weights that have services). Envoy and grpcio
+/// refuse a route whose total exceeds `u32::MAX`.
+pub fn exact_weight_total(cfg: &ProxyConfig) -> u64 {
+    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+    for svc in &cfg.services {
+        *counts.entry(svc.strategy.as_str()).or_default() += 1;
+    }
+    let scale = counts.values().try_fold(1, |a, b| lcm(a, *b));
+    let sum: u64 = counts.keys().map(|s| u64::from(cfg.strategies.get(*s).copied().unwrap_or(0))).sum();
+    scale.map_or(u64::MAX, |scale| scale.saturating_mul(sum))
+}
+
+/// `None` when the result does not fit in a u64.
+fn lcm(a: u64, b: u64) -> Option<u64> {
     fn gcd(a: u64, b: u64) -> u64 {
         if b == 0 {
             a
@@ -342,7 +386,7 @@ fn lcm(a: u64, b: u64) -> u64 {
             gcd(b, a % b)
         }
     }
-    a / gcd(a, b) * b
+    (a / gcd(a, b)).checked_mul(b)
 }
 
 /// HTTP/2 to the backends (`envoy.extensions.upstreams.http.v3.HttpProtocolOptions`; xds-api does not
@@ -492,6 +536,63 @@ mod tests {
         );
         let c = cfg(&[("blue", 0)], &[("a-blue", "blue"), ("x-canary", "canary")]);
         assert!(weights(&c).is_empty());
+    }
+
+    #[test]
+    fn weight_totals_never_exceed_u32_and_keep_the_split() {
+        // The audit's case: 1,000,000 on each of two strategies with 47 and 48 services (LCM 2256).
+        let names: Vec<(String, &str)> = (0..47)
+            .map(|i| (format!("s{i:02}-blue"), "blue"))
+            .chain((0..48).map(|i| (format!("s{i:02}-green"), "green")))
+            .collect();
+        let services: Vec<(&str, &str)> = names.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+        let c = cfg(&[("blue", 1_000_000), ("green", 1_000_000)], &services);
+        assert!(exact_weight_total(&c) > u64::from(u32::MAX), "the case overflows without normalising");
+        let w = weights(&c);
+        assert_eq!(w.len(), 95);
+        let total: u64 = w.iter().map(|(_, v)| u64::from(*v)).sum();
+        assert!(total <= u64::from(u32::MAX), "total {total}");
+        let blue: u64 = w.iter().filter(|(n, _)| n.ends_with("-blue")).map(|(_, v)| u64::from(*v)).sum();
+        let share = blue as f64 / total as f64;
+        assert!((share - 0.5).abs() < 1e-6, "blue share {share}");
+        // Every service of a strategy still gets the same weight, and none drops to 0.
+        assert!(w.iter().filter(|(n, _)| n.ends_with("-blue")).all(|(_, v)| *v == w[0].1 && *v > 0));
+        // A tiny weight next to a huge one keeps a weight above 0.
+        let c = cfg(&[("blue", 1_000_000), ("green", 1)], &services);
+        assert!(weights(&c).iter().all(|(_, v)| *v > 0));
+        // So many strategies that the LCM of their service counts overflows a u64.
+        let names: Vec<(String, String)> =
+            (1..=45).flat_map(|k| (0..k).map(move |i| (format!("s{i}-k{k}"), format!("k{k}")))).collect();
+        let services: Vec<(&str, &str)> = names.iter().map(|(n, s)| (n.as_str(), s.as_str())).collect();
+        let strategies: Vec<(String, u32)> = (1..=45).map(|k| (format!("k{k}"), 10)).collect();
+        let strategies: Vec<(&str, u32)> = strategies.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let c = cfg(&strategies, &services);
+        assert_eq!(exact_weight_total(&c), u64::MAX);
+        let w = weights(&c);
+        let total: u64 = w.iter().map(|(_, v)| u64::from(*v)).sum();
+        assert!(total <= u64::from(u32::MAX) && w.iter().all(|(_, v)| *v > 0), "total {total}");
+    }
+
+    #[test]
+    fn plannerip_pins_only_endpoints_that_can_serve_and_never_panic() {
+        let mut c = cfg(&[("blue", 100), ("green", 0)], &[("a-blue", "blue"), ("b-green", "green")]);
+        let ep = |ip: &str, health| BackendEndpoint { address: ip.parse().unwrap(), zone: None, health };
+        c.services[0].endpoints =
+            vec![ep("10.0.0.1:9000", EndpointHealth::Healthy), ep("10.0.0.2:9000", EndpointHealth::Unhealthy)];
+        c.services[1].endpoints = vec![ep("10.0.0.3:9000", EndpointHealth::Draining)];
+        let r = translate(&c);
+        let routes = route_configuration(&c);
+        let pins: Vec<&str> = routes.virtual_hosts[0].routes.iter().map(|r| r.name.as_str()).collect();
+        // The green endpoint at weight 0, draining but serving, keeps its pin.
+        assert_eq!(pins, ["plannerip 10.0.0.1:9000", "plannerip 10.0.0.3:9000", "weighted"]);
+        let clusters: Vec<&str> = r.of(ResourceType::Cluster).map(|c| c.name.as_str()).collect();
+        assert!(!clusters.iter().any(|n| n.contains("10.0.0.2")), "{clusters:?}");
+        for name in ["default/a-blue/10.0.0.1:9000", "default/b-green/10.0.0.3:9000"] {
+            let res = r.of(ResourceType::Cluster).find(|c| c.name == name).unwrap();
+            let cluster = xcluster::Cluster::decode(res.body.value.as_slice()).unwrap();
+            let threshold = cluster.common_lb_config.and_then(|l| l.healthy_panic_threshold).map(|p| p.value);
+            assert_eq!(threshold, Some(0.0), "{name}");
+        }
     }
 
     #[test]

@@ -38,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
                 ttl: 60,
                 values: vec![ip.clone()],
                 health_check_id: None,
+                alias: None,
             });
             writeln!(zone, "host{i} A {ip}")?;
         }
