@@ -46,7 +46,8 @@ pub async fn start_leader_election(
         .await
         .context("connecting to Kubernetes for leader election")?;
     let fence = Fence::closed();
-    let elector = LeaderElector { api: Api::namespaced(client, &config.namespace), config, metrics, fence: fence.clone() };
+    let elector =
+        LeaderElector { api: Api::namespaced(client, &config.namespace), config, metrics, fence: fence.clone() };
     let (tx, rx) = watch::channel(false);
     tasks.push(tokio::spawn(elector.run(tx, shutdown.clone(), writers)));
     Ok((None, rx, fence))
