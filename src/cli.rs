@@ -161,8 +161,9 @@ pub struct DnsArgs {
     /// Route53 hosted zone; found from --binding-domain when absent.
     #[arg(long, env = "WEIR_HOSTED_ZONE_ID")]
     pub hosted_zone_id: Option<String>,
-    #[arg(long, env = "WEIR_RECORD_TTL", default_value_t = 60)]
-    pub record_ttl: u32,
+    /// TTL of the published records: 60, or 5 with the embedded provider (what `weir local` publishes).
+    #[arg(long, env = "WEIR_RECORD_TTL")]
+    pub record_ttl: Option<u32>,
     /// Route53 health check attached to this cluster's records.
     #[arg(long, env = "WEIR_AWS_HEALTH_CHECK_ID")]
     pub aws_health_check_id: Option<String>,
@@ -211,6 +212,22 @@ pub struct DnsServerArgs {
     /// A DNS TCP connection idle (or stalled mid-message) this long is closed.
     #[arg(long, env = "WEIR_DNS_TCP_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
     pub dns_tcp_idle_timeout: Duration,
+}
+
+/// TTL of published records unless --record-ttl says otherwise.
+pub const RECORD_TTL: u32 = 60;
+/// The embedded zone's TTL (`weir local`, and `plan`/`explain` on its database): short, so that `dig`
+/// shows a change at once.
+pub const EMBEDDED_RECORD_TTL: u32 = 5;
+
+impl DnsArgs {
+    /// The TTL records are published with: the flag, else the provider's default.
+    pub fn record_ttl(&self) -> u32 {
+        self.record_ttl.unwrap_or(match self.dns_provider {
+            DnsProviderKind::Embedded => EMBEDDED_RECORD_TTL,
+            DnsProviderKind::Route53 | DnsProviderKind::Dnsendpoint => RECORD_TTL,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -326,7 +343,7 @@ pub struct LocalArgs {
     #[arg(long, env = "WEIR_ANNOTATION_PREFIX", default_value = crate::translate::DEFAULT_ANNOTATION_PREFIX)]
     pub annotation_prefix: String,
     /// TTL of the published records (short, so that `dig` shows a change at once).
-    #[arg(long, env = "WEIR_RECORD_TTL", default_value_t = 5)]
+    #[arg(long, env = "WEIR_RECORD_TTL", default_value_t = EMBEDDED_RECORD_TTL)]
     pub record_ttl: u32,
     /// Allow publishing the last non-zero weight of a name as 0 (answers are then split equally).
     #[arg(long, env = "WEIR_ALLOW_ALL_ZERO")]
@@ -542,10 +559,8 @@ pub struct PlanArgs {
     pub output: OutputFormat,
 }
 
-/// Durations as `500ms`, `5s`, `1m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration (e.g. 500ms, 5s, 1m): {e}"))
-}
+/// Durations as `500ms`, `5s`, `1m30s`: the grammar BackendTrafficPolicy fields use too.
+pub use weir_core::duration::parse_duration;
 
 /// Listen addresses as `host:port`, or `:port` for every interface (the Go form the old flags used).
 pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {

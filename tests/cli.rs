@@ -24,3 +24,50 @@ fn malformed_annotation_filter_fails_at_startup() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("key=value"));
 }
+
+/// Every flag README.md and docs/*.md give a `weir <command>` (in code, commands continued with `\`
+/// included) is in that command's `--help`.
+#[test]
+fn every_documented_flag_exists() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md")];
+    files.extend(std::fs::read_dir(root.join("docs")).unwrap().map(|e| e.unwrap().path()));
+    let commands = ["controller", "xds", "local", "weights", "explain", "plan", "crd"];
+    let mut help: std::collections::HashMap<Vec<String>, String> = Default::default();
+    let (mut checked, mut missing) = (0, Vec::new());
+    for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "md")) {
+        let text = std::fs::read_to_string(file).unwrap().replace("\\\n", " ");
+        for line in text.lines() {
+            for (at, _) in line.match_indices("weir ") {
+                if line[..at].ends_with(|c: char| c.is_alphanumeric() || c == '-' || c == '_') {
+                    continue;
+                }
+                // The command line runs to the end of its code span, table cell or shell pipeline.
+                let rest = &line[at + 5..];
+                let end = rest.find(['`', '|', '&', ';', ')']).unwrap_or(rest.len());
+                let mut words = rest[..end].split_whitespace().peekable();
+                let Some(cmd) = words.next().filter(|w| commands.contains(w)) else { continue };
+                let mut path = vec![cmd.to_string()];
+                if cmd == "weights" {
+                    if let Some(sub) = words.next_if(|w| ["list", "get", "set"].contains(w)) {
+                        path.push(sub.to_string());
+                    }
+                }
+                let usage = help.entry(path.clone()).or_insert_with(|| {
+                    let out = weir().args(&path).arg("--help").output().unwrap();
+                    assert!(out.status.success(), "weir {path:?} --help");
+                    String::from_utf8(out.stdout).unwrap()
+                });
+                for flag in words.filter(|w| w.starts_with("--")) {
+                    let flag = flag.split('=').next().unwrap().trim_end_matches([',', '.', ':']);
+                    checked += 1;
+                    if !usage.contains(&format!("{flag} ")) && !usage.contains(&format!("{flag}\n")) {
+                        missing.push(format!("{}: weir {} {flag}", file.display(), path.join(" ")));
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 20, "only {checked} documented flags found: is the scan broken?");
+    assert!(missing.is_empty(), "documented flags that `--help` does not list:\n{}", missing.join("\n"));
+}

@@ -12,6 +12,11 @@ use std::path::{Path, PathBuf};
 use weir::providers::file::{parse_manifests, snapshot_of};
 use weir::translate::{translate, TranslateConfig};
 
+/// The one golden rule, shared with weir-core's golden tests.
+#[path = "../core/src/golden.rs"]
+#[allow(dead_code)]
+mod golden;
+
 fn cases() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/translate");
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -66,26 +71,14 @@ fn run_case(input: &Path) -> String {
 
 #[test]
 fn translate_golden_files() {
-    let update = std::env::var_os("WEIR_UPDATE_GOLDEN").is_some();
     let cases = cases();
     assert!(cases.len() >= 11, "golden cases are missing");
-    let mut failures = Vec::new();
-    for input in cases {
-        let out = PathBuf::from(input.to_string_lossy().replace(".in.yaml", ".out.yaml"));
-        let got = run_case(&input);
-        if update {
-            std::fs::write(&out, &got).unwrap();
-            continue;
-        }
-        let want = std::fs::read_to_string(&out).unwrap_or_default();
-        if got != want {
-            failures.push(format!(
-                "{} differs from {}:\n{}",
-                input.display(),
-                out.display(),
-                pretty_assertions::StrComparison::new(&want, &got)
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "{}\n(regenerate with WEIR_UPDATE_GOLDEN=1)", failures.join("\n"));
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|input| {
+            let out = PathBuf::from(input.to_string_lossy().replace(".in.yaml", ".out.yaml"));
+            golden::check_golden(&out, &run_case(input)).err()
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -29,7 +29,7 @@ pub const API_VERSION: &str = "weir.dev/v1alpha1";
 pub const LABEL_TRAFFIC_INFRA: &str = "weir.dev/traffic-infra";
 
 /// A duration as Gateway API writes them: one to four `<number><unit>` groups, units h, m, s, ms
-/// (`250ms`, `2s`, `1m30s`). `operator::policy::parse_duration` accepts exactly this.
+/// (`250ms`, `2s`, `1m30s`). [`crate::duration::parse_duration`] accepts exactly this.
 pub const DURATION_PATTERN: &str = "^([0-9]{1,5}(h|m|s|ms)){1,4}$";
 /// A Kubernetes resource quantity (`200m`, `256Mi`, `1.5`).
 pub const QUANTITY_PATTERN: &str = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
@@ -890,11 +890,6 @@ mod tests {
     use serde_json::Value;
 
     #[test]
-    fn crds_yaml_matches_golden() {
-        crate::golden::assert_golden("crd/crds.yaml", &crds_yaml().unwrap());
-    }
-
-    #[test]
     fn names_are_the_published_interface() {
         let crds = crds();
         let names: Vec<_> = crds.iter().map(|c| c.metadata.name.clone().unwrap()).collect();
@@ -1103,8 +1098,9 @@ mod tests {
         let schema = schema_of(0);
         let mut obj: Value = serde_yaml::from_str(MINIMAL).unwrap();
         apply_defaults(&mut obj, &schema);
-        let spec: TrafficInfraSpec = serde_json::from_value(obj["spec"].clone()).unwrap();
-        assert_eq!(spec, expected_defaults());
+        // Compared as JSON, not deserialized: serde would fill any field the schema fails to default.
+        let want = serde_json::to_value(expected_defaults()).unwrap();
+        pretty_assertions::assert_eq!(obj["spec"], want);
         let mut spec_only = obj.clone();
         spec_only.as_object_mut().unwrap().retain(|k, _| k == "spec");
         validate(&spec_only, &schema).unwrap();

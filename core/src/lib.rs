@@ -4,6 +4,7 @@
 
 pub mod crd;
 pub mod dns;
+pub mod duration;
 pub mod explain;
 #[cfg(test)]
 mod golden;

@@ -168,7 +168,8 @@ fn two_clusters_share_a_table_and_a_zone() {
     let after = e.wait_published("eu", 3, 20);
     e.wait_acked("eu", 20);
     // Acknowledged only once every record carries the new weight: re-read after the ack.
-    assert!(traffic_of(&e.records(), "eu").iter().all(|r| r.weight == 20));
+    let eu_traffic: Vec<u8> = traffic_of(&e.records(), "eu").iter().map(|r| r.weight).collect();
+    assert_eq!(eu_traffic, [20, 20, 20], "every one of eu's three records carries the new weight");
     let us_after: Vec<RecordSet> = after.iter().filter(|r| r.key.set_identifier == "us").cloned().collect();
     assert_eq!(us_before, us_after, "the other cluster's records are untouched");
     assert_eq!(e.attr("us", "DesiredWeight"), "N:50");
@@ -294,7 +295,8 @@ fn health_checks_are_created_once_and_attached() {
     assert_eq!(list.len(), 1, "one check for the one target");
     let id = list[0].id().to_string();
     assert!(list[0].caller_reference().starts_with("weir-"));
-    assert!(traffic_of(&recs, "eu").iter().all(|r| r.health_check_id.as_deref() == Some(id.as_str())));
+    let attached: Vec<_> = traffic_of(&recs, "eu").iter().map(|r| r.health_check_id.clone()).collect();
+    assert_eq!(attached, [Some(id.clone()), Some(id.clone())], "both of eu's records carry the one check");
     let tags = e.rt.block_on(async {
         e.r53
             .list_tags_for_resource()
@@ -318,7 +320,8 @@ fn health_checks_are_created_once_and_attached() {
         integration_tests::http_get(&format!("http://127.0.0.1:{}/readyz", c2.metrics_port))
     });
     assert_eq!(checks().len(), 1, "no second health check");
-    assert!(traffic_of(&e.records(), "eu").iter().all(|r| r.health_check_id.as_deref() == Some(id.as_str())));
+    let attached: Vec<_> = traffic_of(&e.records(), "eu").iter().map(|r| r.health_check_id.clone()).collect();
+    assert_eq!(attached, [Some(id.clone()), Some(id.clone())], "the restart keeps the check on both records");
     // Converged: plan sees the attached checks, and explain shows their status.
     let (ok, out, err) = e.oneshot("plan", &args);
     assert!(ok && out.contains("no changes"), "{out}{err}");

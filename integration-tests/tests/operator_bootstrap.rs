@@ -48,7 +48,13 @@ fn envoy_validate_refuses_a_broken_bootstrap() {
     let text = children::bootstrap_yaml(&p).replace("api_type: GRPC", "api_type: CARRIER_PIGEON");
     let path = dir.path().join("envoy.yaml");
     std::fs::write(&path, text).unwrap();
-    assert!(!validate(&path).0);
+    let (ok, out, err) = validate(&path);
+    assert!(!ok, "envoy accepted a bootstrap with api_type CARRIER_PIGEON");
+    // Refused for the field we broke, not for some other fault in the bootstrap.
+    assert!(
+        format!("{out}{err}").contains("unknown enum value: 'CARRIER_PIGEON'"),
+        "envoy refused the bootstrap for another reason:\nstdout:\n{out}\nstderr:\n{err}"
+    );
 }
 
 /// Envoy started from the bootstrap (xDS and admin on loopback) runs with what it says: the node

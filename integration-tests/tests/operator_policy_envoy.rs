@@ -166,7 +166,14 @@ fn envoy_validate_refuses_an_invalid_cluster() {
     // Bypass validation: Envoy requires a back-off base interval greater than zero.
     p.retry.as_mut().unwrap().backoff_base = Some(Duration::ZERO);
     let path = write_pb(dir.path(), &bootstrap(&p, free_port(), free_port(), &[free_port()]));
-    assert!(!validate(&path).0);
+    let (ok, out, err) = validate(&path);
+    assert!(!ok, "envoy accepted a zero retry back-off base interval");
+    // Refused for the field we broke, not for some other fault in the cluster or route.
+    let log = format!("{out}{err}");
+    assert!(
+        log.contains("BaseInterval") && log.contains("greater than"),
+        "envoy refused the configuration for another reason:\nstdout:\n{out}\nstderr:\n{err}"
+    );
 }
 
 /// A tiny HTTP/1.1 backend: answers every request with its name, or 503 when `failing`. Counts

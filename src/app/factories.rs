@@ -168,7 +168,7 @@ pub fn pipeline_config(cluster: &ClusterArgs, dns: &DnsArgs) -> PipelineConfig {
             dev_mode: s.dev_mode,
         },
         owner: Ownership { cluster: cluster.cluster_name.clone(), txt_prefix: dns.txt_prefix.clone() },
-        records: RecordOptions { ttl: dns.record_ttl, health_check_id: dns.aws_health_check_id.clone() },
+        records: RecordOptions { ttl: dns.record_ttl(), health_check_id: dns.aws_health_check_id.clone() },
         allow_all_zero: dns.allow_all_zero,
     }
 }

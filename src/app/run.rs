@@ -85,7 +85,7 @@ pub async fn local(args: LocalArgs) -> Result<()> {
             dns_provider: DnsProviderKind::Embedded,
             dns_listen: Some(dns_listen),
             hosted_zone_id: None,
-            record_ttl: args.record_ttl,
+            record_ttl: Some(args.record_ttl),
             aws_health_check_id: None,
             health_check_path: None,
             health_check_port: 443,

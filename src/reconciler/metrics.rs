@@ -138,17 +138,44 @@ mod tests {
         r.ack_blocked.get_or_create(&eu).set(1);
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
-        for line in [
-            "cluster_traffic_controller_ingress_weight_desired{cluster=\"eu\"} 50",
-            "cluster_traffic_controller_ingress_weight_current{cluster=\"eu\"} 50",
-            "weir_weight_drift_seconds{cluster=\"eu\"} 0.0",
-            "weir_record_weight{host=\"a.example.com\",cluster=\"eu\"} 25",
-            "weir_reconcile_total{result=\"success\"} 1",
-            "weir_dns_changes_total{action=\"UPSERT\"} 1",
-            "weir_reconcile_duration_seconds_count 1",
-            "weir_ack_blocked_hosts{cluster=\"eu\"} 1",
-        ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
-        }
+        // Every family, and every sample but the histogram's buckets and sum: nothing more, nothing less.
+        let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+        assert_eq!(
+            types,
+            [
+                "# TYPE cluster_traffic_controller_ingress_weight_desired gauge",
+                "# TYPE cluster_traffic_controller_ingress_weight_current gauge",
+                "# TYPE weir_weight_drift_seconds gauge",
+                "# TYPE weir_weight_store_errors counter",
+                "# TYPE weir_weight_row_invalid gauge",
+                "# TYPE weir_weight_refused gauge",
+                "# TYPE weir_record_weight gauge",
+                "# TYPE weir_reconcile counter",
+                "# TYPE weir_reconcile_duration_seconds histogram",
+                "# TYPE weir_dns_changes counter",
+                "# TYPE weir_ack_blocked_hosts gauge",
+            ],
+            "{text}"
+        );
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| !l.starts_with("weir_reconcile_duration_seconds_bucket"))
+            .collect();
+        assert_eq!(
+            samples,
+            [
+                "cluster_traffic_controller_ingress_weight_desired{cluster=\"eu\"} 50",
+                "cluster_traffic_controller_ingress_weight_current{cluster=\"eu\"} 50",
+                "weir_weight_drift_seconds{cluster=\"eu\"} 0.0",
+                "weir_record_weight{host=\"a.example.com\",cluster=\"eu\"} 25",
+                "weir_reconcile_total{result=\"success\"} 1",
+                "weir_reconcile_duration_seconds_sum 0.01",
+                "weir_reconcile_duration_seconds_count 1",
+                "weir_dns_changes_total{action=\"UPSERT\"} 1",
+                "weir_ack_blocked_hosts{cluster=\"eu\"} 1",
+            ],
+            "{text}"
+        );
     }
 }

@@ -77,9 +77,9 @@ pub struct SqliteStore {
 impl SqliteStore {
     pub fn open(path: &Path, name: &str) -> Result<Self, StateError> {
         let err = |source| StateError::Sqlite { path: path.to_path_buf(), source };
-        let conn = rusqlite::Connection::open(path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        // The same opener (WAL, busy timeout, synchronous=NORMAL) as the weight store and the zone,
+        // which share this file in `weir local`.
+        let conn = crate::backends::sqlite::connect(path, true).map_err(err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS xds_state (
                 name TEXT PRIMARY KEY NOT NULL,
@@ -276,6 +276,26 @@ mod tests {
         // Another configuration name in the same file starts from its defaults.
         let d = SharedState::open(Arc::new(SqliteStore::open(&path, "other").unwrap()), initial()).await.unwrap();
         assert_eq!(d.get().weights["green"], 0);
+    }
+
+    /// The xDS state opens its file as the weight store and the zone do (they share it in `weir local`).
+    #[test]
+    fn sqlite_state_uses_the_shared_opener() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.db");
+        let pragmas = |c: &rusqlite::Connection| -> (String, i64, i64) {
+            let q = |p: &str| format!("PRAGMA {p}");
+            (
+                c.query_row(&q("journal_mode"), [], |r| r.get(0)).unwrap(),
+                c.query_row(&q("busy_timeout"), [], |r| r.get(0)).unwrap(),
+                c.query_row(&q("synchronous"), [], |r| r.get(0)).unwrap(),
+            )
+        };
+        let state = SqliteStore::open(&path, "shop").unwrap();
+        let shared = crate::backends::sqlite::connect(&path, false).unwrap();
+        assert_eq!(pragmas(&state.conn.lock()), pragmas(&shared));
+        // WAL, 5 s busy timeout, synchronous=NORMAL (1).
+        assert_eq!(pragmas(&shared), ("wal".to_string(), 5000, 1));
     }
 
     #[tokio::test]

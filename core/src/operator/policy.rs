@@ -209,42 +209,7 @@ pub struct Keepalive {
     pub interval_secs: Option<u32>,
 }
 
-/// A Gateway API duration: one to four `<1-5 digits><h|m|s|ms>` groups, e.g. `250ms`, `1m30s`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration (use e.g. 250ms, 2s, 1m30s; units h, m, s, ms)");
-    if text.is_empty() {
-        return Err(bad());
-    }
-    let mut rest = text;
-    let mut total = Duration::ZERO;
-    let mut groups = 0;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-        if digits == 0 || digits > 5 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let (unit, len) = if rest.starts_with("ms") {
-            (Duration::from_millis(1), 2)
-        } else if rest.starts_with('h') {
-            (Duration::from_secs(3600), 1)
-        } else if rest.starts_with('m') {
-            (Duration::from_secs(60), 1)
-        } else if rest.starts_with('s') {
-            (Duration::from_secs(1), 1)
-        } else {
-            return Err(bad());
-        };
-        rest = &rest[len..];
-        total += unit * u32::try_from(n).map_err(|_| bad())?;
-        groups += 1;
-        if groups > 4 {
-            return Err(bad());
-        }
-    }
-    Ok(total)
-}
+pub use crate::duration::parse_duration;
 
 /// Validates a policy's spec into a [`Policy`], or every problem found (field path and value).
 pub fn validate(spec: &crd::BackendTrafficPolicySpec) -> Result<Policy, Vec<String>> {
@@ -734,17 +699,6 @@ mod tests {
             n += 1;
         }
         assert!(n >= 2);
-    }
-
-    #[test]
-    fn durations() {
-        for (text, ms) in [("250ms", 250), ("2s", 2000), ("1m30s", 90_000), ("1h", 3_600_000), ("1s500ms", 1500)] {
-            assert_eq!(parse_duration(text), Ok(Duration::from_millis(ms)), "{text}");
-        }
-        for bad in ["", "2 parsecs", "2", "s", "1.5s", "-1s", "1d", "123456s", "1s1s1s1s1s", "1us", " 1s"] {
-            let err = parse_duration(bad).unwrap_err();
-            assert!(err.contains("is not a duration"), "{bad}: {err}");
-        }
     }
 
     fn spec(yaml: &str) -> crd::BackendTrafficPolicySpec {

@@ -480,7 +480,6 @@ mod tests {
     #[test]
     fn golden() {
         let dir = crate::golden::testdata("xds");
-        let update = std::env::var_os("WEIR_UPDATE_GOLDEN").is_some();
         let mut seen = 0;
         let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
         entries.sort();
@@ -491,14 +490,7 @@ mod tests {
             seen += 1;
             let cfg: ProxyConfig = serde_yaml::from_str(&std::fs::read_to_string(&input).unwrap()).unwrap();
             let got = serde_yaml::to_string(&translate(&cfg).to_json()).unwrap();
-            let out = dir.join(format!("{stem}.out.yaml"));
-            if update {
-                std::fs::write(&out, &got).unwrap();
-            } else {
-                let want = std::fs::read_to_string(&out)
-                    .unwrap_or_else(|_| panic!("{} missing: run with WEIR_UPDATE_GOLDEN=1", out.display()));
-                pretty_assertions::assert_eq!(want, got, "golden file {}", out.display());
-            }
+            crate::golden::assert_golden(&format!("xds/{stem}.out.yaml"), &got);
         }
         assert!(seen > 0, "no golden inputs in {}", dir.display());
     }

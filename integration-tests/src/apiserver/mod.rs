@@ -634,6 +634,7 @@ fn event_line(kind: &str, obj: &Value) -> Bytes {
 fn watch_response(ctx: Ctx, t: Target, w: WatchParams) -> Response {
     let scope = if t.rt.namespaced { t.namespace.clone() } else { None };
     let started = ctx.store.watch(&t.rt, scope.as_deref(), &w.selector, w.from);
+    let mut compactions = ctx.store.compactions();
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(256);
     let bookmark_kind = (t.rt.api_version(), t.rt.kind.clone());
     let mut epoch = ctx.auth.watch_epoch.subscribe();
@@ -660,6 +661,12 @@ fn watch_response(ctx: Ctx, t: Target, w: WatchParams) -> Response {
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
                 _ = epoch.changed() => return,
+                Ok(()) = compactions.changed() => {
+                    let compacted = *compactions.borrow_and_update();
+                    let e = store::ApiError::new(410, "Expired", format!("too old resource version: {rv} ({compacted})"));
+                    let _ = tx.send(Ok(event_line("ERROR", &e.status()))).await;
+                    return;
+                }
                 _ = ticker.tick(), if w.bookmarks => {
                     let bm = json!({"apiVersion": bookmark_kind.0, "kind": bookmark_kind.1,
                                     "metadata": {"resourceVersion": rv.to_string()}});

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::selector::Selector;
 use super::types::ResourceType;
@@ -123,12 +123,15 @@ pub type Check<'a> = &'a dyn Fn(&Value) -> Result<(), ApiError>;
 pub struct Store {
     inner: Mutex<Inner>,
     tx: broadcast::Sender<Arc<Entry>>,
+    /// The resourceVersion of the last `compact()`: live watches end with 410 when it changes.
+    compactions: watch::Sender<u64>,
 }
 
 impl Store {
     pub fn new(types: Vec<ResourceType>) -> Self {
         let (tx, _) = broadcast::channel(4096);
-        Store { inner: Mutex::new(Inner { rv: 1, types, ..Default::default() }), tx }
+        let (compactions, _) = watch::channel(0);
+        Store { inner: Mutex::new(Inner { rv: 1, types, ..Default::default() }), tx, compactions }
     }
 
     pub fn types(&self) -> Vec<ResourceType> {
@@ -165,11 +168,18 @@ impl Store {
         self.inner.lock().rv
     }
 
-    /// Forgets the event log: watches resuming from any earlier resourceVersion get 410 Gone.
+    /// Forgets the event log: watches resuming from any earlier resourceVersion get 410 Gone, and
+    /// every live watch ends with a 410 ERROR event, so its client must re-list.
     pub fn compact(&self) {
         let mut inner = self.inner.lock();
         inner.compacted = inner.rv;
         inner.log.clear();
+        self.compactions.send_replace(inner.rv);
+    }
+
+    /// Changes on every `compact()` (subscribe when a watch starts).
+    pub fn compactions(&self) -> watch::Receiver<u64> {
+        self.compactions.subscribe()
     }
 
     pub fn get(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<Value, ApiError> {

@@ -265,8 +265,15 @@ async fn watch_streams_events_bookmarks_resumes_and_expires() {
         .unwrap();
     assert!(matches!(next_event(&mut selected).await, WatchEvent::Deleted(_)));
 
-    // After compaction an old resourceVersion is 410 Gone.
+    // Compaction ends a live watch with 410 Gone, and an old resourceVersion is 410 Gone after it.
+    let now = api.get("sel").await.unwrap().resource_version().unwrap();
+    let mut live = api.watch(&WatchParams::default(), &now).await.unwrap().boxed();
     server.store().compact();
+    match next_event(&mut live).await {
+        WatchEvent::Error(e) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        other => panic!("expected the live watch to end with 410, got {other:?}"),
+    }
+    assert!(live.next().await.is_none(), "the live watch continued after its 410");
     let mut expired = api.watch(&WatchParams::default(), &start).await.unwrap().boxed();
     match next_event(&mut expired).await {
         WatchEvent::Error(e) => assert_eq!(e.code, 410),
@@ -279,10 +286,18 @@ async fn reflector_follows_changes_and_recovers_from_expiry() {
     let server = ApiServer::start(Options::default()).await;
     let api: Api<Ingress> = Api::all(server.client());
     let (reader, writer) = reflector::store();
-    let stream = reflector(writer, watcher(api, watcher::Config::default())).applied_objects();
+    // Each list the watcher starts begins with Event::Init.
+    let lists = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = lists.clone();
+    let stream = reflector(writer, watcher(api, watcher::Config::default())).inspect(move |e| {
+        if matches!(e, Ok(watcher::Event::Init)) {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
     let task = tokio::spawn(async move {
         stream.for_each(|_| async {}).await;
     });
+    let lists_so_far = || lists.load(std::sync::atomic::Ordering::SeqCst);
     reader.wait_until_ready().await.unwrap();
     let ns: Api<Ingress> = Api::namespaced(server.client(), "team");
     ns.create(&PostParams::default(), &ingress("a", "a.example.com")).await.unwrap();
@@ -293,7 +308,17 @@ async fn reflector_follows_changes_and_recovers_from_expiry() {
         }
     })
     .await;
+    assert_eq!(lists_so_far(), 1);
+    // Compaction ends the reflector's live watch with 410: it re-lists, then follows changes again.
     server.store().compact();
+    timeout(async {
+        while lists_so_far() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(lists_so_far(), 2, "one re-list per compaction");
+    assert_eq!(reader.state().len(), 2);
     ns.delete("a", &DeleteParams::default()).await.unwrap();
     timeout(async {
         while reader.state().len() != 1 {
