@@ -134,6 +134,9 @@ pub enum InputKind {
     Resource,
     /// A weight row that would leave fewer than `--min-serving-clusters` clusters serving.
     MinServingClusters,
+    /// A child the operator may not write (RBAC denied it, e.g. a Role granting what the operator
+    /// does not hold).
+    Permission,
 }
 
 impl InputKind {
@@ -149,6 +152,7 @@ impl InputKind {
             InputKind::AdminRequest => "admin_request",
             InputKind::Resource => "resource",
             InputKind::MinServingClusters => "min_serving_clusters",
+            InputKind::Permission => "permission",
         }
     }
 }

@@ -325,3 +325,85 @@ fn run_operator_made_xds(server: &ApiServer, dir: &Path) {
     let audit: Vec<_> = server.audit().into_iter().filter(|r| r.user == user && r.resource_request).collect();
     assert!(audit.iter().all(|r| r.namespace == "shop" && r.resource != "ingresses"), "{audit:#?}");
 }
+
+/// A Role the operator needs but may not write (its ClusterRole lost `patch` on Roles): the
+/// TrafficInfra gets `ChildrenApplied=False` naming the Role and the missing permission, an Event and
+/// the metric; every child that was written is owned by the TrafficInfra; once the permission is back,
+/// the Role is written and the condition goes.
+#[test]
+fn a_role_the_operator_may_not_grant_is_named_on_the_traffic_infra() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ApiServer::start_background(Options::default());
+    seed(
+        &server,
+        json!({"apiVersion": "weir.dev/v1alpha1", "kind": "NamespaceConfig", "metadata": {"name": "default", "namespace": "shop"}, "spec": {}}),
+    );
+    let id = operator_identity(&server);
+    let role_name =
+        id.rendered.of_kind("ClusterRole").next().unwrap()["metadata"]["name"].as_str().unwrap().to_string();
+    let cluster_roles = ("rbac.authorization.k8s.io", "v1", "clusterroles");
+    let granted =
+        get(&server, cluster_roles.0, cluster_roles.1, cluster_roles.2, "", &role_name).unwrap()["rules"].clone();
+    // The same rules without Roles: the operator can still write every other child.
+    let mut narrowed: Vec<Value> = Vec::new();
+    for rule in granted.as_array().unwrap() {
+        let mut rule = rule.clone();
+        if rule["apiGroups"] == json!(["rbac.authorization.k8s.io"]) {
+            let resources = rule["resources"].as_array().unwrap().iter().filter(|r| *r != "roles").cloned().collect();
+            rule["resources"] = Value::Array(resources);
+        }
+        narrowed.push(rule);
+    }
+    assert_ne!(json!(narrowed), granted, "the chart's operator ClusterRole grants Roles");
+    write(&server, cluster_roles, "", &role_name, json!({"rules": narrowed}), false);
+
+    seed(
+        &server,
+        json!({"apiVersion": "weir.dev/v1alpha1", "kind": "TrafficInfra", "metadata": {"name": "edge", "namespace": "shop"}}),
+    );
+    let (_controller, metrics) = controller(&server, &id, dir.path());
+
+    let cond = wait_for("ChildrenApplied=False on the TrafficInfra", T, || {
+        let t = ti(&server, "shop", "edge");
+        let c = t["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "ChildrenApplied")?.clone();
+        (c["status"] == "False").then_some(c)
+    });
+    assert_eq!(cond["reason"], "PermissionDenied");
+    let message = cond["message"].as_str().unwrap();
+    assert!(message.contains("edge-xds-role"), "names the Role: {message}");
+    assert!(message.contains("cannot patch resource \"roles\""), "names the missing permission: {message}");
+
+    let events = server.store().type_of(&json!({"apiVersion": "events.k8s.io/v1", "kind": "Event"})).unwrap();
+    wait_for("a PermissionDenied Event on the TrafficInfra", T, || {
+        let (items, _) = server.store().list(&events, Some("shop"), &Default::default());
+        items.iter().find(|e| e["reason"] == "PermissionDenied" && e["regarding"]["name"] == "edge").cloned()
+    });
+    wait_for("weir_invalid_input_total{kind=permission}", T, || {
+        (counter(&metrics, "weir_invalid_input_total", &[("kind", "permission")]) >= 1.0).then_some(())
+    });
+    // Nothing half-applied without an owner: every child that exists is owned by the TrafficInfra.
+    let uid = ti(&server, "shop", "edge")["metadata"]["uid"].clone();
+    let mut written = 0;
+    for (group, version, plural, name) in CHILDREN {
+        if let Some(child) = get(&server, group, version, plural, "shop", name) {
+            written += 1;
+            let owners = child["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
+            assert!(owners.iter().any(|o| o["uid"] == uid && o["kind"] == "TrafficInfra"), "{plural}/{name} unowned");
+        }
+    }
+    assert!(written > 0, "the children the operator may write are written");
+    assert!(get(&server, "rbac.authorization.k8s.io", "v1", "roles", "shop", "edge-xds-role").is_none());
+
+    // The permission back: the Role is written and the condition goes.
+    write(&server, cluster_roles, "", &role_name, json!({"rules": granted}), false);
+    wait_for("the Role once the operator may grant it", T, || {
+        get(&server, "rbac.authorization.k8s.io", "v1", "roles", "shop", "edge-xds-role")
+    });
+    wait_for("ChildrenApplied=False gone", T, || {
+        let t = ti(&server, "shop", "edge");
+        let gone = t["status"]["conditions"]
+            .as_array()
+            .is_none_or(|cs| !cs.iter().any(|c| c["type"] == "ChildrenApplied" && c["status"] == "False"));
+        gone.then_some(())
+    });
+}

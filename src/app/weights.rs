@@ -268,7 +268,7 @@ async fn ramp(args: &RampArgs) -> Result<String, WeightsCliError> {
         .and_then(|s| if s == 0 { Err("a step of 0 never arrives".to_string()) } else { Ok(s) })
         .map_err(|e| bad("--step", step_raw, e))?;
     let every_raw = args.every.as_deref().unwrap_or_default();
-    let every = crate::cli::parse_duration(every_raw).map_err(|e| bad("--every", every_raw, e))?;
+    let every = crate::cli::parse_duration(every_raw).map_err(|e| bad("--every", every_raw, e.to_string()))?;
     let gate = match (&args.gate_url, &args.gate_query, args.gate_max) {
         (Some(url), Some(query), Some(max)) => Some(Gate {
             url: url.clone(),

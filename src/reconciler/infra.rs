@@ -51,7 +51,15 @@ pub enum InfraError {
     Fenced(#[from] super::leader::Fenced),
 }
 
+/// The condition a TrafficInfra gets when RBAC refused one of its children.
+pub const CONDITION_CHILDREN_APPLIED: &str = "ChildrenApplied";
+
 impl InfraError {
+    /// RBAC refused the write (403), as for a Role granting more than the operator holds.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, InfraError::Api { source: kube::Error::Api(s), .. } if s.code == 403)
+    }
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             InfraError::Api { op, .. } => op,
@@ -156,14 +164,52 @@ impl InfraLoop {
             refusals.extend(plan.refusals.iter().cloned());
             let ns = plan.infra.namespace.as_str();
             let mut wanted = BTreeSet::new();
+            let mut denied = Vec::new();
             for child in &plan.children {
                 wanted.insert(child.describe());
-                keep(self.apply_child(ns, child).await);
+                match self.apply_child(ns, child).await {
+                    Err(e) if e.is_forbidden() => {
+                        denied.push(e.to_string());
+                        keep(Err(e));
+                    }
+                    r => keep(r),
+                }
             }
             keep(self.prune(ti, &wanted).await);
-            if ti.status.as_ref() != Some(&plan.status) {
-                let body =
-                    serde_json::json!({"apiVersion": API_VERSION, "kind": "TrafficInfra", "status": plan.status});
+            let mut status = plan.status.clone();
+            if !denied.is_empty() {
+                // Every child that was written carries its ownerReference; the ones RBAC refused are
+                // named here, in an Event and in the metric, and retried with backoff.
+                // RBAC's message names the permission missing; a condition holds up to 32 KiB.
+                let mut message =
+                    format!("the operator may not write every child of this TrafficInfra: {}", denied.join("; "));
+                if message.len() > 4096 {
+                    let cut = (0..=4096).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
+                    message.truncate(cut);
+                }
+                refusals.insert(Refusal {
+                    object: plan.infra.clone(),
+                    kind: crate::ir::InputKind::Permission,
+                    reason: "PermissionDenied".into(),
+                    message: message.clone(),
+                });
+                status.conditions.retain(|c| c.type_ != CONDITION_CHILDREN_APPLIED);
+                status.conditions.push(Condition {
+                    type_: CONDITION_CHILDREN_APPLIED.into(),
+                    status: "False".into(),
+                    reason: "PermissionDenied".into(),
+                    message,
+                    last_transition_time: ti
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_CHILDREN_APPLIED))
+                        .filter(|c| c.status == "False")
+                        .map_or(now.clone(), |c| c.last_transition_time.clone()),
+                    observed_generation: ti.metadata.generation,
+                });
+            }
+            if ti.status.as_ref() != Some(&status) {
+                let body = serde_json::json!({"apiVersion": API_VERSION, "kind": "TrafficInfra", "status": status});
                 keep(self.write_status::<TrafficInfra>(ns, &plan.infra.name, body).await);
             }
         }
