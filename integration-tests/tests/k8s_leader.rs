@@ -139,7 +139,7 @@ async fn shutdown_drains_the_in_flight_pass_before_releasing_the_lease() {
         batches: Default::default(),
     });
     let config = LeaderConfig {
-        namespace: "default".into(),
+        namespace: RELEASE_NAMESPACE.into(),
         name: "weir-controller".into(),
         identity: "a".into(),
         lease_duration: Duration::from_secs(4),
@@ -147,7 +147,7 @@ async fn shutdown_drains_the_in_flight_pass_before_releasing_the_lease() {
         retry_period: Duration::from_millis(200),
     };
     let elector = LeaderElector {
-        api: Api::namespaced(server.client(), "default"),
+        api: Api::namespaced(controller_client(&server), RELEASE_NAMESPACE),
         config,
         metrics: LeaderMetrics::default(),
         fence: fence.clone(),
