@@ -49,7 +49,7 @@ fn every_documented_flag_exists() {
                 let Some(cmd) = words.next().filter(|w| commands.contains(w)) else { continue };
                 let mut path = vec![cmd.to_string()];
                 if cmd == "weights" {
-                    if let Some(sub) = words.next_if(|w| ["list", "get", "set"].contains(w)) {
+                    if let Some(sub) = words.next_if(|w| ["list", "get", "set", "ramp", "history"].contains(w)) {
                         path.push(sub.to_string());
                     }
                 }

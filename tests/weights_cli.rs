@@ -53,7 +53,10 @@ fn set_prints_what_it_replaced_and_get_and_list_show_it() {
     let out = weir(&["weights", "get", "--db", db_s, "--cluster-name", "eu-west", "--output", "json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(v, serde_json::json!({"ClusterName": "eu-west", "DesiredWeight": 0, "CurrentWeight": 100}));
+    assert_eq!(
+        v,
+        serde_json::json!({"ClusterName": "eu-west", "DesiredWeight": 0, "CurrentWeight": 100, "Status": "pending"})
+    );
 
     let out = weir(&["weights", "list", "--db", db_s, "--output", "json"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -61,8 +64,8 @@ fn set_prints_what_it_replaced_and_get_and_list_show_it() {
     assert_eq!(
         v,
         serde_json::json!([
-            {"ClusterName": "eu-west", "DesiredWeight": 0, "CurrentWeight": 100},
-            {"ClusterName": "us-east", "DesiredWeight": 0, "CurrentWeight": 0},
+            {"ClusterName": "eu-west", "DesiredWeight": 0, "CurrentWeight": 100, "Status": "pending"},
+            {"ClusterName": "us-east", "DesiredWeight": 0, "CurrentWeight": 0, "Status": "in sync"},
         ])
     );
 
@@ -79,7 +82,8 @@ fn set_prints_what_it_replaced_and_get_and_list_show_it() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(
         v,
-        serde_json::json!({"ClusterName": "us-east", "PreviousDesiredWeight": 0, "DesiredWeight": 100, "CurrentWeight": 0})
+        serde_json::json!({"ClusterName": "us-east", "PreviousDesiredWeight": 0, "DesiredWeight": 100, "CurrentWeight": 0,
+                           "Notes": []})
     );
 }
 
@@ -145,8 +149,10 @@ fn garbage_written_with_sqlite3_is_shown_not_coerced() {
     assert_eq!(
         v,
         serde_json::json!([
-            {"ClusterName": "eu-west", "DesiredWeight": "abc", "CurrentWeight": 100},
-            {"ClusterName": "us-east", "DesiredWeight": "2.5", "CurrentWeight": "NULL"},
+            {"ClusterName": "eu-west", "DesiredWeight": "abc", "CurrentWeight": 100,
+             "Status": "invalid DesiredWeight: not applied"},
+            {"ClusterName": "us-east", "DesiredWeight": "2.5", "CurrentWeight": "NULL",
+             "Status": "invalid DesiredWeight: not applied"},
         ])
     );
     let out = weir(&["weights", "get", "--db", db_s, "--cluster-name", "eu-west"]);

@@ -582,7 +582,14 @@ impl Pod {
             let rewritten = text
                 .filter(|_| is_config)
                 .and_then(|t| rewrite_envoy_bootstrap(t, &mut ports, &opts.services, &all_mounts));
+            // The kubelet gives volume files to the pod's fsGroup, readable by the group (a
+            // read-only volume gets `mode | 0440`); without fsGroup they stay root's.
+            let fs_group = spec["securityContext"]["fsGroup"].as_u64().filter(|_| euid() == 0);
+            let mode = if fs_group.is_some() { mode | 0o440 } else { mode };
             write_file(&path, rewritten.as_deref().map_or(&data[..], str::as_bytes), mode);
+            if let Some(gid) = fs_group {
+                std::os::unix::fs::chown(&path, Some(0), Some(gid as u32)).expect("chown to the pod's fsGroup");
+            }
         }
         let kubeconfig = automount.then(|| {
             let kdir = dir.join("kube");

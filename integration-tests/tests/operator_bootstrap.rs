@@ -180,6 +180,6 @@ fn envoy_from_the_bootstrap_connects_to_weir_xds_and_acks() {
     }
     // weir xds sees the same: the node the operator named has acknowledged what it was sent.
     wait_for("weir xds to record the ACK", Duration::from_secs(20), || {
-        xds_support::acked_route(&weir.admin, "envoy-proxy")
+        xds_support::acked_route(&weir.admin, "envoy-proxy", None)
     });
 }

@@ -12,12 +12,12 @@ use xds_support::*;
 const N: u64 = 3000;
 
 fn set_weights(admin_url: &str, token: Option<&str>, query: &str, node: &str) -> Duration {
-    let before = acked_route(admin_url, node);
+    let before = acked_route(admin_url, node, token);
     let t0 = Instant::now();
     let (code, body) = admin("POST", &format!("{admin_url}/traffic?{query}"), token);
     assert_eq!(code, 200, "POST /traffic?{query}: {body}");
     wait_for("the client to ACK the new route", Duration::from_secs(10), || {
-        acked_route(admin_url, node).filter(|v| Some(v) != before.as_ref())
+        acked_route(admin_url, node, token).filter(|v| Some(v) != before.as_ref())
     });
     t0.elapsed()
 }

@@ -660,6 +660,9 @@ fn pod_spec(
         affinity: nc.affinity.clone(),
         image_pull_secrets: (!nc.image_pull_secrets.is_empty()).then(|| nc.image_pull_secrets.clone()),
         security_context: Some(PodSecurityContext {
+            // Volume files (the admin token, mode 0400) belong to this group, so the non-root
+            // containers (65532) can read them.
+            fs_group: Some(NONROOT_UID),
             seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
                 type_: "RuntimeDefault".into(),
                 ..Default::default()

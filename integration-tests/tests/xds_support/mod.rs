@@ -175,8 +175,12 @@ pub fn admin(method: &str, url: &str, token: Option<&str>) -> (u16, Value) {
 }
 
 /// The route version a client acknowledged, from `/config_dump` (None until it has one).
-pub fn acked_route(admin_url: &str, node: &str) -> Option<String> {
-    let dump: Value = serde_json::from_str(&http_get(&format!("{admin_url}/config_dump"))?).ok()?;
+/// `/config_dump` needs the admin token when `weir xds` has one.
+pub fn acked_route(admin_url: &str, node: &str, token: Option<&str>) -> Option<String> {
+    let (code, dump) = admin("GET", &format!("{admin_url}/config_dump"), token);
+    if code != 200 {
+        return None;
+    }
     let c = dump["clients"].as_array()?.iter().find(|c| c["node_id"] == node)?;
     let route = &c["types"]["route"];
     let acked = route["acked_version"].as_str()?;
