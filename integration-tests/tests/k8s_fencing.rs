@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use integration_tests::apiserver::{ApiServer, Options};
+use integration_tests::apiserver::{ApiServer, Identity, Options};
+use integration_tests::chart::install_controller_identity;
 use integration_tests::writelog::{check_single_writer, parse};
 use integration_tests::{free_port, metric, wait_for, weir_bin, Proc};
 use serde_json::json;
@@ -30,7 +31,11 @@ impl Replica {
 }
 
 fn replica(name: &str, server: &ApiServer, dir: &Path) -> Replica {
-    let kubeconfig = server.write_kubeconfig_with_token(dir, name);
+    // The chart's controller identity (its ClusterRole and its Lease Role in the release namespace),
+    // under a token named after the replica so that the test API server can hang this one.
+    let id = install_controller_identity(server, json!({"controller": {"clusterName": "eu"}}));
+    let kubeconfig =
+        server.write_kubeconfig_with_token(dir, name, Identity::service_account(&id.namespace, &id.service_account));
     let metrics_port = free_port();
     let mut cmd = Command::new(weir_bin());
     cmd.env("KUBECONFIG", &kubeconfig)
@@ -43,7 +48,7 @@ fn replica(name: &str, server: &ApiServer, dir: &Path) -> Replica {
         .arg(dir.join("weir.db"))
         .args(["--dns-provider", "embedded", "--record-ttl", "5"])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-        .args(["--enable-leader-election", "--leader-election-namespace", "default"])
+        .args(["--enable-leader-election", "--leader-election-namespace", &id.namespace])
         .args(["--lease-duration", "3s", "--renew-deadline", "2s", "--retry-period", "250ms"]);
     Replica { proc: Proc::spawn(name, &mut cmd, dir), metrics: format!("http://127.0.0.1:{metrics_port}") }
 }

@@ -253,10 +253,10 @@ impl ApiServer {
         &self.faults
     }
 
-    /// A kubeconfig whose client sends `Authorization: Bearer TOKEN`, which [`Faults`] can hang. The
-    /// token acts as the superuser: the fault-injection tests (fencing, soak) name replicas by token.
-    pub fn write_kubeconfig_with_token(&self, dir: &Path, token: &str) -> PathBuf {
-        self.auth.tokens.insert(token, Identity::superuser());
+    /// A kubeconfig whose client sends `Authorization: Bearer TOKEN` and acts as `identity`: the
+    /// fault-injection tests (fencing, soak) name each replica by its token, which [`Faults`] can hang.
+    pub fn write_kubeconfig_with_token(&self, dir: &Path, token: &str, identity: Identity) -> PathBuf {
+        self.auth.tokens.insert(token, identity);
         self.write_kubeconfig_for(dir, token)
     }
 

@@ -20,8 +20,9 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use integration_tests::apiserver::{ApiServer, Options};
+use integration_tests::apiserver::{ApiServer, Identity, Options};
 use integration_tests::aws::{aws_env, create_table, create_zone, dynamodb, route53, zone_records, FaultProxy, Moto};
+use integration_tests::chart::{install_controller_identity, RELEASE_NAMESPACE};
 use integration_tests::weir_aws::{write_manifests, TABLE};
 use integration_tests::writelog::{check_single_writer, parse_file};
 use integration_tests::{free_port, weir_bin, Proc};
@@ -66,6 +67,8 @@ struct Soak {
     endpoint: String,
     zone: String,
     api: ApiServer,
+    /// The chart controller's ServiceAccount (namespace, name), installed on first use.
+    identity: std::sync::OnceLock<(String, String)>,
 }
 
 impl Soak {
@@ -73,7 +76,14 @@ impl Soak {
         r.incarnation += 1;
         r.metrics_port = free_port();
         let log_name = format!("{}.{}", r.name, r.incarnation);
-        let kubeconfig = self.api.write_kubeconfig_with_token(&self.dir, &r.name);
+        // The chart's controller identity (its Lease Role), installed once, under a token named after
+        // the replica so that the test API server can hang this one.
+        let (ns, sa) = self.identity.get_or_init(|| {
+            let id = install_controller_identity(&self.api, serde_json::json!({"controller": {"clusterName": "eu"}}));
+            (id.namespace, id.service_account)
+        });
+        let identity = Identity::service_account(ns, sa);
+        let kubeconfig = self.api.write_kubeconfig_with_token(&self.dir, &r.name, identity);
         let mut cmd = Command::new(weir_bin());
         cmd.args(["controller", "--provider", "file", "--manifests"])
             .arg(self.dir.join(r.cluster))
@@ -81,7 +91,7 @@ impl Soak {
             .args(["--dns-provider", "route53", "--hosted-zone-id", &self.zone, "--binding-domain", "example.com"])
             .args(["--metrics-addr", &format!("127.0.0.1:{}", r.metrics_port), "--weight-poll-interval", "500ms"])
             .args(["--initial-weight", "50", "--resync-interval", "5s"])
-            .args(["--enable-leader-election", "--leader-election-namespace", "default"])
+            .args(["--enable-leader-election", "--leader-election-namespace", RELEASE_NAMESPACE])
             .args(["--leader-election-id", &format!("weir-{}", r.cluster)])
             .args(["--lease-duration", "3s", "--renew-deadline", "2s", "--retry-period", "250ms"])
             .env("KUBECONFIG", kubeconfig)
@@ -155,6 +165,7 @@ fn main() {
         endpoint: proxy.endpoint(),
         zone: zone.clone(),
         api: ApiServer::start_background(Options::default()),
+        identity: std::sync::OnceLock::new(),
     };
     let mut replicas: Vec<Replica> = CLUSTERS
         .iter()
