@@ -90,7 +90,11 @@ fn answers_follow_weights_and_weights_set_moves_them() {
     assert_eq!(eu.metric("weir_record_weight", &[("host", HOST), ("cluster", "eu")]), Some(0.0));
     eprintln!("failover acknowledged {:?} after weights set", set_at.elapsed());
 
-    // 500 more queries: none goes to eu.
+    // The DNS server serves a zone snapshot it reloads after each write: wait for the first answer
+    // from the new one, then 500 more queries: none goes to eu.
+    wait_for("eu's DNS server to serve the acknowledged zone", Duration::from_secs(5), || {
+        (eu_dns.first_a(HOST).as_deref() == Some(US_IP)).then_some(())
+    });
     for _ in 0..500 {
         assert_eq!(eu_dns.first_a(HOST).as_deref(), Some(US_IP));
     }
