@@ -995,6 +995,16 @@ mod tests {
         let names: Vec<_> = crds.iter().map(|c| c.metadata.name.clone().unwrap()).collect();
         assert_eq!(names, ["trafficinfras.weir.dev", "namespaceconfigs.weir.dev", "backendtrafficpolicies.weir.dev"]);
         assert_eq!(crds[0].spec.names.short_names.as_deref(), Some(&["ti".to_string()][..]));
+        // `kubectl get ti` shows the weights in force.
+        let columns: Vec<(String, String)> = crds[0].spec.versions[0]
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| (c.name.clone(), c.json_path.clone()))
+            .collect();
+        for want in [("Blue", ".status.trafficWeights.blue"), ("Green", ".status.trafficWeights.green")] {
+            assert!(columns.contains(&(want.0.into(), want.1.into())), "{columns:?}");
+        }
         for crd in &crds {
             assert_eq!(crd.spec.group, GROUP);
             assert_eq!(crd.spec.versions.len(), 1);
