@@ -490,11 +490,13 @@ fn hand_edits_of_children_are_reverted_within_seconds() {
         json!({"spec": {"replicas": 7, "template": {"spec": {"containers": [{"name": "xds", "image": "evil:1"}]}}}}),
         false,
     );
+    let t0 = std::time::Instant::now();
     wait_for("the xDS Deployment's replicas and image reverted", QUICK, || {
         let d = get(&server, "apps", "v1", "deployments", "shop", "edge-xds")?;
         let c = &d["spec"]["template"]["spec"]["containers"][0];
         (d["spec"]["replicas"] == replicas && c["image"] == image && c["args"].is_array()).then_some(())
     });
+    eprintln!("the xDS Deployment's replicas and image reverted after {:?}", t0.elapsed());
 
     let bootstrap = get(&server, "", "v1", "configmaps", "shop", "edge-envoy-bootstrap").unwrap()["data"].clone();
     write(
@@ -505,10 +507,12 @@ fn hand_edits_of_children_are_reverted_within_seconds() {
         json!({"data": {"envoy.yaml": "{}"}}),
         false,
     );
+    let t0 = std::time::Instant::now();
     wait_for("the bootstrap ConfigMap's data reverted", QUICK, || {
         let cm = get(&server, "", "v1", "configmaps", "shop", "edge-envoy-bootstrap")?;
         (cm["data"] == bootstrap).then_some(())
     });
+    eprintln!("the bootstrap ConfigMap's data reverted after {:?}", t0.elapsed());
 
     let roles = ("rbac.authorization.k8s.io", "v1", "roles");
     let rules = get(&server, roles.0, roles.1, roles.2, "shop", "edge-xds-role").unwrap()["rules"].clone();
@@ -520,18 +524,22 @@ fn hand_edits_of_children_are_reverted_within_seconds() {
         json!({"rules": [{"apiGroups": [""], "resources": ["services"], "verbs": ["list"]}]}),
         false,
     );
+    let t0 = std::time::Instant::now();
     wait_for("the xDS Role's rules reverted", QUICK, || {
         let r = get(&server, roles.0, roles.1, roles.2, "shop", "edge-xds-role")?;
         (r["rules"] == rules).then_some(())
     });
+    eprintln!("the xDS Role's rules reverted after {:?}", t0.elapsed());
 
     let services = server.store().find_type("", "v1", "services").unwrap();
     let uid = get(&server, "", "v1", "services", "shop", "edge-envoy").unwrap()["metadata"]["uid"].clone();
     server.store().delete(&services, "shop", "edge-envoy").unwrap();
+    let t0 = std::time::Instant::now();
     wait_for("the deleted Envoy Service recreated", QUICK, || {
         let svc = get(&server, "", "v1", "services", "shop", "edge-envoy")?;
         (svc["metadata"]["uid"] != uid && svc["metadata"]["ownerReferences"][0]["kind"] == "TrafficInfra").then_some(())
     });
+    eprintln!("the deleted Envoy Service recreated after {:?}", t0.elapsed());
     assert_nothing_denied(&server, &id.user);
 }
 

@@ -573,7 +573,7 @@ status:
     fn a_traffic_infra_with_an_unknown_or_renamed_field_is_refused_naming_it() {
         let text = "apiVersion: weir.dev/v1alpha1\nkind: TrafficInfra\nmetadata: {name: t, namespace: n}\n\
                     spec:\n  envoy:\n    hpa:\n      targetCpuUtilization: 60\n";
-        let err = parse_manifests(text).err().expect("refused").to_string();
+        let err = parse_manifests(text).expect_err("refused").to_string();
         assert!(
             err.contains("unknown field .spec.envoy.hpa.targetCpuUtilization (did you mean .spec.envoy.hpa.targetCPUUtilization?)"),
             "{err}"
