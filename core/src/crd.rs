@@ -1255,6 +1255,17 @@ mod tests {
         validate(&good, &policy).unwrap();
     }
 
+    /// The schema keeps no unknown field, so an API server with strict field validation (kubectl's
+    /// default) refuses the old spelling, and with `Warn` names it, instead of pruning it silently.
+    #[test]
+    fn openapi_refuses_a_renamed_field() {
+        let schema = schema_of(0);
+        let old = serde_json::json!({"spec": {"envoy": {"hpa": {"targetCpuUtilization": 60}}}});
+        let err = validate(&old, &schema).unwrap_err();
+        assert!(err.contains("unknown field targetCpuUtilization"), "{err}");
+        validate(&serde_json::json!({"spec": {"envoy": {"hpa": {"targetCPUUtilization": 60}}}}), &schema).unwrap();
+    }
+
     #[test]
     fn traffic_infra_serialises_as_a_kubernetes_object() {
         let ti = TrafficInfra::new("edge", TrafficInfraSpec::default());

@@ -540,6 +540,18 @@ fn hand_edits_of_children_are_reverted_within_seconds() {
         (svc["metadata"]["uid"] != uid && svc["metadata"]["ownerReferences"][0]["kind"] == "TrafficInfra").then_some(())
     });
     eprintln!("the deleted Envoy Service recreated after {:?}", t0.elapsed());
+
+    // The children's readiness reaches the status as it changes, not at the resync.
+    for name in ["edge-xds", "edge-envoy"] {
+        write(&server, deployments, "shop", name, json!({"status": {"replicas": 2, "availableReplicas": 2}}), true);
+    }
+    let t0 = std::time::Instant::now();
+    let t = wait_for("xdsReady and envoyReady", QUICK, || {
+        let t = ti(&server, "shop", "edge");
+        (t["status"]["xdsReady"] == true && t["status"]["envoyReady"] == true).then_some(t)
+    });
+    eprintln!("xdsReady and envoyReady after {:?}", t0.elapsed());
+    assert_eq!(condition(&t, "XdsReady")["status"], "True");
     assert_nothing_denied(&server, &id.user);
 }
 
