@@ -257,3 +257,97 @@ fn deployment_readiness(what: &str, name: &str, dep: Option<&Deployment>) -> (bo
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::DiscoveredService;
+
+    fn cond(type_: &str, status: &str, at: &str) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: "R".into(),
+            message: "m".into(),
+            observed_generation: Some(1),
+            last_transition_time: Time(at.parse().unwrap()),
+        }
+    }
+
+    const T0: &str = "2026-01-01T00:00:00Z";
+    const T1: &str = "2026-01-02T00:00:00Z";
+
+    /// Each writer keeps the other's fields and condition types.
+    #[test]
+    fn the_two_writers_keep_each_others_fields() {
+        let weights = BTreeMap::from([("blue".to_string(), 40), ("green".to_string(), 60)]);
+        let services =
+            vec![DiscoveredService { name: "p-blue".into(), strategy: Some("blue".into()), ready_endpoints: 2 }];
+        let stored = TrafficInfraStatus {
+            phase: Some(Phase::Ready),
+            xds_ready: true,
+            conditions: vec![cond(CONDITION_READY, "True", T0)],
+            ..Default::default()
+        };
+        let after_xds = merge_xds_part(&stored, &weights, &services, Some(cond(CONDITION_CONFIG_ACCEPTED, "True", T0)));
+        assert_eq!(after_xds.phase, Some(Phase::Ready));
+        assert!(after_xds.xds_ready);
+        assert_eq!(after_xds.traffic_weights, weights);
+        let types: Vec<_> = after_xds.conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, [CONDITION_READY, CONDITION_CONFIG_ACCEPTED]);
+
+        // The operator's next status (it knows nothing of weights) over what weir xds wrote.
+        let ours = TrafficInfraStatus {
+            phase: Some(Phase::Degraded),
+            conditions: vec![cond(CONDITION_READY, "False", T1)],
+            ..Default::default()
+        };
+        let after_operator = merge_operator_part(&after_xds, &ours);
+        assert_eq!(after_operator.phase, Some(Phase::Degraded));
+        assert_eq!(after_operator.traffic_weights, weights);
+        assert_eq!(after_operator.discovered_services, services);
+        let types: Vec<_> = after_operator.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect();
+        assert_eq!(types, [(CONDITION_READY, "False"), (CONDITION_CONFIG_ACCEPTED, "True")]);
+    }
+
+    #[test]
+    fn config_accepted_keeps_its_transition_time_until_its_status_changes() {
+        let stored =
+            TrafficInfraStatus { conditions: vec![cond(CONDITION_CONFIG_ACCEPTED, "False", T0)], ..Default::default() };
+        let same = merge_xds_part(&stored, &BTreeMap::new(), &[], Some(cond(CONDITION_CONFIG_ACCEPTED, "False", T1)));
+        assert_eq!(same.conditions[0].last_transition_time.0.to_string(), T0);
+        let flipped = merge_xds_part(&stored, &BTreeMap::new(), &[], Some(cond(CONDITION_CONFIG_ACCEPTED, "True", T1)));
+        assert_eq!(flipped.conditions[0].last_transition_time.0.to_string(), T1);
+        // No opinion: the stored condition stays.
+        assert_eq!(merge_xds_part(&stored, &BTreeMap::new(), &[], None).conditions, stored.conditions);
+    }
+
+    #[test]
+    fn merge_patch_nulls_what_went_away() {
+        let from = serde_json::json!({"phase": "Ready", "envoyEndpoint": "x", "trafficWeights": {"blue": 1, "old": 2}});
+        let to = serde_json::json!({"phase": "Degraded", "trafficWeights": {"blue": 1}, "message": "m"});
+        let patch = merge_patch(&from, &to);
+        assert_eq!(
+            patch,
+            serde_json::json!({"phase": "Degraded", "envoyEndpoint": null, "trafficWeights": {"old": null}, "message": "m"})
+        );
+        let mut applied = from.clone();
+        json_merge(&mut applied, &patch);
+        assert_eq!(applied, to);
+    }
+
+    /// RFC 7386, as the API server applies a merge patch.
+    fn json_merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+        let (Some(t), Some(p)) = (target.as_object_mut(), patch.as_object()) else {
+            *target = patch.clone();
+            return;
+        };
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                json_merge(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
+    }
+}
