@@ -5,7 +5,8 @@
 //! `operator::children`), then sets `ConfigAccepted=False` on its TrafficInfra naming the node, the
 //! resource type, the version and the error, records one `ConfigRejected` Event, and counts
 //! `weir_xds_nacks_total{type="listener"}` (the push metric's label). Moving the port to a free one
-//! yields a newer Listener version, which Envoy ACKs: `ConfigAccepted=True` again.
+//! yields a newer Listener version, which Envoy ACKs: `ConfigAccepted=True` again. Both ADS flavours
+//! (state of the world and delta).
 
 mod xds_support;
 
@@ -30,7 +31,7 @@ fn config_accepted(server: &ApiServer) -> Option<Value> {
     ti(server)["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "ConfigAccepted").cloned()
 }
 
-fn envoy_bootstrap(dir: &std::path::Path, xds_port: u16, admin_port: u16) -> std::path::PathBuf {
+fn envoy_bootstrap(dir: &std::path::Path, xds_port: u16, admin_port: u16, api_type: &str) -> std::path::PathBuf {
     let path = dir.join("envoy.yaml");
     std::fs::write(
         &path,
@@ -39,7 +40,7 @@ fn envoy_bootstrap(dir: &std::path::Path, xds_port: u16, admin_port: u16) -> std
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     transport_api_version: V3
     grpc_services: [{{envoy_grpc: {{cluster_name: weir}}}}]
   lds_config: {{ads: {{}}, resource_api_version: V3}}
@@ -65,6 +66,15 @@ static_resources:
 
 #[test]
 fn a_listener_envoy_rejects_turns_config_accepted_false_and_a_newer_one_true() {
+    rejected_then_accepted("GRPC");
+}
+
+#[test]
+fn the_same_over_delta_xds() {
+    rejected_then_accepted("DELTA_GRPC");
+}
+
+fn rejected_then_accepted(api_type: &str) {
     let dir = tempfile::tempdir().unwrap();
     let server = ApiServer::start_background(Options::default());
     // Held for the whole test: Envoy cannot bind this port.
@@ -132,7 +142,7 @@ fn a_listener_envoy_rejects_turns_config_accepted_false_and_a_newer_one_true() {
     let envoy_admin_port = free_port();
     let envoy_admin = format!("http://127.0.0.1:{envoy_admin_port}");
     let mut envoy = Command::new(venv_bin("envoy"));
-    envoy.arg("-c").arg(envoy_bootstrap(dir.path(), grpc, envoy_admin_port)).args([
+    envoy.arg("-c").arg(envoy_bootstrap(dir.path(), grpc, envoy_admin_port, api_type)).args([
         "--use-dynamic-base-id",
         "-l",
         "warning",
