@@ -150,8 +150,8 @@ fn policy_with_every_field_passes_envoy_validate() {
     assert!(ok, "envoy rejected the policy's cluster/route:\nstdout:\n{out}\nstderr:\n{err}");
 
     // Each kind of active health check is accepted too (http is in EVERY_FIELD).
-    for check in ["{type: grpc, grpcServiceName: planner.v1.Planner}", "{type: tcp}"] {
-        let p = policy(&format!("healthChecking: {{active: {check}}}"));
+    for check in ["{type: grpc, grpc: {upstreamName: planner.v1.Planner}}", "{type: tcp}"] {
+        let p = policy(&format!("healthChecking: {{activeChecks: [{check}]}}"));
         let path = write_pb(dir.path(), &bootstrap(&p, free_port(), free_port(), &[free_port()]));
         let (ok, out, err) = validate(&path);
         assert!(ok, "{check}: {out}\n{err}");
@@ -164,7 +164,7 @@ fn envoy_validate_refuses_an_invalid_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = policy(policy::EVERY_FIELD);
     // Bypass validation: Envoy requires a back-off base interval greater than zero.
-    p.retry.as_mut().unwrap().backoff_base = Some(Duration::ZERO);
+    p.retry.as_mut().unwrap().backoff = Some(policy::Backoff { base: Duration::ZERO, max: None });
     let path = write_pb(dir.path(), &bootstrap(&p, free_port(), free_port(), &[free_port()]));
     let (ok, out, err) = validate(&path);
     assert!(!ok, "envoy accepted a zero retry back-off base interval");
@@ -234,9 +234,9 @@ fn ring_hash_stickiness_and_retries_are_observable_through_envoy() {
     let listener = free_port();
     let admin = free_port();
     let p = policy(
-        "loadBalancing: {type: ringHash, sessionAffinity: {header: x-user}}\n\
-         retryStrategy: {httpRetryOn: 5xx, numRetries: 3, perRetryTimeout: 2s}\n\
-         timeouts: {connect: 1s, request: 10s}\n",
+        "loadBalancing: {type: ringHash, sessionAffinity: {type: header, header: {name: x-user}}}\n\
+         retryStrategy: {type: http, http: {retryOn: 5xx}, numRetries: 3, perRetry: {timeout: 2s}}\n\
+         timeouts: {connectTimeout: 1s}\n",
     );
     let path = write_pb(dir.path(), &bootstrap(&p, listener, admin, &[a, b, c, bad]));
     assert!(validate(&path).0);
