@@ -70,10 +70,16 @@ pub struct XdsController {
     pub writer: SnapshotWriter,
     pub view: watch::Sender<Arc<View>>,
     pub readiness: Readiness,
+    /// The last valid version of each BackendTrafficPolicy: served while an edit is invalid.
+    pub last_good_policies: BTreeMap<crate::model::ObjectRef, crate::crd::BackendTrafficPolicy>,
 }
 
 impl XdsController {
-    fn step(&self, snapshot: Arc<Snapshot>, state: TrafficState) {
+    fn step(&mut self, snapshot: Arc<Snapshot>, state: TrafficState) {
+        let snapshot = match crate::operator::policy::with_last_good(&snapshot, &mut self.last_good_policies) {
+            Some(kept) => Arc::new(kept),
+            None => snapshot,
+        };
         let view = compute(snapshot, &self.settings, state);
         let changed = self.writer.publish(translate(&view.config));
         if !changed.is_empty() {
@@ -92,7 +98,7 @@ impl XdsController {
 
     /// Runs until `shutdown` flips.
     pub async fn run(
-        self,
+        mut self,
         mut snapshots: SnapshotRx,
         mut state: watch::Receiver<TrafficState>,
         mut shutdown: watch::Receiver<bool>,

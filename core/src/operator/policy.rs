@@ -1074,6 +1074,35 @@ impl ProxyPolicies {
     }
 }
 
+/// The snapshot the xDS server translates: every policy that does not validate is replaced by the
+/// last version of it (same namespace and name) that did, so that a bad edit never changes what
+/// Envoy runs; its `Accepted=False` condition still reports the refusal. `last_good` is the
+/// caller's memory across snapshots: updated with every valid policy, and forgetting policies
+/// that are gone (deleting a policy does remove it). `None` when nothing was replaced.
+pub fn with_last_good(
+    snapshot: &Snapshot,
+    last_good: &mut BTreeMap<ObjectRef, BackendTrafficPolicy>,
+) -> Option<Snapshot> {
+    let present: BTreeSet<ObjectRef> = snapshot.backend_traffic_policies.iter().map(ObjectRef::of).collect();
+    last_good.retain(|k, _| present.contains(k));
+    let mut replaced = false;
+    let policies = snapshot
+        .backend_traffic_policies
+        .iter()
+        .filter_map(|btp| {
+            let me = ObjectRef::of(btp);
+            if validate(&btp.spec).is_ok() {
+                last_good.insert(me, btp.clone());
+                Some(btp.clone())
+            } else {
+                replaced = true;
+                last_good.get(&me).cloned()
+            }
+        })
+        .collect();
+    replaced.then(|| Snapshot { backend_traffic_policies: policies, ..snapshot.clone() })
+}
+
 /// The accepted policies of TrafficInfra `namespace/name`. Pure: conditions are not needed here,
 /// so no clock is read.
 pub fn for_proxy(snapshot: &Snapshot, namespace: &str, name: &str) -> ProxyPolicies {
@@ -1415,6 +1444,44 @@ mod tests {
         assert!(ignored[1].starts_with("observability.metrics.statsName"));
         assert_eq!(infra.health.as_ref().unwrap().active.len(), 2);
         assert_eq!(infra.observability.as_ref().unwrap().stats_prefix.as_deref(), Some("edge"));
+    }
+
+    #[test]
+    fn an_invalid_edit_keeps_the_last_valid_version_until_the_policy_goes() {
+        let snap = |body: &str| {
+            load(&format!(
+                "apiVersion: weir.dev/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {{name: p, namespace: shop}}\n\
+                 spec:\n  targetRef: {{kind: Service, name: planner}}\n  {body}\n"
+            ))
+        };
+        trait Specs {
+            fn backend_traffic_policies_specs(&self) -> Vec<crd::BackendTrafficPolicySpec>;
+        }
+        impl Specs for Snapshot {
+            fn backend_traffic_policies_specs(&self) -> Vec<crd::BackendTrafficPolicySpec> {
+                self.backend_traffic_policies.iter().map(|p| p.spec.clone()).collect()
+            }
+        }
+        let mut memory = BTreeMap::new();
+        let good = snap("timeouts: {connectTimeout: 1s}");
+        assert!(with_last_good(&good, &mut memory).is_none());
+        let bad = snap("timeouts: {connectTimeout: 0s}");
+        let served = with_last_good(&bad, &mut memory).expect("the bad version is replaced");
+        assert_eq!(served.backend_traffic_policies_specs(), good.backend_traffic_policies_specs());
+        // Still bad: still the last good one; a new valid version replaces it.
+        assert_eq!(
+            with_last_good(&bad, &mut memory).unwrap().backend_traffic_policies_specs(),
+            good.backend_traffic_policies_specs()
+        );
+        let newer = snap("timeouts: {connectTimeout: 2s}");
+        assert!(with_last_good(&newer, &mut memory).is_none());
+        assert_eq!(
+            with_last_good(&bad, &mut memory).unwrap().backend_traffic_policies_specs(),
+            newer.backend_traffic_policies_specs()
+        );
+        // Deleted: forgotten; an invalid policy never seen valid applies nothing.
+        assert!(with_last_good(&Snapshot::default(), &mut memory).is_none());
+        assert!(with_last_good(&bad, &mut memory).unwrap().backend_traffic_policies.is_empty());
     }
 
     #[test]
