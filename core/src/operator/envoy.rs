@@ -154,7 +154,8 @@ pub fn apply_to_cluster(policy: &Policy, cluster: &mut xcluster::Cluster) {
             cluster.outlier_detection = Some(xcluster::OutlierDetection {
                 interval: Some(duration(o.interval)),
                 consecutive_5xx: o.consecutive_5xx.map(u32v),
-                enforcing_consecutive_5xx: o.consecutive_5xx.map(|_| u32v(100)),
+                // Absent `consecutive5XX` is off, not Envoy's default of 5 enforced at 100%.
+                enforcing_consecutive_5xx: Some(u32v(if o.consecutive_5xx.is_some() { 100 } else { 0 })),
                 failure_percentage_threshold: fp.map(|f| u32v(f.threshold)),
                 failure_percentage_request_volume: fp.map(|f| u32v(f.minimum_requests)),
                 // Envoy enforces failure-percentage ejection at 0% and needs 5 hosts unless told
@@ -204,6 +205,45 @@ pub fn apply_to_cluster(policy: &Policy, cluster: &mut xcluster::Cluster) {
                 .insert(CLUSTER_TAG_METADATA.into(), Struct { fields });
         }
     }
+}
+
+/// `HealthCheck.name` (Envoy 1.38+, not in xds-api 0.2): Envoy requires a name on every check
+/// of a cluster that has several.
+const HEALTH_CHECK_NAME_TAG: u32 = 27;
+/// `Cluster.health_checks`.
+const CLUSTER_HEALTH_CHECKS_TAG: u32 = 8;
+
+/// `Cluster.outlier_detection`.
+const CLUSTER_OUTLIER_DETECTION_TAG: u32 = 19;
+/// `OutlierDetection.always_eject_one_host` (Envoy 1.31+, not in xds-api 0.2).
+const ALWAYS_EJECT_ONE_HOST_TAG: u32 = 25;
+
+/// The wire bytes of `cluster`, as the xDS server sends it, with two fields xds-api 0.2 lacks
+/// (appended as raw fields, which protobuf merges into the message):
+/// - several health checks are named `check-0`, `check-1`, … (by position in
+///   `healthChecking.activeChecks`): Envoy requires names when a cluster has more than one;
+/// - outlier detection gets `always_eject_one_host: true`: with Envoy's default
+///   `max_ejection_percent` of 10% a cluster of fewer than 10 endpoints would otherwise never
+///   eject one (the proposal has no `maxEjectionPercent`).
+pub fn encode_cluster(cluster: &xcluster::Cluster) -> Vec<u8> {
+    let mut bare = cluster.clone();
+    let checks = if cluster.health_checks.len() > 1 { std::mem::take(&mut bare.health_checks) } else { Vec::new() };
+    let mut out = bare.encode_to_vec();
+    for (i, check) in checks.iter().enumerate() {
+        let mut body = check.encode_to_vec();
+        prost::encoding::string::encode(HEALTH_CHECK_NAME_TAG, &format!("check-{i}"), &mut body);
+        prost::encoding::bytes::encode(CLUSTER_HEALTH_CHECKS_TAG, &body, &mut out);
+    }
+    if cluster.outlier_detection.is_some() {
+        let mut od = Vec::new();
+        prost::encoding::message::encode(
+            ALWAYS_EJECT_ONE_HOST_TAG,
+            &xds_api::pb::google::protobuf::BoolValue { value: true },
+            &mut od,
+        );
+        prost::encoding::bytes::encode(CLUSTER_OUTLIER_DETECTION_TAG, &od, &mut out);
+    }
+    out
 }
 
 fn routing_priority(p: Priority) -> xcore::RoutingPriority {

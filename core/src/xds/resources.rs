@@ -94,10 +94,23 @@ pub struct Resource {
 
 impl Resource {
     fn new<M: prost::Name>(name: String, msg: &M, wildcard: bool) -> Self {
+        Self::encoded(name, M::type_url(), msg.encode_to_vec(), wildcard)
+    }
+
+    /// A cluster, encoded by [`crate::operator::envoy::encode_cluster`] (named health checks).
+    fn cluster(name: String, cluster: &xcluster::Cluster) -> Self {
+        Self::encoded(
+            name,
+            <xcluster::Cluster as prost::Name>::type_url(),
+            crate::operator::envoy::encode_cluster(cluster),
+            true,
+        )
+    }
+
+    fn encoded(name: String, type_url: String, value: Vec<u8>, wildcard: bool) -> Self {
         use sha2::Digest;
-        let body = Any { type_url: M::type_url(), value: msg.encode_to_vec() };
-        let version = hex::encode(&sha2::Sha256::digest(&body.value)[..8]);
-        Self { name, body, version, wildcard }
+        let version = hex::encode(&sha2::Sha256::digest(&value)[..8]);
+        Self { name, body: Any { type_url, value }, version, wildcard }
     }
 }
 
@@ -163,7 +176,7 @@ pub fn translate(cfg: &ProxyConfig) -> Resources {
                 Resource::new(name.clone(), &load_assignment(&name, &endpoints), true),
             );
         }
-        out.insert(ResourceType::Cluster, Resource::new(name.clone(), &cluster, true));
+        out.insert(ResourceType::Cluster, Resource::cluster(name.clone(), &cluster));
         // A pinned cluster holds one discovered address: never a DNS cluster.
         let pinned_policy = policy.map(|p| Policy { dns: None, ..p.clone() });
         for ep in endpoints.iter().filter(|ep| can_serve(ep)) {
@@ -172,7 +185,7 @@ pub fn translate(cfg: &ProxyConfig) -> Resources {
             // Panic mode would send pinned calls to the endpoint whatever its health: never.
             cluster.common_lb_config.get_or_insert_with(Default::default).healthy_panic_threshold =
                 Some(xds_api::pb::envoy::r#type::v3::Percent { value: 0.0 });
-            out.insert(ResourceType::Cluster, Resource::new(name.clone(), &cluster, true));
+            out.insert(ResourceType::Cluster, Resource::cluster(name.clone(), &cluster));
             // A draining endpoint still finishes the queries pinned to it: healthy in its own cluster.
             let pinned = BackendEndpoint { health: EndpointHealth::Healthy, ..ep.clone() };
             let cla = load_assignment(&name, std::slice::from_ref(&pinned));
