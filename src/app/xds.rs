@@ -92,6 +92,7 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
         view: view_tx,
         readiness: readiness.clone(),
         last_good_policies: Default::default(),
+        policy_refusals: Default::default(),
     };
     tasks.push(tokio::spawn(controller.run(snapshots, shared.subscribe(), shutdown.clone())));
 
