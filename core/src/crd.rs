@@ -21,6 +21,9 @@ use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod backend_traffic_policy;
+pub use backend_traffic_policy::*;
+
 pub const GROUP: &str = "weir.dev";
 pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "weir.dev/v1alpha1";
@@ -588,233 +591,6 @@ pub struct NamespaceConfigSpec {
     pub image_pull_secrets: Vec<LocalObjectReference>,
 }
 
-/// Backend policies (retries, timeouts, circuit breakers, health checks, load balancing) for a
-/// TrafficInfra or one planner Service. A policy on a Service overrides one on its TrafficInfra
-/// field by field at the top level (a top-level field is replaced whole).
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(
-    group = "weir.dev",
-    version = "v1alpha1",
-    kind = "BackendTrafficPolicy",
-    plural = "backendtrafficpolicies",
-    namespaced,
-    status = "PolicyStatus",
-    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRef.name"}"#,
-    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    crates(kube_core = "::kube_core")
-)]
-#[serde(rename_all = "camelCase")]
-pub struct BackendTrafficPolicySpec {
-    pub target_ref: PolicyTargetRef,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub circuit_breakers: Option<CircuitBreakers>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_strategy: Option<RetryStrategy>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_checking: Option<HealthChecking>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeouts: Option<Timeouts>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub load_balancing: Option<LoadBalancing>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keep_alive_probes: Option<KeepAliveProbes>,
-}
-
-/// The object a policy applies to, in the policy's namespace.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicyTargetRef {
-    /// `TrafficInfra` (every planner Service it routes to) or `Service` (one planner Service).
-    #[schemars(extend("enum" = ["TrafficInfra", "Service"]))]
-    pub kind: String,
-    #[schemars(length(min = 1, max = 253))]
-    pub name: String,
-    /// `weir.dev` for a TrafficInfra, empty or absent for a Service.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-}
-
-/// Envoy circuit-breaker thresholds (default priority).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CircuitBreakers {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub max_connections: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub max_pending_requests: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub max_requests: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_retries: Option<u32>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RetryStrategy {
-    /// Envoy `retry_on` conditions for HTTP, comma-separated: `5xx`, `gateway-error`, `reset`,
-    /// `reset-before-request`, `connect-failure`, `envoy-ratelimited`, `retriable-4xx`,
-    /// `refused-stream`, `retriable-status-codes`, `retriable-headers`, `http3-post-connect-failure`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http_retry_on: Option<String>,
-    /// gRPC status conditions, comma-separated: `cancelled`, `deadline-exceeded`, `internal`,
-    /// `resource-exhausted`, `unavailable`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grpc_retry_on: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 10))]
-    pub num_retries: Option<u32>,
-    /// Timeout of each try, e.g. `250ms`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub per_retry_timeout: Option<String>,
-    /// Base of the exponential back-off between tries (Envoy default 25ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub backoff_base_interval: Option<String>,
-    /// Cap of the back-off (Envoy default 10 × base).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub backoff_max_interval: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct HealthChecking {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub active: Option<ActiveHealthCheck>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outlier_detection: Option<OutlierDetection>,
-}
-
-/// An active health check Envoy runs against every endpoint.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ActiveHealthCheck {
-    /// `http`, `grpc` or `tcp` (connect only).
-    #[serde(rename = "type")]
-    #[schemars(extend("enum" = ["http", "grpc", "tcp"]))]
-    pub type_: String,
-    /// HTTP path (http only; default `/healthz`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// gRPC health service name (grpc only; default empty: the whole server).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grpc_service_name: Option<String>,
-    /// Default `5s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub interval: Option<String>,
-    /// Default `1s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub timeout: Option<String>,
-    /// Default 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 100))]
-    pub healthy_threshold: Option<u32>,
-    /// Default 3.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 100))]
-    pub unhealthy_threshold: Option<u32>,
-}
-
-/// Passive health checking: eject endpoints that keep failing.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct OutlierDetection {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consecutive_5xx: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consecutive_gateway_errors: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub interval: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub base_ejection_time: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 100))]
-    pub max_ejection_percent: Option<u32>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Timeouts {
-    /// TCP connect timeout to an endpoint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub connect: Option<String>,
-    /// Upstream connection idle timeout.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub idle: Option<String>,
-    /// Maximum lifetime of an upstream connection.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub max_connection_duration: Option<String>,
-    /// Whole-request timeout on the route (all tries included).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub request: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LoadBalancing {
-    /// `roundRobin`, `leastRequest`, `ringHash` or `maglev`.
-    #[serde(rename = "type")]
-    #[schemars(extend("enum" = ["roundRobin", "leastRequest", "ringHash", "maglev"]))]
-    pub type_: String,
-    /// What to hash on (ringHash and maglev only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_affinity: Option<SessionAffinity>,
-}
-
-/// Hash inputs for consistent hashing; several may be set, the first present one wins per request.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SessionAffinity {
-    /// Request header name to hash.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub header: Option<String>,
-    /// Cookie name to hash.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cookie: Option<String>,
-    /// Hash the client's source IP.
-    #[serde(default)]
-    pub source_ip: bool,
-}
-
-/// TCP keepalive on upstream connections.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct KeepAliveProbes {
-    /// Unanswered probes before the connection is dropped.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 100))]
-    pub probes: Option<u32>,
-    /// Idle time before the first probe (whole seconds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub time: Option<String>,
-    /// Time between probes (whole seconds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub interval: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicyStatus {
-    /// `Accepted`: True when the policy is in effect, False with a reason and message when refused.
-    #[serde(default)]
-    pub conditions: Vec<Condition>,
-}
-
 fn image_reference(repository: &str, name: &str, tag: &str) -> String {
     if repository.is_empty() {
         format!("{name}:{tag}")
@@ -1242,16 +1018,20 @@ mod tests {
         let bad = [
             serde_json::json!({"spec": {"targetRef": {"kind": "Ingress", "name": "x"}}}),
             serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "loadBalancing": {"type": "random"}}}),
-            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "timeouts": {"connect": "2 parsecs"}}}),
-            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "retryStrategy": {"numRetries": 1000}}}),
-            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "healthChecking": {"active": {"type": "icmp"}}}}),
+            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "timeouts": {"connectTimeout": "2 parsecs"}}}),
+            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "retryStrategy": {"type": "http", "numRetries": 1000}}}),
+            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "healthChecking": {"activeChecks": [{"type": "icmp"}]}}}),
+            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "timeouts": {"connect": "1s"}}}),
+            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "healthChecking": {"outlierDetection": {"failurePercentage": {"threshold": 101}}}}}),
+            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "retryStrategy": {"http": {"retryOn": "5xx"}}}}),
             serde_json::json!({"spec": {}}),
         ];
         for obj in bad {
             assert!(validate(&obj, &policy).is_err(), "accepted {obj}");
         }
         let good = serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"},
-            "timeouts": {"connect": "1m30s"}, "loadBalancing": {"type": "ringHash", "sessionAffinity": {"header": "x-user"}}}});
+            "timeouts": {"connectTimeout": "1m30s"},
+            "loadBalancing": {"type": "ringHash", "sessionAffinity": {"type": "header", "header": {"name": "x-user"}}}}});
         validate(&good, &policy).unwrap();
     }
 
@@ -1264,6 +1044,15 @@ mod tests {
         let err = validate(&old, &schema).unwrap_err();
         assert!(err.contains("unknown field targetCpuUtilization"), "{err}");
         validate(&serde_json::json!({"spec": {"envoy": {"hpa": {"targetCPUUtilization": 60}}}}), &schema).unwrap();
+    }
+
+    /// A policy with every field of the proposal passes the schema the API server enforces.
+    #[test]
+    fn policy_with_every_field_passes_the_schema() {
+        let body: String = crate::operator::policy::EVERY_FIELD.lines().map(|l| format!("  {l}\n")).collect();
+        let obj: Value =
+            serde_yaml::from_str(&format!("spec:\n  targetRef: {{kind: Service, name: x}}\n{body}")).unwrap();
+        validate(&obj, &schema_of(2)).unwrap();
     }
 
     #[test]

@@ -121,7 +121,7 @@ fn every_granted_permission_is_used_or_documented() {
         json!({"apiVersion": "weir.dev/v1alpha1", "kind": "NamespaceConfig", "metadata": {"name": "default", "namespace": "shop"}, "spec": {}}),
         json!({"apiVersion": "weir.dev/v1alpha1", "kind": "TrafficInfra", "metadata": {"name": "edge", "namespace": "shop"}}),
         json!({"apiVersion": "weir.dev/v1alpha1", "kind": "BackendTrafficPolicy", "metadata": {"name": "p", "namespace": "shop"},
-               "spec": {"targetRef": {"kind": "TrafficInfra", "group": "weir.dev", "name": "edge"}, "timeouts": {"connect": "2s"}}}),
+               "spec": {"targetRef": {"kind": "TrafficInfra", "group": "weir.dev", "name": "edge"}, "timeouts": {"connectTimeout": "2s"}}}),
     ] {
         server.store().create_object(obj).unwrap();
     }

@@ -218,13 +218,13 @@ fn traffic_infra_lifecycle_against_the_api_server() {
         &server,
         json!({"apiVersion": "weir.dev/v1alpha1", "kind": "BackendTrafficPolicy",
         "metadata": {"name": "bad", "namespace": "shop"},
-        "spec": {"targetRef": {"kind": "TrafficInfra", "group": "weir.dev", "name": "edge"}, "timeouts": {"connect": "2 parsecs"}}}),
+        "spec": {"targetRef": {"kind": "TrafficInfra", "group": "weir.dev", "name": "edge"}, "timeouts": {"connectTimeout": "2 parsecs"}}}),
     );
     seed(
         &server,
         json!({"apiVersion": "weir.dev/v1alpha1", "kind": "BackendTrafficPolicy",
         "metadata": {"name": "good", "namespace": "shop"},
-        "spec": {"targetRef": {"kind": "TrafficInfra", "group": "weir.dev", "name": "edge"}, "timeouts": {"connect": "2s"}}}),
+        "spec": {"targetRef": {"kind": "TrafficInfra", "group": "weir.dev", "name": "edge"}, "timeouts": {"connectTimeout": "2s"}}}),
     );
     let accepted = |name: &str| {
         let p = get(&server, "weir.dev", "v1alpha1", "backendtrafficpolicies", "shop", name)?;

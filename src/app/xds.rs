@@ -116,7 +116,14 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
 
     let mut tasks = vec![provider_task, follow_spec];
     tasks.push(tokio::spawn(shared.clone().poll(STATE_POLL, shutdown.clone())));
-    let controller = XdsController { settings: settings.clone(), writer, view: view_tx, readiness: readiness.clone() };
+    let controller = XdsController {
+        settings: settings.clone(),
+        writer,
+        view: view_tx,
+        readiness: readiness.clone(),
+        last_good_policies: Default::default(),
+        policy_refusals: Default::default(),
+    };
     tasks.push(tokio::spawn(controller.run(snapshots, shared.subscribe(), shutdown.clone())));
 
     let grpc = tokio::net::TcpListener::bind(args.grpc_addr)

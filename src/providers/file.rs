@@ -134,13 +134,21 @@ fn read_regular(path: &Path, cap: u64) -> Result<(Vec<u8>, Stamp), ManifestError
 /// apiVersion/kind. `v1 List` items are read too. Kinds weir does not use are skipped with a debug
 /// log. The first bad document fails the whole file, so that a half-read file never serves.
 pub fn parse_manifests(text: &str) -> Result<Vec<Object>, ManifestError> {
+    parse_manifests_checked(text).map(|(objects, _)| objects)
+}
+
+/// [`parse_manifests`], and a warning for every field of a weir resource that its CRD schema does
+/// not have (the API server would prune it; here it would be silently ignored): document, object
+/// and the field's path.
+pub fn parse_manifests_checked(text: &str) -> Result<(Vec<Object>, Vec<String>), ManifestError> {
     let mut out = Vec::new();
+    let mut warnings = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = serde_yaml::Value::deserialize_from(document)
             .map_err(|e| ManifestError::Yaml { document: index, message: e.to_string() })?;
-        parse_value(value, index, &mut out)?;
+        parse_value(value, index, &mut out, &mut warnings)?;
     }
-    Ok(out)
+    Ok((out, warnings))
 }
 
 /// `serde::Deserialize` for `serde_yaml::Value` without naming the trait at every call site.
@@ -154,7 +162,12 @@ impl DeserializeFrom for serde_yaml::Value {
     }
 }
 
-fn parse_value(value: serde_yaml::Value, document: usize, out: &mut Vec<Object>) -> Result<(), ManifestError> {
+fn parse_value(
+    value: serde_yaml::Value,
+    document: usize,
+    out: &mut Vec<Object>,
+    warnings: &mut Vec<String>,
+) -> Result<(), ManifestError> {
     let shape = |message: String| ManifestError::Shape { document, message };
     let map = match &value {
         serde_yaml::Value::Null => return Ok(()),
@@ -174,6 +187,25 @@ fn parse_value(value: serde_yaml::Value, document: usize, out: &mut Vec<Object>)
         serde_yaml::from_value(value)
             .map(Box::new)
             .map_err(|e| ManifestError::Shape { document, message: format!("not a valid {api_version} {kind}: {e}") })
+    }
+    let weir_crd = match (api_version.as_str(), kind.as_str()) {
+        ("weir.dev/v1alpha1", "TrafficInfra") => Some(<TrafficInfra as kube::CustomResourceExt>::crd()),
+        ("weir.dev/v1alpha1", "BackendTrafficPolicy") => Some(<BackendTrafficPolicy as kube::CustomResourceExt>::crd()),
+        ("weir.dev/v1alpha1", "NamespaceConfig") => Some(<NamespaceConfig as kube::CustomResourceExt>::crd()),
+        _ => None,
+    };
+    if let Some(crd) = weir_crd {
+        if let Ok(json) = serde_json::to_value(&value) {
+            let meta = json.get("metadata");
+            let name = |k: &str| meta.and_then(|m| m.get(k)).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            for field in crate::crd::unknown_fields(&crd, &json) {
+                warnings.push(format!(
+                    "document {document}: {kind} {}/{}: unknown field {field} (not in the {kind} schema; ignored)",
+                    name("namespace"),
+                    name("name")
+                ));
+            }
+        }
     }
     let object = match (api_version.as_str(), kind.as_str()) {
         ("networking.k8s.io/v1", "Ingress") => Object::Ingress(typed(value, &api_version, &kind, document)?),
@@ -203,7 +235,7 @@ fn parse_value(value: serde_yaml::Value, document: usize, out: &mut Vec<Object>)
                 Some(_) => return Err(shape("List items must be a sequence".into())),
             };
             for item in items {
-                parse_value(item, document, out)?;
+                parse_value(item, document, out, warnings)?;
             }
             return Ok(());
         }
@@ -360,7 +392,11 @@ impl ManifestDir {
                 }
                 state.seen = Some(hash);
                 let text = String::from_utf8(bytes).map_err(|e| ManifestError::Read(format!("not UTF-8: {e}")))?;
-                parse_manifests(&text).map(Some)
+                let (objects, warnings) = parse_manifests_checked(&text)?;
+                for w in warnings {
+                    tracing::warn!(file = %path.display(), "{w}");
+                }
+                Ok(Some(objects))
             });
             match result {
                 Ok(None) => {}
@@ -610,6 +646,22 @@ status:
         let s = snapshot_of(&objects, 3);
         assert_eq!(s.revision, 3);
         assert_eq!(s.ingresses[0].metadata.name.as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn unknown_fields_of_weir_kinds_are_warned_about_by_name() {
+        let text = "apiVersion: weir.dev/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: p, namespace: shop}\n\
+                    spec:\n  targetRef: {kind: Service, name: x}\n  timeouts: {connect: 1s}\n  clusterIdleTimeout: 1m\n\
+                    ---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop, whatever: 1}\n";
+        let (objects, warnings) = parse_manifests_checked(text).unwrap();
+        assert_eq!(objects.len(), 2);
+        assert_eq!(
+            warnings,
+            [
+                "document 0: BackendTrafficPolicy shop/p: unknown field spec.clusterIdleTimeout (not in the BackendTrafficPolicy schema; ignored)",
+                "document 0: BackendTrafficPolicy shop/p: unknown field spec.timeouts.connect (not in the BackendTrafficPolicy schema; ignored)",
+            ]
+        );
     }
 
     #[test]

@@ -247,10 +247,10 @@ impl InfraLoop {
         refusals.extend(resolution.refusals.iter().cloned());
         for btp in &snapshot.backend_traffic_policies {
             let me = ObjectRef::of(btp);
-            let Some(cond) = resolution.conditions.get(&me) else { continue };
-            if current_accepted(btp) != Some(cond) {
+            let Some(conds) = resolution.conditions.get(&me) else { continue };
+            if current_conditions(btp) != conds.as_slice() {
                 let body = serde_json::json!({
-                    "apiVersion": API_VERSION, "kind": "BackendTrafficPolicy", "status": {"conditions": [cond]},
+                    "apiVersion": API_VERSION, "kind": "BackendTrafficPolicy", "status": {"conditions": conds},
                 });
                 keep(self.write_status::<BackendTrafficPolicy>(&me.namespace, &me.name, body).await);
             }
@@ -492,6 +492,7 @@ fn watch_children(client: &Client, changed: Arc<Notify>) {
     one::<HorizontalPodAutoscaler>(client, changed);
 }
 
-fn current_accepted(btp: &BackendTrafficPolicy) -> Option<&Condition> {
-    btp.status.as_ref()?.conditions.iter().find(|c| c.type_ == policy::CONDITION_ACCEPTED)
+/// The conditions the policy carries now (written by weir only: `Accepted`, `FieldsIgnored`).
+fn current_conditions(btp: &BackendTrafficPolicy) -> &[Condition] {
+    btp.status.as_ref().map_or(&[], |s| s.conditions.as_slice())
 }

@@ -384,6 +384,7 @@ mod tests {
                 name,
                 strategy: strategy.into(),
                 endpoints: vec![],
+                port: None,
             })
             .collect();
         let config = super::super::model::ProxyConfig {

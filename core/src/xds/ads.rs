@@ -383,6 +383,7 @@ mod tests {
                 .iter()
                 .map(|a| BackendEndpoint { address: a.parse().unwrap(), zone: None, health: EndpointHealth::Healthy })
                 .collect(),
+            port: None,
         };
         ProxyConfig {
             policies: Default::default(),
