@@ -53,6 +53,18 @@ pub async fn start_leader_election(
     Ok((None, rx, fence))
 }
 
+/// This controller's Pod (`POD_NAME`, and `POD_NAMESPACE` or the service account's namespace file),
+/// where Events about the weight row go; `None` outside a Pod.
+pub fn own_pod() -> Option<crate::model::ObjectRef> {
+    let name = std::env::var("POD_NAME").ok().filter(|n| !n.is_empty())?;
+    let namespace = std::env::var("POD_NAMESPACE")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok())
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())?;
+    Some(crate::model::ObjectRef::new("Pod", &namespace, &name))
+}
+
 /// Events on refused inputs with the Kubernetes provider; nothing more than logs and metrics otherwise.
 pub async fn refusal_sink(provider: ProviderKind) -> Result<(Arc<dyn RefusalSink>, Option<JoinHandle<()>>)> {
     if provider != ProviderKind::Kubernetes {

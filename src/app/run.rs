@@ -108,6 +108,7 @@ pub async fn local(args: LocalArgs) -> Result<()> {
         metrics_addr: args.metrics_addr,
         weight_poll_interval: args.weight_poll_interval,
         min_serving_clusters: args.min_serving_clusters,
+        gate_ca_file: args.gate_ca_file,
         resync_interval: LOCAL_RESYNC,
         webhook_addr: None,
         webhook_cert_dir: PathBuf::new(),
@@ -194,6 +195,13 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     }
 
     let poll_now = Arc::new(Notify::new());
+    // A DesiredWeight edit wakes the weight loop at once where the store can tell (DynamoDB Streams,
+    // SQLite commits); the poll stays the fallback.
+    if let Some(task) = store.spawn_change_hints(&cluster, poll_now.clone(), shutdown.clone()) {
+        tasks.push(task);
+    }
+    let gate_tls = crate::reconciler::ramp::GateTls::new(args.gate_ca_file.as_deref())?;
+    let actor = crate::backends::controller_actor(store.caller_identity().await.as_deref(), &cluster);
     let (weight_tx, weight_rx) = watch::channel(None);
     let (rows_tx, rows_rx) = watch::channel(None);
     let plan_loop = crate::reconciler::ramp::PlanLoop {
@@ -203,6 +211,8 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         leader: leader.clone(),
         rows: rows_rx,
         poll_weight_now: poll_now.clone(),
+        gate_tls,
+        actor,
     };
     let weight_loop = WeightLoop {
         store: store.clone(),
@@ -214,6 +224,12 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         poll_now: poll_now.clone(),
         min_serving_clusters: args.min_serving_clusters,
         rows: Some(rows_tx),
+        sink: sink.clone(),
+        refusal_object: if args.provider.provider == ProviderKind::Kubernetes {
+            super::kubernetes::own_pod()
+        } else {
+            None
+        },
     };
     let dns_loop = DnsLoop {
         config: pipeline_config(&args.cluster, &args.dns),

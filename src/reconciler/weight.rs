@@ -9,8 +9,13 @@ use tokio::sync::{watch, Notify};
 
 use super::metrics::{labels, WeightMetrics};
 use crate::backends::{StoreError, StoredWeight, WeightRow, WeightStore};
-use crate::ir::InputKind;
+use super::RefusalSink;
+use crate::ir::{InputKind, Refusal};
+use crate::model::ObjectRef;
 use crate::telemetry::InvalidInputs;
+
+/// The Event reason of a DesiredWeight refused by `--min-serving-clusters`.
+pub const REFUSED_REASON: &str = "MinServingClustersRefused";
 
 /// The cluster weight the DNS loop should apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +147,10 @@ pub struct WeightLoop {
     pub min_serving_clusters: usize,
     /// Every row read, for the plan executor (ramps, overrides).
     pub rows: Option<watch::Sender<Option<WeightRow>>>,
+    /// Where a safety-rule refusal is reported besides the log and the metric (Kubernetes: an Event).
+    pub sink: Arc<dyn RefusalSink>,
+    /// The object that Event is recorded on: this controller's Pod, when it runs in one.
+    pub refusal_object: Option<ObjectRef>,
 }
 
 impl WeightLoop {
@@ -228,12 +237,19 @@ impl WeightLoop {
                     .set(i64::from(refusal.is_some()));
                 if let (Some(value), Some(reason)) = (obs.new_refused_value, &refusal) {
                     self.invalid.inc(InputKind::MinServingClusters);
-                    tracing::warn!(
-                        cluster = %self.cluster,
-                        value,
+                    let message = format!(
                         "DesiredWeight {value} of cluster {} refused: {reason}; not applied, not acknowledged",
                         self.cluster
                     );
+                    tracing::warn!(cluster = %self.cluster, value, "{message}");
+                    if let Some(object) = &self.refusal_object {
+                        self.sink.refused(&Refusal {
+                            object: object.clone(),
+                            kind: InputKind::MinServingClusters,
+                            reason: REFUSED_REASON.into(),
+                            message,
+                        });
+                    }
                 }
                 if let Some(raw) = &obs.new_bad_value {
                     self.invalid.inc(InputKind::Weight);
@@ -421,6 +437,8 @@ mod loop_tests {
             poll_now: Arc::new(Notify::new()),
             min_serving_clusters: 0,
             rows: None,
+            sink: Arc::new(crate::reconciler::NoRefusalSink),
+            refusal_object: None,
         };
         let (tx, mut rx) = watch::channel(None);
         let (stop_tx, stop_rx) = watch::channel(false);
