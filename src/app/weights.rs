@@ -253,7 +253,10 @@ async fn ramp(args: &RampArgs) -> Result<String, WeightsCliError> {
             return Err(WeightsCliError::Refused(format!("{cluster}: no ramp is running; nothing was written")));
         };
         let plan = Plan::Ramp(Ramp {
-            state: RampState::Cancelled { reason: format!("cancelled by {}", actor(store.as_ref()).await), at_ms: now_ms() },
+            state: RampState::Cancelled {
+                reason: format!("cancelled by {}", actor(store.as_ref()).await),
+                at_ms: now_ms(),
+            },
             ..ramp.clone()
         });
         write(store.as_ref(), cluster, &row, None, Some(&plan), "ramp_cancel", args.reason.as_deref()).await?;

@@ -200,7 +200,12 @@ pub const COMMIT_CHECK: Duration = Duration::from_millis(20);
 /// Wakes `wake` after every commit another connection (another process, or this process's store or
 /// zone) makes to the file: `PRAGMA data_version` on a connection of its own, a read of the shared
 /// WAL index, no page read. Runs on a blocking thread until `shutdown` flips.
-fn watch_commits(path: &Path, cluster: &str, wake: &tokio::sync::Notify, shutdown: &tokio::sync::watch::Receiver<bool>) {
+fn watch_commits(
+    path: &Path,
+    cluster: &str,
+    wake: &tokio::sync::Notify,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) {
     let conn = match connect(path, false) {
         Ok(c) => c,
         Err(e) => {

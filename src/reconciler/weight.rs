@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use super::metrics::{labels, WeightMetrics};
-use crate::backends::{StoreError, StoredWeight, WeightRow, WeightStore};
 use super::RefusalSink;
+use crate::backends::{StoreError, StoredWeight, WeightRow, WeightStore};
 use crate::ir::{InputKind, Refusal};
 use crate::model::ObjectRef;
 use crate::telemetry::InvalidInputs;

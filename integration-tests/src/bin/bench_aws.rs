@@ -155,6 +155,7 @@ fn failover_default() {
 
 fn failover_run(poll: Option<&str>, edits: usize, random_gaps: bool) {
     let dir = tempfile::tempdir().unwrap();
+
     let moto = Moto::start(dir.path());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let (ddb, r53, zone) = rt.block_on(async {
@@ -232,7 +233,8 @@ fn failover_run(poll: Option<&str>, edits: usize, random_gaps: bool) {
         latencies.push(accepted);
         wait_for("ack", Duration::from_secs(30), || (current() == format!("N:{w}")).then_some(()));
         println!(
-            "edit {i:>2}: DesiredWeight={w} written in {:>4}ms, accepted by Route53 after {:>5}ms",
+            "edit {i:>2}: DesiredWeight={w} written at {} in {:>4}ms, accepted by Route53 after {:>5}ms",
+            weir::backends::rfc3339_ms(weir::backends::now_ms() - started.elapsed().as_millis() as i64),
             wrote.as_millis(),
             accepted.as_millis()
         );
@@ -248,6 +250,10 @@ fn failover_run(poll: Option<&str>, edits: usize, random_gaps: bool) {
         pct(0.99).as_millis(),
         latencies.last().unwrap().as_millis()
     );
+    // WEIR_BENCH_KEEP_LOGS=1 keeps the controller's and moto's logs (to see where the time goes).
+    if std::env::var_os("WEIR_BENCH_KEEP_LOGS").is_some() {
+        println!("logs kept in {}", dir.keep().display());
+    }
 }
 
 fn main() {
