@@ -526,3 +526,47 @@ impl PlanLoop {
 pub fn new_override(previous: u8, value: u8, duration: Duration, reason: Option<String>, actor: String) -> Override {
     Override { previous, value, until_ms: now_ms() + duration.as_millis() as i64, reason, actor }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(url: &str) -> Gate {
+        Gate { url: url.into(), query: "up".into(), max: 1.0, pass_on_no_data: false }
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("ca.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = GateTls::new(Some(&empty)).unwrap_err();
+        assert!(matches!(&err, GateError::CaFile { message, .. } if message.contains("no certificate")), "{err}");
+        let err = GateTls::new(Some(&dir.path().join("missing.pem"))).unwrap_err();
+        assert!(matches!(err, GateError::CaFile { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn only_http_and_https_gates_are_asked() {
+        let tls = GateTls::system();
+        for url in ["ftp://127.0.0.1/", "127.0.0.1:9090", "unix:///run/prom.sock"] {
+            assert_eq!(query_gate(&gate(url), &tls).await, Err(GateError::Url(url.into())), "{url}");
+        }
+    }
+
+    #[test]
+    fn gate_answers_are_read_as_the_prometheus_api_gives_them() {
+        let vector = br#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{},"value":[1,"0.2"]},{"metric":{},"value":[1,"0.7"]}]}}"#;
+        assert_eq!(parse_gate_answer(200, vector), Ok(GateAnswer::Value(0.7)), "the largest value");
+        let empty = br#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+        assert_eq!(parse_gate_answer(200, empty), Ok(GateAnswer::NoData));
+        let bad = br#"{"status":"error","errorType":"bad_data","error":"parse error"}"#;
+        assert!(matches!(parse_gate_answer(400, bad), Err(GateError::Rejected { status: 400, .. })));
+        let g = gate("http://x");
+        assert!(gate_verdict(&g, &Ok(GateAnswer::Value(1.5))).is_err());
+        assert!(gate_verdict(&g, &Ok(GateAnswer::NoData)).is_err(), "no data fails by default");
+        let tls_error = Err(GateError::Tls { host: "x".into(), message: "invalid peer certificate".into() });
+        assert!(gate_verdict(&g, &tls_error).unwrap_err().contains("TLS handshake"), "fails safe");
+    }
+}
