@@ -78,6 +78,7 @@ async fn a_min_serving_refusal_becomes_an_event_on_the_controllers_pod() {
         rows: None,
         sink: Arc::new(sink),
         refusal_object: Some(ObjectRef::new("Pod", "weir", "weir-controller-0")),
+        heartbeat: weir::telemetry::Heartbeat::detached(),
     };
     let (tx, _rx) = tokio::sync::watch::channel(None);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -21,6 +21,7 @@ use crate::reconciler::{NoRefusalSink, RefusalSink};
 pub async fn start_leader_election(
     args: &LeaderArgs,
     registry: &mut Registry,
+    liveness: &crate::telemetry::Liveness,
     shutdown: &watch::Receiver<bool>,
     writers: WritersDone,
     tasks: &mut Vec<JoinHandle<()>>,
@@ -46,8 +47,15 @@ pub async fn start_leader_election(
         .await
         .context("connecting to Kubernetes for leader election")?;
     let fence = Fence::closed();
-    let elector =
-        LeaderElector { api: Api::namespaced(client, &config.namespace), config, metrics, fence: fence.clone() };
+    // A round is bounded by the renew deadline; three missed rounds in a row is a stuck elector.
+    let heartbeat = liveness.heartbeat("leader election", (config.renew_deadline + config.retry_period) * 3);
+    let elector = LeaderElector {
+        api: Api::namespaced(client, &config.namespace),
+        config,
+        metrics,
+        fence: fence.clone(),
+        heartbeat,
+    };
     let (tx, rx) = watch::channel(false);
     tasks.push(tokio::spawn(elector.run(tx, shutdown.clone(), writers)));
     Ok((None, rx, fence))

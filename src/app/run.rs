@@ -138,9 +138,15 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     let mut tasks = vec![provider_task];
     // Every writer holds a guard: on shutdown the Lease is released once their passes ended.
     let (writer_guard, writers_done) = writer_guards();
-    let (_leader_tx, leader, fence) =
-        super::kubernetes::start_leader_election(&args.leader, &mut registry, &shutdown, writers_done, &mut tasks)
-            .await?;
+    let (_leader_tx, leader, fence) = super::kubernetes::start_leader_election(
+        &args.leader,
+        &mut registry,
+        &liveness,
+        &shutdown,
+        writers_done,
+        &mut tasks,
+    )
+    .await?;
     let dns = open_dns_provider(&args.dns, &args.store, &args.cluster, &fence).await?;
 
     // The embedded zone is served by weir's own DNS server when an address is given.
@@ -177,6 +183,11 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     } else {
         None
     };
+    // Every long-running loop beats; `/healthz` names the one that stopped making progress.
+    let heartbeat = |name, bound| liveness.heartbeat(name, bound);
+    let weight_beat = heartbeat("weight loop", crate::reconciler::weight::WEIGHT_LOOP_BOUND);
+    let dns_beat = heartbeat("DNS reconcile", crate::reconciler::dns::DNS_LOOP_BOUND);
+    let plan_beat = heartbeat("ramp runner", crate::reconciler::ramp::PLAN_LOOP_BOUND);
     let router = telemetry::router(Arc::new(registry), readiness.clone(), liveness);
     let limits = crate::http_serve::HttpLimits::default();
     let server = HttpServer { name: "metrics", limits, metrics: http_metrics.clone() };
@@ -213,6 +224,7 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         poll_weight_now: poll_now.clone(),
         gate_tls,
         actor,
+        heartbeat: plan_beat,
     };
     let weight_loop = WeightLoop {
         store: store.clone(),
@@ -230,6 +242,7 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         } else {
             None
         },
+        heartbeat: weight_beat,
     };
     let dns_loop = DnsLoop {
         config: pipeline_config(&args.cluster, &args.dns),
@@ -243,6 +256,7 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         readiness,
         leader,
         fence,
+        heartbeat: dns_beat,
     };
     tracing::info!(%cluster, "weir running");
     tasks.push(tokio::spawn(weight_loop.run(weight_tx, shutdown.clone())));

@@ -86,7 +86,13 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
 
     let mut tasks = vec![provider_task];
     tasks.push(tokio::spawn(shared.clone().poll(STATE_POLL, shutdown.clone())));
-    let controller = XdsController { settings: settings.clone(), writer, view: view_tx, readiness: readiness.clone() };
+    let controller = XdsController {
+        settings: settings.clone(),
+        writer,
+        view: view_tx,
+        readiness: readiness.clone(),
+        heartbeat: liveness.heartbeat("xDS snapshots", std::time::Duration::from_secs(60)),
+    };
     tasks.push(tokio::spawn(controller.run(snapshots, shared.subscribe(), shutdown.clone())));
 
     let grpc = tokio::net::TcpListener::bind(args.grpc_addr)

@@ -116,11 +116,17 @@ pub struct KubernetesConfig {
     pub debounce: Duration,
     /// What is watched, and where.
     pub scope: WatchScope,
+    /// Liveness of the watches' snapshot loop: beats on every snapshot and while waiting for changes.
+    pub heartbeat: crate::telemetry::Heartbeat,
 }
 
 impl Default for KubernetesConfig {
     fn default() -> Self {
-        Self { debounce: Duration::from_millis(200), scope: WatchScope::default() }
+        Self {
+            debounce: Duration::from_millis(200),
+            scope: WatchScope::default(),
+            heartbeat: crate::telemetry::Heartbeat::detached(),
+        }
     }
 }
 
@@ -285,6 +291,7 @@ pub async fn run(client: Client, config: KubernetesConfig, tx: SnapshotTx) -> Re
 
     let mut revision = tx.borrow().revision;
     loop {
+        config.heartbeat.beat();
         revision += 1;
         let snapshot = caches.snapshot(revision);
         tracing::debug!(
@@ -298,7 +305,7 @@ pub async fn run(client: Client, config: KubernetesConfig, tx: SnapshotTx) -> Re
             // Every consumer is gone: the process is shutting down.
             return Ok(());
         }
-        changed.notified().await;
+        config.heartbeat.idle(changed.notified()).await;
         tokio::time::sleep(config.debounce).await;
     }
 }

@@ -423,7 +423,13 @@ pub struct PlanLoop {
     pub gate_tls: GateTls,
     /// Who the history names for the controller's changes (its AWS identity on DynamoDB).
     pub actor: String,
+    /// Liveness: beats every tick; stale when one step (a gate query, a write) outlives its bound.
+    pub heartbeat: crate::telemetry::Heartbeat,
 }
+
+/// How long one step of the ramp runner may take before `/healthz` fails (the gate is bounded by
+/// [`GATE_TIMEOUT`], the write by the store's own timeouts).
+pub const PLAN_LOOP_BOUND: Duration = Duration::from_secs(120);
 
 /// How often deadlines (holds, override expiry) are checked; no I/O unless one is due.
 pub const PLAN_TICK: Duration = Duration::from_millis(100);
@@ -437,6 +443,7 @@ impl PlanLoop {
             if *shutdown.borrow() {
                 return;
             }
+            self.heartbeat.beat();
             let row = self.rows.borrow().clone();
             if let Some(row) = row {
                 self.export(&row, &l);
@@ -453,15 +460,21 @@ impl PlanLoop {
                     }
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(PLAN_TICK) => {}
-                r = self.rows.changed() => {
-                    if r.is_err() {
-                        return;
+            // Some(true): a new row; None: the weight loop is gone.
+            let heartbeat = self.heartbeat.clone();
+            let woke = heartbeat
+                .idle(async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(PLAN_TICK) => Some(false),
+                        r = self.rows.changed() => r.ok().map(|()| true),
+                        _ = shutdown.changed() => Some(false),
                     }
-                    stale = false;
-                }
-                _ = shutdown.changed() => {}
+                })
+                .await;
+            match woke {
+                None => return,
+                Some(true) => stale = false,
+                Some(false) => {}
             }
         }
     }

@@ -151,7 +151,12 @@ pub struct WeightLoop {
     pub sink: Arc<dyn RefusalSink>,
     /// The object that Event is recorded on: this controller's Pod, when it runs in one.
     pub refusal_object: Option<ObjectRef>,
+    /// Liveness: beats every poll; stale when one poll's store calls outlive its bound.
+    pub heartbeat: crate::telemetry::Heartbeat,
 }
+
+/// How long one weight poll (its store calls, retries included) may take before `/healthz` fails.
+pub const WEIGHT_LOOP_BOUND: Duration = Duration::from_secs(180);
 
 impl WeightLoop {
     /// Why the row's DesiredWeight must not be applied under the safety rules, if it must not. A
@@ -188,6 +193,7 @@ impl WeightLoop {
             if *shutdown.borrow() {
                 return;
             }
+            self.heartbeat.beat();
             let row = if have_row {
                 match self.store.get(&self.cluster).await {
                     Ok(Some(row)) => Some(row),
@@ -279,11 +285,15 @@ impl WeightLoop {
                     });
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(self.interval) => {}
-                _ = self.poll_now.notified() => {}
-                _ = shutdown.changed() => {}
-            }
+            self.heartbeat
+                .idle(async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.interval) => {}
+                        _ = self.poll_now.notified() => {}
+                        _ = shutdown.changed() => {}
+                    }
+                })
+                .await;
         }
     }
 }
@@ -439,6 +449,7 @@ mod loop_tests {
             rows: None,
             sink: Arc::new(crate::reconciler::NoRefusalSink),
             refusal_object: None,
+            heartbeat: crate::telemetry::Heartbeat::detached(),
         };
         let (tx, mut rx) = watch::channel(None);
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -70,6 +70,8 @@ pub struct XdsController {
     pub writer: SnapshotWriter,
     pub view: watch::Sender<Arc<View>>,
     pub readiness: Readiness,
+    /// Liveness: beats on every step and while waiting for a change.
+    pub heartbeat: crate::telemetry::Heartbeat,
 }
 
 impl XdsController {
@@ -100,11 +102,20 @@ impl XdsController {
         loop {
             let snap = snapshots.borrow_and_update().clone();
             let st = state.borrow_and_update().clone();
+            self.heartbeat.beat();
             self.step(snap, st);
-            tokio::select! {
-                r = snapshots.changed() => if r.is_err() { return },
-                r = state.changed() => if r.is_err() { return },
-                _ = shutdown.changed() => return,
+            let go_on = self
+                .heartbeat
+                .idle(async {
+                    tokio::select! {
+                        r = snapshots.changed() => r.is_ok(),
+                        r = state.changed() => r.is_ok(),
+                        _ = shutdown.changed() => false,
+                    }
+                })
+                .await;
+            if !go_on {
+                return;
             }
         }
     }
