@@ -85,7 +85,8 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
     let registry = Arc::new(registry);
 
     let mut tasks = vec![provider_task];
-    tasks.push(tokio::spawn(shared.clone().poll(STATE_POLL, shutdown.clone())));
+    let state_beat = liveness.heartbeat("xDS state poll", std::time::Duration::from_secs(60));
+    tasks.push(tokio::spawn(shared.clone().poll(STATE_POLL, state_beat, shutdown.clone())));
     let controller = XdsController {
         settings: settings.clone(),
         writer,
