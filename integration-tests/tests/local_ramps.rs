@@ -376,7 +376,7 @@ fn https_gate_trusted_through_the_ca_file_and_an_untrusted_certificate_fails_saf
     let _eu = start(&s, "eu", &["--gate-ca-file", &ca]);
     let us = start(&s, "us", &[]);
     for c in ["eu", "us"] {
-        wait_row(&s.db, c, "at 100", Duration::from_secs(20), |r| r["CurrentWeight"] == 100);
+        wait_row(&s.db, c, "at 100", Duration::from_secs(40), |r| r["CurrentWeight"] == 100);
     }
     // The CLI checks the gate before it records anything: untrusted, it refuses.
     let err = refused(&s.db, &ramp_args(&url, &[]));
@@ -385,7 +385,7 @@ fn https_gate_trusted_through_the_ca_file_and_an_untrusted_certificate_fails_saf
 
     ok(&s.db, &ramp_args(&url, &["--gate-ca-file", &ca]));
     let done =
-        wait_row(&s.db, "eu", "the ramp completed", Duration::from_secs(30), |r| status(r).contains("completed"));
+        wait_row(&s.db, "eu", "the ramp completed", Duration::from_secs(40), |r| status(r).contains("completed"));
     assert_eq!(done["CurrentWeight"], 40, "{done}");
     assert!(gate.queries().iter().any(|q| q.starts_with("/api/v1/query?query=")), "asked over HTTPS");
 
@@ -411,9 +411,9 @@ fn https_gate_trusted_through_the_ca_file_and_an_untrusted_certificate_fails_saf
         &ca,
     ];
     ok(&s.db, &us_ramp);
-    let r = wait_row(&s.db, "us", "the abort", Duration::from_secs(30), |r| status(r).contains("aborted"));
+    let r = wait_row(&s.db, "us", "the abort", Duration::from_secs(40), |r| status(r).contains("aborted"));
     assert!(status(&r).contains("aborted at 80") && status(&r).contains("TLS handshake"), "{r}");
-    wait_row(&s.db, "us", "reverted", Duration::from_secs(20), |r| {
+    wait_row(&s.db, "us", "reverted", Duration::from_secs(40), |r| {
         r["DesiredWeight"] == 100 && r["CurrentWeight"] == 100
     });
     assert_eq!(us.metric("weir_ramp_aborted_total", &[("cluster", "us")]), Some(1.0));

@@ -183,6 +183,10 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     } else {
         None
     };
+    // Start-up work before `/metrics` answers (a caller that sees it up finds the row created soon
+    // after): the gate's trust store (the system's roots are read here) and who we are to the store.
+    let gate_tls = crate::reconciler::ramp::GateTls::new(args.gate_ca_file.as_deref())?;
+    let actor = crate::backends::controller_actor(store.caller_identity().await.as_deref(), &cluster);
     // Every long-running loop beats; `/healthz` names the one that stopped making progress.
     let heartbeat = |name, bound| liveness.heartbeat(name, bound);
     let weight_beat = heartbeat("weight loop", crate::reconciler::weight::WEIGHT_LOOP_BOUND);
@@ -211,8 +215,6 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     if let Some(task) = store.spawn_change_hints(&cluster, poll_now.clone(), shutdown.clone()) {
         tasks.push(task);
     }
-    let gate_tls = crate::reconciler::ramp::GateTls::new(args.gate_ca_file.as_deref())?;
-    let actor = crate::backends::controller_actor(store.caller_identity().await.as_deref(), &cluster);
     let (weight_tx, weight_rx) = watch::channel(None);
     let (rows_tx, rows_rx) = watch::channel(None);
     let plan_loop = crate::reconciler::ramp::PlanLoop {
