@@ -29,7 +29,8 @@ pub async fn start_provider(
     liveness: &crate::telemetry::Liveness,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SnapshotRx, JoinHandle<()>)> {
-    start_provider_in(args, invalid, liveness, crate::providers::kubernetes::WatchScope::default(), shutdown).await
+    start_provider_in(args, invalid, liveness, crate::providers::kubernetes::WatchScope::default(), None, shutdown)
+        .await
 }
 
 /// [`start_provider`], with the Kubernetes provider watching only `scope`.
@@ -38,6 +39,7 @@ pub async fn start_provider_in(
     invalid: &InvalidInputs,
     liveness: &crate::telemetry::Liveness,
     scope: crate::providers::kubernetes::WatchScope,
+    endpoint_relist: Option<watch::Receiver<std::time::Duration>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SnapshotRx, JoinHandle<()>)> {
     match args.provider {
@@ -57,6 +59,7 @@ pub async fn start_provider_in(
             let (tx, mut rx) = watch::channel(Arc::new(crate::model::Snapshot::default()));
             let config = crate::providers::kubernetes::KubernetesConfig {
                 scope,
+                endpoint_relist,
                 heartbeat: liveness.heartbeat("Kubernetes watches", std::time::Duration::from_secs(60)),
                 ..Default::default()
             };
