@@ -288,6 +288,9 @@ pub struct ControllerArgs {
     /// applied, not acknowledged; Event, metric). 0: off.
     #[arg(long, env = "WEIR_MIN_SERVING_CLUSTERS", default_value_t = 0)]
     pub min_serving_clusters: usize,
+    /// PEM file of CA certificates trusted for `https://` ramp gates, besides the system's roots.
+    #[arg(long, env = "WEIR_GATE_CA_FILE")]
+    pub gate_ca_file: Option<PathBuf>,
     /// Full reconcile at least this often, even when no input changed.
     #[arg(long, env = "WEIR_RESYNC_INTERVAL", value_parser = parse_duration, default_value = "5m")]
     pub resync_interval: Duration,
@@ -330,6 +333,9 @@ pub struct LocalArgs {
     /// applied, not acknowledged; Event, metric). 0: off.
     #[arg(long, env = "WEIR_MIN_SERVING_CLUSTERS", default_value_t = 0)]
     pub min_serving_clusters: usize,
+    /// PEM file of CA certificates trusted for `https://` ramp gates, besides the system's roots.
+    #[arg(long, env = "WEIR_GATE_CA_FILE")]
+    pub gate_ca_file: Option<PathBuf>,
     /// How often the manifest directory is checked for changes.
     #[arg(long, env = "WEIR_MANIFESTS_POLL_INTERVAL", value_parser = parse_duration, default_value = "1s")]
     pub manifests_poll_interval: Duration,
@@ -482,9 +488,14 @@ pub struct RampArgs {
     /// Hold after each acknowledged step before the gate is asked and the next step is written.
     #[arg(long, allow_hyphen_values = true, required_unless_present = "cancel")]
     pub every: Option<String>,
-    /// Prometheus HTTP API base URL of the gate (http://host:port); the query goes to /api/v1/query.
+    /// Prometheus HTTP API base URL of the gate (http://host:port or https://host:port); the query goes
+    /// to /api/v1/query. The controller asks it, trusting its own --gate-ca-file.
     #[arg(long, requires_all = ["gate_query", "gate_max"])]
     pub gate_url: Option<String>,
+    /// PEM file of CA certificates trusted for an `https://` gate (besides the system's roots) when this
+    /// command checks the gate before recording the ramp.
+    #[arg(long, env = "WEIR_GATE_CA_FILE", requires = "gate_url")]
+    pub gate_ca_file: Option<PathBuf>,
     /// PromQL instant query; its value must not exceed --gate-max.
     #[arg(long, requires = "gate_url")]
     pub gate_query: Option<String>,

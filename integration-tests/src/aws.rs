@@ -82,8 +82,22 @@ pub async fn route53(endpoint: &str) -> aws_sdk_route53::Client {
 
 /// Creates the weight table as the earlier controller's CloudFormation did: key `ClusterName` (S).
 pub async fn create_table(client: &aws_sdk_dynamodb::Client, name: &str) {
+    create_table_with(client, name, false).await
+}
+
+/// The weight table with a stream (`KEYS_ONLY`), which weir follows as a wake-up beside its poll.
+pub async fn create_table_with_stream(client: &aws_sdk_dynamodb::Client, name: &str) {
+    create_table_with(client, name, true).await
+}
+
+async fn create_table_with(client: &aws_sdk_dynamodb::Client, name: &str, stream: bool) {
+    use aws_sdk_dynamodb::types::{StreamSpecification, StreamViewType};
+    let spec = stream.then(|| {
+        StreamSpecification::builder().stream_enabled(true).stream_view_type(StreamViewType::KeysOnly).build().unwrap()
+    });
     client
         .create_table()
+        .set_stream_specification(spec)
         .table_name(name)
         .attribute_definitions(
             AttributeDefinition::builder()

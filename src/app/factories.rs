@@ -57,8 +57,12 @@ pub async fn start_provider_in(
         ProviderKind::Kubernetes => {
             let client = crate::providers::kubernetes::client().await.context("connecting to Kubernetes")?;
             let (tx, mut rx) = watch::channel(Arc::new(crate::model::Snapshot::default()));
-            let config =
-                crate::providers::kubernetes::KubernetesConfig { scope, endpoint_relist, ..Default::default() };
+            let config = crate::providers::kubernetes::KubernetesConfig {
+                scope,
+                endpoint_relist,
+                heartbeat: liveness.heartbeat("Kubernetes watches", std::time::Duration::from_secs(60)),
+                ..Default::default()
+            };
             let stop = shutdown.clone();
             let task = tokio::spawn(async move {
                 tokio::select! {

@@ -110,6 +110,7 @@ pub async fn local(args: LocalArgs) -> Result<()> {
         metrics_addr: args.metrics_addr,
         weight_poll_interval: args.weight_poll_interval,
         min_serving_clusters: args.min_serving_clusters,
+        gate_ca_file: args.gate_ca_file,
         resync_interval: LOCAL_RESYNC,
         webhook_addr: None,
         webhook_cert_dir: PathBuf::new(),
@@ -139,9 +140,15 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     let mut tasks = vec![provider_task];
     // Every writer holds a guard: on shutdown the Lease is released once their passes ended.
     let (writer_guard, writers_done) = writer_guards();
-    let (_leader_tx, leader, fence) =
-        super::kubernetes::start_leader_election(&args.leader, &mut registry, &shutdown, writers_done, &mut tasks)
-            .await?;
+    let (_leader_tx, leader, fence) = super::kubernetes::start_leader_election(
+        &args.leader,
+        &mut registry,
+        &liveness,
+        &shutdown,
+        writers_done,
+        &mut tasks,
+    )
+    .await?;
     let dns = open_dns_provider(&args.dns, &args.store, &args.cluster, &fence).await?;
 
     // The embedded zone is served by weir's own DNS server when an address is given.
@@ -178,6 +185,15 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     } else {
         None
     };
+    // Start-up work before `/metrics` answers (a caller that sees it up finds the row created soon
+    // after): the gate's trust store (the system's roots are read here) and who we are to the store.
+    let gate_tls = crate::reconciler::ramp::GateTls::new(args.gate_ca_file.as_deref())?;
+    let actor = crate::backends::controller_actor(store.caller_identity().await.as_deref(), &cluster);
+    // Every long-running loop beats; `/healthz` names the one that stopped making progress.
+    let heartbeat = |name, bound| liveness.heartbeat(name, bound);
+    let weight_beat = heartbeat("weight loop", crate::reconciler::weight::WEIGHT_LOOP_BOUND);
+    let dns_beat = heartbeat("DNS reconcile", crate::reconciler::dns::DNS_LOOP_BOUND);
+    let plan_beat = heartbeat("ramp runner", crate::reconciler::ramp::PLAN_LOOP_BOUND);
     let router = telemetry::router(Arc::new(registry), readiness.clone(), liveness);
     let limits = crate::http_serve::HttpLimits::default();
     let server = HttpServer { name: "metrics", limits, metrics: http_metrics.clone() };
@@ -196,6 +212,11 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     }
 
     let poll_now = Arc::new(Notify::new());
+    // A DesiredWeight edit wakes the weight loop at once where the store can tell (DynamoDB Streams,
+    // SQLite commits); the poll stays the fallback.
+    if let Some(task) = store.spawn_change_hints(&cluster, poll_now.clone(), shutdown.clone()) {
+        tasks.push(task);
+    }
     let (weight_tx, weight_rx) = watch::channel(None);
     let (rows_tx, rows_rx) = watch::channel(None);
     let plan_loop = crate::reconciler::ramp::PlanLoop {
@@ -205,6 +226,9 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         leader: leader.clone(),
         rows: rows_rx,
         poll_weight_now: poll_now.clone(),
+        gate_tls,
+        actor,
+        heartbeat: plan_beat,
     };
     let weight_loop = WeightLoop {
         store: store.clone(),
@@ -216,6 +240,13 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         poll_now: poll_now.clone(),
         min_serving_clusters: args.min_serving_clusters,
         rows: Some(rows_tx),
+        sink: sink.clone(),
+        refusal_object: if args.provider.provider == ProviderKind::Kubernetes {
+            super::kubernetes::own_pod()
+        } else {
+            None
+        },
+        heartbeat: weight_beat,
     };
     let dns_loop = DnsLoop {
         config: pipeline_config(&args.cluster, &args.dns),
@@ -229,6 +260,7 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         readiness,
         leader,
         fence,
+        heartbeat: dns_beat,
     };
     tracing::info!(%cluster, "weir running");
     tasks.push(tokio::spawn(weight_loop.run(weight_tx, shutdown.clone())));

@@ -115,7 +115,8 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
     let registry = Arc::new(registry);
 
     let mut tasks = vec![provider_task, follow_spec];
-    tasks.push(tokio::spawn(shared.clone().poll(STATE_POLL, shutdown.clone())));
+    let state_beat = liveness.heartbeat("xDS state poll", std::time::Duration::from_secs(60));
+    tasks.push(tokio::spawn(shared.clone().poll(STATE_POLL, state_beat, shutdown.clone())));
     let controller = XdsController {
         settings: settings.clone(),
         writer,
@@ -123,6 +124,7 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
         readiness: readiness.clone(),
         last_good_policies: Default::default(),
         policy_refusals: Default::default(),
+        heartbeat: liveness.heartbeat("xDS snapshots", std::time::Duration::from_secs(60)),
     };
     tasks.push(tokio::spawn(controller.run(snapshots, shared.subscribe(), shutdown.clone())));
 

@@ -128,11 +128,18 @@ pub struct KubernetesConfig {
     /// When set, EndpointSlices are also re-listed in full at this period (`weir xds`: the
     /// TrafficInfra's `xds.pollInterval`), so that a change the watch missed is served anyway.
     pub endpoint_relist: Option<tokio::sync::watch::Receiver<Duration>>,
+    /// Liveness of the watches' snapshot loop: beats on every snapshot and while waiting for changes.
+    pub heartbeat: crate::telemetry::Heartbeat,
 }
 
 impl Default for KubernetesConfig {
     fn default() -> Self {
-        Self { debounce: Duration::from_millis(200), scope: WatchScope::default(), endpoint_relist: None }
+        Self {
+            debounce: Duration::from_millis(200),
+            scope: WatchScope::default(),
+            endpoint_relist: None,
+            heartbeat: crate::telemetry::Heartbeat::detached(),
+        }
     }
 }
 
@@ -378,6 +385,7 @@ pub async fn run(client: Client, config: KubernetesConfig, tx: SnapshotTx) -> Re
 
     let mut revision = tx.borrow().revision;
     loop {
+        config.heartbeat.beat();
         revision += 1;
         let snapshot = caches.snapshot(revision);
         tracing::debug!(
@@ -391,7 +399,7 @@ pub async fn run(client: Client, config: KubernetesConfig, tx: SnapshotTx) -> Re
             // Every consumer is gone: the process is shutting down.
             return Ok(());
         }
-        changed.notified().await;
+        config.heartbeat.idle(changed.notified()).await;
         tokio::time::sleep(config.debounce).await;
     }
 }

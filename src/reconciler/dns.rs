@@ -41,7 +41,12 @@ pub struct DnsLoop {
     pub leader: watch::Receiver<bool>,
     /// Checked before every write batch and before the ack: the flag above only says when to run.
     pub fence: Fence,
+    /// Liveness: beats every pass and while waiting; stale when one pass outlives its bound.
+    pub heartbeat: crate::telemetry::Heartbeat,
 }
+
+/// How long one DNS pass (every batch and its retries, the ack) may take before `/healthz` fails.
+pub const DNS_LOOP_BOUND: Duration = Duration::from_secs(600);
 
 /// How a pass ended.
 #[derive(Debug)]
@@ -85,16 +90,21 @@ impl DnsLoop {
                 // the other leader changed what is published (a cached read would hide it).
                 book = Bookkeeping::default();
                 self.provider.forget_published();
-                tokio::select! {
-                    Ok(()) = leader.changed() => {}
-                    _ = shutdown.changed() => {}
-                }
+                self.heartbeat
+                    .idle(async {
+                        tokio::select! {
+                            Ok(()) = leader.changed() => {}
+                            _ = shutdown.changed() => {}
+                        }
+                    })
+                    .await;
                 continue;
             }
             if new_term {
                 book = Bookkeeping::default();
                 self.provider.forget_published();
             }
+            self.heartbeat.beat();
             let snapshot = snapshots.borrow_and_update().clone();
             let signal = *weights.borrow_and_update();
             let wait = match self.pass(&snapshot, signal, &mut book).await {
@@ -108,13 +118,17 @@ impl DnsLoop {
                     self.resync
                 }
             };
-            tokio::select! {
-                Ok(()) = snapshots.changed() => {}
-                Ok(()) = weights.changed() => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => {}
-                Ok(()) = leader.changed() => {}
-            }
+            self.heartbeat
+                .idle(async {
+                    tokio::select! {
+                        Ok(()) = snapshots.changed() => {}
+                        Ok(()) = weights.changed() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.changed() => {}
+                        Ok(()) = leader.changed() => {}
+                    }
+                })
+                .await;
         }
     }
 
@@ -358,6 +372,7 @@ mod tests {
             readiness: Readiness::default(),
             leader: watch::channel(true).1,
             fence: Fence::always(),
+            heartbeat: crate::telemetry::Heartbeat::detached(),
         };
         (l, store, invalid)
     }

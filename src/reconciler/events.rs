@@ -42,7 +42,8 @@ impl RefusalSink for EventSink {
 pub fn api_version_of(kind: &str) -> Option<(&'static str, &'static str)> {
     match kind {
         "Ingress" => Some(("networking.k8s.io", "v1")),
-        "Service" => Some(("", "v1")),
+        // Pod: the controller's own, for refusals of a weight row (not a Kubernetes object).
+        "Service" | "Pod" => Some(("", "v1")),
         "EndpointSlice" => Some(("discovery.k8s.io", "v1")),
         "TrafficInfra" | "BackendTrafficPolicy" | "NamespaceConfig" => Some(("weir.dev", "v1alpha1")),
         _ => None,
@@ -110,6 +111,7 @@ async fn uid_of(client: &Client, reference: &ObjectReference) -> Option<String> 
     let plural = match kind {
         "Ingress" => "ingresses",
         "Service" => "services",
+        "Pod" => "pods",
         "EndpointSlice" => "endpointslices",
         "TrafficInfra" => "trafficinfras",
         "BackendTrafficPolicy" => "backendtrafficpolicies",

@@ -74,6 +74,8 @@ pub struct XdsController {
     pub last_good_policies: BTreeMap<crate::model::ObjectRef, crate::crd::BackendTrafficPolicy>,
     /// Policies refused in the last snapshot, so that each refusal is logged once.
     pub policy_refusals: std::collections::BTreeSet<crate::ir::Refusal>,
+    /// Liveness: beats on every step and while waiting for a change.
+    pub heartbeat: crate::telemetry::Heartbeat,
 }
 
 impl XdsController {
@@ -126,11 +128,20 @@ impl XdsController {
         loop {
             let snap = snapshots.borrow_and_update().clone();
             let st = state.borrow_and_update().clone();
+            self.heartbeat.beat();
             self.step(snap, st);
-            tokio::select! {
-                r = snapshots.changed() => if r.is_err() { return },
-                r = state.changed() => if r.is_err() { return },
-                _ = shutdown.changed() => return,
+            let go_on = self
+                .heartbeat
+                .idle(async {
+                    tokio::select! {
+                        r = snapshots.changed() => r.is_ok(),
+                        r = state.changed() => r.is_ok(),
+                        _ = shutdown.changed() => false,
+                    }
+                })
+                .await;
+            if !go_on {
+                return;
             }
         }
     }
