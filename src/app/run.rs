@@ -84,7 +84,11 @@ pub async fn local(args: LocalArgs) -> Result<()> {
         dns: DnsArgs {
             dns_provider: DnsProviderKind::Embedded,
             dns_listen: Some(dns_listen),
-            hosted_zone_id: None,
+            hosted_zone_id: Vec::new(),
+            zone_type: crate::cli::ZoneTypeArg::All,
+            adopt_owner: Vec::new(),
+            adopt_txt_prefix: String::new(),
+            adopt_txt_suffix: String::new(),
             record_ttl: Some(args.record_ttl),
             aws_health_check_id: None,
             health_check_path: None,
@@ -217,7 +221,7 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     };
     let dns_loop = DnsLoop {
         config: pipeline_config(&args.cluster, &args.dns),
-        provider: dns.provider,
+        dns: dns.dns,
         store,
         metrics: reconcile_metrics,
         invalid,
