@@ -316,14 +316,24 @@ pub fn plan(desired: &DesiredRecords, current: &[RecordSet], owner: &Ownership, 
         upserts.sort_by_key(|c| c.record().key.rtype != RecordType::Txt);
         let (delete_txt, delete_traffic): (Vec<Change>, Vec<Change>) =
             deletes.into_iter().partition(|c| c.record().key.rtype == RecordType::Txt);
+        // Adoption: external-dns's mark goes last, after weir's own is written (one batch, so the
+        // name answers throughout and is never left unowned), except an old-format mark at the name
+        // itself when a CNAME is written there (a CNAME shares its name with nothing).
+        let (registry_first, registry_last): (Vec<Change>, Vec<Change>) = adopting
+            .map(|a| a.registry.iter().map(|r| Change::Delete { record: r.clone() }).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .partition(|c| {
+                c.record().key.name == host
+                    && upserts.iter().any(|u| u.record().key.rtype == RecordType::Cname && u.record().key.name == host)
+            });
         // A type change (CNAME ↔ A) must delete the old type before the new one is created.
         changes.extend(delete_traffic);
+        changes.extend(registry_first);
         changes.extend(upserts);
         changes.extend(delete_txt);
-        // Adoption: external-dns's mark goes last, after weir's own is written (one batch, so the
-        // name answers throughout and is never left unowned).
+        changes.extend(registry_last);
         if let Some(adoption) = adopting {
-            changes.extend(adoption.registry.iter().map(|r| Change::Delete { record: r.clone() }));
             plan.adopted.push(Adopted {
                 host: host.to_string(),
                 external_owner: adoption.external_owner.clone(),
