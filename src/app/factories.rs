@@ -221,6 +221,7 @@ pub async fn wait_shutdown(mut shutdown: watch::Receiver<bool>) {
 pub fn dns_server_options(
     args: &crate::cli::DnsServerArgs,
     binding_domain: &crate::selection::BindingDomain,
+    prefer_cname: bool,
 ) -> crate::dns::server::DnsServerOptions {
     let mut zones = args.dns_zones.clone();
     if zones.is_empty() && !binding_domain.as_str().is_empty() {
@@ -232,6 +233,7 @@ pub fn dns_server_options(
         tcp_max_connections: args.dns_tcp_max_connections,
         tcp_max_per_ip: args.dns_tcp_max_per_ip,
         tcp_idle_timeout: args.dns_tcp_idle_timeout,
+        flatten_aliases: !prefer_cname,
         ..Default::default()
     }
 }

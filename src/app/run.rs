@@ -150,7 +150,11 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     let dns_listen =
         dns_listen.or(if args.dns.dns_provider == DnsProviderKind::Embedded { args.dns.dns_listen } else { None });
     if let (Some(addr), Some(zone)) = (dns_listen, dns.zone.as_ref()) {
-        let options = super::factories::dns_server_options(&args.dns.server, &args.cluster.selection.binding_domain);
+        let options = super::factories::dns_server_options(
+            &args.dns.server,
+            &args.cluster.selection.binding_domain,
+            args.dns.prefer_cname,
+        );
         tasks.push(super::factories::serve_embedded_dns(addr, zone, options, &mut registry, shutdown.clone()).await?);
     }
 
