@@ -171,10 +171,11 @@ pub struct DnsArgs {
     #[arg(long, env = "WEIR_ADOPT_OWNER", value_delimiter = ',')]
     pub adopt_owner: Vec<String>,
     /// external-dns's --txt-prefix, to find its registry records for --adopt-owner.
-    #[arg(long, env = "WEIR_ADOPT_TXT_PREFIX", default_value = "")]
+    #[arg(long, env = "WEIR_ADOPT_TXT_PREFIX", default_value = "", allow_hyphen_values = true)]
     pub adopt_txt_prefix: String,
-    /// external-dns's --txt-suffix, to find its registry records for --adopt-owner.
-    #[arg(long, env = "WEIR_ADOPT_TXT_SUFFIX", default_value = "")]
+    /// external-dns's --txt-suffix (often starting with `-`), to find its registry records for
+    /// --adopt-owner.
+    #[arg(long, env = "WEIR_ADOPT_TXT_SUFFIX", default_value = "", allow_hyphen_values = true)]
     pub adopt_txt_suffix: String,
     /// TTL of the published records: 60, or 5 with the embedded provider (what `weir local` publishes).
     #[arg(long, env = "WEIR_RECORD_TTL")]
