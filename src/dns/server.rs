@@ -139,6 +139,10 @@ pub struct ServedSet {
     alias_of: Option<Box<[u8]>>,
 }
 
+/// A CNAME set that may answer as an ALIAS: (its name, its index among the name's sets, the target
+/// name), names in lower-case wire format.
+type AliasLink = (Box<[u8]>, usize, Box<[u8]>);
+
 /// The weighted choice for one query type at one name: indexes into the name's sets.
 #[derive(Debug, Clone, Default)]
 struct Choice {
@@ -218,7 +222,7 @@ impl ZoneIndex {
             zones.iter().map(|z| normalize(z)).filter(|z| !z.is_empty()).collect()
         };
         let mut index = ZoneIndex::default();
-        let mut alias_targets: Vec<(Box<[u8]>, usize, Box<[u8]>)> = Vec::new();
+        let mut alias_targets: Vec<AliasLink> = Vec::new();
         for z in &zones {
             if let Some(w) = wire::name_from_text(z) {
                 index.apexes.insert(w.into());
@@ -283,7 +287,7 @@ impl ZoneIndex {
 
     /// Marks each CNAME set of `targets` (name, set index, target) whose target name holds A or AAAA
     /// sets here: the server then answers it as Route53 answers an ALIAS.
-    fn link_aliases(&mut self, targets: &[(Box<[u8]>, usize, Box<[u8]>)]) {
+    fn link_aliases(&mut self, targets: &[AliasLink]) {
         for (name, i, target) in targets {
             let known = self
                 .names
