@@ -271,3 +271,26 @@ fn zone_type_filters_and_a_host_in_no_zone_does_not_block_the_ack() {
     });
     c.proc.terminate(Duration::from_secs(10));
 }
+
+#[test]
+fn one_health_check_per_target_is_attached_in_every_zone() {
+    let env = env();
+    let args = ["--health-check-path", "/healthz", "--health-check-port", "443", "--health-check-protocol", "HTTPS"];
+    let mut c = env.controller("", &args, "weir-zones-health");
+    let with_check = |zone: &str| -> Vec<(String, Option<String>)> {
+        traffic_of(&env.records(zone), "eu").iter().map(|r| (r.key.name.clone(), r.health_check_id.clone())).collect()
+    };
+    let (public, private, child) = wait_for("every record with its health check", T, || {
+        let (p, v, c) = (with_check(&env.public), with_check(&env.private), with_check(&env.child));
+        let all = p.iter().chain(&v).chain(&c).collect::<Vec<_>>();
+        (all.len() == 3 && all.iter().all(|(_, id)| id.is_some())).then_some((p, v, c))
+    });
+    // One target (lb.example.net): one check, the same id in every zone.
+    let checks = env.rt.block_on(async { env.r53.list_health_checks().send().await.unwrap().health_checks().to_vec() });
+    assert_eq!(checks.len(), 1, "{checks:#?}");
+    let id = Some(checks[0].id().to_string());
+    assert_eq!(public, [("www.example.com".to_string(), id.clone())]);
+    assert_eq!(private, [("www.example.com".to_string(), id.clone())]);
+    assert_eq!(child, [("api.eu.example.com".to_string(), id)]);
+    c.proc.terminate(Duration::from_secs(10));
+}
