@@ -158,9 +158,25 @@ pub struct DnsArgs {
     /// Address of the built-in authoritative DNS server (embedded provider), e.g. 127.0.0.1:5353.
     #[arg(long, env = "WEIR_DNS_LISTEN")]
     pub dns_listen: Option<SocketAddr>,
-    /// Route53 hosted zone; found from --binding-domain when absent.
-    #[arg(long, env = "WEIR_HOSTED_ZONE_ID")]
-    pub hosted_zone_id: Option<String>,
+    /// Route53 hosted zone (repeatable); without it, every zone at or under --binding-domain (or the
+    /// longest one above it). Each host goes to the zone with the longest matching name.
+    #[arg(long, env = "WEIR_HOSTED_ZONE_ID", value_delimiter = ',')]
+    pub hosted_zone_id: Vec<String>,
+    /// Which Route53 zones to use: public, private or all (a public and a private zone of one name
+    /// both get the record: split horizon).
+    #[arg(long, env = "WEIR_ZONE_TYPE", value_enum, default_value_t = ZoneTypeArg::All)]
+    pub zone_type: ZoneTypeArg,
+    /// Take over records external-dns owns with this --txt-owner-id (repeatable): this cluster's set
+    /// identifier, an external-dns TXT registry record naming the owner (docs/migration.md).
+    #[arg(long, env = "WEIR_ADOPT_OWNER", value_delimiter = ',')]
+    pub adopt_owner: Vec<String>,
+    /// external-dns's --txt-prefix, to find its registry records for --adopt-owner.
+    #[arg(long, env = "WEIR_ADOPT_TXT_PREFIX", default_value = "", allow_hyphen_values = true)]
+    pub adopt_txt_prefix: String,
+    /// external-dns's --txt-suffix (often starting with `-`), to find its registry records for
+    /// --adopt-owner.
+    #[arg(long, env = "WEIR_ADOPT_TXT_SUFFIX", default_value = "", allow_hyphen_values = true)]
+    pub adopt_txt_suffix: String,
     /// TTL of the published records: 60, or 5 with the embedded provider (what `weir local` publishes).
     #[arg(long, env = "WEIR_RECORD_TTL")]
     pub record_ttl: Option<u32>,
@@ -226,6 +242,37 @@ impl DnsArgs {
         self.record_ttl.unwrap_or(match self.dns_provider {
             DnsProviderKind::Embedded => EMBEDDED_RECORD_TTL,
             DnsProviderKind::Route53 | DnsProviderKind::Dnsendpoint => RECORD_TTL,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ZoneTypeArg {
+    Public,
+    Private,
+    All,
+}
+
+impl From<ZoneTypeArg> for crate::dns::zones::ZoneType {
+    fn from(t: ZoneTypeArg) -> Self {
+        match t {
+            ZoneTypeArg::Public => Self::Public,
+            ZoneTypeArg::Private => Self::Private,
+            ZoneTypeArg::All => Self::All,
+        }
+    }
+}
+
+impl DnsArgs {
+    /// `--adopt-owner` and the external-dns affixes; external-dns refuses both affixes, so does weir.
+    pub fn adopt_options(&self) -> Result<crate::dns::adopt::AdoptOptions, String> {
+        if !self.adopt_txt_prefix.is_empty() && !self.adopt_txt_suffix.is_empty() {
+            return Err("--adopt-txt-prefix and --adopt-txt-suffix are mutually exclusive (as in external-dns)".into());
+        }
+        Ok(crate::dns::adopt::AdoptOptions {
+            owners: self.adopt_owner.iter().map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect(),
+            txt_prefix: self.adopt_txt_prefix.to_ascii_lowercase(),
+            txt_suffix: self.adopt_txt_suffix.to_ascii_lowercase(),
         })
     }
 }

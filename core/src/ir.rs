@@ -137,6 +137,8 @@ pub enum InputKind {
     /// A child the operator may not write (RBAC denied it, e.g. a Role granting what the operator
     /// does not hold).
     Permission,
+    /// A host in none of the hosted zones weir manages.
+    NoZone,
 }
 
 impl InputKind {
@@ -153,6 +155,7 @@ impl InputKind {
             InputKind::Resource => "resource",
             InputKind::MinServingClusters => "min_serving_clusters",
             InputKind::Permission => "permission",
+            InputKind::NoZone => "no_zone",
         }
     }
 }

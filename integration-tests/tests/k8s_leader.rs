@@ -178,7 +178,7 @@ async fn shutdown_drains_the_in_flight_pass_before_releasing_the_lease() {
             records: Default::default(),
             allow_all_zero: false,
         },
-        provider: provider.clone(),
+        dns: weir::dns::zoned::ZonedDns::single(provider.clone()),
         store,
         metrics: Default::default(),
         invalid: Default::default(),

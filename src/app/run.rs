@@ -86,7 +86,11 @@ pub async fn local(args: LocalArgs) -> Result<()> {
         dns: DnsArgs {
             dns_provider: DnsProviderKind::Embedded,
             dns_listen: Some(dns_listen),
-            hosted_zone_id: None,
+            hosted_zone_id: Vec::new(),
+            zone_type: crate::cli::ZoneTypeArg::All,
+            adopt_owner: Vec::new(),
+            adopt_txt_prefix: String::new(),
+            adopt_txt_suffix: String::new(),
             record_ttl: Some(args.record_ttl),
             aws_health_check_id: None,
             health_check_path: None,
@@ -155,7 +159,11 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     let dns_listen =
         dns_listen.or(if args.dns.dns_provider == DnsProviderKind::Embedded { args.dns.dns_listen } else { None });
     if let (Some(addr), Some(zone)) = (dns_listen, dns.zone.as_ref()) {
-        let options = super::factories::dns_server_options(&args.dns.server, &args.cluster.selection.binding_domain);
+        let options = super::factories::dns_server_options(
+            &args.dns.server,
+            &args.cluster.selection.binding_domain,
+            args.dns.prefer_cname,
+        );
         tasks.push(super::factories::serve_embedded_dns(addr, zone, options, &mut registry, shutdown.clone()).await?);
     }
 
@@ -250,7 +258,7 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     };
     let dns_loop = DnsLoop {
         config: pipeline_config(&args.cluster, &args.dns),
-        provider: dns.provider,
+        dns: dns.dns,
         store,
         metrics: reconcile_metrics,
         invalid,
