@@ -45,6 +45,8 @@ pub fn api_version_of(kind: &str) -> Option<(&'static str, &'static str)> {
         "Service" => Some(("", "v1")),
         "EndpointSlice" => Some(("discovery.k8s.io", "v1")),
         "TrafficInfra" | "BackendTrafficPolicy" | "NamespaceConfig" => Some(("weir.dev", "v1alpha1")),
+        "Gateway" | "HTTPRoute" | "GRPCRoute" => Some((crate::gateway::GROUP, "v1")),
+        "TLSRoute" => Some((crate::gateway::GROUP, "v1alpha2")),
         _ => None,
     }
 }
@@ -114,6 +116,10 @@ async fn uid_of(client: &Client, reference: &ObjectReference) -> Option<String> 
         "TrafficInfra" => "trafficinfras",
         "BackendTrafficPolicy" => "backendtrafficpolicies",
         "NamespaceConfig" => "namespaceconfigs",
+        "Gateway" => "gateways",
+        "HTTPRoute" => "httproutes",
+        "GRPCRoute" => "grpcroutes",
+        "TLSRoute" => "tlsroutes",
         _ => return None,
     };
     let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
