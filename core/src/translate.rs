@@ -383,7 +383,7 @@ fn route_claims(
     let namespace_labels: HashMap<String, &BTreeMap<String, String>> =
         snapshot.namespaces.iter().map(|n| (n.name_any(), n.labels())).collect();
     // Each Gateway's targets and weight annotation, read (and refused) once.
-    let mut gateway_facts: HashMap<(String, String), (Targets, Option<Option<u8>>)> = HashMap::new();
+    let mut gateway_facts: HashMap<(String, String), GatewayFacts> = HashMap::new();
 
     let routes = snapshot
         .http_routes
@@ -490,6 +490,9 @@ fn route_claims(
         }
     }
 }
+
+/// A Gateway's targets and its weight annotation (as [`read_weight`] gives it).
+type GatewayFacts = (Targets, Option<Option<u8>>);
 
 /// A Gateway's targets (`status.addresses`: `IPAddress`, the default type, and `Hostname`; other
 /// types cannot be published and are skipped) and its weight annotation.
