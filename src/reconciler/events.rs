@@ -154,6 +154,20 @@ mod tests {
     }
 
     #[test]
+    fn refusals_on_gateway_api_objects_name_their_api_version() {
+        for (kind, api_version) in [
+            ("Gateway", "gateway.networking.k8s.io/v1"),
+            ("HTTPRoute", "gateway.networking.k8s.io/v1"),
+            ("GRPCRoute", "gateway.networking.k8s.io/v1"),
+            ("TLSRoute", "gateway.networking.k8s.io/v1alpha2"),
+            ("Service", "v1"),
+        ] {
+            let (_, reference) = event_for(&refusal(kind, "team", "x")).unwrap();
+            assert_eq!(reference.api_version.as_deref(), Some(api_version), "{kind}");
+        }
+    }
+
+    #[test]
     fn objects_that_cannot_carry_events_are_skipped() {
         assert!(event_for(&refusal("Manifest", "team", "x")).is_none());
         assert!(event_for(&refusal("Ingress", "", "x")).is_none());
