@@ -55,6 +55,8 @@ pub async fn local(args: LocalArgs) -> Result<()> {
         state: Some(args.db.clone()),
         admin_token_file: None,
         metrics_addr: None,
+        allow_any_node_id: false,
+        no_status: true,
     });
     let controller = ControllerArgs {
         cluster: ClusterArgs {

@@ -60,6 +60,45 @@ impl XdsMetrics {
     }
 }
 
+/// Learns what every stream did after each step (its status and the events: ACKs and NACKs); the
+/// TrafficInfra status writer uses it for `ConfigAccepted`. Called with no lock held; must not block.
+pub trait StreamObserver: Send + Sync {
+    fn observe(&self, status: &StreamStatus, events: &[Event]);
+}
+
+/// Which node ids this server serves: `xds.nodeID` of its TrafficInfra (`None`: any, e.g. no
+/// TrafficInfra in the inputs), unless `allow_any` (`--allow-any-node-id`, for mixed fleets).
+#[derive(Clone)]
+pub struct NodePolicy {
+    pub expected: watch::Receiver<Option<String>>,
+    pub allow_any: bool,
+    /// `weir_xds_rejected_nodes_total`: streams refused for their node id.
+    pub rejected: Counter,
+}
+
+impl NodePolicy {
+    pub fn any() -> Self {
+        Self { expected: watch::channel(None).1, allow_any: true, rejected: Counter::default() }
+    }
+
+    pub fn register(self, registry: &mut Registry) -> Self {
+        registry.register(
+            "weir_xds_rejected_nodes",
+            "ADS streams refused because their node id is not the TrafficInfra's xds.nodeID",
+            self.rejected.clone(),
+        );
+        self
+    }
+
+    /// `Err(expected)` when `node` may not be served.
+    fn check(&self, node: &str) -> Result<(), String> {
+        match &*self.expected.borrow() {
+            Some(want) if !self.allow_any && want != node => Err(want.clone()),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The status of every open stream, for `/config_dump`.
 #[derive(Clone, Default)]
 pub struct Clients {
@@ -124,6 +163,8 @@ enum StreamError {
     Client(Status),
     #[error("server is shutting down")]
     Draining,
+    #[error("node id {got:?} is not {want:?}")]
+    NodeRejected { got: String, want: String },
 }
 
 impl StreamError {
@@ -132,6 +173,10 @@ impl StreamError {
             // The client is gone or broke the stream; nobody reads a reply.
             StreamError::Client(_) => None,
             StreamError::Draining => Some(Status::unavailable("weir xDS server is shutting down; reconnect")),
+            StreamError::NodeRejected { got, want } => Some(Status::permission_denied(format!(
+                "weir xDS serves node id {want:?} only (the TrafficInfra's xds.nodeID), not {got:?}; set node.id in the \
+                 proxy's bootstrap, or run weir xds with --allow-any-node-id for a mixed fleet"
+            ))),
         }
     }
 }
@@ -142,11 +187,25 @@ pub struct AdsServer {
     metrics: XdsMetrics,
     clients: Clients,
     drain: watch::Receiver<bool>,
+    nodes: NodePolicy,
+    observer: Option<Arc<dyn StreamObserver>>,
 }
 
 impl AdsServer {
     pub fn new(cache: SnapshotCache, metrics: XdsMetrics, clients: Clients, drain: watch::Receiver<bool>) -> Self {
-        Self { cache, metrics, clients, drain }
+        Self { cache, metrics, clients, drain, nodes: NodePolicy::any(), observer: None }
+    }
+
+    /// Serves only the node ids `nodes` allows.
+    pub fn with_node_policy(mut self, nodes: NodePolicy) -> Self {
+        self.nodes = nodes;
+        self
+    }
+
+    /// Tells `observer` what every stream does.
+    pub fn with_observer(mut self, observer: Arc<dyn StreamObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
@@ -181,6 +240,7 @@ impl AdsServer {
     ) -> Result<(), StreamError> {
         let mut updates = self.cache.subscribe();
         let mut drain = self.drain.clone();
+        let mut node_checked = false;
         loop {
             if *drain.borrow() {
                 return Err(StreamError::Draining);
@@ -204,13 +264,25 @@ impl AdsServer {
                     (proto.handle_update(&snap), Some(snap))
                 }
             };
+            if !node_checked {
+                // The node comes with the first request; nothing is sent before it is checked.
+                let node = proto.status().node_id;
+                if let Err(want) = self.nodes.check(&node) {
+                    self.nodes.rejected.inc();
+                    tracing::warn!(node = %clip(&node), expected = %want, "refused an ADS stream: not this TrafficInfra's node id");
+                    return Err(StreamError::NodeRejected { got: clip(&node).to_string(), want });
+                }
+                node_checked = true;
+            }
             self.record(id, &step.events, &proto);
             for resp in step.responses {
-                let ty = P::type_url(&resp).rsplit('.').next().unwrap_or_default().to_string();
+                // The same label as the NACK metric and /config_dump: cluster, endpoint, listener, route.
+                let ty =
+                    super::resources::ResourceType::from_type_url(P::type_url(&resp)).map_or("unknown", |t| t.label());
                 if tx.send(Ok(resp)).await.is_err() {
                     return Ok(());
                 }
-                self.metrics.pushes.get_or_create(&vec![("type".into(), ty)]).inc();
+                self.metrics.pushes.get_or_create(&vec![("type".into(), ty.to_string())]).inc();
                 if let Some(snap) = &pushed_from {
                     self.metrics.push_latency.observe(snap.published.elapsed().as_secs_f64());
                 }
@@ -239,6 +311,9 @@ impl AdsServer {
                     tracing::debug!(node = %clip(&status.node_id), r#type = ty.label(), version = %clip(version), "ACK");
                 }
             }
+        }
+        if let Some(observer) = &self.observer {
+            observer.observe(&status, events);
         }
         self.clients.inner.lock().insert(id, status);
     }
