@@ -1,4 +1,5 @@
-//! The file provider: a directory of Kubernetes manifests (YAML or JSON, multi-document files, any
+//! The file provider: a directory of Kubernetes manifests (Ingresses, Services, EndpointSlices, weir's
+//! resources, Gateway API Gateways and routes, Namespaces) (YAML or JSON, multi-document files, any
 //! depth; hidden files and directories skipped) turned into a [`Snapshot`], re-read on change.
 //!
 //! Parsing ([`parse_manifests`]) is pure. The I/O side ([`ManifestDir`]) keeps, per file, the last
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use serde::de::DeserializeOwned;
@@ -20,6 +21,7 @@ use tokio::sync::watch;
 
 use super::SnapshotTx;
 use crate::crd::{BackendTrafficPolicy, NamespaceConfig, TrafficInfra};
+use crate::gateway::{Gateway, GrpcRoute, HttpRoute, TlsRoute};
 use crate::ir::InputKind;
 use crate::model::Snapshot;
 use crate::telemetry::InvalidInputs;
@@ -33,6 +35,11 @@ pub enum Object {
     TrafficInfra(Box<TrafficInfra>),
     BackendTrafficPolicy(Box<BackendTrafficPolicy>),
     NamespaceConfig(Box<NamespaceConfig>),
+    Gateway(Box<Gateway>),
+    HttpRoute(Box<HttpRoute>),
+    GrpcRoute(Box<GrpcRoute>),
+    TlsRoute(Box<TlsRoute>),
+    Namespace(Box<Namespace>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -228,6 +235,17 @@ fn parse_value(
         ("weir.dev/v1alpha1", "NamespaceConfig") => {
             Object::NamespaceConfig(typed(value, &api_version, &kind, document)?)
         }
+        ("gateway.networking.k8s.io/v1", "Gateway") => Object::Gateway(typed(value, &api_version, &kind, document)?),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute") => {
+            Object::HttpRoute(typed(value, &api_version, &kind, document)?)
+        }
+        ("gateway.networking.k8s.io/v1", "GRPCRoute") => {
+            Object::GrpcRoute(typed(value, &api_version, &kind, document)?)
+        }
+        ("gateway.networking.k8s.io/v1alpha2", "TLSRoute") => {
+            Object::TlsRoute(typed(value, &api_version, &kind, document)?)
+        }
+        ("v1", "Namespace") => Object::Namespace(typed(value, &api_version, &kind, document)?),
         ("v1", "List") => {
             let items = match map.get("items") {
                 None | Some(serde_yaml::Value::Null) => return Ok(()),
@@ -259,6 +277,11 @@ pub fn snapshot_of<'a>(objects: impl IntoIterator<Item = &'a Object>, revision: 
             Object::TrafficInfra(o) => s.traffic_infras.push((**o).clone()),
             Object::BackendTrafficPolicy(o) => s.backend_traffic_policies.push((**o).clone()),
             Object::NamespaceConfig(o) => s.namespace_configs.push((**o).clone()),
+            Object::Gateway(o) => s.gateways.push((**o).clone()),
+            Object::HttpRoute(o) => s.http_routes.push((**o).clone()),
+            Object::GrpcRoute(o) => s.grpc_routes.push((**o).clone()),
+            Object::TlsRoute(o) => s.tls_routes.push((**o).clone()),
+            Object::Namespace(o) => s.namespaces.push((**o).clone()),
         }
     }
     s.normalize();
@@ -640,6 +663,11 @@ status:
                 Object::TrafficInfra(_) => "TrafficInfra",
                 Object::BackendTrafficPolicy(_) => "BackendTrafficPolicy",
                 Object::NamespaceConfig(_) => "NamespaceConfig",
+                Object::Gateway(_) => "Gateway",
+                Object::HttpRoute(_) => "HTTPRoute",
+                Object::GrpcRoute(_) => "GRPCRoute",
+                Object::TlsRoute(_) => "TLSRoute",
+                Object::Namespace(_) => "Namespace",
             })
             .collect();
         assert_eq!(kinds, ["Ingress", "Service", "EndpointSlice", "TrafficInfra"]);
