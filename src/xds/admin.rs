@@ -309,7 +309,7 @@ async fn config_dump(State(a): State<Admin>, headers: HeaderMap) -> Result<Respo
         "services": view.services,
         "config": view.config,
         "versions": versions,
-        "resources": snap.resources.to_json(),
+        "resources": snap.to_json(),
         "clients": a.clients.all(),
     }))
     .into_response())
