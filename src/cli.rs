@@ -390,6 +390,11 @@ pub struct XdsArgs {
     pub admin_token_file: Option<PathBuf>,
     #[arg(long, env = "WEIR_METRICS_ADDR", value_parser = parse_listen_addr)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Initial fetches (a stream's first request of a type) answered at once; the rest queue, so a
+    /// reconnect storm computes and sends a bounded number of initial snapshots at a time.
+    #[arg(long, env = "WEIR_XDS_INITIAL_CONCURRENCY", default_value_t = crate::xds::server::DEFAULT_INITIAL_CONCURRENCY,
+        value_parser = clap::value_parser!(u16).range(1..))]
+    pub xds_initial_concurrency: u16,
 }
 
 #[derive(Debug, Clone, Args)]

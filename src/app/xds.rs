@@ -92,12 +92,14 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
     let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
         .await
         .with_context(|| format!("binding the gRPC (ADS) server on {}", args.grpc_addr))?;
-    tracing::info!(addr = %grpc.local_addr()?, name = %settings.name, "serving ADS (state of the world and delta)");
-    let ads = AdsServer::new(cache.clone(), xds_metrics, clients.clone(), shutdown.clone());
+    tracing::info!(addr = %grpc.local_addr()?, name = %settings.name, "serving ADS (state of the world and delta) and CSDS");
+    let ads =
+        AdsServer::new(cache.clone(), xds_metrics, clients.clone(), shutdown.clone(), args.xds_initial_concurrency);
     let grpc_shutdown = wait_shutdown(shutdown.clone());
     let grpc_task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(ads.csds_service())
             .add_service(ads.into_service())
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), grpc_shutdown)
             .await
