@@ -94,11 +94,7 @@ impl XdsMetrics {
             "Initial fetches waiting for one of the --xds-initial-concurrency permits",
             m.initial_waiting.clone(),
         );
-        r.register(
-            "initial_wait_seconds",
-            "Time an initial fetch waited for a permit",
-            m.initial_wait.clone(),
-        );
+        r.register("initial_wait_seconds", "Time an initial fetch waited for a permit", m.initial_wait.clone());
         m
     }
 }
@@ -177,9 +173,9 @@ impl Clients {
                     } else {
                         "REQUESTED"
                     };
-                    let last_nack = t.last_nack.as_ref().map(|n| {
-                        serde_json::json!({ "version": n.version, "message": clip(&n.message), "at": nacked_at })
-                    });
+                    let last_nack = t.last_nack.as_ref().map(
+                        |n| serde_json::json!({ "version": n.version, "message": clip(&n.message), "at": nacked_at }),
+                    );
                     let v = serde_json::json!({
                         "acked_version": t.acked_version,
                         "sent_version": t.sent_version,

@@ -198,6 +198,12 @@ impl Subscription {
     }
 }
 
+/// Whether a response of `ty` waits for new clusters' endpoints (`waiting`): listeners and routes,
+/// which may refer to those clusters, and every removal.
+fn gated(waiting: &BTreeSet<String>, ty: ResourceType) -> bool {
+    !waiting.is_empty() && ty > ResourceType::ClusterLoadAssignment
+}
+
 fn version_of_resources(items: &[&Resource]) -> String {
     version_of(items.iter().map(|r| (r.name.as_str(), r.version.as_str())))
 }
@@ -225,6 +231,8 @@ struct SotwType {
     /// A response was held back (rejected content) after the subscription changed: the next one
     /// carries every selected resource.
     resend_all: bool,
+    /// Version of the first half of a make-before-break push already sent (not sent twice).
+    half_sent: Option<String>,
     status: TypeStatus,
 }
 
@@ -241,6 +249,9 @@ pub struct SotwStream {
     node: Option<Node>,
     types: BTreeMap<ResourceType, SotwType>,
     nonces: u64,
+    /// New clusters whose endpoints the client has not been sent yet: listeners, routes and
+    /// removals wait for them (see [`gated`]).
+    waiting: BTreeSet<String>,
 }
 
 impl SotwStream {
@@ -314,6 +325,10 @@ impl SotwStream {
         t.sub.wildcard =
             names.contains("*") || (names.is_empty() && ty.empty_means_wildcard() && (first || t.sub.wildcard));
         t.sub.names = names.into_iter().filter(|n| n != "*").collect();
+        if !first && gated(&self.waiting, ty) {
+            // Answered when the gate opens.
+            return step;
+        }
         // A request carries every resource selected. The first request is always answered, even
         // with nothing, so that the client can finish its initial fetch.
         let set = snap.served(ty, first).clone();
@@ -331,15 +346,48 @@ impl SotwStream {
         t.resend_all = false;
         let bodies = selected.iter().map(|r| r.body.clone()).collect();
         step.responses.push(Self::emit(&mut self.nonces, t, ty, Some(Sent { version, set: set.clone() }), bodies));
+        if ty == ResourceType::ClusterLoadAssignment && !self.waiting.is_empty() {
+            let sent = self.sent_names(ty);
+            self.waiting.retain(|n| !sent.contains(n));
+            if self.waiting.is_empty() {
+                step.responses.extend(self.push(snap).responses);
+            }
+        }
         step
+    }
+
+    /// Names of the resources of `ty` the client was last sent.
+    fn sent_names(&self, ty: ResourceType) -> BTreeSet<String> {
+        let Some(t) = self.types.get(&ty) else { return BTreeSet::new() };
+        t.sent.as_ref().map(|s| t.sub.select(&s.set).iter().map(|r| r.name.clone()).collect()).unwrap_or_default()
     }
 
     /// A new snapshot: push every subscribed type whose content for this client changed, in the
     /// make-before-break order.
     pub fn handle_update(&mut self, snap: &XdsSnapshot) -> Step<xdisc::DiscoveryResponse> {
+        // Nothing waits longer than until the next publish (a client that never asks for the new
+        // clusters' endpoints must still get its routes).
+        self.waiting.clear();
+        self.push(snap)
+    }
+
+    fn push(&mut self, snap: &XdsSnapshot) -> Step<xdisc::DiscoveryResponse> {
         let mut step = Step::default();
-        let mut removals = Vec::new();
+        let mut second_halves = Vec::new();
+        let mut new_clusters = BTreeSet::new();
         for ty in ResourceType::ALL {
+            if ty == ResourceType::Listener {
+                // Clusters new to the client whose endpoints it has not been sent: Envoy would warm
+                // them and route to them before they have endpoints (503). Listeners, routes and
+                // removals wait until it has asked for and been sent those endpoints.
+                if self.subscribes(ResourceType::ClusterLoadAssignment) && !new_clusters.is_empty() {
+                    let sent = self.sent_names(ResourceType::ClusterLoadAssignment);
+                    self.waiting = new_clusters.iter().filter(|n| !sent.contains(*n)).cloned().collect();
+                }
+                if !self.waiting.is_empty() {
+                    return step;
+                }
+            }
             let Some(t) = self.types.get_mut(&ty) else { continue };
             let set = snap.served(ty, false).clone();
             let selected = t.sub.select(&set);
@@ -361,9 +409,13 @@ impl SotwStream {
             let held = t.sub.select(&holds);
             if ty.sotw_sends_all() {
                 let now: BTreeSet<&str> = selected.iter().map(|r| r.name.as_str()).collect();
+                let before: BTreeSet<&str> = held.iter().map(|r| r.name.as_str()).collect();
+                if ty == ResourceType::Cluster {
+                    new_clusters.extend(now.difference(&before).map(|n| n.to_string()));
+                }
                 let leaving: Vec<&Resource> = held.into_iter().filter(|r| !now.contains(r.name.as_str())).collect();
-                let bodies: Vec<Any> = selected.iter().map(|r| r.body.clone()).collect();
                 if leaving.is_empty() {
+                    let bodies = selected.iter().map(|r| r.body.clone()).collect();
                     step.responses.push(Self::emit(&mut self.nonces, t, ty, Some(sent), bodies));
                     continue;
                 }
@@ -373,11 +425,14 @@ impl SotwStream {
                 both.extend(leaving.iter().map(|r| (r.name.as_str(), *r)));
                 let both: Vec<&Resource> = both.into_values().collect();
                 let version = version_of_resources(&both);
-                let first_bodies = both.iter().map(|r| r.body.clone()).collect();
-                let mut first = Self::emit(&mut self.nonces, t, ty, None, first_bodies);
-                first.version_info = version;
-                step.responses.push(first);
-                removals.push(Self::emit(&mut self.nonces, t, ty, Some(sent), bodies));
+                if t.half_sent.as_deref() != Some(version.as_str()) {
+                    let bodies = both.iter().map(|r| r.body.clone()).collect();
+                    let mut first = Self::emit(&mut self.nonces, t, ty, None, bodies);
+                    first.version_info = version.clone();
+                    t.half_sent = Some(version);
+                    step.responses.push(first);
+                }
+                second_halves.push(ty);
             } else {
                 let held: BTreeMap<&str, &str> = held.iter().map(|r| (r.name.as_str(), r.version.as_str())).collect();
                 let changed: Vec<Any> = selected
@@ -392,7 +447,14 @@ impl SotwStream {
                 }
             }
         }
-        step.responses.extend(removals.into_iter().rev());
+        for ty in second_halves.into_iter().rev() {
+            let Some(t) = self.types.get_mut(&ty) else { continue };
+            let set = snap.served(ty, false).clone();
+            let selected = t.sub.select(&set);
+            let sent = Sent { version: version_of_resources(&selected), set: set.clone() };
+            let bodies = selected.iter().map(|r| r.body.clone()).collect();
+            step.responses.push(Self::emit(&mut self.nonces, t, ty, Some(sent), bodies));
+        }
         step
     }
 
@@ -412,6 +474,7 @@ impl SotwStream {
         if let Some(sent) = sent {
             t.status.sent_version = Some(sent.version.clone());
             t.sent = Some(sent);
+            t.half_sent = None;
             // Optimistic, like the protocol: the client will hold what it was sent unless it says no.
             t.nacked = false;
         }
@@ -445,6 +508,16 @@ pub struct DeltaStream {
     node: Option<Node>,
     types: BTreeMap<ResourceType, DeltaType>,
     nonces: u64,
+    /// As in [`SotwStream`]: new clusters whose endpoints the client has not been sent yet.
+    waiting: BTreeSet<String>,
+}
+
+/// Which part of a delta type's difference a response carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Both,
+    Additions,
+    Removals,
 }
 
 impl DeltaStream {
@@ -526,85 +599,109 @@ impl DeltaStream {
                 t.known.remove(&name);
             }
         }
-        let (resp, removal) = self.respond(ty, snap, first, false);
-        step.responses.extend(resp);
-        step.responses.extend(removal);
+        if !first && gated(&self.waiting, ty) {
+            // Answered when the gate opens.
+            return step;
+        }
+        step.responses.extend(self.respond(ty, snap, first, Part::Both));
+        if ty == ResourceType::ClusterLoadAssignment && !self.waiting.is_empty() {
+            let known = &self.types[&ty].known;
+            self.waiting.retain(|n| !known.contains_key(n));
+            if self.waiting.is_empty() {
+                step.responses.extend(self.push(snap).responses);
+            }
+        }
         step
     }
 
     /// A new snapshot: every subscribed type's changed resources in the make-before-break order,
     /// then every type's removals in the reverse order.
     pub fn handle_update(&mut self, snap: &XdsSnapshot) -> Step<xdisc::DeltaDiscoveryResponse> {
+        self.waiting.clear();
+        self.push(snap)
+    }
+
+    fn push(&mut self, snap: &XdsSnapshot) -> Step<xdisc::DeltaDiscoveryResponse> {
         let mut step = Step::default();
-        let mut removals = Vec::new();
+        let mut new_clusters = BTreeSet::new();
         for ty in ResourceType::ALL {
-            if self.types.contains_key(&ty) {
-                let (resp, removal) = self.respond(ty, snap, false, true);
-                step.responses.extend(resp);
-                removals.extend(removal);
+            if ty == ResourceType::Listener {
+                if let Some(eds) = self.types.get(&ResourceType::ClusterLoadAssignment) {
+                    self.waiting = new_clusters.iter().filter(|n| !eds.known.contains_key(*n)).cloned().collect();
+                }
+                if !self.waiting.is_empty() {
+                    return step;
+                }
+            }
+            let Some(t) = self.types.get(&ty) else { continue };
+            let before: BTreeSet<String> =
+                if ty == ResourceType::Cluster { t.known.keys().cloned().collect() } else { BTreeSet::new() };
+            if let Some(resp) = self.respond(ty, snap, false, Part::Additions) {
+                if ty == ResourceType::Cluster {
+                    new_clusters.extend(resp.resources.iter().map(|r| r.name.clone()).filter(|n| !before.contains(n)));
+                }
+                step.responses.push(resp);
             }
         }
-        step.responses.extend(removals.into_iter().rev());
+        for ty in ResourceType::ALL.into_iter().rev() {
+            step.responses.extend(self.respond(ty, snap, false, Part::Removals));
+        }
         step
     }
 
-    /// The response for `ty`, and with `split`, its removals as a second response.
     fn respond(
         &mut self,
         ty: ResourceType,
         snap: &XdsSnapshot,
         first: bool,
-        split: bool,
-    ) -> (Option<xdisc::DeltaDiscoveryResponse>, Option<xdisc::DeltaDiscoveryResponse>) {
-        let Some(t) = self.types.get_mut(&ty) else { return (None, None) };
+        part: Part,
+    ) -> Option<xdisc::DeltaDiscoveryResponse> {
+        let t = self.types.get_mut(&ty)?;
         let set = snap.served(ty, first).clone();
         let selected = t.sub.select(&set);
-        let in_scope: BTreeSet<&str> = selected.iter().map(|r| r.name.as_str()).collect();
-        let updated: Vec<&Resource> =
-            selected.iter().copied().filter(|r| t.known.get(&r.name) != Some(&r.version)).collect();
-        let removed: Vec<String> = t.known.keys().filter(|n| !in_scope.contains(n.as_str())).cloned().collect();
-        if updated.is_empty() && removed.is_empty() && !first {
-            return (None, None);
-        }
-        let system_version = set.version.clone();
-        let mut emit = |t: &mut DeltaType, updated: Vec<&Resource>, removed: Vec<String>| {
-            for r in &updated {
-                t.known.insert(r.name.clone(), r.version.clone());
-            }
-            for n in &removed {
-                t.known.remove(n);
-            }
-            let version = version_of(t.known.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-            self.nonces += 1;
-            t.pending.insert(self.nonces, Sent { version: version.clone(), set: set.clone() });
-            while t.pending.len() > MAX_PENDING {
-                t.pending.pop_first();
-            }
-            t.status.sent_version = Some(version);
-            xdisc::DeltaDiscoveryResponse {
-                system_version_info: system_version.clone(),
-                resources: updated
-                    .into_iter()
-                    .map(|r| xdisc::Resource {
-                        name: r.name.clone(),
-                        version: r.version.clone(),
-                        resource: Some(r.body.clone()),
-                        ..Default::default()
-                    })
-                    .collect(),
-                type_url: ty.type_url().to_string(),
-                removed_resources: removed,
-                nonce: self.nonces.to_string(),
-                ..Default::default()
-            }
-        };
-        if split && !updated.is_empty() && !removed.is_empty() {
-            let added = emit(t, updated, Vec::new());
-            let removal = emit(t, Vec::new(), removed);
-            (Some(added), Some(removal))
+        let updated: Vec<&Resource> = if part == Part::Removals {
+            Vec::new()
         } else {
-            (Some(emit(t, updated, removed)), None)
+            selected.iter().copied().filter(|r| t.known.get(&r.name) != Some(&r.version)).collect()
+        };
+        let removed: Vec<String> = if part == Part::Additions {
+            Vec::new()
+        } else {
+            let in_scope: BTreeSet<&str> = selected.iter().map(|r| r.name.as_str()).collect();
+            t.known.keys().filter(|n| !in_scope.contains(n.as_str())).cloned().collect()
+        };
+        if updated.is_empty() && removed.is_empty() && !first {
+            return None;
         }
+        for r in &updated {
+            t.known.insert(r.name.clone(), r.version.clone());
+        }
+        for n in &removed {
+            t.known.remove(n);
+        }
+        let version = version_of(t.known.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        self.nonces += 1;
+        t.pending.insert(self.nonces, Sent { version: version.clone(), set: set.clone() });
+        while t.pending.len() > MAX_PENDING {
+            t.pending.pop_first();
+        }
+        t.status.sent_version = Some(version);
+        Some(xdisc::DeltaDiscoveryResponse {
+            system_version_info: set.version.clone(),
+            resources: updated
+                .into_iter()
+                .map(|r| xdisc::Resource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.body.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: ty.type_url().to_string(),
+            removed_resources: removed,
+            nonce: self.nonces.to_string(),
+            ..Default::default()
+        })
     }
 }
 
@@ -1084,5 +1181,86 @@ mod tests {
         assert_eq!((err.details.as_str(), err.version_info.as_str()), ("weights sum to 0", rr.version_info.as_str()));
         assert_eq!(err.last_update_attempt, Some(at));
         assert!(c.generic_xds_configs[0].error_state.is_none());
+    }
+
+    #[test]
+    fn sotw_routes_wait_until_new_clusters_have_their_endpoints() {
+        let one = [("10.0.0.1:80", EndpointHealth::Healthy)];
+        let s1 = snap(&ep_cfg(100, 0, &one));
+        let eds = ["d/p-blue", "d/p-green", "d/p-blue/10.0.0.1:80"];
+        let mut st = SotwStream::new();
+        let mut last = BTreeMap::new();
+        for (ty, names) in [
+            (ResourceType::Cluster, vec![]),
+            (ResourceType::Listener, vec![]),
+            (ResourceType::RouteConfiguration, vec!["shop"]),
+            (ResourceType::ClusterLoadAssignment, eds.to_vec()),
+        ] {
+            let r = st.handle_request(req(ty, &names, "", ""), &s1).responses.remove(0);
+            st.handle_request(req(ty, &names, &r.version_info, &r.nonce), &s1);
+            last.insert(ty, r);
+        }
+        // A second endpoint: its pin cluster is new, and its route must not arrive before its endpoints.
+        let s2 = snap(&ep_cfg(
+            100,
+            0,
+            &[("10.0.0.1:80", EndpointHealth::Healthy), ("10.0.0.2:80", EndpointHealth::Healthy)],
+        ));
+        let step = st.handle_update(&s2);
+        assert_eq!(types_of(&step), vec![ResourceType::Cluster, ResourceType::ClusterLoadAssignment]);
+        let eds_push = &step.responses[1];
+        // A route request meanwhile is not answered either.
+        let r = &last[&ResourceType::RouteConfiguration];
+        assert!(st
+            .handle_request(req(ResourceType::RouteConfiguration, &["shop"], &r.version_info, &r.nonce), &s2)
+            .responses
+            .is_empty());
+        // Envoy asks for the new cluster's endpoints: they go out, then the route.
+        let mut names = eds.to_vec();
+        names.push("d/p-blue/10.0.0.2:80");
+        let step = st.handle_request(
+            req(ResourceType::ClusterLoadAssignment, &names, &eds_push.version_info, &eds_push.nonce),
+            &s2,
+        );
+        assert_eq!(types_of(&step), vec![ResourceType::ClusterLoadAssignment, ResourceType::RouteConfiguration]);
+        assert!(names_of(&step.responses[0]).contains(&"d/p-blue/10.0.0.2:80".to_string()));
+        assert!(st.handle_update(&s2).responses.is_empty());
+    }
+
+    fn names_of(r: &xdisc::DiscoveryResponse) -> Vec<String> {
+        names(r)
+    }
+
+    #[test]
+    fn delta_routes_wait_until_new_clusters_have_their_endpoints() {
+        let s1 = snap(&ep_cfg(100, 0, &[("10.0.0.1:80", EndpointHealth::Healthy)]));
+        let mut st = DeltaStream::new();
+        for (ty, names) in [
+            (ResourceType::Cluster, vec![]),
+            (ResourceType::RouteConfiguration, vec!["shop"]),
+            (ResourceType::ClusterLoadAssignment, vec!["d/p-blue", "d/p-blue/10.0.0.1:80"]),
+        ] {
+            st.handle_request(dreq(ty, &names, &[], ""), &s1);
+        }
+        let s2 = snap(&ep_cfg(
+            100,
+            0,
+            &[("10.0.0.1:80", EndpointHealth::Healthy), ("10.0.0.2:80", EndpointHealth::Healthy)],
+        ));
+        let step = st.handle_update(&s2);
+        let types: Vec<_> = step.responses.iter().map(|r| ResourceType::from_type_url(&r.type_url).unwrap()).collect();
+        assert_eq!(types, vec![ResourceType::Cluster, ResourceType::ClusterLoadAssignment]);
+        assert!(st.handle_request(dreq(ResourceType::RouteConfiguration, &[], &[], "1"), &s2).responses.is_empty());
+        let step =
+            st.handle_request(dreq(ResourceType::ClusterLoadAssignment, &["d/p-blue/10.0.0.2:80"], &[], ""), &s2);
+        let got: Vec<(ResourceType, Vec<&str>)> =
+            step.responses.iter().map(|r| (ResourceType::from_type_url(&r.type_url).unwrap(), dnames(r))).collect();
+        assert_eq!(
+            got,
+            vec![
+                (ResourceType::ClusterLoadAssignment, vec!["d/p-blue/10.0.0.2:80"]),
+                (ResourceType::RouteConfiguration, vec!["shop"])
+            ]
+        );
     }
 }
