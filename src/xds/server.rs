@@ -531,3 +531,90 @@ impl ClientStatusDiscoveryService for Csds {
         self.answer(request.get_ref()).map(Response::new)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::cache::new_cache;
+    use crate::xds::model::{ProxyConfig, ServiceBackend};
+    use crate::xds::resources::translate;
+    use xds_api::pb::envoy::config::core::v3::Node;
+    use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+
+    fn config() -> ProxyConfig {
+        ProxyConfig {
+            policies: Default::default(),
+            name: "shop".into(),
+            listener_port: 8080,
+            strategies: [("blue".to_string(), 100)].into(),
+            services: vec![ServiceBackend {
+                namespace: "d".into(),
+                name: "a-blue".into(),
+                strategy: "blue".into(),
+                endpoints: vec![],
+            }],
+        }
+    }
+
+    /// One SotW client over its own connection: four initial fetches; done when it has all four.
+    async fn configure(addr: std::net::SocketAddr, id: usize) {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        for (ty, names) in [
+            (ResourceType::Listener, vec!["shop".to_string()]),
+            (ResourceType::RouteConfiguration, vec!["shop".to_string()]),
+            (ResourceType::Cluster, vec!["d/a-blue".to_string()]),
+            (ResourceType::ClusterLoadAssignment, vec!["d/a-blue".to_string()]),
+        ] {
+            let node = Some(Node { id: format!("c{id}"), ..Default::default() });
+            tx.send(xdisc::DiscoveryRequest {
+                type_url: ty.type_url().into(),
+                resource_names: names,
+                node,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let mut inbound = client.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let mut types = std::collections::BTreeSet::new();
+        while types.len() < 4 {
+            let resp = inbound.message().await.unwrap().expect("a response of every type");
+            assert!(!resp.resources.is_empty(), "{}", resp.type_url);
+            types.insert(resp.type_url);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reconnect_storm_queues_behind_the_permits_and_every_client_is_configured() {
+        let (writer, cache) = new_cache();
+        writer.publish(translate(&config()));
+        let mut registry = Registry::default();
+        let metrics = XdsMetrics::register(&mut registry);
+        let (_drain, drain) = watch::channel(false);
+        let server = AdsServer::new(cache, metrics.clone(), Clients::default(), drain, 1);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(server.into_service())
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let clients: Vec<_> = (0..200).map(|id| tokio::spawn(configure(addr, id))).collect();
+        let all = futures::future::join_all(clients);
+        for r in tokio::time::timeout(std::time::Duration::from_secs(60), all).await.expect("every client configured") {
+            r.unwrap();
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let value = |name: &str| -> f64 {
+            text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(-1.0)
+        };
+        // Every initial fetch (4 per client) went through a permit, and with one permit they queued.
+        assert_eq!(value("weir_xds_initial_wait_seconds_count"), 800.0, "{text}");
+        assert!(value("weir_xds_initial_wait_seconds_sum") > 0.0, "{text}");
+        assert_eq!(value("weir_xds_initial_waiting"), 0.0);
+    }
+}
