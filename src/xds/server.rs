@@ -131,14 +131,16 @@ fn timestamp(t: SystemTime) -> Timestamp {
 
 /// Every open stream's machine, for CSDS, `/clients` and `/config_dump`. Each is locked only
 /// briefly: by its own task per input, by a reader per query.
+type Machine = Arc<Mutex<dyn Inspect>>;
+
 #[derive(Clone, Default)]
 pub struct Clients {
-    inner: Arc<Mutex<BTreeMap<u64, Arc<Mutex<dyn Inspect>>>>>,
+    inner: Arc<Mutex<BTreeMap<u64, Machine>>>,
     next: Arc<AtomicU64>,
 }
 
 impl Clients {
-    fn streams(&self) -> Vec<Arc<Mutex<dyn Inspect>>> {
+    fn streams(&self) -> Vec<Machine> {
         self.inner.lock().values().cloned().collect()
     }
 
@@ -466,12 +468,23 @@ pub struct Csds {
     clients: Clients,
 }
 
+/// A CSDS request weir does not answer (`INVALID_ARGUMENT`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct CsdsRefusal(&'static str);
+
+impl From<CsdsRefusal> for Status {
+    fn from(e: CsdsRefusal) -> Status {
+        Status::invalid_argument(e.0)
+    }
+}
+
 impl Csds {
-    fn answer(&self, req: &xstatus::ClientStatusRequest) -> Result<xstatus::ClientStatusResponse, Status> {
+    fn answer(&self, req: &xstatus::ClientStatusRequest) -> Result<xstatus::ClientStatusResponse, CsdsRefusal> {
         let mut matchers = Vec::new();
         for m in &req.node_matchers {
             if !m.node_metadatas.is_empty() {
-                return Err(Status::invalid_argument("node_metadatas matchers are not supported; match on node_id"));
+                return Err(CsdsRefusal("node_metadatas matchers are not supported; match on node_id"));
             }
             matchers.extend(m.node_id.clone());
         }
@@ -494,7 +507,7 @@ impl Csds {
 }
 
 /// Exact, prefix, suffix and contains (optionally ignoring case); other patterns are refused.
-fn node_id_matches(m: &StringMatcher, id: &str) -> Result<bool, Status> {
+fn node_id_matches(m: &StringMatcher, id: &str) -> Result<bool, CsdsRefusal> {
     let fold = |s: &str| if m.ignore_case { s.to_lowercase() } else { s.to_string() };
     let id = fold(id);
     Ok(match &m.match_pattern {
@@ -503,11 +516,7 @@ fn node_id_matches(m: &StringMatcher, id: &str) -> Result<bool, Status> {
         Some(MatchPattern::Suffix(p)) => id.ends_with(&fold(p)),
         Some(MatchPattern::Contains(p)) => id.contains(&fold(p)),
         None => true,
-        Some(_) => {
-            return Err(Status::invalid_argument(
-                "node_id matcher: only exact, prefix, suffix and contains are supported",
-            ))
-        }
+        Some(_) => return Err(CsdsRefusal("node_id matcher: only exact, prefix, suffix and contains are supported")),
     })
 }
 
@@ -515,12 +524,14 @@ fn node_id_matches(m: &StringMatcher, id: &str) -> Result<bool, Status> {
 impl ClientStatusDiscoveryService for Csds {
     type StreamClientStatusStream = BoxStream<xstatus::ClientStatusResponse>;
 
+    // tonic's streams carry `Status` errors.
+    #[allow(clippy::result_large_err)]
     async fn stream_client_status(
         &self,
         request: Request<Streaming<xstatus::ClientStatusRequest>>,
     ) -> Result<Response<Self::StreamClientStatusStream>, Status> {
         let csds = self.clone();
-        let out = request.into_inner().map(move |req| req.and_then(|req| csds.answer(&req)));
+        let out = request.into_inner().map(move |req| Ok(csds.answer(&req?)?));
         Ok(Response::new(Box::pin(out)))
     }
 
@@ -528,7 +539,7 @@ impl ClientStatusDiscoveryService for Csds {
         &self,
         request: Request<xstatus::ClientStatusRequest>,
     ) -> Result<Response<xstatus::ClientStatusResponse>, Status> {
-        self.answer(request.get_ref()).map(Response::new)
+        Ok(Response::new(self.answer(request.get_ref())?))
     }
 }
 
