@@ -395,6 +395,15 @@ pub struct XdsArgs {
     #[arg(long, env = "WEIR_XDS_INITIAL_CONCURRENCY", default_value_t = crate::xds::server::DEFAULT_INITIAL_CONCURRENCY,
         value_parser = clap::value_parser!(u16).range(1..))]
     pub xds_initial_concurrency: u16,
+    /// Serve every node id. By default only the TrafficInfra's `xds.nodeID` is served and another
+    /// id gets PERMISSION_DENIED (counted in `weir_xds_rejected_nodes_total`); set this for a mixed
+    /// fleet whose proxies have their own ids.
+    #[arg(long, env = "WEIR_ALLOW_ANY_NODE_ID")]
+    pub allow_any_node_id: bool,
+    /// Do not write the TrafficInfra's status (`trafficWeights`, `discoveredServices`,
+    /// `ConfigAccepted`) or its Events. Only meaningful with `--provider kubernetes`.
+    #[arg(long, env = "WEIR_NO_STATUS")]
+    pub no_status: bool,
 }
 
 #[derive(Debug, Clone, Args)]

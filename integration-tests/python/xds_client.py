@@ -1,7 +1,8 @@
 """A proxyless gRPC client for the xDS tests. Dials TARGET (e.g. xds:///shop, with GRPC_XDS_BOOTSTRAP
 set, or 127.0.0.1:PORT through Envoy) and answers one JSON command per stdin line with one JSON line:
 
-  {"n": 2000}                                   -> {"counts": {"blue": 1003, "green": 997}, "errors": {}}
+  {"n": 2000}                                   -> {"counts": {"blue": 1003, "green": 997}, "errors": {},
+                                                    "details": {}}  (details: the last message per error code)
   {"n": 100, "metadata": {"plannerip": "..."}}  -> same, with that metadata on every call
   {"wait": 20}                                  -> {"ready": true} once one call succeeded (or false)
   {"loop": 4}                                   -> {"looping": 4}: 4 threads call without pause...
@@ -46,7 +47,7 @@ def main():
             print(json.dumps({"ready": ok}), flush=True)
             continue
         metadata = tuple((cmd.get("metadata") or {}).items())
-        counts, errors = {}, {}
+        counts, errors, details = {}, {}, {}
         for _ in range(cmd["n"]):
             try:
                 name = who(b"", timeout=5, metadata=metadata).decode()
@@ -54,7 +55,8 @@ def main():
             except grpc.RpcError as e:
                 code = e.code().name
                 errors[code] = errors.get(code, 0) + 1
-        print(json.dumps({"counts": counts, "errors": errors}), flush=True)
+                details[code] = e.details()
+        print(json.dumps({"counts": counts, "errors": errors, "details": details}), flush=True)
 
 
 class Loop:

@@ -29,7 +29,8 @@ pub async fn start_provider(
     liveness: &crate::telemetry::Liveness,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SnapshotRx, JoinHandle<()>)> {
-    start_provider_in(args, invalid, liveness, crate::providers::kubernetes::WatchScope::default(), shutdown).await
+    start_provider_in(args, invalid, liveness, crate::providers::kubernetes::WatchScope::default(), None, shutdown)
+        .await
 }
 
 /// [`start_provider`], with the Kubernetes provider watching only `scope`.
@@ -38,6 +39,7 @@ pub async fn start_provider_in(
     invalid: &InvalidInputs,
     liveness: &crate::telemetry::Liveness,
     scope: crate::providers::kubernetes::WatchScope,
+    endpoint_relist: Option<watch::Receiver<std::time::Duration>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SnapshotRx, JoinHandle<()>)> {
     match args.provider {
@@ -55,7 +57,8 @@ pub async fn start_provider_in(
         ProviderKind::Kubernetes => {
             let client = crate::providers::kubernetes::client().await.context("connecting to Kubernetes")?;
             let (tx, mut rx) = watch::channel(Arc::new(crate::model::Snapshot::default()));
-            let config = crate::providers::kubernetes::KubernetesConfig { scope, ..Default::default() };
+            let config =
+                crate::providers::kubernetes::KubernetesConfig { scope, endpoint_relist, ..Default::default() };
             let stop = shutdown.clone();
             let task = tokio::spawn(async move {
                 tokio::select! {

@@ -56,6 +56,8 @@ pub async fn local(args: LocalArgs) -> Result<()> {
         admin_token_file: None,
         metrics_addr: None,
         xds_initial_concurrency: crate::xds::server::DEFAULT_INITIAL_CONCURRENCY,
+        allow_any_node_id: false,
+        no_status: true,
     });
     let controller = ControllerArgs {
         cluster: ClusterArgs {

@@ -59,7 +59,10 @@ pub async fn run(cmd: &WeightsCommand) -> Result<String, WeightsCliError> {
             let rows = store.list().await?;
             let now = now_ms();
             let held = store.held().await?;
-            let listed: Vec<ListedRow> = rows.iter().map(|r| ListedRow { status: status(r, now), row: r }).collect();
+            let listed: Vec<ListedRow> = rows
+                .iter()
+                .map(|r| ListedRow { status: status(r, now), row: r, held: held_of(&held, &r.cluster) })
+                .collect();
             output(args.output, &listed, || table_with_held(&rows, now, &held))
         }
         WeightsCommand::Get { store: args, cluster_name } => {
@@ -69,9 +72,8 @@ pub async fn run(cmd: &WeightsCommand) -> Result<String, WeightsCliError> {
             };
             let now = now_ms();
             let held = store.held().await?;
-            output(args.output, &ListedRow { status: status(&row, now), row: &row }, || {
-                table_with_held(std::slice::from_ref(&row), now, &held)
-            })
+            let listed = ListedRow { status: status(&row, now), row: &row, held: held_of(&held, cluster_name) };
+            output(args.output, &listed, || table_with_held(std::slice::from_ref(&row), now, &held))
         }
         WeightsCommand::Set { store: args, cluster_name, desired, for_, reason, max_step, force, safety } => {
             // Before anything is opened: a bad value must leave no trace, not even a new file.
@@ -330,6 +332,9 @@ struct ListedRow<'a> {
     row: &'a WeightRow,
     #[serde(rename = "Status")]
     status: String,
+    /// Hosts that keep this cluster from acknowledging (as its controller last recorded them).
+    #[serde(rename = "HeldHosts", skip_serializing_if = "<[String]>::is_empty")]
+    held: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -434,6 +439,10 @@ fn table(rows: &[WeightRow], now: i64) -> String {
 }
 
 /// The status column names the hosts that hold a cluster's ack back.
+fn held_of<'a>(held: &'a std::collections::BTreeMap<String, Vec<String>>, cluster: &str) -> &'a [String] {
+    held.get(cluster).map(Vec::as_slice).unwrap_or_default()
+}
+
 fn table_with_held(rows: &[WeightRow], now: i64, held: &std::collections::BTreeMap<String, Vec<String>>) -> String {
     let header = ["CLUSTER", "DESIRED", "CURRENT", "STATUS"];
     let status_of = |r: &WeightRow| match held.get(&r.cluster).filter(|h| !h.is_empty()) {

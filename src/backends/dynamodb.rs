@@ -19,6 +19,8 @@ pub const DESIRED: &str = "DesiredWeight";
 pub const CURRENT: &str = "CurrentWeight";
 /// The row's ramp or override, JSON ([`Plan`]).
 pub const PLAN: &str = "Plan";
+/// The hosts that block this cluster's ack (a string set; absent when none), for `weir weights list`.
+pub const HELD: &str = "HeldHosts";
 /// The history table's sort key: `<unix ms, 13 digits>-<random>`, so that entries sort by time and
 /// two in one millisecond do not collide.
 pub const HISTORY_SORT: &str = "ChangedAt";
@@ -71,6 +73,27 @@ impl DynamoStore {
         HashMap::from([(KEY.to_string(), AttributeValue::S(cluster.to_string()))])
     }
 
+    /// Every item of the weight table (consistent reads). Bounded: a table of weight rows is small;
+    /// 1,000 pages would be millions of clusters.
+    async fn scan(&self, operation: &'static str) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+        let mut items = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        for _ in 0..1000 {
+            let req = self.client.scan().table_name(&self.table).consistent_read(true).set_exclusive_start_key(start);
+            let out = self
+                .aws
+                .call("dynamodb", "Scan", || req.clone().send())
+                .await
+                .map_err(|e| Self::error(operation, describe(&e)))?;
+            items.extend(out.items.unwrap_or_default());
+            start = out.last_evaluated_key.filter(|k| !k.is_empty());
+            if start.is_none() {
+                break;
+            }
+        }
+        Ok(items)
+    }
+
     /// The raw DesiredWeight attribute of a row (for conditional writes), and the parsed row.
     async fn read(&self, cluster: &str) -> Result<Option<(Option<AttributeValue>, WeightRow)>, StoreError> {
         let req =
@@ -93,6 +116,13 @@ pub fn parse_weight(value: Option<&AttributeValue>) -> StoredWeight {
         Some(AttributeValue::Null(_)) => StoredWeight::Invalid("null".into()),
         Some(AttributeValue::Bool(b)) => StoredWeight::Invalid(format!("bool {b}")),
         Some(other) => StoredWeight::Invalid(format!("{other:?}")),
+    }
+}
+
+fn row_name(item: &HashMap<String, AttributeValue>) -> String {
+    match item.get(KEY) {
+        Some(AttributeValue::S(s)) => s.clone(),
+        other => format!("{other:?}"),
     }
 }
 
@@ -167,28 +197,8 @@ impl WeightStore for DynamoStore {
     }
 
     async fn list(&self) -> Result<Vec<WeightRow>, StoreError> {
-        let mut rows = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        // Bounded: a table of weight rows is small; 1,000 pages would be millions of clusters.
-        for _ in 0..1000 {
-            let req = self.client.scan().table_name(&self.table).consistent_read(true).set_exclusive_start_key(start);
-            let out = self
-                .aws
-                .call("dynamodb", "Scan", || req.clone().send())
-                .await
-                .map_err(|e| Self::error("list", describe(&e)))?;
-            for item in out.items() {
-                let name = match item.get(KEY) {
-                    Some(AttributeValue::S(s)) => s.clone(),
-                    other => format!("{other:?}"),
-                };
-                rows.push(parse_row(&name, item));
-            }
-            start = out.last_evaluated_key.filter(|k| !k.is_empty());
-            if start.is_none() {
-                break;
-            }
-        }
+        let mut rows: Vec<WeightRow> =
+            self.scan("list").await?.iter().map(|item| parse_row(&row_name(item), item)).collect();
         rows.sort_by(|a, b| a.cluster.cmp(&b.cluster));
         Ok(rows)
     }
@@ -358,6 +368,41 @@ impl WeightStore for DynamoStore {
             Err(e) if classify(&e) == Outcome::ConditionFailed => Ok(false),
             Err(e) => Err(Self::error("write_plan", describe(&e))),
         }
+    }
+
+    /// Records the held hosts on the cluster's own row (never creating one), or removes the attribute
+    /// when none is held. Called only when the set changes.
+    async fn note_held(&self, cluster: &str, hosts: &[String]) -> Result<(), StoreError> {
+        let req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(cluster)))
+            .condition_expression("attribute_exists(#k)")
+            .expression_attribute_names("#k", KEY)
+            .expression_attribute_names("#h", HELD);
+        let req = if hosts.is_empty() {
+            req.update_expression("REMOVE #h")
+        } else {
+            req.update_expression("SET #h = :h").expression_attribute_values(":h", AttributeValue::Ss(hosts.to_vec()))
+        };
+        match self.aws.call("dynamodb", "UpdateItem", || req.clone().send()).await {
+            Ok(_) => Ok(()),
+            Err(e) if classify(&e) == Outcome::ConditionFailed => Err(StoreError::NotFound(cluster.to_string())),
+            Err(e) => Err(Self::error("note_held", describe(&e))),
+        }
+    }
+
+    async fn held(&self) -> Result<std::collections::BTreeMap<String, Vec<String>>, StoreError> {
+        let mut held = std::collections::BTreeMap::new();
+        for item in self.scan("held").await? {
+            if let Some(AttributeValue::Ss(hosts)) = item.get(HELD) {
+                let mut hosts = hosts.clone();
+                hosts.sort();
+                held.insert(row_name(&item), hosts);
+            }
+        }
+        Ok(held)
     }
 
     async fn append_history(&self, entry: &HistoryEntry) -> Result<(), StoreError> {

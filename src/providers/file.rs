@@ -179,7 +179,17 @@ fn parse_value(value: serde_yaml::Value, document: usize, out: &mut Vec<Object>)
         ("networking.k8s.io/v1", "Ingress") => Object::Ingress(typed(value, &api_version, &kind, document)?),
         ("v1", "Service") => Object::Service(typed(value, &api_version, &kind, document)?),
         ("discovery.k8s.io/v1", "EndpointSlice") => Object::EndpointSlice(typed(value, &api_version, &kind, document)?),
-        ("weir.dev/v1alpha1", "TrafficInfra") => Object::TrafficInfra(typed(value, &api_version, &kind, document)?),
+        ("weir.dev/v1alpha1", "TrafficInfra") => {
+            // serde would drop a field the schema does not have (a renamed one falls back to its
+            // default); refused instead, as the API server's strict field validation refuses it.
+            let json = serde_json::to_value(&value).map_err(|e| shape(e.to_string()))?;
+            let unknown = crate::crd::traffic_infra_unknown_fields(&json);
+            if !unknown.is_empty() {
+                let list: Vec<String> = unknown.iter().map(ToString::to_string).collect();
+                return Err(shape(format!("TrafficInfra: {}", list.join(", "))));
+            }
+            Object::TrafficInfra(typed(value, &api_version, &kind, document)?)
+        }
         ("weir.dev/v1alpha1", "BackendTrafficPolicy") => {
             Object::BackendTrafficPolicy(typed(value, &api_version, &kind, document)?)
         }
@@ -558,6 +568,21 @@ status:
   loadBalancer:
     ingress: [{hostname: lb.example.net}]
 "#;
+
+    #[test]
+    fn a_traffic_infra_with_an_unknown_or_renamed_field_is_refused_naming_it() {
+        let text = "apiVersion: weir.dev/v1alpha1\nkind: TrafficInfra\nmetadata: {name: t, namespace: n}\n\
+                    spec:\n  envoy:\n    hpa:\n      targetCpuUtilization: 60\n";
+        let err = parse_manifests(text).expect_err("refused").to_string();
+        assert!(
+            err.contains("unknown field .spec.envoy.hpa.targetCpuUtilization (did you mean .spec.envoy.hpa.targetCPUUtilization?)"),
+            "{err}"
+        );
+        let ok = text.replace("targetCpuUtilization", "targetCPUUtilization");
+        let objects = parse_manifests(&ok).unwrap();
+        let Object::TrafficInfra(ti) = &objects[0] else { panic!("not a TrafficInfra") };
+        assert_eq!(ti.spec.envoy.hpa.target_cpu_utilization, 60);
+    }
 
     #[test]
     fn parses_multi_document_files_and_dispatches_on_kind() {

@@ -83,12 +83,21 @@ static DENIED: std::sync::LazyLock<parking_lot::Mutex<BTreeMap<String, std::time
     std::sync::LazyLock::new(Default::default);
 const DENIED_FOR: Duration = Duration::from_secs(45);
 
+/// `weir_kube_relists_total{kind,result}`: periodic full re-lists (the fallback beside a watch) by
+/// outcome: `unchanged`, `changed` (the watch had missed something), `error`.
+static RELISTS: std::sync::LazyLock<Family<Vec<(String, String)>, Counter>> = std::sync::LazyLock::new(Family::default);
+
 /// Registers the provider's metrics.
 pub fn register_metrics(registry: &mut prometheus_client::registry::Registry) {
     registry.register(
         "weir_kube_watch_errors",
         "Failed Kubernetes lists and watches of the provider, by kind and HTTP status (403: RBAC denied)",
         WATCH_ERRORS.clone(),
+    );
+    registry.register(
+        "weir_kube_relists",
+        "Periodic full re-lists beside the watch, by kind and result (changed: the watch had missed a change)",
+        RELISTS.clone(),
     );
 }
 
@@ -116,11 +125,14 @@ pub struct KubernetesConfig {
     pub debounce: Duration,
     /// What is watched, and where.
     pub scope: WatchScope,
+    /// When set, EndpointSlices are also re-listed in full at this period (`weir xds`: the
+    /// TrafficInfra's `xds.pollInterval`), so that a change the watch missed is served anyway.
+    pub endpoint_relist: Option<tokio::sync::watch::Receiver<Duration>>,
 }
 
 impl Default for KubernetesConfig {
     fn default() -> Self {
-        Self { debounce: Duration::from_millis(200), scope: WatchScope::default() }
+        Self { debounce: Duration::from_millis(200), scope: WatchScope::default(), endpoint_relist: None }
     }
 }
 
@@ -186,7 +198,13 @@ impl Caches {
 /// Starts one reflector per kind and returns its cache. The watch retries with backoff forever: a
 /// missing CRD or a lost connection is logged and retried while the other kinds keep working.
 /// Not `enabled`: an empty cache that is never filled, and no request.
-fn reflect<K>(client: &Client, scope: &WatchScope, enabled: bool, changed: Arc<Notify>) -> Store<K>
+fn reflect<K>(
+    client: &Client,
+    scope: &WatchScope,
+    enabled: bool,
+    changed: Arc<Notify>,
+    relist: Option<tokio::sync::watch::Receiver<Duration>>,
+) -> Store<K>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -196,7 +214,7 @@ where
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store::<K>();
+    let (reader, mut writer) = reflector::store::<K>();
     if !enabled {
         return reader;
     }
@@ -208,21 +226,39 @@ where
     let plural = K::plural(&()).to_string();
     let group = K::group(&()).to_string();
     let where_ = scope.namespace.as_ref().map_or("at the cluster scope".to_string(), |n| format!("in namespace {n}"));
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default())
-            // Field-manager bookkeeping and kubectl's copy of the last applied object are never read;
-            // dropping them keeps the caches small.
-            .modify(|o| {
-                o.managed_fields_mut().clear();
-                o.annotations_mut().remove(LAST_APPLIED);
-            })
-            .default_backoff(),
-    );
+    let stream = watcher(api.clone(), watcher::Config::default())
+        // Field-manager bookkeeping and kubectl's copy of the last applied object are never read;
+        // dropping them keeps the caches small.
+        .modify(strip)
+        .default_backoff();
+    let store = reader.clone();
     tokio::spawn(async move {
         let mut failing = false;
         let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
+        // Between a watch's Init and InitDone the store is being refilled; a re-list waits.
+        let mut in_init = false;
+        let mut relist = relist;
+        loop {
+            let event = tokio::select! {
+                e = stream.next() => match e {
+                    Some(e) => e,
+                    None => break,
+                },
+                () = relist_due(&mut relist) => {
+                    if !in_init {
+                        relist_into(&api, &store, &mut writer, &kind, &changed).await;
+                    }
+                    continue;
+                }
+            };
+            if let Ok(ev) = &event {
+                match ev {
+                    watcher::Event::Init => in_init = true,
+                    watcher::Event::InitDone => in_init = false,
+                    _ => {}
+                }
+                writer.apply_watcher_event(ev);
+            }
             match event {
                 Ok(_) => {
                     if failing {
@@ -262,6 +298,63 @@ where
     reader
 }
 
+fn strip<K: Resource>(o: &mut K) {
+    o.managed_fields_mut().clear();
+    o.annotations_mut().remove(LAST_APPLIED);
+}
+
+/// Waits one re-list period (re-read each time, so a changed `pollInterval` applies at once);
+/// never returns without a period.
+async fn relist_due(relist: &mut Option<tokio::sync::watch::Receiver<Duration>>) {
+    let Some(rx) = relist.as_mut() else { return std::future::pending().await };
+    let period = (*rx.borrow_and_update()).max(Duration::from_millis(100));
+    tokio::select! {
+        _ = tokio::time::sleep(period) => {}
+        // A new period starts counting now.
+        Ok(()) = rx.changed() => Box::pin(relist_due(relist)).await,
+    }
+}
+
+/// One full list; when it differs from the store (a change the watch missed), it replaces the
+/// store's content and a snapshot is published.
+async fn relist_into<K>(
+    api: &Api<K>,
+    store: &Store<K>,
+    writer: &mut reflector::store::Writer<K>,
+    kind: &str,
+    changed: &Notify,
+) where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    let result = |r: &str| vec![("kind".to_string(), kind.to_string()), ("result".to_string(), r.to_string())];
+    let list = match api.list(&Default::default()).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!(%kind, error = %e, "re-list failed; the watch goes on");
+            RELISTS.get_or_create(&result("error")).inc();
+            return;
+        }
+    };
+    let versions =
+        |objs: &mut dyn Iterator<Item = (String, String, String)>| objs.collect::<std::collections::BTreeSet<_>>();
+    let key = |o: &K| (o.namespace().unwrap_or_default(), o.name_any(), o.resource_version().unwrap_or_default());
+    let listed = versions(&mut list.items.iter().map(key));
+    let cached = versions(&mut store.state().iter().map(|o| key(o)));
+    if listed == cached {
+        RELISTS.get_or_create(&result("unchanged")).inc();
+        return;
+    }
+    tracing::info!(%kind, listed = listed.len(), cached = cached.len(), "re-list found changes the watch missed");
+    RELISTS.get_or_create(&result("changed")).inc();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for mut o in list.items {
+        strip(&mut o);
+        writer.apply_watcher_event(&watcher::Event::InitApply(o));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    changed.notify_one();
+}
+
 /// Watches the cluster and publishes a snapshot on `tx` after the Ingress, Service and
 /// EndpointSlice caches are filled and then after every change (debounced). Revisions start at 1,
 /// so a consumer that waits for `revision > 0` never acts on an empty cache and removes records.
@@ -270,12 +363,12 @@ pub async fn run(client: Client, config: KubernetesConfig, tx: SnapshotTx) -> Re
     let changed = Arc::new(Notify::new());
     let scope = &config.scope;
     let caches = Caches {
-        ingresses: reflect(&client, scope, scope.ingresses, changed.clone()),
-        services: reflect(&client, scope, true, changed.clone()),
-        endpoint_slices: reflect(&client, scope, true, changed.clone()),
-        traffic_infras: reflect(&client, scope, true, changed.clone()),
-        backend_traffic_policies: reflect(&client, scope, true, changed.clone()),
-        namespace_configs: reflect(&client, scope, scope.namespace_configs, changed.clone()),
+        ingresses: reflect(&client, scope, scope.ingresses, changed.clone(), None),
+        services: reflect(&client, scope, true, changed.clone(), None),
+        endpoint_slices: reflect(&client, scope, true, changed.clone(), config.endpoint_relist.clone()),
+        traffic_infras: reflect(&client, scope, true, changed.clone(), None),
+        backend_traffic_policies: reflect(&client, scope, true, changed.clone(), None),
+        namespace_configs: reflect(&client, scope, scope.namespace_configs, changed.clone(), None),
     };
     if scope.ingresses {
         caches.ingresses.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("Ingress"))?;

@@ -129,10 +129,49 @@ fn timestamp(t: SystemTime) -> Timestamp {
     Timestamp { seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX), nanos: d.subsec_nanos() as i32 }
 }
 
-/// Every open stream's machine, for CSDS, `/clients` and `/config_dump`. Each is locked only
-/// briefly: by its own task per input, by a reader per query.
 type Machine = Arc<Mutex<dyn Inspect>>;
 
+/// Learns what every stream did after each step (its status and the events: ACKs and NACKs); the
+/// TrafficInfra status writer uses it for `ConfigAccepted`. Called with no lock held; must not block.
+pub trait StreamObserver: Send + Sync {
+    fn observe(&self, status: &StreamStatus, events: &[Event]);
+}
+
+/// Which node ids this server serves: `xds.nodeID` of its TrafficInfra (`None`: any, e.g. no
+/// TrafficInfra in the inputs), unless `allow_any` (`--allow-any-node-id`, for mixed fleets).
+#[derive(Clone)]
+pub struct NodePolicy {
+    pub expected: watch::Receiver<Option<String>>,
+    pub allow_any: bool,
+    /// `weir_xds_rejected_nodes_total`: streams refused for their node id.
+    pub rejected: Counter,
+}
+
+impl NodePolicy {
+    pub fn any() -> Self {
+        Self { expected: watch::channel(None).1, allow_any: true, rejected: Counter::default() }
+    }
+
+    pub fn register(self, registry: &mut Registry) -> Self {
+        registry.register(
+            "weir_xds_rejected_nodes",
+            "ADS streams refused because their node id is not the TrafficInfra's xds.nodeID",
+            self.rejected.clone(),
+        );
+        self
+    }
+
+    /// `Err(expected)` when `node` may not be served.
+    fn check(&self, node: &str) -> Result<(), String> {
+        match &*self.expected.borrow() {
+            Some(want) if !self.allow_any && want != node => Err(want.clone()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Every open stream's machine, for CSDS, `/clients` and `/config_dump`. Each is locked only
+/// briefly: by its own task per input, by a reader per query.
 #[derive(Clone, Default)]
 pub struct Clients {
     inner: Arc<Mutex<BTreeMap<u64, Machine>>>,
@@ -251,6 +290,8 @@ enum StreamError {
     Client(Status),
     #[error("server is shutting down")]
     Draining,
+    #[error("node id {got:?} is not {want:?}")]
+    NodeRejected { got: String, want: String },
 }
 
 impl StreamError {
@@ -259,6 +300,10 @@ impl StreamError {
             // The client is gone or broke the stream; nobody reads a reply.
             StreamError::Client(_) => None,
             StreamError::Draining => Some(Status::unavailable("weir xDS server is shutting down; reconnect")),
+            StreamError::NodeRejected { got, want } => Some(Status::permission_denied(format!(
+                "weir xDS serves node id {want:?} only (the TrafficInfra's xds.nodeID), not {got:?}; set node.id in the \
+                 proxy's bootstrap, or run weir xds with --allow-any-node-id for a mixed fleet"
+            ))),
         }
     }
 }
@@ -270,6 +315,8 @@ pub struct AdsServer {
     clients: Clients,
     drain: watch::Receiver<bool>,
     initial: Arc<Semaphore>,
+    nodes: NodePolicy,
+    observer: Option<Arc<dyn StreamObserver>>,
 }
 
 impl AdsServer {
@@ -281,7 +328,19 @@ impl AdsServer {
         initial_concurrency: u16,
     ) -> Self {
         let initial = Arc::new(Semaphore::new(usize::from(initial_concurrency.max(1))));
-        Self { cache, metrics, clients, drain, initial }
+        Self { cache, metrics, clients, drain, initial, nodes: NodePolicy::any(), observer: None }
+    }
+
+    /// Serves only the node ids `nodes` allows.
+    pub fn with_node_policy(mut self, nodes: NodePolicy) -> Self {
+        self.nodes = nodes;
+        self
+    }
+
+    /// Tells `observer` what every stream does.
+    pub fn with_observer(mut self, observer: Arc<dyn StreamObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
@@ -322,6 +381,7 @@ impl AdsServer {
     ) -> Result<(), StreamError> {
         let mut updates = self.cache.subscribe();
         let mut drain = self.drain.clone();
+        let mut node_checked = false;
         loop {
             if *drain.borrow() {
                 return Err(StreamError::Draining);
@@ -355,6 +415,16 @@ impl AdsServer {
             // Read after the wait: the verdicts may have changed meanwhile.
             let snap = updates.borrow().clone();
             let step = machine.lock().proto.handle_request(req, &snap);
+            if !node_checked {
+                // The node comes with the first request; nothing is sent before it is checked.
+                let node = machine.lock().proto.status().node_id;
+                if let Err(want) = self.nodes.check(&node) {
+                    self.nodes.rejected.inc();
+                    tracing::warn!(node = %clip(&node), expected = %want, "refused an ADS stream: not this TrafficInfra's node id");
+                    return Err(StreamError::NodeRejected { got: clip(&node).to_string(), want });
+                }
+                node_checked = true;
+            }
             if !self.send(&machine, step, None, tx).await {
                 return Ok(());
             }
@@ -413,7 +483,8 @@ impl AdsServer {
     fn record<P: Protocol>(&self, machine: &Arc<Mutex<Tracked<P>>>, events: &[Event]) {
         self.cache.record(events);
         let mut m = machine.lock();
-        let node = m.proto.status().node_id;
+        let status = m.proto.status();
+        let node = status.node_id.clone();
         for e in events {
             match e {
                 Event::Nack { ty, version, message, .. } => {
@@ -435,6 +506,10 @@ impl AdsServer {
                     tracing::debug!(node = %clip(&node), r#type = ty.label(), version = %clip(version), "ACK");
                 }
             }
+        }
+        drop(m);
+        if let Some(observer) = &self.observer {
+            observer.observe(&status, events);
         }
     }
 }

@@ -43,7 +43,21 @@ pub fn start_weir(name: &str, dir: &Path, manifests: &Path, state: &Path, extra:
     start_weir_on(name, dir, manifests, state, free_port(), extra)
 }
 
+/// `weir xds` on the manifests. Its clients here each have their own node id (so that
+/// `/config_dump` tells them apart), so it serves any node id (`--allow-any-node-id`); see
+/// [`start_weir_serving_its_node_only`].
 pub fn start_weir_on(name: &str, dir: &Path, manifests: &Path, state: &Path, grpc_port: u16, extra: &[&str]) -> Weir {
+    let mut args = vec!["--allow-any-node-id"];
+    args.extend_from_slice(extra);
+    spawn_weir(name, dir, manifests, state, grpc_port, &args)
+}
+
+/// `weir xds` as deployed: only the TrafficInfra's `xds.nodeID` is served.
+pub fn start_weir_serving_its_node_only(name: &str, dir: &Path, manifests: &Path, state: &Path) -> Weir {
+    spawn_weir(name, dir, manifests, state, free_port(), &[])
+}
+
+fn spawn_weir(name: &str, dir: &Path, manifests: &Path, state: &Path, grpc_port: u16, extra: &[&str]) -> Weir {
     let admin_port = free_port();
     let mut cmd = Command::new(weir_bin());
     cmd.args(["xds", "--provider", "file", "--name", "shop", "--manifests-poll-interval", "200ms"])
@@ -139,6 +153,17 @@ impl Client {
 
     pub fn wait_ready(&mut self) {
         assert_eq!(self.ask(serde_json::json!({"wait": 30}))["ready"], true, "client never got a working route");
+    }
+
+    /// `n` calls; the last error message per status code.
+    pub fn call_details(&mut self, n: u64) -> BTreeMap<String, String> {
+        let v = self.ask(serde_json::json!({"n": n}));
+        v["details"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, d)| (k.clone(), d.as_str().unwrap_or("").into()))
+            .collect()
     }
 
     pub fn call(&mut self, n: u64, plannerip: Option<&str>) -> Tally {
