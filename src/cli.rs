@@ -443,6 +443,11 @@ pub struct XdsArgs {
     pub admin_token_file: Option<PathBuf>,
     #[arg(long, env = "WEIR_METRICS_ADDR", value_parser = parse_listen_addr)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Initial fetches (a stream's first request of a type) answered at once; the rest queue, so a
+    /// reconnect storm computes and sends a bounded number of initial snapshots at a time.
+    #[arg(long, env = "WEIR_XDS_INITIAL_CONCURRENCY", default_value_t = crate::xds::server::DEFAULT_INITIAL_CONCURRENCY,
+        value_parser = clap::value_parser!(u16).range(1..))]
+    pub xds_initial_concurrency: u16,
     /// Serve every node id. By default only the TrafficInfra's `xds.nodeID` is served and another
     /// id gets PERMISSION_DENIED (counted in `weir_xds_rejected_nodes_total`); set this for a mixed
     /// fleet whose proxies have their own ids.

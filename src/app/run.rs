@@ -55,6 +55,7 @@ pub async fn local(args: LocalArgs) -> Result<()> {
         state: Some(args.db.clone()),
         admin_token_file: None,
         metrics_addr: None,
+        xds_initial_concurrency: crate::xds::server::DEFAULT_INITIAL_CONCURRENCY,
         allow_any_node_id: false,
         no_status: true,
     });

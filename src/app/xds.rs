@@ -131,8 +131,10 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
     let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
         .await
         .with_context(|| format!("binding the gRPC (ADS) server on {}", args.grpc_addr))?;
-    tracing::info!(addr = %grpc.local_addr()?, name = %settings.name, "serving ADS (state of the world and delta)");
-    let mut ads = AdsServer::new(cache.clone(), xds_metrics, clients.clone(), shutdown.clone()).with_node_policy(nodes);
+    tracing::info!(addr = %grpc.local_addr()?, name = %settings.name, "serving ADS (state of the world and delta) and CSDS");
+    let mut ads =
+        AdsServer::new(cache.clone(), xds_metrics, clients.clone(), shutdown.clone(), args.xds_initial_concurrency)
+            .with_node_policy(nodes);
     // With the Kubernetes provider, `weir xds` writes its part of the TrafficInfra's status and
     // records an Event per distinct rejected configuration.
     if args.provider.provider == ProviderKind::Kubernetes && !args.no_status {
@@ -160,6 +162,7 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
     let grpc_task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(ads.csds_service())
             .add_service(ads.into_service())
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), grpc_shutdown)
             .await

@@ -68,7 +68,7 @@ impl Rejections {
         let mut new = Vec::new();
         for e in events {
             match e {
-                Event::Nack { ty, version, message } => {
+                Event::Nack { ty, version, message, .. } => {
                     let rejection = Rejection {
                         node: status.node_id.clone(),
                         type_label: ty.label(),
@@ -87,7 +87,7 @@ impl Rejections {
                         new.push(rejection);
                     }
                 }
-                Event::Ack { ty, version } => {
+                Event::Ack { ty, version, .. } => {
                     self.acked_any = true;
                     let key = (status.node_id.clone(), ty.label());
                     let acked = self.first_sent.get(&(ty.label(), version.clone())).copied();
@@ -163,11 +163,16 @@ mod tests {
     }
 
     fn nack(version: &str) -> Event {
-        Event::Nack { ty: ResourceType::Listener, version: version.into(), message: "cannot bind".into() }
+        Event::Nack {
+            ty: ResourceType::Listener,
+            version: version.into(),
+            message: "cannot bind".into(),
+            set: Default::default(),
+        }
     }
 
     fn ack(version: &str) -> Event {
-        Event::Ack { ty: ResourceType::Listener, version: version.into() }
+        Event::Ack { ty: ResourceType::Listener, version: version.into(), set: Default::default() }
     }
 
     #[test]

@@ -79,6 +79,17 @@ impl ResourceType {
     pub fn empty_means_wildcard(self) -> bool {
         matches!(self, ResourceType::Cluster | ResourceType::Listener)
     }
+
+    /// Whether a state-of-the-world response must carry every resource of the type (a resource
+    /// missing from it is deleted): listeners and clusters. Routes and endpoints are kept until
+    /// unsubscribed, so a response of theirs may carry only what changed.
+    pub fn sotw_sends_all(self) -> bool {
+        matches!(self, ResourceType::Cluster | ResourceType::Listener)
+    }
+
+    pub fn from_label(label: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|ty| ty.label() == label)
+    }
 }
 
 /// One named resource, encoded once.
