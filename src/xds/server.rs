@@ -638,6 +638,7 @@ mod tests {
                 name: "a-blue".into(),
                 strategy: "blue".into(),
                 endpoints: vec![],
+                port: None,
             }],
         }
     }
