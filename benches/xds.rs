@@ -4,11 +4,15 @@
 //!
 //! Reports, per K: the time from `POST /traffic` until each client has received the new route
 //! version (p50, p99, max over every client and round), and weir's resident memory per idle
-//! stream ((RSS with K idle streams − RSS before) / K).
+//! stream ((RSS with K idle streams − RSS before) / K). Then, at the largest K up to 1,000: a
+//! reconnect storm (every client drops its stream and K new ones connect at once: time until the
+//! last has all four types, and the longest wait for an initial-fetch permit from weir's
+//! histogram), and the bytes and resources weir sends per weight change, SotW and delta clients.
 //!
 //! Run: `cargo bench --bench xds` (optionally `-- 10 100` to choose K).
 
 use std::io::Write as _;
+
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use xds_api::pb::envoy::config::core::v3::Node;
 use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use xds_api::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use xds_api::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse};
 use xds_api::WellKnownTypes;
 
 const ROUNDS: usize = 5;
@@ -58,9 +62,20 @@ fn request(ty: WellKnownTypes, names: &[&str], ack: Option<&DiscoveryResponse>, 
     }
 }
 
+async fn connect(grpc: SocketAddr) -> tonic::transport::Channel {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{grpc}")).unwrap();
+    loop {
+        match endpoint.connect().await {
+            Ok(c) => return c,
+            // A storm can fill the listen backlog: retry as a client would.
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
 /// One load client: subscribes, ACKs everything, reports each route response's arrival time.
 async fn client(grpc: SocketAddr, id: usize, routes: mpsc::UnboundedSender<(usize, Instant)>) {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
+    let channel = connect(grpc).await;
     let mut ads = AggregatedDiscoveryServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(16);
     let node = format!("bench-{id}");
@@ -70,10 +85,14 @@ async fn client(grpc: SocketAddr, id: usize, routes: mpsc::UnboundedSender<(usiz
     tx.send(request(WellKnownTypes::Cluster, &clusters, None, &node)).await.unwrap();
     tx.send(request(WellKnownTypes::ClusterLoadAssignment, &clusters, None, &node)).await.unwrap();
     let mut inbound = ads.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut seen = std::collections::BTreeSet::new();
     while let Ok(Some(resp)) = inbound.message().await {
         let now = Instant::now();
         let ty = WellKnownTypes::from_type_url(&resp.type_url).unwrap();
-        if ty == WellKnownTypes::RouteConfiguration {
+        // Reported: the moment it has a response of every type (configured), then every route.
+        let was_configured = seen.len() == 4;
+        seen.insert(resp.type_url.clone());
+        if seen.len() == 4 && (!was_configured || ty == WellKnownTypes::RouteConfiguration) {
             let _ = routes.send((id, now));
         }
         let names: &[&str] = match ty {
@@ -84,6 +103,66 @@ async fn client(grpc: SocketAddr, id: usize, routes: mpsc::UnboundedSender<(usiz
             return;
         }
     }
+}
+
+/// A delta client subscribed like [`client`], ACKing everything; reports when it has every type.
+async fn delta_client(grpc: SocketAddr, id: usize, ready: mpsc::UnboundedSender<(usize, Instant)>) {
+    let mut ads = AggregatedDiscoveryServiceClient::new(connect(grpc).await);
+    let (tx, rx) = mpsc::channel(16);
+    let node = Some(Node { id: format!("bench-delta-{id}"), ..Default::default() });
+    let clusters = ["default/shop-planner-blue", "default/shop-planner-green"];
+    for (ty, names) in [
+        (WellKnownTypes::Listener, &["shop"][..]),
+        (WellKnownTypes::RouteConfiguration, &["shop"][..]),
+        (WellKnownTypes::Cluster, &clusters[..]),
+        (WellKnownTypes::ClusterLoadAssignment, &clusters[..]),
+    ] {
+        let req = DeltaDiscoveryRequest {
+            type_url: ty.type_url().to_string(),
+            resource_names_subscribe: names.iter().map(|s| s.to_string()).collect(),
+            node: node.clone(),
+            ..Default::default()
+        };
+        tx.send(req).await.unwrap();
+    }
+    let mut inbound = ads.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut seen = std::collections::BTreeSet::new();
+    while let Ok(Some(resp)) = inbound.message().await {
+        if seen.insert(resp.type_url.clone()) && seen.len() == 4 {
+            let _ = ready.send((id, Instant::now()));
+        }
+        let ack = DeltaDiscoveryRequest { type_url: resp.type_url, response_nonce: resp.nonce, ..Default::default() };
+        if tx.send(ack).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The largest observed bucket bound of `weir_xds_initial_wait_seconds` (an upper bound of the
+/// longest wait), and how many waits there were.
+fn longest_initial_wait(metrics: &str) -> (String, u64) {
+    let mut longest = "0".to_string();
+    let mut previous = 0u64;
+    let mut count = 0;
+    for line in metrics.lines().filter(|l| l.starts_with("weir_xds_initial_wait_seconds_bucket")) {
+        let le = line.split("le=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("");
+        let n: u64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        if n > previous {
+            longest = le.to_string();
+        }
+        previous = n;
+        count = n;
+    }
+    (longest, count)
+}
+
+/// A sum over every label set of one counter in the metrics text.
+fn counter_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -116,7 +195,7 @@ impl Drop for Weir {
 #[tokio::main]
 async fn main() {
     let ks: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let ks = if ks.is_empty() { vec![10, 100, 1000] } else { ks };
+    let ks = if ks.is_empty() { vec![100, 1000, 10_000] } else { ks };
     let dir = tempfile::tempdir().unwrap();
     manifests(dir.path());
     let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -141,11 +220,11 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    println!("workload: weir xds (release), 2 services, {ROUNDS} weight changes per K; each client = own HTTP/2");
+    println!("workload: weir xds (release), 2 services, {ROUNDS} weight changes per K (3 at 10,000); each client = own HTTP/2");
     println!("connection, SotW ADS, LDS+RDS+CDS+EDS subscribed, ACKs every response. Latency = POST /traffic sent");
     println!("→ route response received, per client. Memory = weir RSS growth / K with K idle streams.");
     println!("{:>6} {:>10} {:>10} {:>10} {:>16}", "K", "p50", "p99", "max", "KiB/idle stream");
-    for k in ks {
+    for k in ks.clone() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rss_before = rss_kib(pid);
         let (routes_tx, mut routes) = mpsc::unbounded_channel();
@@ -163,8 +242,9 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let per_stream = (rss_kib(pid).saturating_sub(rss_before)) as f64 / k as f64;
 
-        let mut latencies = Vec::with_capacity(k * ROUNDS);
-        for round in 0..ROUNDS {
+        let rounds = if k >= 10_000 { 3 } else { ROUNDS };
+        let mut latencies = Vec::with_capacity(k * rounds);
+        for round in 0..rounds {
             while routes.try_recv().is_ok() {}
             let blue = if round % 2 == 0 { 30 + round } else { 70 + round };
             let t0 = Instant::now();
@@ -194,5 +274,92 @@ async fn main() {
         for t in tasks {
             t.abort();
         }
+    }
+
+    let k = ks.iter().copied().filter(|k| *k <= 1000).max().unwrap_or(1000);
+    storm_and_bytes(k, grpc, admin).await;
+}
+
+/// Waits until `k` distinct clients reported on `rx`; returns each one's first report time.
+async fn all_report(rx: &mut mpsc::UnboundedReceiver<(usize, Instant)>, k: usize) -> Vec<Instant> {
+    let mut first = vec![None; k];
+    let mut n = 0;
+    while n < k {
+        let (id, at) = tokio::time::timeout(Duration::from_secs(120), rx.recv()).await.unwrap().unwrap();
+        if first[id].is_none() {
+            first[id] = Some(at);
+            n += 1;
+        }
+    }
+    first.into_iter().flatten().collect()
+}
+
+async fn metrics_text(admin: SocketAddr) -> String {
+    http(admin, "GET", "/metrics").await
+}
+
+/// After a weight change, waits until `k` more route responses went out, and returns what was
+/// sent per client: (bytes, resources, responses).
+async fn sent_per_client(admin: SocketAddr, k: usize, blue: u32) -> (f64, f64, f64) {
+    let before = metrics_text(admin).await;
+    let routes0 = counter_sum(&before, "weir_xds_pushes_total{type=\"route\"}");
+    let resp = http(admin, "POST", &format!("/traffic?blue={blue}&green={}", 100 - blue)).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = metrics_text(admin).await;
+        if counter_sum(&m, "weir_xds_pushes_total{type=\"route\"}") - routes0 >= k as f64 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = metrics_text(admin).await;
+    let per = |name: &str| (counter_sum(&after, name) - counter_sum(&before, name)) / k as f64;
+    (per("weir_xds_bytes_sent_total"), per("weir_xds_resources_sent_total"), per("weir_xds_pushes_total"))
+}
+
+async fn storm_and_bytes(k: usize, grpc: SocketAddr, admin: SocketAddr) {
+    // K SotW clients configured, then all of them drop and K new ones connect at once.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let tasks: Vec<_> = (0..k).map(|id| tokio::spawn(client(grpc, id, tx.clone()))).collect();
+    all_report(&mut rx, k).await;
+    for t in tasks {
+        t.abort();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..k).map(|id| tokio::spawn(client(grpc, id, tx.clone()))).collect();
+    let mut waits: Vec<Duration> = all_report(&mut rx, k).await.into_iter().map(|at| at - t0).collect();
+    waits.sort();
+    let (longest, count) = longest_initial_wait(&metrics_text(admin).await);
+    println!();
+    println!("reconnect storm: {k} SotW clients drop their streams, {k} new ones connect at once");
+    println!(
+        "  time to configured (all four types): p50 {:.1?}, p99 {:.1?}, last {:.1?}; longest initial-fetch permit wait \
+         (histogram bound, whole run, {count} fetches): {longest} s",
+        percentile(&waits, 0.5),
+        percentile(&waits, 0.99),
+        waits[waits.len() - 1]
+    );
+
+    println!();
+    println!("sent per client per weight change ({k} clients; weir's weir_xds_*_sent_total and pushes):");
+    println!("{:>6} {:>12} {:>12} {:>12}", "mode", "bytes", "resources", "responses");
+    let (bytes, resources, responses) = sent_per_client(admin, k, 35).await;
+    println!("{:>6} {:>12.0} {:>12.2} {:>12.2}", "SotW", bytes, resources, responses);
+    for t in tasks {
+        t.abort();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let tasks: Vec<_> = (0..k).map(|id| tokio::spawn(delta_client(grpc, id, tx.clone()))).collect();
+    all_report(&mut rx, k).await;
+    let (bytes, resources, responses) = sent_per_client(admin, k, 65).await;
+    println!("{:>6} {:>12.0} {:>12.2} {:>12.2}", "delta", bytes, resources, responses);
+    std::io::stdout().flush().unwrap();
+    for t in tasks {
+        t.abort();
     }
 }

@@ -26,6 +26,7 @@ use rand::Rng;
 pub use aws_config;
 pub use aws_sdk_dynamodb;
 pub use aws_sdk_route53;
+pub use aws_sdk_sts;
 
 /// The region when `--aws-region` is not given and the environment names none.
 pub const DEFAULT_REGION: &str = "eu-west-1";

@@ -158,9 +158,25 @@ pub struct DnsArgs {
     /// Address of the built-in authoritative DNS server (embedded provider), e.g. 127.0.0.1:5353.
     #[arg(long, env = "WEIR_DNS_LISTEN")]
     pub dns_listen: Option<SocketAddr>,
-    /// Route53 hosted zone; found from --binding-domain when absent.
-    #[arg(long, env = "WEIR_HOSTED_ZONE_ID")]
-    pub hosted_zone_id: Option<String>,
+    /// Route53 hosted zone (repeatable); without it, every zone at or under --binding-domain (or the
+    /// longest one above it). Each host goes to the zone with the longest matching name.
+    #[arg(long, env = "WEIR_HOSTED_ZONE_ID", value_delimiter = ',')]
+    pub hosted_zone_id: Vec<String>,
+    /// Which Route53 zones to use: public, private or all (a public and a private zone of one name
+    /// both get the record: split horizon).
+    #[arg(long, env = "WEIR_ZONE_TYPE", value_enum, default_value_t = ZoneTypeArg::All)]
+    pub zone_type: ZoneTypeArg,
+    /// Take over records external-dns owns with this --txt-owner-id (repeatable): this cluster's set
+    /// identifier, an external-dns TXT registry record naming the owner (docs/migration.md).
+    #[arg(long, env = "WEIR_ADOPT_OWNER", value_delimiter = ',')]
+    pub adopt_owner: Vec<String>,
+    /// external-dns's --txt-prefix, to find its registry records for --adopt-owner.
+    #[arg(long, env = "WEIR_ADOPT_TXT_PREFIX", default_value = "", allow_hyphen_values = true)]
+    pub adopt_txt_prefix: String,
+    /// external-dns's --txt-suffix (often starting with `-`), to find its registry records for
+    /// --adopt-owner.
+    #[arg(long, env = "WEIR_ADOPT_TXT_SUFFIX", default_value = "", allow_hyphen_values = true)]
+    pub adopt_txt_suffix: String,
     /// TTL of the published records: 60, or 5 with the embedded provider (what `weir local` publishes).
     #[arg(long, env = "WEIR_RECORD_TTL")]
     pub record_ttl: Option<u32>,
@@ -231,6 +247,37 @@ impl DnsArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ZoneTypeArg {
+    Public,
+    Private,
+    All,
+}
+
+impl From<ZoneTypeArg> for crate::dns::zones::ZoneType {
+    fn from(t: ZoneTypeArg) -> Self {
+        match t {
+            ZoneTypeArg::Public => Self::Public,
+            ZoneTypeArg::Private => Self::Private,
+            ZoneTypeArg::All => Self::All,
+        }
+    }
+}
+
+impl DnsArgs {
+    /// `--adopt-owner` and the external-dns affixes; external-dns refuses both affixes, so does weir.
+    pub fn adopt_options(&self) -> Result<crate::dns::adopt::AdoptOptions, String> {
+        if !self.adopt_txt_prefix.is_empty() && !self.adopt_txt_suffix.is_empty() {
+            return Err("--adopt-txt-prefix and --adopt-txt-suffix are mutually exclusive (as in external-dns)".into());
+        }
+        Ok(crate::dns::adopt::AdoptOptions {
+            owners: self.adopt_owner.iter().map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect(),
+            txt_prefix: self.adopt_txt_prefix.to_ascii_lowercase(),
+            txt_suffix: self.adopt_txt_suffix.to_ascii_lowercase(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DnsProviderKind {
     Route53,
     Dnsendpoint,
@@ -288,6 +335,9 @@ pub struct ControllerArgs {
     /// applied, not acknowledged; Event, metric). 0: off.
     #[arg(long, env = "WEIR_MIN_SERVING_CLUSTERS", default_value_t = 0)]
     pub min_serving_clusters: usize,
+    /// PEM file of CA certificates trusted for `https://` ramp gates, besides the system's roots.
+    #[arg(long, env = "WEIR_GATE_CA_FILE")]
+    pub gate_ca_file: Option<PathBuf>,
     /// Full reconcile at least this often, even when no input changed.
     #[arg(long, env = "WEIR_RESYNC_INTERVAL", value_parser = parse_duration, default_value = "5m")]
     pub resync_interval: Duration,
@@ -330,6 +380,9 @@ pub struct LocalArgs {
     /// applied, not acknowledged; Event, metric). 0: off.
     #[arg(long, env = "WEIR_MIN_SERVING_CLUSTERS", default_value_t = 0)]
     pub min_serving_clusters: usize,
+    /// PEM file of CA certificates trusted for `https://` ramp gates, besides the system's roots.
+    #[arg(long, env = "WEIR_GATE_CA_FILE")]
+    pub gate_ca_file: Option<PathBuf>,
     /// How often the manifest directory is checked for changes.
     #[arg(long, env = "WEIR_MANIFESTS_POLL_INTERVAL", value_parser = parse_duration, default_value = "1s")]
     pub manifests_poll_interval: Duration,
@@ -390,6 +443,20 @@ pub struct XdsArgs {
     pub admin_token_file: Option<PathBuf>,
     #[arg(long, env = "WEIR_METRICS_ADDR", value_parser = parse_listen_addr)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Initial fetches (a stream's first request of a type) answered at once; the rest queue, so a
+    /// reconnect storm computes and sends a bounded number of initial snapshots at a time.
+    #[arg(long, env = "WEIR_XDS_INITIAL_CONCURRENCY", default_value_t = crate::xds::server::DEFAULT_INITIAL_CONCURRENCY,
+        value_parser = clap::value_parser!(u16).range(1..))]
+    pub xds_initial_concurrency: u16,
+    /// Serve every node id. By default only the TrafficInfra's `xds.nodeID` is served and another
+    /// id gets PERMISSION_DENIED (counted in `weir_xds_rejected_nodes_total`); set this for a mixed
+    /// fleet whose proxies have their own ids.
+    #[arg(long, env = "WEIR_ALLOW_ANY_NODE_ID")]
+    pub allow_any_node_id: bool,
+    /// Do not write the TrafficInfra's status (`trafficWeights`, `discoveredServices`,
+    /// `ConfigAccepted`) or its Events. Only meaningful with `--provider kubernetes`.
+    #[arg(long, env = "WEIR_NO_STATUS")]
+    pub no_status: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -473,9 +540,14 @@ pub struct RampArgs {
     /// Hold after each acknowledged step before the gate is asked and the next step is written.
     #[arg(long, allow_hyphen_values = true, required_unless_present = "cancel")]
     pub every: Option<String>,
-    /// Prometheus HTTP API base URL of the gate (http://host:port); the query goes to /api/v1/query.
+    /// Prometheus HTTP API base URL of the gate (http://host:port or https://host:port); the query goes
+    /// to /api/v1/query. The controller asks it, trusting its own --gate-ca-file.
     #[arg(long, requires_all = ["gate_query", "gate_max"])]
     pub gate_url: Option<String>,
+    /// PEM file of CA certificates trusted for an `https://` gate (besides the system's roots) when this
+    /// command checks the gate before recording the ramp.
+    #[arg(long, env = "WEIR_GATE_CA_FILE", requires = "gate_url")]
+    pub gate_ca_file: Option<PathBuf>,
     /// PromQL instant query; its value must not exceed --gate-max.
     #[arg(long, requires = "gate_url")]
     pub gate_query: Option<String>,

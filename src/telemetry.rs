@@ -49,13 +49,43 @@ pub struct Liveness {
 /// A loop's name, its bound, and when it last beat.
 type Beat = (&'static str, Duration, Arc<parking_lot::Mutex<Instant>>);
 
-/// Marks progress of one loop.
+/// Marks progress of one loop: it beats at the start of every iteration and, while it waits for
+/// input, every [`IDLE_BEAT`] ([`Heartbeat::idle`]); so it goes stale only when one iteration (its
+/// I/O included) outlives the loop's bound.
 #[derive(Clone)]
 pub struct Heartbeat(Arc<parking_lot::Mutex<Instant>>);
 
+/// How often a loop that waits for input beats anyway: waiting is not being stuck.
+pub const IDLE_BEAT: Duration = Duration::from_secs(1);
+
+impl std::fmt::Debug for Heartbeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Heartbeat({:?} ago)", self.0.lock().elapsed())
+    }
+}
+
 impl Heartbeat {
+    /// A heartbeat no `/healthz` watches (tests, one-shot commands).
+    pub fn detached() -> Self {
+        Heartbeat(Arc::new(parking_lot::Mutex::new(Instant::now())))
+    }
+
     pub fn beat(&self) {
         *self.0.lock() = Instant::now();
+    }
+
+    /// Waits for `wait` (the loop's select on its inputs), beating meanwhile and when it ends.
+    pub async fn idle<F: std::future::Future>(&self, wait: F) -> F::Output {
+        let mut wait = std::pin::pin!(wait);
+        loop {
+            tokio::select! {
+                out = &mut wait => {
+                    self.beat();
+                    return out;
+                }
+                _ = tokio::time::sleep(IDLE_BEAT) => self.beat(),
+            }
+        }
     }
 }
 
@@ -172,7 +202,9 @@ impl InvalidInputs {
         );
         // Expose 0 for the common kinds from the start, so that alerts and tests see the increase.
         use crate::ir::InputKind::*;
-        for kind in [Annotation, Weight, Manifest, Target, Conflict, AllZeroGuard, Ownership, MinServingClusters] {
+        for kind in
+            [Annotation, Weight, Manifest, Target, Conflict, AllZeroGuard, Ownership, MinServingClusters, NoZone]
+        {
             let _ = me.0.get_or_create(&vec![("kind".to_string(), kind.label().to_string())]);
         }
         me
@@ -198,6 +230,22 @@ mod tests {
         let c = clip(&long);
         assert!(c.len() < MAX_CLIENT_TEXT + 40, "{}", c.len());
         assert!(c.ends_with("(3000000 bytes in all)"), "{c}");
+    }
+
+    #[tokio::test]
+    async fn a_loop_waiting_for_input_stays_fresh_and_one_stuck_in_its_work_goes_stale() {
+        let l = Liveness::default();
+        let waiting = l.heartbeat("waiting", Duration::from_millis(1500));
+        let stuck = l.heartbeat("stuck", Duration::from_millis(1500));
+        let w = tokio::spawn(async move { waiting.idle(tokio::time::sleep(Duration::from_secs(4))).await });
+        let s = tokio::spawn(async move {
+            stuck.beat();
+            tokio::time::sleep(Duration::from_secs(4)).await;
+        });
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(l.stale().iter().map(|s| s.0).collect::<Vec<_>>(), ["stuck"]);
+        w.abort();
+        s.abort();
     }
 
     #[test]

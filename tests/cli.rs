@@ -25,6 +25,25 @@ fn malformed_annotation_filter_fails_at_startup() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("key=value"));
 }
 
+#[test]
+fn adopt_txt_prefix_and_suffix_together_fail_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = weir()
+        .args(["plan", "--cluster-name", "eu", "--provider", "file", "--manifests"])
+        .arg(dir.path())
+        .args(["--backend-type", "sqlite", "--dns-provider", "embedded", "--db"])
+        .arg(dir.path().join("w.db"))
+        .args(["--adopt-owner", "old", "--adopt-txt-prefix", "txt.", "--adopt-txt-suffix", "-txt"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("mutually exclusive"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Every flag README.md and docs/*.md give a `weir <command>` (in code, commands continued with `\`
 /// included) is in that command's `--help`.
 #[test]

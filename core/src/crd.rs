@@ -21,6 +21,9 @@ use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod backend_traffic_policy;
+pub use backend_traffic_policy::*;
+
 pub const GROUP: &str = "weir.dev";
 pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "weir.dev/v1alpha1";
@@ -177,6 +180,8 @@ impl kube_core::CustomResourceExt for TrafficInfra {
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"xDS","type":"boolean","jsonPath":".status.xdsReady"}"#,
     printcolumn = r#"{"name":"Envoy","type":"boolean","jsonPath":".status.envoyReady"}"#,
+    printcolumn = r#"{"name":"Blue","type":"integer","jsonPath":".status.trafficWeights.blue"}"#,
+    printcolumn = r#"{"name":"Green","type":"integer","jsonPath":".status.trafficWeights.green"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.envoyEndpoint"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     crates(kube_core = "::kube_core")
@@ -206,11 +211,14 @@ pub struct XdsSpec {
     pub ports: XdsPorts,
     #[serde(default)]
     pub discovery: DiscoverySpec,
-    /// Seconds between endpoint re-lists when watches are unavailable (a fallback only).
+    /// Seconds between `weir xds`'s full re-lists of the EndpointSlices it routes to: a fallback
+    /// beside the watch, so that an endpoint change the watch missed is served within this period.
     #[serde(default = "five")]
     #[schemars(range(min = 1, max = 3600))]
     pub poll_interval: i32,
-    /// The Envoy node id: in the bootstrap the operator writes, and what `weir xds` serves.
+    /// The Envoy node id: in the bootstrap the operator writes, and the only node id `weir xds`
+    /// serves for this TrafficInfra (another id gets PERMISSION_DENIED unless `weir xds` runs with
+    /// `--allow-any-node-id`).
     #[serde(default = "default_node_id", rename = "nodeID")]
     #[schemars(length(min = 1, max = 253))]
     pub node_id: String,
@@ -351,7 +359,7 @@ impl Default for EnvoySpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvoyImage {
-    #[serde(default = "docker_io")]
+    #[serde(default = "envoyproxy")]
     pub repository: String,
     #[serde(default = "envoy_image_name")]
     #[schemars(length(min = 1))]
@@ -366,7 +374,7 @@ pub struct EnvoyImage {
 
 impl Default for EnvoyImage {
     fn default() -> Self {
-        Self { repository: docker_io(), name: envoy_image_name(), tag: envoy_tag(), pull_policy: if_not_present() }
+        Self { repository: envoyproxy(), name: envoy_image_name(), tag: envoy_tag(), pull_policy: if_not_present() }
     }
 }
 
@@ -420,11 +428,11 @@ pub struct HpaSpec {
     #[serde(default = "yes")]
     pub enabled: bool,
     /// Average CPU utilisation (percent of the request) the HPA aims for.
-    #[serde(default = "seventy")]
+    #[serde(default = "seventy", rename = "targetCPUUtilization")]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization: i32,
     /// Average memory utilisation (percent of the request) the HPA aims for.
-    #[serde(default = "eighty")]
+    #[serde(default = "eighty", rename = "targetMemoryUtilization")]
     #[schemars(range(min = 1, max = 100))]
     pub target_memory_utilization: i32,
 }
@@ -471,7 +479,13 @@ impl Default for TrafficDefaults {
     }
 }
 
-/// What the operator observed; written by weir only.
+/// What weir observed. Two writers, one per field (each preserves the other's fields and conditions
+/// and writes with a resourceVersion precondition):
+/// - the operator (`weir controller`'s infra manager) knows the children: `phase`, `message`,
+///   `xdsReady`, `envoyReady`, `xdsEndpoint`, `envoyEndpoint`, `observedGeneration`,
+///   `lastTransitionTime` and the conditions of [`crate::operator::status::OPERATOR_CONDITIONS`];
+/// - `weir xds` knows what it serves: `trafficWeights`, `discoveredServices` and the
+///   `ConfigAccepted` condition.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficInfraStatus {
@@ -490,10 +504,13 @@ pub struct TrafficInfraStatus {
     /// The Envoy Service's load-balancer hostname or IP (its cluster DNS name for ClusterIP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envoy_endpoint: Option<String>,
+    /// The strategy weights in force (those `weir xds` serves, after any `POST /traffic`), by
+    /// strategy: `blue`, `green`, and any other strategy weir routes to.
     #[serde(default)]
     pub traffic_weights: BTreeMap<String, u32>,
+    /// The planner Services `weir xds` routes to, with their strategy and ready endpoints.
     #[serde(default)]
-    pub discovered_services: Vec<String>,
+    pub discovered_services: Vec<DiscoveredService>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -501,6 +518,20 @@ pub struct TrafficInfraStatus {
     /// When `phase` last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
+}
+
+/// One planner Service as `weir xds` sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveredService {
+    /// The Service's name (in the TrafficInfra's namespace).
+    pub name: String,
+    /// Its strategy (`blue`, `green`, ...); absent while the Service does not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// Ready endpoints of its EndpointSlices (0 while the Service does not exist).
+    #[serde(default)]
+    pub ready_endpoints: u32,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -558,233 +589,6 @@ pub struct NamespaceConfigSpec {
     pub affinity: Option<Affinity>,
     #[serde(default)]
     pub image_pull_secrets: Vec<LocalObjectReference>,
-}
-
-/// Backend policies (retries, timeouts, circuit breakers, health checks, load balancing) for a
-/// TrafficInfra or one planner Service. A policy on a Service overrides one on its TrafficInfra
-/// field by field at the top level (a top-level field is replaced whole).
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(
-    group = "weir.dev",
-    version = "v1alpha1",
-    kind = "BackendTrafficPolicy",
-    plural = "backendtrafficpolicies",
-    namespaced,
-    status = "PolicyStatus",
-    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRef.name"}"#,
-    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    crates(kube_core = "::kube_core")
-)]
-#[serde(rename_all = "camelCase")]
-pub struct BackendTrafficPolicySpec {
-    pub target_ref: PolicyTargetRef,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub circuit_breakers: Option<CircuitBreakers>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_strategy: Option<RetryStrategy>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_checking: Option<HealthChecking>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeouts: Option<Timeouts>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub load_balancing: Option<LoadBalancing>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keep_alive_probes: Option<KeepAliveProbes>,
-}
-
-/// The object a policy applies to, in the policy's namespace.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicyTargetRef {
-    /// `TrafficInfra` (every planner Service it routes to) or `Service` (one planner Service).
-    #[schemars(extend("enum" = ["TrafficInfra", "Service"]))]
-    pub kind: String,
-    #[schemars(length(min = 1, max = 253))]
-    pub name: String,
-    /// `weir.dev` for a TrafficInfra, empty or absent for a Service.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-}
-
-/// Envoy circuit-breaker thresholds (default priority).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CircuitBreakers {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub max_connections: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub max_pending_requests: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub max_requests: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_retries: Option<u32>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RetryStrategy {
-    /// Envoy `retry_on` conditions for HTTP, comma-separated: `5xx`, `gateway-error`, `reset`,
-    /// `reset-before-request`, `connect-failure`, `envoy-ratelimited`, `retriable-4xx`,
-    /// `refused-stream`, `retriable-status-codes`, `retriable-headers`, `http3-post-connect-failure`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http_retry_on: Option<String>,
-    /// gRPC status conditions, comma-separated: `cancelled`, `deadline-exceeded`, `internal`,
-    /// `resource-exhausted`, `unavailable`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grpc_retry_on: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 10))]
-    pub num_retries: Option<u32>,
-    /// Timeout of each try, e.g. `250ms`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub per_retry_timeout: Option<String>,
-    /// Base of the exponential back-off between tries (Envoy default 25ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub backoff_base_interval: Option<String>,
-    /// Cap of the back-off (Envoy default 10 × base).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub backoff_max_interval: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct HealthChecking {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub active: Option<ActiveHealthCheck>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outlier_detection: Option<OutlierDetection>,
-}
-
-/// An active health check Envoy runs against every endpoint.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ActiveHealthCheck {
-    /// `http`, `grpc` or `tcp` (connect only).
-    #[serde(rename = "type")]
-    #[schemars(extend("enum" = ["http", "grpc", "tcp"]))]
-    pub type_: String,
-    /// HTTP path (http only; default `/healthz`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// gRPC health service name (grpc only; default empty: the whole server).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grpc_service_name: Option<String>,
-    /// Default `5s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub interval: Option<String>,
-    /// Default `1s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub timeout: Option<String>,
-    /// Default 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 100))]
-    pub healthy_threshold: Option<u32>,
-    /// Default 3.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 100))]
-    pub unhealthy_threshold: Option<u32>,
-}
-
-/// Passive health checking: eject endpoints that keep failing.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct OutlierDetection {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consecutive_5xx: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consecutive_gateway_errors: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub interval: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub base_ejection_time: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 100))]
-    pub max_ejection_percent: Option<u32>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Timeouts {
-    /// TCP connect timeout to an endpoint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub connect: Option<String>,
-    /// Upstream connection idle timeout.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub idle: Option<String>,
-    /// Maximum lifetime of an upstream connection.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub max_connection_duration: Option<String>,
-    /// Whole-request timeout on the route (all tries included).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub request: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LoadBalancing {
-    /// `roundRobin`, `leastRequest`, `ringHash` or `maglev`.
-    #[serde(rename = "type")]
-    #[schemars(extend("enum" = ["roundRobin", "leastRequest", "ringHash", "maglev"]))]
-    pub type_: String,
-    /// What to hash on (ringHash and maglev only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_affinity: Option<SessionAffinity>,
-}
-
-/// Hash inputs for consistent hashing; several may be set, the first present one wins per request.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SessionAffinity {
-    /// Request header name to hash.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub header: Option<String>,
-    /// Cookie name to hash.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cookie: Option<String>,
-    /// Hash the client's source IP.
-    #[serde(default)]
-    pub source_ip: bool,
-}
-
-/// TCP keepalive on upstream connections.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct KeepAliveProbes {
-    /// Unanswered probes before the connection is dropped.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 100))]
-    pub probes: Option<u32>,
-    /// Idle time before the first probe (whole seconds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub time: Option<String>,
-    /// Time between probes (whole seconds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub interval: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicyStatus {
-    /// `Accepted`: True when the policy is in effect, False with a reason and message when refused.
-    #[serde(default)]
-    pub conditions: Vec<Condition>,
 }
 
 fn image_reference(repository: &str, name: &str, tag: &str) -> String {
@@ -846,11 +650,11 @@ fn weir_image_name() -> String {
 fn weir_tag() -> String {
     env!("CARGO_PKG_VERSION").into()
 }
-fn docker_io() -> String {
-    "docker.io".into()
+fn envoyproxy() -> String {
+    "envoyproxy".into()
 }
 fn envoy_image_name() -> String {
-    "envoyproxy/envoy".into()
+    "envoy".into()
 }
 fn envoy_tag() -> String {
     "v1.31-latest".into()
@@ -866,6 +670,78 @@ fn cpu_500m() -> String {
 }
 fn mem_512mi() -> String {
     "512Mi".into()
+}
+
+/// A field of a TrafficInfra manifest that its schema does not have: the API server prunes it (or,
+/// with strict field validation, refuses the object), serde ignores it. Reported so that a renamed
+/// field (`targetCpuUtilization` for `targetCPUUtilization`) is never silently dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownField {
+    /// `.spec.envoy.hpa.targetCpuUtilization`.
+    pub path: String,
+    /// The field it differs from only in case, when there is one.
+    pub did_you_mean: Option<String>,
+}
+
+impl std::fmt::Display for UnknownField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unknown field {}", self.path)?;
+        if let Some(m) = &self.did_you_mean {
+            write!(f, " (did you mean {m}?)")?;
+        }
+        Ok(())
+    }
+}
+
+/// The fields of a TrafficInfra (as JSON, before serde or the API server drop anything) under
+/// `spec` and `status` that the CRD's schema does not know, in document order.
+pub fn traffic_infra_unknown_fields(obj: &serde_json::Value) -> Vec<UnknownField> {
+    use kube_core::CustomResourceExt;
+    let crd = TrafficInfra::crd();
+    let Some(schema) =
+        crd.spec.versions.first().and_then(|v| v.schema.as_ref()).and_then(|s| s.open_api_v3_schema.as_ref())
+    else {
+        return Vec::new();
+    };
+    let schema = serde_json::to_value(schema).unwrap_or_default();
+    let mut out = Vec::new();
+    for top in ["spec", "status"] {
+        if let (Some(v), Some(s)) = (obj.get(top), schema["properties"].get(top)) {
+            unknown_in(v, s, &format!(".{top}"), &mut out);
+        }
+    }
+    out
+}
+
+fn unknown_in(v: &serde_json::Value, s: &serde_json::Value, path: &str, out: &mut Vec<UnknownField>) {
+    if s.get("x-kubernetes-preserve-unknown-fields").is_some() {
+        return;
+    }
+    match v {
+        serde_json::Value::Object(map) => {
+            let props = s.get("properties").and_then(serde_json::Value::as_object);
+            let additional = s.get("additionalProperties").filter(|a| a.is_object());
+            for (k, item) in map {
+                match (props.and_then(|p| p.get(k)), additional) {
+                    (Some(sub), _) | (None, Some(sub)) => unknown_in(item, sub, &format!("{path}.{k}"), out),
+                    (None, None) => out.push(UnknownField {
+                        path: format!("{path}.{k}"),
+                        did_you_mean: props
+                            .and_then(|p| p.keys().find(|known| known.eq_ignore_ascii_case(k)))
+                            .map(|known| format!("{path}.{known}")),
+                    }),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            if let Some(sub) = s.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    unknown_in(item, sub, &format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The three CRDs, in the order `weir crd` prints them.
@@ -895,6 +771,16 @@ mod tests {
         let names: Vec<_> = crds.iter().map(|c| c.metadata.name.clone().unwrap()).collect();
         assert_eq!(names, ["trafficinfras.weir.dev", "namespaceconfigs.weir.dev", "backendtrafficpolicies.weir.dev"]);
         assert_eq!(crds[0].spec.names.short_names.as_deref(), Some(&["ti".to_string()][..]));
+        // `kubectl get ti` shows the weights in force.
+        let columns: Vec<(String, String)> = crds[0].spec.versions[0]
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| (c.name.clone(), c.json_path.clone()))
+            .collect();
+        for want in [("Blue", ".status.trafficWeights.blue"), ("Green", ".status.trafficWeights.green")] {
+            assert!(columns.contains(&(want.0.into(), want.1.into())), "{columns:?}");
+        }
         for crd in &crds {
             assert_eq!(crd.spec.group, GROUP);
             assert_eq!(crd.spec.versions.len(), 1);
@@ -1067,8 +953,8 @@ mod tests {
                 replicas: 2,
                 max_replicas: 10,
                 image: EnvoyImage {
-                    repository: "docker.io".into(),
-                    name: "envoyproxy/envoy".into(),
+                    repository: "envoyproxy".into(),
+                    name: "envoy".into(),
                     tag: "v1.31-latest".into(),
                     pull_policy: "IfNotPresent".into(),
                 },
@@ -1088,7 +974,7 @@ mod tests {
         assert_eq!(ti.metadata.name.as_deref(), Some("edge"));
         assert_eq!(ti.spec, expected_defaults());
         assert_eq!(ti.spec.xds.image.reference(), format!("ghcr.io/weir-dev/weir:{}", env!("CARGO_PKG_VERSION")));
-        assert_eq!(ti.spec.envoy.image.reference(), "docker.io/envoyproxy/envoy:v1.31-latest");
+        assert_eq!(ti.spec.envoy.image.reference(), "envoyproxy/envoy:v1.31-latest");
         assert!(ti.status.is_none());
     }
 
@@ -1110,7 +996,7 @@ mod tests {
     fn partial_image_keeps_the_other_defaults() {
         let yaml = format!("{MINIMAL}spec:\n  envoy:\n    image:\n      tag: v1.32-latest\n");
         let ti: TrafficInfra = serde_yaml::from_str(&yaml).unwrap();
-        assert_eq!(ti.spec.envoy.image.reference(), "docker.io/envoyproxy/envoy:v1.32-latest");
+        assert_eq!(ti.spec.envoy.image.reference(), "envoyproxy/envoy:v1.32-latest");
         assert_eq!(ti.spec.envoy.replicas, 2);
     }
 
@@ -1120,7 +1006,7 @@ mod tests {
         let bad = [
             serde_json::json!({"spec": {"xds": {"ports": {"grpc": 70000}}}}),
             serde_json::json!({"spec": {"envoy": {"service": {"type": "Ingress"}}}}),
-            serde_json::json!({"spec": {"envoy": {"hpa": {"targetCpuUtilization": 0}}}}),
+            serde_json::json!({"spec": {"envoy": {"hpa": {"targetCPUUtilization": 0}}}}),
             serde_json::json!({"spec": {"envoy": {"resources": {"cpu": "lots"}}}}),
             serde_json::json!({"spec": {"xds": {"image": {"pullPolicy": "Sometimes"}}}}),
             serde_json::json!({"status": {"phase": "Exploded"}}),
@@ -1132,17 +1018,41 @@ mod tests {
         let bad = [
             serde_json::json!({"spec": {"targetRef": {"kind": "Ingress", "name": "x"}}}),
             serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "loadBalancing": {"type": "random"}}}),
-            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "timeouts": {"connect": "2 parsecs"}}}),
-            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "retryStrategy": {"numRetries": 1000}}}),
-            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "healthChecking": {"active": {"type": "icmp"}}}}),
+            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "timeouts": {"connectTimeout": "2 parsecs"}}}),
+            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "retryStrategy": {"type": "http", "numRetries": 1000}}}),
+            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "healthChecking": {"activeChecks": [{"type": "icmp"}]}}}),
+            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "timeouts": {"connect": "1s"}}}),
+            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "healthChecking": {"outlierDetection": {"failurePercentage": {"threshold": 101}}}}}),
+            serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"}, "retryStrategy": {"http": {"retryOn": "5xx"}}}}),
             serde_json::json!({"spec": {}}),
         ];
         for obj in bad {
             assert!(validate(&obj, &policy).is_err(), "accepted {obj}");
         }
         let good = serde_json::json!({"spec": {"targetRef": {"kind": "Service", "name": "x"},
-            "timeouts": {"connect": "1m30s"}, "loadBalancing": {"type": "ringHash", "sessionAffinity": {"header": "x-user"}}}});
+            "timeouts": {"connectTimeout": "1m30s"},
+            "loadBalancing": {"type": "ringHash", "sessionAffinity": {"type": "header", "header": {"name": "x-user"}}}}});
         validate(&good, &policy).unwrap();
+    }
+
+    /// The schema keeps no unknown field, so an API server with strict field validation (kubectl's
+    /// default) refuses the old spelling, and with `Warn` names it, instead of pruning it silently.
+    #[test]
+    fn openapi_refuses_a_renamed_field() {
+        let schema = schema_of(0);
+        let old = serde_json::json!({"spec": {"envoy": {"hpa": {"targetCpuUtilization": 60}}}});
+        let err = validate(&old, &schema).unwrap_err();
+        assert!(err.contains("unknown field targetCpuUtilization"), "{err}");
+        validate(&serde_json::json!({"spec": {"envoy": {"hpa": {"targetCPUUtilization": 60}}}}), &schema).unwrap();
+    }
+
+    /// A policy with every field of the proposal passes the schema the API server enforces.
+    #[test]
+    fn policy_with_every_field_passes_the_schema() {
+        let body: String = crate::operator::policy::EVERY_FIELD.lines().map(|l| format!("  {l}\n")).collect();
+        let obj: Value =
+            serde_yaml::from_str(&format!("spec:\n  targetRef: {{kind: Service, name: x}}\n{body}")).unwrap();
+        validate(&obj, &schema_of(2)).unwrap();
     }
 
     #[test]

@@ -138,7 +138,10 @@ pub fn explain(
             }
         }
         None => {
-            notes.push(format!("cluster {} does not manage {host} (no selected Ingress has it)", owner.cluster));
+            notes.push(format!(
+                "cluster {} does not manage {host} (no selected Ingress, route or Service has it)",
+                owner.cluster
+            ));
             if let Some(w) = ours_published {
                 clusters.push(ClusterShare {
                     cluster: owner.cluster.clone(),

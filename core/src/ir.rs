@@ -29,14 +29,15 @@ impl DesiredState {
 pub struct DnsIntent {
     /// Fully qualified, lower case, no trailing dot.
     pub host: String,
-    /// The Ingress that owns the host in this cluster.
+    /// The object that owns the host in this cluster: an Ingress, a Gateway API route or a
+    /// LoadBalancer Service.
     pub source: ObjectRef,
     pub targets: Targets,
     pub factors: Factors,
     /// `W` to publish, or `None` to keep whatever is published (an input was refused and the weight
     /// cannot be derived without it).
     pub weight: Option<u8>,
-    /// The TrafficInfra the host's Ingress sends traffic to (a backend `{name}-envoy`), if any: the
+    /// The TrafficInfra the host's object sends traffic to (a backend `{name}-envoy`), if any: the
     /// third factor of the composition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<TrafficLink>,
@@ -81,7 +82,8 @@ pub struct Factors {
     pub unhealthy_reason: Option<String>,
 }
 
-/// Where a host's traffic goes in this cluster: the Ingress's load-balancer addresses.
+/// Where a host's traffic goes in this cluster: the load-balancer addresses of its Ingress or
+/// Service, or its Gateway's addresses.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Targets {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -120,9 +122,11 @@ pub enum InputKind {
     Weight,
     /// A manifest that cannot be read or parsed.
     Manifest,
-    /// An Ingress whose load-balancer addresses cannot all be published.
+    /// An address or host that cannot be published: a load-balancer or Gateway address, an invalid
+    /// host, a host outside the binding domain, a Gateway with no address, `<prefix>/hostname` on a
+    /// Service that is not a LoadBalancer.
     Target,
-    /// Two Ingresses that claim the same host differently.
+    /// Two objects (Ingresses, routes, Services) that claim the same host differently.
     Conflict,
     /// The all-zero guard refused to publish the last non-zero weight of a name as 0.
     AllZeroGuard,
@@ -137,6 +141,8 @@ pub enum InputKind {
     /// A child the operator may not write (RBAC denied it, e.g. a Role granting what the operator
     /// does not hold).
     Permission,
+    /// A host in none of the hosted zones weir manages.
+    NoZone,
 }
 
 impl InputKind {
@@ -153,6 +159,7 @@ impl InputKind {
             InputKind::Resource => "resource",
             InputKind::MinServingClusters => "min_serving_clusters",
             InputKind::Permission => "permission",
+            InputKind::NoZone => "no_zone",
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod crd;
 pub mod dns;
 pub mod duration;
 pub mod explain;
+pub mod gateway;
 #[cfg(test)]
 mod golden;
 pub mod ir;

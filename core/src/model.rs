@@ -5,13 +5,14 @@
 
 use std::fmt;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube_core::ResourceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::crd::{BackendTrafficPolicy, NamespaceConfig, TrafficInfra};
+use crate::gateway::{Gateway, GrpcRoute, HttpRoute, TlsRoute};
 
 /// Everything weir reads from the outside world at one instant. Cheap to share behind an `Arc`;
 /// providers publish a new one on every change.
@@ -25,6 +26,13 @@ pub struct Snapshot {
     pub traffic_infras: Vec<TrafficInfra>,
     pub backend_traffic_policies: Vec<BackendTrafficPolicy>,
     pub namespace_configs: Vec<NamespaceConfig>,
+    /// Gateway API kinds (empty when the API server does not serve them).
+    pub gateways: Vec<Gateway>,
+    pub http_routes: Vec<HttpRoute>,
+    pub grpc_routes: Vec<GrpcRoute>,
+    pub tls_routes: Vec<TlsRoute>,
+    /// Namespaces, for `allowedRoutes.namespaces.from: Selector` (read only with the Gateway API).
+    pub namespaces: Vec<Namespace>,
 }
 
 impl Snapshot {
@@ -43,6 +51,11 @@ impl Snapshot {
         by_key(&mut self.traffic_infras);
         by_key(&mut self.backend_traffic_policies);
         by_key(&mut self.namespace_configs);
+        by_key(&mut self.gateways);
+        by_key(&mut self.http_routes);
+        by_key(&mut self.grpc_routes);
+        by_key(&mut self.tls_routes);
+        by_key(&mut self.namespaces);
     }
 }
 

@@ -3,5 +3,6 @@
 
 pub mod ads;
 pub mod model;
+pub mod rejections;
 pub mod resources;
 pub mod snapshot;

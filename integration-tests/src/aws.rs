@@ -25,14 +25,55 @@ pub struct Moto {
     pub proc: Proc,
 }
 
+/// moto deletes a weighted record set by its set identifier alone: every record of the zone with that
+/// identifier goes (moto/route53/models.py, `delete_rrset_by_id`). Route53 deletes exactly the named
+/// (name, type, set identifier). This makes moto do the same, for tests that delete one record of a
+/// cluster and keep the others (adoption removes external-dns's TXT beside weir's new records).
+const MOTO_EXACT_DELETES: &str = r#"
+import sys
+import moto.route53.models as m
+
+class _NamedDelete(dict):
+    # Hides SetIdentifier from moto's `in` test so that it takes delete_rrset (below) with the name.
+    def __contains__(self, key):
+        return key != "SetIdentifier" and dict.__contains__(self, key)
+
+def _delete_rrset(self, rrset):
+    sid = dict.get(rrset, "SetIdentifier")
+    self.rrsets = [
+        r for r in self.rrsets
+        if not (r.name == rrset["Name"] and (rrset.get("Type") is None or r.type == rrset["Type"]) and r.set_identifier == sid)
+    ]
+
+_change = m.Route53Backend.change_resource_record_sets
+def _change_exact(self, zoneid, change_list):
+    for c in change_list:
+        if c["Action"] == "DELETE":
+            c["ResourceRecordSet"] = _NamedDelete(c["ResourceRecordSet"])
+    return _change(self, zoneid, change_list)
+
+m.FakeZone.delete_rrset = _delete_rrset
+m.Route53Backend.change_resource_record_sets = _change_exact
+from moto.server import main
+sys.argv = ["moto_server"] + sys.argv[1:]
+sys.exit(main())
+"#;
+
 impl Moto {
     pub fn start(log_dir: &Path) -> Moto {
+        Self::spawn(Command::new(venv_bin("moto_server")), log_dir)
+    }
+
+    /// moto with Route53's exact DELETE of a weighted record set (see [`MOTO_EXACT_DELETES`]).
+    pub fn start_exact_deletes(log_dir: &Path) -> Moto {
+        let mut cmd = Command::new(venv_bin("python3"));
+        cmd.args(["-c", MOTO_EXACT_DELETES]);
+        Self::spawn(cmd, log_dir)
+    }
+
+    fn spawn(mut cmd: Command, log_dir: &Path) -> Moto {
         let port = free_port();
-        let mut proc = Proc::spawn(
-            "moto",
-            Command::new(venv_bin("moto_server")).args(["-H", "127.0.0.1", "-p", &port.to_string()]),
-            log_dir,
-        );
+        let mut proc = Proc::spawn("moto", cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]), log_dir);
         // Ready when it answers HTTP, and it must be this process answering (not a stray server).
         wait_for("moto_server to answer", Duration::from_secs(60), || {
             assert!(proc.is_running(), "moto_server exited:\n{}", proc.log());
@@ -82,8 +123,22 @@ pub async fn route53(endpoint: &str) -> aws_sdk_route53::Client {
 
 /// Creates the weight table as the earlier controller's CloudFormation did: key `ClusterName` (S).
 pub async fn create_table(client: &aws_sdk_dynamodb::Client, name: &str) {
+    create_table_with(client, name, false).await
+}
+
+/// The weight table with a stream (`KEYS_ONLY`), which weir follows as a wake-up beside its poll.
+pub async fn create_table_with_stream(client: &aws_sdk_dynamodb::Client, name: &str) {
+    create_table_with(client, name, true).await
+}
+
+async fn create_table_with(client: &aws_sdk_dynamodb::Client, name: &str, stream: bool) {
+    use aws_sdk_dynamodb::types::{StreamSpecification, StreamViewType};
+    let spec = stream.then(|| {
+        StreamSpecification::builder().stream_enabled(true).stream_view_type(StreamViewType::KeysOnly).build().unwrap()
+    });
     client
         .create_table()
+        .set_stream_specification(spec)
         .table_name(name)
         .attribute_definitions(
             AttributeDefinition::builder()

@@ -39,6 +39,7 @@ pub struct ControllerSpec<'a> {
     pub cluster: &'a str,
     pub manifests: PathBuf,
     pub endpoint: String,
+    /// `--hosted-zone-id`; empty: none (zones found from the binding domain).
     pub zone: &'a str,
     pub initial_weight: u8,
     pub extra: Vec<String>,
@@ -56,7 +57,8 @@ impl Controller {
         cmd.args(["controller", "--provider", "file", "--manifests"])
             .arg(&spec.manifests)
             .args(["--cluster-name", spec.cluster, "--backend-type", "dynamodb", "--table-name", TABLE])
-            .args(["--dns-provider", "route53", "--hosted-zone-id", spec.zone, "--binding-domain", DOMAIN])
+            .args(["--dns-provider", "route53", "--binding-domain", DOMAIN])
+            .args(["--hosted-zone-id", spec.zone].iter().filter(|_| !spec.zone.is_empty()))
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(poll.map(|p| ["--weight-poll-interval", p]).into_iter().flatten())
             .args(["--initial-weight", &spec.initial_weight.to_string()])

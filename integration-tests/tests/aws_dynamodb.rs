@@ -249,6 +249,52 @@ fn weights_cli_operates_the_table() {
     assert_eq!(rt.block_on(item_attr(&client, TABLE, "nowhere", "DesiredWeight")), "-");
 }
 
+/// The hosts that block a cluster's ack are recorded on its own row (never creating one) and shown by
+/// `weir weights list`, as with SQLite.
+#[test]
+fn held_hosts_are_recorded_on_the_row_and_listed() {
+    use integration_tests::aws::aws_env;
+    use integration_tests::{run, weir_bin};
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path());
+    let rt = rt();
+    let client = rt.block_on(dynamodb(&moto.endpoint()));
+    let store = DynamoStore::new(client.clone(), TABLE, Aws::default());
+    rt.block_on(async {
+        create_table(&client, TABLE).await;
+        store.ensure("eu", 40).await.unwrap();
+        store.ensure("us", 60).await.unwrap();
+        store.note_held("eu", &["b.example.com".into(), "a.example.com".into()]).await.unwrap();
+        let held = store.held().await.unwrap();
+        assert_eq!(held.len(), 1, "{held:?}");
+        assert_eq!(held["eu"], ["a.example.com", "b.example.com"]);
+        // A cluster with no row gets none.
+        assert!(matches!(store.note_held("nowhere", &["x.example.com".into()]).await, Err(StoreError::NotFound(_))));
+        assert_eq!(item_attr(&client, TABLE, "nowhere", "ClusterName").await, "-");
+    });
+    let list = |output: &str| {
+        let mut cmd = std::process::Command::new(weir_bin());
+        cmd.args(["weights", "list", "--backend-type", "dynamodb", "--table-name", TABLE, "--output", output]);
+        for (k, v) in aws_env(&moto.endpoint()) {
+            cmd.env(k, v);
+        }
+        let (ok, out, err) = run(&mut cmd);
+        assert!(ok, "{err}");
+        out
+    };
+    let rows: serde_json::Value = serde_json::from_str(&list("json")).unwrap();
+    assert_eq!(rows[0]["HeldHosts"], serde_json::json!(["a.example.com", "b.example.com"]), "{rows}");
+    assert!(rows[1].get("HeldHosts").is_none(), "{rows}");
+    assert!(list("table").contains("held: a.example.com, b.example.com"));
+    // Nothing held any more: the attribute goes.
+    rt.block_on(async {
+        store.note_held("eu", &[]).await.unwrap();
+        assert!(store.held().await.unwrap().is_empty());
+        assert_eq!(item_attr(&client, TABLE, "eu", "HeldHosts").await, "-");
+        assert_eq!(item_attr(&client, TABLE, "eu", "DesiredWeight").await, "N:40", "the row itself is kept");
+    });
+}
+
 /// `--aws-region` given on the command line wins over `AWS_REGION`, as the old controller's flag did;
 /// without it, `AWS_REGION` is used. moto keeps a table per region, so the region weir used shows in
 /// which table it finds.

@@ -4,10 +4,12 @@
 use std::process::Command;
 use std::time::Duration;
 
-use integration_tests::aws::{aws_env, create_table, create_zone, dynamodb, route53, zone_records, Moto};
+use integration_tests::aws::{
+    aws_env, create_table, create_zone, dynamodb, item_attr, route53, sdk, zone_records, Moto,
+};
 use integration_tests::gate::{GateMode, GateServer};
 use integration_tests::weir_aws::{traffic_of, write_manifests, Controller, ControllerSpec, TABLE};
-use integration_tests::{run, wait_for, weir_bin};
+use integration_tests::{free_port, run, wait_for, weir_bin};
 use serde_json::Value;
 use weir::aws::aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
@@ -40,7 +42,7 @@ fn dynamodb_ramps_abort_and_revert_with_history() {
     let moto = Moto::start(dir.path());
     let endpoint = moto.endpoint();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let (r53, zone) = rt.block_on(async {
+    let (ddb, r53, zone) = rt.block_on(async {
         let ddb = dynamodb(&endpoint).await;
         create_table(&ddb, TABLE).await;
         ddb.create_table()
@@ -71,7 +73,7 @@ fn dynamodb_ramps_abort_and_revert_with_history() {
             .unwrap();
         let r53 = route53(&endpoint).await;
         let zone = create_zone(&r53, "example.com").await;
-        (r53, zone)
+        (ddb, r53, zone)
     });
     let manifests = dir.path().join("manifests");
     write_manifests(&manifests, 2, "eu-lb.example.net");
@@ -142,6 +144,14 @@ fn dynamodb_ramps_abort_and_revert_with_history() {
         "{h:#?}"
     );
     assert!(h.iter().filter(|e| e["Field"] == "CurrentWeight").count() >= 4, "acks recorded: {h:#?}");
+    // The actor is the caller's AWS identity, as STS tells it to anyone with these credentials.
+    let arn = rt.block_on(async {
+        let sts = weir::aws::aws_sdk_sts::Client::new(&sdk(&endpoint).await);
+        sts.get_caller_identity().send().await.unwrap().arn.unwrap()
+    });
+    assert!(arn.starts_with("arn:aws:"), "{arn}");
+    let controller = format!("{arn} (weir controller of eu)");
+    assert!(h.iter().all(|e| e["Actor"] == controller.as_str()), "every change here is the controller's: {h:#?}");
 
     // An override with --for on DynamoDB reverts too.
     let (ok, out, err) =
@@ -152,4 +162,54 @@ fn dynamodb_ramps_abort_and_revert_with_history() {
         let r = row(&endpoint);
         (r["CurrentWeight"] == 50 && r.get("Plan").is_none()).then_some(())
     });
+    let history = || -> Vec<Value> {
+        let (ok, out, err) = weights(&endpoint, &["history", "--cluster-name", "eu", "--output", "json"], HISTORY);
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let h = history();
+    let by = |cause: &str| h.iter().find(|e| e["Cause"] == cause).map(|e| e["Actor"].as_str().unwrap().to_string());
+    assert_eq!(by("override"), Some(format!("{arn} (weir weights)")), "{h:#?}");
+    assert_eq!(by("revert"), Some(controller.clone()), "{h:#?}");
+
+    // STS unreachable: the CLI still writes, naming the local user, and says why.
+    let mut cmd = Command::new(weir_bin());
+    cmd.args(["weights", "set", "--cluster-name", "eu", "--desired", "40", "--reason", "no sts"]).args([
+        "--table-name",
+        TABLE,
+        "--history-table",
+        HISTORY,
+    ]);
+    for (k, v) in aws_env(&endpoint) {
+        cmd.env(k, v);
+    }
+    cmd.env("AWS_ENDPOINT_URL_STS", format!("http://127.0.0.1:{}", free_port()));
+    let (ok, out, err) = run(&mut cmd);
+    assert!(ok, "{out}{err}");
+    assert!(err.contains("STS GetCallerIdentity failed"), "warned: {err}");
+    let h = history();
+    let set = h.iter().rev().find(|e| e["Reason"] == "no sts").expect("the set is in the history");
+    let actor = set["Actor"].as_str().unwrap();
+    assert!(actor.ends_with("(weir weights)") && !actor.starts_with("arn:"), "{actor}");
+    wait_for("40 acknowledged", T, || (row(&endpoint)["CurrentWeight"] == 40).then_some(()));
+
+    // The row and its history entry are one transaction: without the history table, the
+    // controller's ack does not land either (before, the ack landed and its entry was lost).
+    rt.block_on(ddb.delete_table().table_name(HISTORY).send()).unwrap();
+    rt.block_on(
+        ddb.update_item()
+            .table_name(TABLE)
+            .key("ClusterName", weir::aws::aws_sdk_dynamodb::types::AttributeValue::S("eu".into()))
+            .update_expression("SET DesiredWeight = :d")
+            .expression_attribute_values(":d", weir::aws::aws_sdk_dynamodb::types::AttributeValue::N("30".into()))
+            .send(),
+    )
+    .unwrap();
+    wait_for("30 in Route53", T, || {
+        let records = rt.block_on(zone_records(&r53, &zone));
+        let eu = traffic_of(&records, "eu").iter().map(|r| r.weight).collect::<Vec<_>>();
+        (!eu.is_empty() && eu.iter().all(|w| *w == 30)).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(rt.block_on(item_attr(&ddb, TABLE, "eu", "CurrentWeight")), "N:40", "not acknowledged");
 }

@@ -31,6 +31,7 @@ fn replica(server: &ApiServer, identity: &str) -> Replica {
         config,
         metrics: LeaderMetrics::default(),
         fence: Fence::closed(),
+        heartbeat: weir::telemetry::Heartbeat::detached(),
     };
     let (tx, leader) = watch::channel(false);
     let (stop, stop_rx) = watch::channel(false);
@@ -151,6 +152,7 @@ async fn shutdown_drains_the_in_flight_pass_before_releasing_the_lease() {
         config,
         metrics: LeaderMetrics::default(),
         fence: fence.clone(),
+        heartbeat: weir::telemetry::Heartbeat::detached(),
     };
     let (leader_tx, leader) = watch::channel(false);
     let (stop, stop_rx) = watch::channel(false);
@@ -176,7 +178,7 @@ async fn shutdown_drains_the_in_flight_pass_before_releasing_the_lease() {
             records: Default::default(),
             allow_all_zero: false,
         },
-        provider: provider.clone(),
+        dns: weir::dns::zoned::ZonedDns::single(provider.clone()),
         store,
         metrics: Default::default(),
         invalid: Default::default(),
@@ -186,6 +188,7 @@ async fn shutdown_drains_the_in_flight_pass_before_releasing_the_lease() {
         readiness: Default::default(),
         leader: leader.clone(),
         fence: fence.clone(),
+        heartbeat: weir::telemetry::Heartbeat::detached(),
     };
     let dns_task = tokio::spawn(async move {
         dns_loop.run(snapshots, weights, stop_rx).await;

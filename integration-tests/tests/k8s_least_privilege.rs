@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use integration_tests::apiserver::{ApiServer, AuditRecord, Options};
+use integration_tests::apiserver::{ApiServer, AuditRecord, Options, ResourceType, Selector};
 use integration_tests::chart::{install_controller_identity, RELEASE_NAMESPACE};
 use integration_tests::{free_port, free_udp_tcp_port, http_get, wait_for, weir_bin, workspace_root, Proc};
 use serde_json::{json, Value};
@@ -102,10 +102,22 @@ fn run_operator_made_xds(server: &ApiServer, dir: &Path) -> String {
     format!("system:serviceaccount:shop:{sa}")
 }
 
+fn route(kind: &str, version: &str) -> Value {
+    let parent = json!({"name": "edge"});
+    json!({"apiVersion": format!("gateway.networking.k8s.io/{version}"), "kind": kind,
+           "metadata": {"name": kind.to_ascii_lowercase(), "namespace": "default"},
+           "spec": {"parentRefs": [parent], "hostnames": [format!("{}.example.com", kind.to_ascii_lowercase()), "bad_host!"],
+                    "rules": [{"backendRefs": [{"name": "svc", "port": 80}]}]},
+           "status": {"parents": [{"parentRef": parent, "conditions": [{"type": "Accepted", "status": "True"}]}]}})
+}
+
 #[test]
 fn every_granted_permission_is_used_or_documented() {
     let dir = tempfile::tempdir().unwrap();
     let server = ApiServer::start_background(Options::default());
+    for crd in ResourceType::gateway_api_crds() {
+        server.store().create_object(crd).unwrap();
+    }
     let id =
         install_controller_identity(&server, json!({"controller": {"clusterName": "eu"}, "rbac": {"operator": true}}));
     for obj in [
@@ -118,10 +130,21 @@ fn every_granted_permission_is_used_or_documented() {
                "spec": {"rules": [{"host": "a.example.com", "http": {"paths": [{"path": "/", "pathType": "Prefix",
                         "backend": {"service": {"name": "svc", "port": {"number": 80}}}}]}}]},
                "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}}),
+        // The Gateway API sources: a Gateway with a bad weight annotation and a route of each kind
+        // with a host that is not a DNS name, so that an Event is recorded on each (reading its uid).
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "edge", "namespace": "default", "annotations": {"dns.adevinta.com/traffic-weight": "abc"}},
+               "spec": {"listeners": [{"name": "http", "protocol": "HTTP", "port": 80}, {"name": "tls", "protocol": "TLS", "port": 443}]},
+               "status": {"addresses": [{"value": "192.0.2.2"}]}}),
+        route("HTTPRoute", "v1"),
+        route("GRPCRoute", "v1"),
+        route("TLSRoute", "v1alpha2"),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb", "namespace": "default",
+               "annotations": {"dns.adevinta.com/hostname": "lb.example.com"}}, "spec": {"type": "ClusterIP"}}),
         json!({"apiVersion": "weir.dev/v1alpha1", "kind": "NamespaceConfig", "metadata": {"name": "default", "namespace": "shop"}, "spec": {}}),
         json!({"apiVersion": "weir.dev/v1alpha1", "kind": "TrafficInfra", "metadata": {"name": "edge", "namespace": "shop"}}),
         json!({"apiVersion": "weir.dev/v1alpha1", "kind": "BackendTrafficPolicy", "metadata": {"name": "p", "namespace": "shop"},
-               "spec": {"targetRef": {"kind": "TrafficInfra", "group": "weir.dev", "name": "edge"}, "timeouts": {"connect": "2s"}}}),
+               "spec": {"targetRef": {"kind": "TrafficInfra", "group": "weir.dev", "name": "edge"}, "timeouts": {"connectTimeout": "2s"}}}),
     ] {
         server.store().create_object(obj).unwrap();
     }
@@ -150,6 +173,13 @@ fn every_granted_permission_is_used_or_documented() {
         let p = get(&server, "weir.dev", "backendtrafficpolicies", "shop", "p")?;
         p["status"]["conditions"].get(0).map(|_| ())
     });
+    let events = server.store().type_of(&json!({"apiVersion": "events.k8s.io/v1", "kind": "Event"})).unwrap();
+    for kind in ["Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "Service"] {
+        wait_for(&format!("an Event on the {kind} with its uid"), T, || {
+            let (items, _) = server.store().list(&events, Some("default"), &Selector::default());
+            items.into_iter().find(|e| e["regarding"]["kind"] == kind && e["regarding"]["uid"].is_string())
+        });
+    }
     let xds_user = run_operator_made_xds(&server, dir.path());
     controller.terminate(Duration::from_secs(10));
 

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use integration_tests::apiserver::{ApiServer, Options, WriteOp};
+use integration_tests::apiserver::{ApiServer, Options, Selector, WriteOp};
 use integration_tests::aws::{aws_env, create_table, create_zone, dynamodb, route53, zone_records, Moto};
 use integration_tests::weir_aws::traffic_of;
 use integration_tests::{free_port, wait_for, weir_bin, Proc};
@@ -81,6 +81,79 @@ fn ingress_records_in_route53() {
     // Deleting the Ingress removes the record.
     server.store().delete(&ing, "default", "web").unwrap();
     records(&|r| r.is_empty());
+    let denied: Vec<_> = server.audit().into_iter().filter(|r| r.user == id.user && !r.allowed).collect();
+    assert!(denied.is_empty(), "denied to the controller: {denied:#?}");
+}
+
+/// A host in no managed hosted zone, on the production path: an Event on its Ingress and
+/// `weir_invalid_input_total{kind="no_zone"}`, while the other host of the cluster is published.
+#[test]
+fn a_host_in_no_hosted_zone_gets_an_event_and_the_others_proceed() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (r53, child) = rt.block_on(async {
+        create_table(&dynamodb(&moto.endpoint()).await, "traffic-controller").await;
+        let r53 = route53(&moto.endpoint()).await;
+        let child = create_zone(&r53, "eu.example.com").await;
+        (r53, child)
+    });
+    let server = ApiServer::start_background(Options::default());
+    seed(&server, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc", "namespace": "default"}}));
+    seed(
+        &server,
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": "svc-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "svc"}},
+               "addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": true}}]}),
+    );
+    let ingress = |name: &str, host: &str| {
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"rules": [{"host": host, "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                     "backend": {"service": {"name": "svc", "port": {"number": 80}}}}]}}]},
+            "status": {"loadBalancer": {"ingress": [{"hostname": "lb.example.net"}]}}})
+    };
+    seed(&server, ingress("api", "api.eu.example.com"));
+    seed(&server, ingress("lost", "www.example.com"));
+    let id = integration_tests::chart::install_controller_identity(
+        &server,
+        json!({"controller": {"clusterName": CLUSTER, "dnsProvider": "route53", "bindingDomain": "example.com"}}),
+    );
+    let metrics_port = free_port();
+    let mut cmd = Command::new(weir_bin());
+    cmd.env("KUBECONFIG", server.write_kubeconfig_for(dir.path(), &id.token))
+        .args(["controller", "--provider", "kubernetes", "--cluster-name", CLUSTER])
+        .args(["--backend-type", "dynamodb", "--initial-weight", "100", "--weight-poll-interval", "500ms"])
+        .args(["--dns-provider", "route53", "--hosted-zone-id", &child, "--binding-domain", "example.com"])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")]);
+    for (k, v) in aws_env(&moto.endpoint()) {
+        cmd.env(k, v);
+    }
+    let _weir = Proc::spawn("weir", &mut cmd, dir.path());
+
+    wait_for("api published in the child zone", Duration::from_secs(60), || {
+        let all = rt.block_on(zone_records(&r53, &child));
+        let ours = traffic_of(&all, CLUSTER);
+        (ours.len() == 1 && ours[0].key.name == "api.eu.example.com").then_some(())
+    });
+    let events = server.store().type_of(&json!({"apiVersion": "events.k8s.io/v1", "kind": "Event"})).unwrap();
+    let event = wait_for("an Event on the Ingress of the host in no zone", Duration::from_secs(30), || {
+        let (items, _) = server.store().list(&events, Some("default"), &Selector::default());
+        items.into_iter().find(|e| e["reason"] == "NoHostedZone")
+    });
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["regarding"]["kind"], "Ingress");
+    assert_eq!(event["regarding"]["name"], "lost");
+    assert!(event["note"].as_str().unwrap().contains("www.example.com is in none of the hosted zones"), "{event}");
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let counted = wait_for("no_zone counted", Duration::from_secs(10), || {
+        integration_tests::metric(
+            &integration_tests::http_get(&url)?,
+            "weir_invalid_input_total",
+            &[("kind", "no_zone")],
+        )
+    });
+    assert_eq!(counted, 1.0);
     let denied: Vec<_> = server.audit().into_iter().filter(|r| r.user == id.user && !r.allowed).collect();
     assert!(denied.is_empty(), "denied to the controller: {denied:#?}");
 }

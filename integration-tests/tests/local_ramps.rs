@@ -362,3 +362,78 @@ fn a_manual_set_cancels_a_running_ramp_and_says_so() {
     let (_, list, _) = weights(&s.db, &["list"]);
     assert!(list.contains("cancelled"), "{list}");
 }
+
+#[test]
+fn https_gate_trusted_through_the_ca_file_and_an_untrusted_certificate_fails_safe() {
+    let s = setup();
+    let gate = GateServer::start_tls(GateMode::Value(0.1));
+    let ca = s.dir.join("gate-ca.pem");
+    std::fs::write(&ca, gate.ca_pem.as_ref().unwrap()).unwrap();
+    let ca = ca.to_str().unwrap().to_string();
+    let url = gate.url();
+    assert!(url.starts_with("https://"), "{url}");
+    // eu's controller trusts the gate's certificate; us's knows only the system's roots.
+    let _eu = start(&s, "eu", &["--gate-ca-file", &ca]);
+    let us = start(&s, "us", &[]);
+    for c in ["eu", "us"] {
+        wait_row(&s.db, c, "at 100", Duration::from_secs(40), |r| r["CurrentWeight"] == 100);
+    }
+    // The CLI checks the gate before it records anything: untrusted, it refuses.
+    let err = refused(&s.db, &ramp_args(&url, &[]));
+    assert!(err.contains("TLS handshake") && err.contains("nothing was written"), "{err}");
+    assert!(row(&s.db, "eu").get("Plan").is_none());
+
+    ok(&s.db, &ramp_args(&url, &["--gate-ca-file", &ca]));
+    let done =
+        wait_row(&s.db, "eu", "the ramp completed", Duration::from_secs(40), |r| status(r).contains("completed"));
+    assert_eq!(done["CurrentWeight"], 40, "{done}");
+    assert!(gate.queries().iter().any(|q| q.starts_with("/api/v1/query?query=")), "asked over HTTPS");
+
+    // Recorded by a CLI that trusts the gate, carried out by a controller that does not: the first
+    // gate fails, the ramp stops and reverts.
+    let us_ramp = [
+        "ramp",
+        "--cluster-name",
+        "us",
+        "--to",
+        "40",
+        "--step",
+        "20",
+        "--every",
+        "1s",
+        "--gate-url",
+        &url,
+        "--gate-query",
+        "up",
+        "--gate-max",
+        "0.5",
+        "--gate-ca-file",
+        &ca,
+    ];
+    ok(&s.db, &us_ramp);
+    let r = wait_row(&s.db, "us", "the abort", Duration::from_secs(40), |r| status(r).contains("aborted"));
+    assert!(status(&r).contains("aborted at 80") && status(&r).contains("TLS handshake"), "{r}");
+    wait_row(&s.db, "us", "reverted", Duration::from_secs(40), |r| {
+        r["DesiredWeight"] == 100 && r["CurrentWeight"] == 100
+    });
+    assert_eq!(us.metric("weir_ramp_aborted_total", &[("cluster", "us")]), Some(1.0));
+}
+
+#[test]
+fn a_commit_to_the_file_wakes_the_weight_loop_before_its_poll() {
+    let s = setup();
+    // A poll of an hour: only the commit watch can make the edit show within seconds.
+    let eu = LocalCluster::start(
+        "eu",
+        &s.manifests,
+        &s.db,
+        &s.dir,
+        &["--initial-weight", "100", "--weight-poll-interval", "1h"],
+    );
+    wait_row(&s.db, "eu", "eu at 100", Duration::from_secs(20), |r| r["CurrentWeight"] == 100);
+    // Once acknowledged, the loop has read its row and sleeps.
+    std::thread::sleep(Duration::from_millis(500));
+    ok(&s.db, &["set", "--cluster-name", "eu", "--desired", "40"]);
+    wait_row(&s.db, "eu", "40 applied within 10 s", Duration::from_secs(10), |r| r["CurrentWeight"] == 40);
+    assert_eq!(eu.metric("cluster_traffic_controller_ingress_weight_desired", &[("cluster", "eu")]), Some(40.0));
+}

@@ -146,18 +146,19 @@ fn envoy_from_the_bootstrap_connects_to_weir_xds_and_acks() {
         dir.path(),
     );
     let admin = format!("http://127.0.0.1:{}", p.admin_port);
+    let _dump = DumpOnPanic(admin.clone());
     wait_for("envoy to connect to weir xds and apply its config", Duration::from_secs(60), || {
         (stat(&admin, "control_plane.connected_state")? == 1
             && stat(&admin, "listener_manager.total_listeners_active")? >= 1
             && stat(&admin, "cluster_manager.cds.update_success")? >= 1
             && stat(&admin, "listener_manager.lds.update_success")? >= 1
-            && stat(&admin, "http.shop.rds.shop.update_success")? >= 1)
+            && stat(&admin, "http.edge.rds.shop.update_success")? >= 1)
             .then_some(())
     });
     for rejected in [
         "cluster_manager.cds.update_rejected",
         "listener_manager.lds.update_rejected",
-        "http.shop.rds.shop.update_rejected",
+        "http.edge.rds.shop.update_rejected",
     ] {
         assert_eq!(stat(&admin, rejected), Some(0), "{rejected}");
     }
@@ -182,4 +183,101 @@ fn envoy_from_the_bootstrap_connects_to_weir_xds_and_acks() {
     wait_for("weir xds to record the ACK", Duration::from_secs(20), || {
         xds_support::acked_route(&weir.admin, "envoy-proxy", None)
     });
+}
+
+/// On a failure, what Envoy says about its xDS updates.
+struct DumpOnPanic(String);
+
+impl Drop for DumpOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "{}",
+                http_get(&format!("{}/stats?filter=update|connected|listeners_active", self.0)).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// Bad input end to end: `weir xds --provider file` serves a valid policy to a real Envoy; the
+/// policy file is then edited to values outside their ranges. weir refuses it (a warning naming
+/// each field and rule), Envoy is sent nothing new (it rejects nothing, and keeps the last good
+/// connect timeout), and a later valid edit reaches Envoy again.
+#[test]
+fn an_invalid_policy_edit_is_refused_and_envoy_keeps_the_last_good_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = free_port();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("planners.yaml"),
+        xds_support::planner_manifests(&[("blue", free_port()), ("green", free_port())], listener),
+    )
+    .unwrap();
+    let policy = |body: &str| {
+        integration_tests::write_atomic(
+            &manifests.join("policy.yaml"),
+            &format!(
+                "apiVersion: weir.dev/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {{name: edge, namespace: default}}\n\
+                 spec:\n  targetRef: {{kind: TrafficInfra, group: weir.dev, name: shop}}\n  {body}\n"
+            ),
+        )
+    };
+    policy("timeouts: {connectTimeout: 3s}");
+    let mut weir = xds_support::start_weir("weir-xds", dir.path(), &manifests, &dir.path().join("state.db"), &[]);
+
+    let ti: TrafficInfra = serde_yaml::from_str(
+        "apiVersion: weir.dev/v1alpha1\nkind: TrafficInfra\nmetadata: {name: shop, namespace: default, uid: u-2}\n",
+    )
+    .unwrap();
+    let mut p = BootstrapParams::for_infra(&ti);
+    p.xds_host = "127.0.0.1".into();
+    p.xds_port = weir.grpc_port;
+    p.admin_address = "127.0.0.1".into();
+    p.admin_port = free_port();
+    p.probe_port = free_port();
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, children::bootstrap_yaml(&p)).unwrap();
+    let _envoy = Proc::spawn(
+        "envoy",
+        Command::new(venv_bin("envoy")).args(["--use-dynamic-base-id", "--concurrency", "1", "-c"]).arg(&path),
+        dir.path(),
+    );
+    let admin = format!("http://127.0.0.1:{}", p.admin_port);
+    let _dump = DumpOnPanic(admin.clone());
+    let connect_timeout = || {
+        let dump = http_get(&format!("{admin}/config_dump?resource=dynamic_active_clusters"))?;
+        let v: serde_json::Value = serde_json::from_str(&dump).ok()?;
+        v["configs"].as_array()?.iter().find_map(|c| {
+            let cluster = &c["cluster"];
+            (cluster["name"] == "default/shop-planner-blue")
+                .then(|| cluster["connect_timeout"].as_str().map(String::from))?
+        })
+    };
+    wait_for("Envoy runs the valid policy", Duration::from_secs(60), || (connect_timeout()? == "3s").then_some(()));
+    let updates = stat(&admin, "cluster_manager.cds.update_success").unwrap();
+
+    policy(
+        "timeouts: {connectTimeout: 0s}\n  healthChecking: {outlierDetection: {failurePercentage: {threshold: 101}}}",
+    );
+    wait_for("weir refuses the edit, naming each field", Duration::from_secs(20), || {
+        let log = weir.proc.log();
+        (log.contains("BackendTrafficPolicy refused")
+            && log.contains("timeouts.connectTimeout")
+            && log.contains("0s")
+            && log.contains("must be greater than zero")
+            && log
+                .contains("healthChecking.outlierDetection.failurePercentage.threshold 101: must be between 0 and 100")
+            && log.contains("its last valid version, if any, keeps serving"))
+        .then_some(())
+    });
+    // Give a (wrong) push time to arrive, then check that none did.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(connect_timeout().as_deref(), Some("3s"), "Envoy lost the last good config");
+    assert_eq!(stat(&admin, "cluster_manager.cds.update_success"), Some(updates), "Envoy was sent a new CDS version");
+    assert_eq!(stat(&admin, "cluster_manager.cds.update_rejected"), Some(0));
+
+    policy("timeouts: {connectTimeout: 4s}");
+    wait_for("a valid edit reaches Envoy", Duration::from_secs(30), || (connect_timeout()? == "4s").then_some(()));
+    weir.proc.kill();
 }

@@ -36,6 +36,10 @@ fn assert_nothing_denied(server: &ApiServer, user: &str) {
 
 /// The controller and its metrics URL.
 fn controller(server: &ApiServer, id: &ChartIdentity, dir: &Path) -> (Proc, String) {
+    controller_with_resync(server, id, dir, "1s")
+}
+
+fn controller_with_resync(server: &ApiServer, id: &ChartIdentity, dir: &Path, resync: &str) -> (Proc, String) {
     let kubeconfig = server.write_kubeconfig_for(dir, &id.token);
     let metrics_port = free_port();
     let mut cmd = Command::new(weir_bin());
@@ -47,7 +51,7 @@ fn controller(server: &ApiServer, id: &ChartIdentity, dir: &Path) -> (Proc, Stri
         .arg(dir.join("weir.db"))
         .args(["--dns-provider", "embedded", "--dns-listen", &format!("127.0.0.1:{}", free_udp_tcp_port())])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-        .args(["--resync-interval", "1s"]);
+        .args(["--resync-interval", resync]);
     (Proc::spawn("weir-controller", &mut cmd, dir), format!("http://127.0.0.1:{metrics_port}/metrics"))
 }
 
@@ -214,13 +218,13 @@ fn traffic_infra_lifecycle_against_the_api_server() {
         &server,
         json!({"apiVersion": "weir.dev/v1alpha1", "kind": "BackendTrafficPolicy",
         "metadata": {"name": "bad", "namespace": "shop"},
-        "spec": {"targetRef": {"kind": "TrafficInfra", "group": "weir.dev", "name": "edge"}, "timeouts": {"connect": "2 parsecs"}}}),
+        "spec": {"targetRef": {"kind": "TrafficInfra", "group": "weir.dev", "name": "edge"}, "timeouts": {"connectTimeout": "2 parsecs"}}}),
     );
     seed(
         &server,
         json!({"apiVersion": "weir.dev/v1alpha1", "kind": "BackendTrafficPolicy",
         "metadata": {"name": "good", "namespace": "shop"},
-        "spec": {"targetRef": {"kind": "TrafficInfra", "group": "weir.dev", "name": "edge"}, "timeouts": {"connect": "2s"}}}),
+        "spec": {"targetRef": {"kind": "TrafficInfra", "group": "weir.dev", "name": "edge"}, "timeouts": {"connectTimeout": "2s"}}}),
     );
     let accepted = |name: &str| {
         let p = get(&server, "weir.dev", "v1alpha1", "backendtrafficpolicies", "shop", name)?;
@@ -294,6 +298,22 @@ fn run_operator_made_xds(server: &ApiServer, dir: &Path) {
         }
         it.next();
     }
+    // Two planner Services for it: blue with one ready endpoint, green with one that is not ready.
+    for (strategy, ready) in [("blue", true), ("green", false)] {
+        let name = format!("edge-planner-{strategy}");
+        seed(
+            server,
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "shop",
+                "labels": {"weir.dev/traffic-infra": "edge"}}, "spec": {"ports": [{"name": "grpc", "port": 9001}]}}),
+        );
+        seed(
+            server,
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": format!("{name}-1"), "namespace": "shop", "labels": {"kubernetes.io/service-name": name}},
+                "addressType": "IPv4", "ports": [{"name": "grpc", "port": 9001}],
+                "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": ready}}]}),
+        );
+    }
     let sa_token = server.service_account_token("shop", sa);
     let mut cmd = Command::new(weir_bin());
     cmd.env("KUBECONFIG", server.write_kubeconfig_for(dir, &sa_token)).env("POD_NAME", "edge-xds-0").args(&rewritten);
@@ -312,12 +332,29 @@ fn run_operator_made_xds(server: &ApiServer, dir: &Path) {
     assert_eq!(post(None), 401, "writes need the token");
     let dump = http.get(format!("{base}/config_dump")).timeout(Duration::from_secs(5)).send().unwrap();
     assert_eq!(dump.status().as_u16(), 401, "/config_dump needs the token");
+    // Live status, written by weir xds: the weights in force (the spec's defaults until the admin
+    // API sets others) and every planner Service with its strategy and ready endpoints; the
+    // operator's fields stay.
+    let services = json!([
+        {"name": "edge-planner-blue", "strategy": "blue", "readyEndpoints": 1},
+        {"name": "edge-planner-green", "strategy": "green", "readyEndpoints": 0},
+    ]);
+    wait_for("trafficWeights and discoveredServices from weir xds", T, || {
+        let st = ti(server, "shop", "edge")["status"].clone();
+        (st["trafficWeights"] == json!({"blue": 100, "green": 0}) && st["discoveredServices"] == services).then_some(())
+    });
     assert_eq!(post(Some(&token)), 200);
     // The write went to the state ConfigMap, through the named Role rule.
     wait_for("the weights in edge-xds-state", T, || {
         let cm = get(server, "", "v1", "configmaps", "shop", "edge-xds-state")?;
         cm["data"]["state.json"].as_str()?.contains("\"green\":60").then_some(())
     });
+    let st = wait_for("trafficWeights after POST /traffic", T, || {
+        let st = ti(server, "shop", "edge")["status"].clone();
+        (st["trafficWeights"] == json!({"blue": 40, "green": 60})).then_some(st)
+    });
+    assert_eq!(st["xdsEndpoint"], "edge-xds.shop.svc:18000", "the operator's fields stay: {st}");
+    assert!(st["conditions"].as_array().unwrap().iter().any(|c| c["type"] == "Ready"), "{st}");
     xds.terminate(Duration::from_secs(10));
     let user = format!("system:serviceaccount:shop:{sa}");
     assert_nothing_denied(server, &user);
@@ -406,4 +443,191 @@ fn a_role_the_operator_may_not_grant_is_named_on_the_traffic_infra() {
             .is_none_or(|cs| !cs.iter().any(|c| c["type"] == "ChildrenApplied" && c["status"] == "False"));
         gone.then_some(())
     });
+}
+
+/// Drift correction: with the resync at 5 minutes, a hand edit of a child (a Deployment's replicas
+/// and image, a ConfigMap's data, a Role's rules) is reverted, and a deleted Service recreated,
+/// within seconds, because the operator watches its children.
+#[test]
+fn hand_edits_of_children_are_reverted_within_seconds() {
+    const QUICK: Duration = Duration::from_secs(5);
+    let dir = tempfile::tempdir().unwrap();
+    let server = ApiServer::start_background(Options::default());
+    seed(
+        &server,
+        json!({"apiVersion": "weir.dev/v1alpha1", "kind": "NamespaceConfig", "metadata": {"name": "default", "namespace": "shop"}, "spec": {}}),
+    );
+    seed(
+        &server,
+        json!({"apiVersion": "weir.dev/v1alpha1", "kind": "TrafficInfra", "metadata": {"name": "edge", "namespace": "shop"}}),
+    );
+    let id = operator_identity(&server);
+    let (_weir, metrics) = controller_with_resync(&server, &id, dir.path(), "5m");
+    for (group, version, plural, name) in CHILDREN {
+        wait_for(&format!("{plural}/{name}"), T, || get(&server, group, version, plural, "shop", name));
+    }
+    wait_phase(&server, "shop", "edge", "Deploying");
+    let passes = || counter(&metrics, "weir_infra_reconcile_total", &[("result", "success")]);
+    // Settled: no pass for a second (nothing triggers one but a change).
+    let mut last = passes();
+    wait_for("the infra manager idle", T, || {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = passes();
+        let idle = now == last;
+        last = now;
+        idle.then_some(())
+    });
+
+    let deployments = ("apps", "v1", "deployments");
+    let xds = get(&server, "apps", "v1", "deployments", "shop", "edge-xds").unwrap();
+    let image = xds["spec"]["template"]["spec"]["containers"][0]["image"].clone();
+    let replicas = xds["spec"]["replicas"].clone();
+    write(
+        &server,
+        deployments,
+        "shop",
+        "edge-xds",
+        json!({"spec": {"replicas": 7, "template": {"spec": {"containers": [{"name": "xds", "image": "evil:1"}]}}}}),
+        false,
+    );
+    let t0 = std::time::Instant::now();
+    wait_for("the xDS Deployment's replicas and image reverted", QUICK, || {
+        let d = get(&server, "apps", "v1", "deployments", "shop", "edge-xds")?;
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        (d["spec"]["replicas"] == replicas && c["image"] == image && c["args"].is_array()).then_some(())
+    });
+    eprintln!("the xDS Deployment's replicas and image reverted after {:?}", t0.elapsed());
+
+    let bootstrap = get(&server, "", "v1", "configmaps", "shop", "edge-envoy-bootstrap").unwrap()["data"].clone();
+    write(
+        &server,
+        ("", "v1", "configmaps"),
+        "shop",
+        "edge-envoy-bootstrap",
+        json!({"data": {"envoy.yaml": "{}"}}),
+        false,
+    );
+    let t0 = std::time::Instant::now();
+    wait_for("the bootstrap ConfigMap's data reverted", QUICK, || {
+        let cm = get(&server, "", "v1", "configmaps", "shop", "edge-envoy-bootstrap")?;
+        (cm["data"] == bootstrap).then_some(())
+    });
+    eprintln!("the bootstrap ConfigMap's data reverted after {:?}", t0.elapsed());
+
+    let roles = ("rbac.authorization.k8s.io", "v1", "roles");
+    let rules = get(&server, roles.0, roles.1, roles.2, "shop", "edge-xds-role").unwrap()["rules"].clone();
+    write(
+        &server,
+        roles,
+        "shop",
+        "edge-xds-role",
+        json!({"rules": [{"apiGroups": [""], "resources": ["services"], "verbs": ["list"]}]}),
+        false,
+    );
+    let t0 = std::time::Instant::now();
+    wait_for("the xDS Role's rules reverted", QUICK, || {
+        let r = get(&server, roles.0, roles.1, roles.2, "shop", "edge-xds-role")?;
+        (r["rules"] == rules).then_some(())
+    });
+    eprintln!("the xDS Role's rules reverted after {:?}", t0.elapsed());
+
+    let services = server.store().find_type("", "v1", "services").unwrap();
+    let uid = get(&server, "", "v1", "services", "shop", "edge-envoy").unwrap()["metadata"]["uid"].clone();
+    server.store().delete(&services, "shop", "edge-envoy").unwrap();
+    let t0 = std::time::Instant::now();
+    wait_for("the deleted Envoy Service recreated", QUICK, || {
+        let svc = get(&server, "", "v1", "services", "shop", "edge-envoy")?;
+        (svc["metadata"]["uid"] != uid && svc["metadata"]["ownerReferences"][0]["kind"] == "TrafficInfra").then_some(())
+    });
+    eprintln!("the deleted Envoy Service recreated after {:?}", t0.elapsed());
+
+    // The children's readiness reaches the status as it changes, not at the resync.
+    for name in ["edge-xds", "edge-envoy"] {
+        write(&server, deployments, "shop", name, json!({"status": {"replicas": 2, "availableReplicas": 2}}), true);
+    }
+    let t0 = std::time::Instant::now();
+    let t = wait_for("xdsReady and envoyReady", QUICK, || {
+        let t = ti(&server, "shop", "edge");
+        (t["status"]["xdsReady"] == true && t["status"]["envoyReady"] == true).then_some(t)
+    });
+    eprintln!("xdsReady and envoyReady after {:?}", t0.elapsed());
+    assert_eq!(condition(&t, "XdsReady")["status"], "True");
+    assert_nothing_denied(&server, &id.user);
+}
+
+/// The seed's two examples (testdata/seed, verbatim but for apiVersion; the production example's
+/// AuthGateway is another product's and is left out) applied to the API server: the children carry
+/// the values the seed documents.
+#[test]
+fn the_seeds_examples_apply_and_produce_what_the_seed_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ApiServer::start_background(Options::default());
+    for file in ["traffic-infra-minimal.yaml", "traffic-infra-production.yaml"] {
+        let text =
+            std::fs::read_to_string(integration_tests::workspace_root().join("testdata/seed").join(file)).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+            if v["kind"] != "TrafficInfra" {
+                continue;
+            }
+            let ns = v["metadata"]["namespace"].clone();
+            seed(
+                &server,
+                json!({"apiVersion": "weir.dev/v1alpha1", "kind": "NamespaceConfig", "metadata": {"name": "default", "namespace": ns}, "spec": {}}),
+            );
+            seed(&server, v);
+        }
+    }
+    let id = operator_identity(&server);
+    let (_weir, _metrics) = controller(&server, &id, dir.path());
+    let hpa = |ns: &str| {
+        wait_for(&format!("{ns}/traffic-envoy-hpa"), T, || {
+            get(&server, "autoscaling", "v2", "horizontalpodautoscalers", ns, "traffic-envoy-hpa")
+        })
+    };
+    let targets = |h: &Value| {
+        h["spec"]["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["resource"]["name"].as_str().unwrap().to_string(),
+                    m["resource"]["target"]["averageUtilization"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // Minimal: the seed's defaults.
+    let h = hpa("workspace-freshworks-prod");
+    assert_eq!(targets(&h), [("cpu".to_string(), json!(70)), ("memory".to_string(), json!(80))]);
+    assert_eq!((h["spec"]["minReplicas"].clone(), h["spec"]["maxReplicas"].clone()), (json!(2), json!(10)));
+    let svc = get(&server, "", "v1", "services", "workspace-freshworks-prod", "traffic-envoy").unwrap();
+    assert_eq!(svc["spec"]["type"], "LoadBalancer");
+    let envoy = get(&server, "apps", "v1", "deployments", "workspace-freshworks-prod", "traffic-envoy").unwrap();
+    assert_eq!(envoy["spec"]["template"]["spec"]["containers"][0]["image"], "envoyproxy/envoy:v1.31-latest");
+
+    // Production: every value it sets.
+    let h = hpa("workspace-prod");
+    assert_eq!(targets(&h), [("cpu".to_string(), json!(60)), ("memory".to_string(), json!(70))]);
+    assert_eq!((h["spec"]["minReplicas"].clone(), h["spec"]["maxReplicas"].clone()), (json!(3), json!(20)));
+    let svc = get(&server, "", "v1", "services", "workspace-prod", "traffic-envoy").unwrap();
+    assert_eq!(svc["spec"]["type"], "ClusterIP");
+    let xds = get(&server, "apps", "v1", "deployments", "workspace-prod", "traffic-xds").unwrap();
+    assert_eq!(xds["spec"]["replicas"], 3);
+    let c = &xds["spec"]["template"]["spec"]["containers"][0];
+    assert!(c["image"].as_str().unwrap().ends_with(":1.0.14"), "{c}");
+    assert_eq!(c["resources"]["requests"], json!({"cpu": "500m", "memory": "512Mi"}));
+    let args = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect::<Vec<_>>().join(" ");
+    assert!(args.contains("--service myapp-planner-blue --service myapp-planner-green"), "{args}");
+    let envoy = get(&server, "apps", "v1", "deployments", "workspace-prod", "traffic-envoy").unwrap();
+    assert_eq!(
+        envoy["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"],
+        json!({"cpu": "1000m", "memory": "1Gi"})
+    );
+    let t = wait_phase(&server, "workspace-prod", "traffic", "Deploying");
+    assert_eq!(t["status"]["xdsEndpoint"], "traffic-xds.workspace-prod.svc:18000");
+    assert_eq!(t["spec"]["xds"]["pollInterval"], 3);
+    assert_nothing_denied(&server, &id.user);
 }

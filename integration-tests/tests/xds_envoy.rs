@@ -4,55 +4,10 @@
 
 mod xds_support;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use integration_tests::{free_port, http_get, venv_bin, wait_for, Proc};
+use integration_tests::{free_port, http_get, wait_for};
 use xds_support::*;
-
-fn envoy_bootstrap(dir: &Path, xds_port: u16, admin_port: u16, api_type: &str) -> std::path::PathBuf {
-    let path = dir.join("envoy.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"node: {{id: envoy-test, cluster: weir-test}}
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    grpc_services: [{{envoy_grpc: {{cluster_name: weir}}}}]
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: weir
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: weir
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}}}]}}]
-"#
-        ),
-    )
-    .unwrap();
-    path
-}
-
-/// Envoy's `/stats` as name → value (numbers only).
-fn stats(admin: &str) -> Option<Vec<(String, String)>> {
-    let body = http_get(&format!("{admin}/stats"))?;
-    Some(body.lines().filter_map(|l| l.split_once(": ")).map(|(k, v)| (k.to_string(), v.trim().to_string())).collect())
-}
-
-fn stat(all: &[(String, String)], name: &str) -> Option<String> {
-    all.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-}
 
 #[test]
 fn envoy_sotw_acks_routes_by_weight_and_keeps_last_good_config() {
@@ -76,17 +31,7 @@ fn envoy_end_to_end(api_type: &str) {
     let (code, _) = admin("POST", &format!("{}/traffic?blue=50&green=50", weir.admin), None);
     assert_eq!(code, 200);
 
-    let envoy_admin_port = free_port();
-    let envoy_admin = format!("http://127.0.0.1:{envoy_admin_port}");
-    let mut cmd = Command::new(venv_bin("envoy"));
-    cmd.arg("-c").arg(envoy_bootstrap(dir.path(), weir.grpc_port, envoy_admin_port, api_type)).args([
-        "--use-dynamic-base-id",
-        "-l",
-        "warning",
-        "--concurrency",
-        "1",
-    ]);
-    let _envoy = Proc::spawn("envoy", &mut cmd, dir.path());
+    let (_envoy, envoy_admin) = start_envoy(dir.path(), "envoy-test", weir.grpc_port, api_type);
     wait_for("envoy to apply listeners and routes", Duration::from_secs(30), || {
         let s = stats(&envoy_admin)?;
         (stat(&s, "listener_manager.total_listeners_active")? == "1"

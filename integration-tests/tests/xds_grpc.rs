@@ -95,7 +95,7 @@ fn proxyless_grpc_follows_weights_and_plannerip() {
 
     let metrics = http_get(&format!("{}/metrics", weir.admin)).unwrap();
     assert_eq!(metric(&metrics, "weir_xds_connected_clients", &[]), Some(1.0), "{metrics}");
-    assert!(metric(&metrics, "weir_xds_pushes_total", &[("type", "RouteConfiguration")]).unwrap_or(0.0) >= 4.0);
+    assert!(metric(&metrics, "weir_xds_pushes_total", &[("type", "route")]).unwrap_or(0.0) >= 4.0);
     assert!(!metrics.lines().any(|l| l.starts_with("weir_xds_nacks_total")), "no NACKs expected: {metrics}");
     assert_eq!(metric(&metrics, "weir_admin_requests_total", &[("path", "/traffic"), ("code", "401")]), Some(2.0));
 
@@ -155,4 +155,44 @@ fn replicas_share_one_state_and_restarts_keep_it() {
     let services: serde_json::Value =
         serde_json::from_str(&http_get(&format!("{}/services", c.admin)).unwrap()).unwrap();
     assert_eq!(services.as_array().unwrap().len(), 2, "{services}");
+}
+
+/// `weir xds` serves only its TrafficInfra's `xds.nodeID` (`envoy-proxy` by default): a proxyless
+/// client with another node id gets no configuration (its ADS stream ends with PERMISSION_DENIED
+/// naming the expected id) and `weir_xds_rejected_nodes_total` counts it; a client with the right id
+/// is served. (Every other test here runs `--allow-any-node-id`, the opt-out, with its own ids.)
+#[test]
+fn only_the_traffic_infras_node_id_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (blue, green) = (free_port(), free_port());
+    let _backends = start_backends(dir.path(), &[("blue", blue), ("green", green)]);
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("planners.yaml"),
+        planner_manifests(&[("blue", blue), ("green", green)], free_port()),
+    )
+    .unwrap();
+    let weir = start_weir_serving_its_node_only("weir-xds", dir.path(), &manifests, &dir.path().join("state.db"));
+    let rejected = || {
+        http_get(&format!("{}/metrics", weir.admin))
+            .and_then(|m| metric(&m, "weir_xds_rejected_nodes_total", &[]))
+            .unwrap_or(0.0)
+    };
+    assert_eq!(rejected(), 0.0);
+
+    let mut intruder = Client::start("xds:///shop", Some(&grpc_bootstrap(dir.path(), weir.grpc_port, "intruder")));
+    let details = intruder.call_details(3);
+    assert_eq!(intruder.call(3, None).counts.values().sum::<u64>(), 0, "a foreign node id was served");
+    wait_for("the refusal counted", Duration::from_secs(10), || (rejected() >= 1.0).then_some(()));
+    let text = format!("{details:?}");
+    assert!(text.contains("PERMISSION_DENIED") && text.contains("envoy-proxy"), "the client is told why: {text}");
+    let (_, dump) = admin("GET", &format!("{}/config_dump", weir.admin), None);
+    assert!(!dump.to_string().contains("intruder"), "a refused node has no stream: {dump}");
+
+    let mut envoy_proxy =
+        Client::start("xds:///shop", Some(&grpc_bootstrap(dir.path(), weir.grpc_port, "envoy-proxy")));
+    envoy_proxy.wait_ready();
+    let t = envoy_proxy.call(50, None);
+    assert_eq!(t.counts.get("blue"), Some(&50), "{t:?}");
 }

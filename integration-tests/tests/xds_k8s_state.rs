@@ -220,3 +220,57 @@ fn two_replicas_serve_one_truth_and_a_restart_keeps_it() {
     assert_eq!(wait_for("replica c after the restart", Duration::from_secs(30), || traffic(admin_c)), want);
     assert_nothing_denied(&server);
 }
+
+/// `xds.pollInterval` is the period of a full EndpointSlice re-list beside the watch: with the
+/// watch losing every EndpointSlice event (the test API server's fault), an endpoint change is
+/// still served within about one period, and `weir_kube_relists_total{result="changed"}` counts it.
+#[test]
+fn an_endpoint_change_the_watch_missed_is_served_after_the_poll_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ApiServer::start_background(Options::default());
+    let token = operator_made_identity(&server);
+    for obj in [
+        serde_json::json!({"apiVersion": "weir.dev/v1alpha1", "kind": "TrafficInfra",
+            "metadata": {"name": "shop", "namespace": "shop"}, "spec": {"xds": {"pollInterval": 1}}}),
+        serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "shop-planner-blue",
+            "namespace": "shop", "labels": {"weir.dev/traffic-infra": "shop"}}, "spec": {"ports": [{"port": 9000}]}}),
+        serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "shop-planner-blue-1", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "shop-planner-blue"}},
+            "addressType": "IPv4", "ports": [{"port": 9000}],
+            "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": true}}]}),
+    ] {
+        server.store().create_object(obj).unwrap();
+    }
+    let admin = free_port();
+    let _xds = replica(&server.write_kubeconfig_for(dir.path(), &token), dir.path(), admin, "weir-xds");
+    let endpoints = || http_get(&format!("http://127.0.0.1:{admin}/endpoints"));
+    wait_for("10.0.0.1 served", Duration::from_secs(20), || endpoints().filter(|e| e.contains("10.0.0.1")));
+
+    server.faults().lose_watch_events("endpointslices");
+    let rt = server.store().find_type("discovery.k8s.io", "v1", "endpointslices").unwrap();
+    server
+        .store()
+        .write(
+            &rt,
+            "shop",
+            "shop-planner-blue-1",
+            integration_tests::apiserver::WriteOp::Merge(serde_json::json!({
+                "endpoints": [{"addresses": ["10.0.0.2"], "conditions": {"ready": true}}]})),
+            false,
+        )
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    wait_for("10.0.0.2 served although the watch missed it", Duration::from_secs(5), || {
+        endpoints().filter(|e| e.contains("10.0.0.2") && !e.contains("10.0.0.1"))
+    });
+    eprintln!("the missed change was served after {:?}", t0.elapsed());
+    let metrics = http_get(&format!("http://127.0.0.1:{admin}/metrics")).unwrap();
+    let changed = integration_tests::metric(
+        &metrics,
+        "weir_kube_relists_total",
+        &[("kind", "EndpointSlice"), ("result", "changed")],
+    );
+    assert!(changed.unwrap_or(0.0) >= 1.0, "{metrics}");
+    assert_nothing_denied(&server);
+}

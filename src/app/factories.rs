@@ -11,8 +11,9 @@ use crate::backends::{open_store, StoreConfig, WeightStore};
 use crate::cli::{ClusterArgs, DnsArgs, DnsProviderKind, ProviderArgs, ProviderKind, StoreArgs};
 use crate::dns::embedded::{EmbeddedDns, EmbeddedZone};
 use crate::dns::record::{Ownership, RecordOptions};
-use crate::dns::route53::{HealthCheckSettings, Route53Dns, Route53Options, ZoneRef};
+use crate::dns::route53::{HealthCheckSettings, Route53Dns, Route53Options, ZoneRef, ZoneSelection};
 use crate::dns::route53_alias::AliasOptions;
+use crate::dns::zoned::{Zone, ZonedDns};
 use crate::dns::DnsProvider;
 use crate::providers::file::FileProvider;
 use crate::providers::SnapshotRx;
@@ -29,7 +30,8 @@ pub async fn start_provider(
     liveness: &crate::telemetry::Liveness,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SnapshotRx, JoinHandle<()>)> {
-    start_provider_in(args, invalid, liveness, crate::providers::kubernetes::WatchScope::default(), shutdown).await
+    start_provider_in(args, invalid, liveness, crate::providers::kubernetes::WatchScope::default(), None, shutdown)
+        .await
 }
 
 /// [`start_provider`], with the Kubernetes provider watching only `scope`.
@@ -38,6 +40,7 @@ pub async fn start_provider_in(
     invalid: &InvalidInputs,
     liveness: &crate::telemetry::Liveness,
     scope: crate::providers::kubernetes::WatchScope,
+    endpoint_relist: Option<watch::Receiver<std::time::Duration>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SnapshotRx, JoinHandle<()>)> {
     match args.provider {
@@ -55,7 +58,12 @@ pub async fn start_provider_in(
         ProviderKind::Kubernetes => {
             let client = crate::providers::kubernetes::client().await.context("connecting to Kubernetes")?;
             let (tx, mut rx) = watch::channel(Arc::new(crate::model::Snapshot::default()));
-            let config = crate::providers::kubernetes::KubernetesConfig { scope, ..Default::default() };
+            let config = crate::providers::kubernetes::KubernetesConfig {
+                scope,
+                endpoint_relist,
+                heartbeat: liveness.heartbeat("Kubernetes watches", std::time::Duration::from_secs(60)),
+                ..Default::default()
+            };
             let stop = shutdown.clone();
             let task = tokio::spawn(async move {
                 tokio::select! {
@@ -96,10 +104,11 @@ pub async fn open_weight_store(args: &StoreArgs, cluster: &str) -> Result<Arc<dy
     open_store(&store_config(args, cluster)).await.context("opening the weight store")
 }
 
-/// The configured DNS provider, plus the embedded zone when it is the embedded one (for the DNS server)
-/// and the Route53 provider when it is that one (for health check status in `weir explain`).
+/// The configured DNS provider (one per Route53 hosted zone), plus the embedded zone when it is the
+/// embedded one (for the DNS server) and a Route53 provider when it is that one (for health check
+/// status in `weir explain`; the checks are shared by the zones).
 pub struct DnsParts {
-    pub provider: Arc<dyn DnsProvider>,
+    pub dns: ZonedDns,
     pub zone: Option<EmbeddedZone>,
     pub route53: Option<Arc<Route53Dns>>,
 }
@@ -111,36 +120,51 @@ pub async fn open_dns_provider(
     cluster: &ClusterArgs,
     fence: &Fence,
 ) -> Result<DnsParts> {
+    let adopt = dns.adopt_options().map_err(anyhow::Error::msg)?;
     match dns.dns_provider {
         DnsProviderKind::Embedded => {
             let db = store.db.clone().context("--dns-provider embedded keeps its zone in --db PATH")?;
             let zone =
                 EmbeddedZone::open(&db).await.with_context(|| format!("opening the zone in {}", db.display()))?;
             let provider = EmbeddedDns::new(zone.clone()).with_fence(fence.clone());
-            Ok(DnsParts { provider: Arc::new(provider), zone: Some(zone), route53: None })
+            Ok(DnsParts {
+                dns: ZonedDns::single(Arc::new(provider)).with_adopt(adopt),
+                zone: Some(zone),
+                route53: None,
+            })
         }
         DnsProviderKind::Route53 => {
-            let zone = match (&dns.hosted_zone_id, cluster.selection.binding_domain.as_str()) {
-                (Some(id), _) => ZoneRef::Id(id.clone()),
-                (None, "") => bail!("--dns-provider route53 needs --hosted-zone-id or --binding-domain"),
-                (None, domain) => ZoneRef::Domain(domain.to_string()),
+            let domain = cluster.selection.binding_domain.as_str();
+            if dns.hosted_zone_id.is_empty() && domain.is_empty() {
+                bail!("--dns-provider route53 needs --hosted-zone-id or --binding-domain");
+            }
+            let selection = ZoneSelection {
+                ids: dns.hosted_zone_id.clone(),
+                domain: domain.to_string(),
+                zone_type: dns.zone_type.into(),
             };
             let owner = Ownership { cluster: cluster.cluster_name.clone(), txt_prefix: dns.txt_prefix.clone() };
-            let mut opts = Route53Options::new(zone, owner);
+            let first = selection.ids.first().map(|id| ZoneRef::Id(id.clone()));
+            let mut opts = Route53Options::new(first.unwrap_or_else(|| ZoneRef::Domain(domain.to_string())), owner);
             opts.wait_insync = dns.wait_insync;
             opts.alias = alias_options(dns);
+            opts.adopt = adopt.clone();
             opts.health = dns.health_check_path.as_ref().map(|path| HealthCheckSettings {
                 path: path.clone(),
                 port: dns.health_check_port,
                 protocol: dns.health_check_protocol.clone(),
             });
-            let provider = Arc::new(
-                Route53Dns::connect(store.aws_region.as_deref(), opts)
-                    .await
-                    .context("opening Route53")?
-                    .with_fence(fence.clone()),
-            );
-            Ok(DnsParts { provider: provider.clone(), zone: None, route53: Some(provider) })
+            let providers = Route53Dns::connect_zones(store.aws_region.as_deref(), opts, &selection)
+                .await
+                .context("opening Route53")?;
+            let providers: Vec<Arc<Route53Dns>> =
+                providers.into_iter().map(|p| Arc::new(p.with_fence(fence.clone()))).collect();
+            let zones = providers
+                .iter()
+                .map(|p| Zone { info: Some(p.zone()), provider: p.clone() as Arc<dyn DnsProvider> })
+                .collect();
+            let route53 = providers.first().cloned();
+            Ok(DnsParts { dns: ZonedDns { zones, adopt }, zone: None, route53 })
         }
         DnsProviderKind::Dnsendpoint => {
             let client = crate::providers::kubernetes::client()
@@ -149,7 +173,7 @@ pub async fn open_dns_provider(
             let owner = Ownership { cluster: cluster.cluster_name.clone(), txt_prefix: dns.txt_prefix.clone() };
             let provider = crate::dns::dnsendpoint_k8s::DnsEndpointDns::new(client, owner, alias_options(dns))
                 .with_fence(fence.clone());
-            Ok(DnsParts { provider: Arc::new(provider), zone: None, route53: None })
+            Ok(DnsParts { dns: ZonedDns::single(Arc::new(provider)).with_adopt(adopt), zone: None, route53: None })
         }
     }
 }
@@ -204,6 +228,7 @@ pub async fn wait_shutdown(mut shutdown: watch::Receiver<bool>) {
 pub fn dns_server_options(
     args: &crate::cli::DnsServerArgs,
     binding_domain: &crate::selection::BindingDomain,
+    prefer_cname: bool,
 ) -> crate::dns::server::DnsServerOptions {
     let mut zones = args.dns_zones.clone();
     if zones.is_empty() && !binding_domain.as_str().is_empty() {
@@ -215,6 +240,7 @@ pub fn dns_server_options(
         tcp_max_connections: args.dns_tcp_max_connections,
         tcp_max_per_ip: args.dns_tcp_max_per_ip,
         tcp_idle_timeout: args.dns_tcp_idle_timeout,
+        flatten_aliases: !prefer_cname,
         ..Default::default()
     }
 }

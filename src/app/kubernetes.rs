@@ -21,6 +21,7 @@ use crate::reconciler::{NoRefusalSink, RefusalSink};
 pub async fn start_leader_election(
     args: &LeaderArgs,
     registry: &mut Registry,
+    liveness: &crate::telemetry::Liveness,
     shutdown: &watch::Receiver<bool>,
     writers: WritersDone,
     tasks: &mut Vec<JoinHandle<()>>,
@@ -46,11 +47,30 @@ pub async fn start_leader_election(
         .await
         .context("connecting to Kubernetes for leader election")?;
     let fence = Fence::closed();
-    let elector =
-        LeaderElector { api: Api::namespaced(client, &config.namespace), config, metrics, fence: fence.clone() };
+    // A round is bounded by the renew deadline; three missed rounds in a row is a stuck elector.
+    let heartbeat = liveness.heartbeat("leader election", (config.renew_deadline + config.retry_period) * 3);
+    let elector = LeaderElector {
+        api: Api::namespaced(client, &config.namespace),
+        config,
+        metrics,
+        fence: fence.clone(),
+        heartbeat,
+    };
     let (tx, rx) = watch::channel(false);
     tasks.push(tokio::spawn(elector.run(tx, shutdown.clone(), writers)));
     Ok((None, rx, fence))
+}
+
+/// This controller's Pod (`POD_NAME`, and `POD_NAMESPACE` or the service account's namespace file),
+/// where Events about the weight row go; `None` outside a Pod.
+pub fn own_pod() -> Option<crate::model::ObjectRef> {
+    let name = std::env::var("POD_NAME").ok().filter(|n| !n.is_empty())?;
+    let namespace = std::env::var("POD_NAMESPACE")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok())
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())?;
+    Some(crate::model::ObjectRef::new("Pod", &namespace, &name))
 }
 
 /// Events on refused inputs with the Kubernetes provider; nothing more than logs and metrics otherwise.

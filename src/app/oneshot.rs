@@ -13,8 +13,10 @@ use tokio::sync::watch;
 use super::factories::{open_dns_provider, open_weight_store, pipeline_config, start_provider};
 use crate::backends::StoredWeight;
 use crate::cli::{ClusterArgs, DnsArgs, ExplainArgs, OutputFormat, PlanArgs, ProviderArgs, StoreArgs};
-use crate::dns::plan::{plan, Change, Plan};
+use crate::dns::plan::{Change, Plan};
 use crate::dns::record::{DesiredRecords, RecordSet};
+use crate::dns::zoned::ZonedPlan;
+use crate::dns::zones::ZoneInfo;
 use crate::ir::DesiredState;
 use crate::model::Snapshot;
 use crate::reconciler::explain::explain;
@@ -30,8 +32,8 @@ struct Pass {
     weight: u8,
     weight_note: Option<String>,
     state: DesiredState,
-    desired: DesiredRecords,
-    current: Vec<RecordSet>,
+    /// Per zone: what it gets, what it holds, the plan.
+    zoned: ZonedPlan,
     route53: Option<Arc<crate::dns::route53::Route53Dns>>,
 }
 
@@ -80,16 +82,19 @@ async fn read_pass(
         None => LiveStrategyWeights::new(),
     };
     let state = translate_with(&snapshot, weight, &config.translate, &live);
-    let mut desired = DesiredRecords::build(&state, &config.owner, &config.records);
+    let desired = DesiredRecords::build(&state, &config.owner, &config.records);
     // What the controller would attach (Route53 health checks), looked up without creating anything.
     if let Some(r53) = &dns_parts.route53 {
         r53.read_only();
     }
-    dns_parts.provider.prepare(&mut desired).await;
-    let mut hosts = desired.hosts.clone();
-    hosts.extend(extra_host.map(crate::selection::normalize_host));
-    let current = dns_parts.provider.current(&hosts, &config.owner).await.context("reading published records")?;
-    Ok(Pass { config, weight, weight_note, state, desired, current, route53: dns_parts.route53 })
+    let extra: Vec<String> = extra_host.map(crate::selection::normalize_host).into_iter().collect();
+    let zoned = dns_parts.dns.plan(&desired, &state, &config.owner, config.allow_all_zero, &extra).await.map_err(
+        |(zone, e)| {
+            let zone = zone.map(|z| format!(" in {}", z.label())).unwrap_or_default();
+            anyhow::anyhow!("reading published records{zone}: {e}")
+        },
+    )?;
+    Ok(Pass { config, weight, weight_note, state, zoned, route53: dns_parts.route53 })
 }
 
 /// The strategy weights `weir xds --state PATH` keeps, for every TrafficInfra of the snapshot that has
@@ -115,21 +120,41 @@ struct PlanOutput<'a> {
     cluster_weight: u8,
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<&'a str>,
+    /// Every zone's plan in one.
     #[serde(flatten)]
     plan: &'a Plan,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     input_refusals: &'a [crate::ir::Refusal],
+    /// Per hosted zone (Route53); absent for a provider without zones.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    zones: Vec<ZonePlanOutput<'a>>,
+}
+
+#[derive(Serialize)]
+struct ZonePlanOutput<'a> {
+    zone: &'a ZoneInfo,
+    #[serde(flatten)]
+    plan: &'a Plan,
 }
 
 pub async fn plan_command(args: PlanArgs) -> Result<()> {
     let pass = read_pass(&args.cluster, &args.provider, &args.store, &args.dns, None, None).await?;
-    let plan = plan(&pass.desired, &pass.current, &pass.config.owner, pass.config.allow_all_zero);
+    let plan = pass.zoned.merged();
+    let input_refusals: Vec<crate::ir::Refusal> =
+        pass.state.refusals.iter().chain(&pass.zoned.no_zone).cloned().collect();
+    let zones = pass
+        .zoned
+        .zones
+        .iter()
+        .filter_map(|z| z.info.as_ref().map(|zone| ZonePlanOutput { zone, plan: &z.plan }))
+        .collect();
     let out = PlanOutput {
         cluster: &pass.config.owner.cluster,
         cluster_weight: pass.weight,
         note: pass.weight_note.as_deref(),
         plan: &plan,
-        input_refusals: &pass.state.refusals,
+        input_refusals: &input_refusals,
+        zones,
     };
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&out)?),
@@ -144,30 +169,22 @@ fn plan_table(out: &PlanOutput<'_>) -> String {
     if let Some(note) = out.note {
         let _ = writeln!(s, "note: {note}");
     }
-    if out.plan.is_empty() {
-        let _ = writeln!(s, "no changes");
+    if out.zones.is_empty() {
+        changes_table(&mut s, out.plan);
     } else {
-        let _ = writeln!(s, "{:<7} {:<40} {:<6} {:>6} {:>6}  VALUES (WAS)", "ACTION", "NAME", "TYPE", "WEIGHT", "TTL");
-        for change in out.plan.changes() {
-            let r = change.record();
-            let was = match change {
-                Change::Upsert { previous: Some(p), .. } => {
-                    format!("  (was weight {} ttl {} {})", p.weight, p.ttl, p.values.join(","))
-                }
-                _ => String::new(),
-            };
-            let _ = writeln!(
-                s,
-                "{:<7} {:<40} {:<6} {:>6} {:>6}  {}{was}",
-                change.action(),
-                r.key.name,
-                r.key.rtype.as_str(),
-                r.weight,
-                r.ttl,
-                r.values.join(",")
-            );
+        for z in &out.zones {
+            let _ = writeln!(s, "zone {}", z.zone.label());
+            changes_table(&mut s, z.plan);
         }
-        let _ = writeln!(s, "{} change(s)", out.plan.len());
+    }
+    for a in &out.plan.adopted {
+        let _ = writeln!(
+            s,
+            "adopt: {} from external-dns owner {} (deleting its registry TXT {})",
+            a.host,
+            a.external_owner,
+            a.registry_txt.join(", ")
+        );
     }
     for r in out.input_refusals.iter().chain(out.plan.refusals.iter()) {
         let _ = writeln!(s, "refused: {} [{}] {}", r.object, r.reason, r.message);
@@ -175,12 +192,61 @@ fn plan_table(out: &PlanOutput<'_>) -> String {
     s
 }
 
+fn changes_table(s: &mut String, plan: &Plan) {
+    if plan.is_empty() {
+        let _ = writeln!(s, "no changes");
+        return;
+    }
+    let _ = writeln!(s, "{:<7} {:<40} {:<6} {:>6} {:>6}  VALUES (WAS)", "ACTION", "NAME", "TYPE", "WEIGHT", "TTL");
+    for change in plan.changes() {
+        let r = change.record();
+        let was = match change {
+            Change::Upsert { previous: Some(p), .. } => {
+                format!("  (was weight {} ttl {} {})", p.weight, p.ttl, p.values.join(","))
+            }
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "{:<7} {:<40} {:<6} {:>6} {:>6}  {}{was}",
+            change.action(),
+            r.key.name,
+            r.key.rtype.as_str(),
+            r.weight,
+            r.ttl,
+            r.values.join(",")
+        );
+    }
+    let _ = writeln!(s, "{} change(s)", plan.len());
+}
+
 pub async fn explain_command(args: ExplainArgs) -> Result<()> {
     let pass =
         read_pass(&args.cluster, &args.provider, &args.store, &args.dns, Some(&args.host), args.xds_state.as_deref())
             .await?;
-    let mut e = explain(&args.host, &pass.state, &pass.current, &pass.config.owner, pass.config.allow_all_zero);
+    let host = crate::selection::normalize_host(&args.host);
+    // The records of the zone(s) that take the host; a host in no zone is refused, and says so.
+    let homes: Vec<&crate::dns::zoned::ZonePlan> =
+        pass.zoned.zones.iter().filter(|z| z.info.as_ref().is_none_or(|i| i.contains(&host))).collect();
+    let longest = homes.iter().filter_map(|z| z.info.as_ref().map(|i| i.name.len())).max();
+    let homes: Vec<_> = homes.into_iter().filter(|z| z.info.as_ref().map(|i| i.name.len()) == longest).collect();
+    let current: Vec<RecordSet> = homes.first().map(|z| z.current.clone()).unwrap_or_default();
+    let mut state = pass.state.clone();
+    state.refusals.extend(pass.zoned.no_zone.iter().cloned());
+    let mut e = explain(&args.host, &state, &current, &pass.config.owner, pass.config.allow_all_zero);
     e.notes.extend(pass.weight_note);
+    let labels: Vec<String> = homes.iter().filter_map(|z| z.info.as_ref().map(ZoneInfo::label)).collect();
+    match labels.len() {
+        0 if !pass.zoned.zones.iter().any(|z| z.info.is_none()) => {
+            e.notes.push(format!("{host} is in none of the hosted zones weir manages: it is not published"))
+        }
+        0 => {}
+        1 => e.notes.push(format!("hosted zone {}", labels[0])),
+        _ => e.notes.push(format!(
+            "hosted zones {} (split horizon: each gets the record; shares shown from the first)",
+            labels.join(", ")
+        )),
+    }
     if let (Some(r53), Some(targets)) = (&pass.route53, &e.targets) {
         // Route53 health checks of this cluster's targets (looked up, never created here).
         let names: Vec<String> = targets

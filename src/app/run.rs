@@ -55,6 +55,9 @@ pub async fn local(args: LocalArgs) -> Result<()> {
         state: Some(args.db.clone()),
         admin_token_file: None,
         metrics_addr: None,
+        xds_initial_concurrency: crate::xds::server::DEFAULT_INITIAL_CONCURRENCY,
+        allow_any_node_id: false,
+        no_status: true,
     });
     let controller = ControllerArgs {
         cluster: ClusterArgs {
@@ -84,7 +87,11 @@ pub async fn local(args: LocalArgs) -> Result<()> {
         dns: DnsArgs {
             dns_provider: DnsProviderKind::Embedded,
             dns_listen: Some(dns_listen),
-            hosted_zone_id: None,
+            hosted_zone_id: Vec::new(),
+            zone_type: crate::cli::ZoneTypeArg::All,
+            adopt_owner: Vec::new(),
+            adopt_txt_prefix: String::new(),
+            adopt_txt_suffix: String::new(),
             record_ttl: Some(args.record_ttl),
             aws_health_check_id: None,
             health_check_path: None,
@@ -108,6 +115,7 @@ pub async fn local(args: LocalArgs) -> Result<()> {
         metrics_addr: args.metrics_addr,
         weight_poll_interval: args.weight_poll_interval,
         min_serving_clusters: args.min_serving_clusters,
+        gate_ca_file: args.gate_ca_file,
         resync_interval: LOCAL_RESYNC,
         webhook_addr: None,
         webhook_cert_dir: PathBuf::new(),
@@ -137,16 +145,26 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     let mut tasks = vec![provider_task];
     // Every writer holds a guard: on shutdown the Lease is released once their passes ended.
     let (writer_guard, writers_done) = writer_guards();
-    let (_leader_tx, leader, fence) =
-        super::kubernetes::start_leader_election(&args.leader, &mut registry, &shutdown, writers_done, &mut tasks)
-            .await?;
+    let (_leader_tx, leader, fence) = super::kubernetes::start_leader_election(
+        &args.leader,
+        &mut registry,
+        &liveness,
+        &shutdown,
+        writers_done,
+        &mut tasks,
+    )
+    .await?;
     let dns = open_dns_provider(&args.dns, &args.store, &args.cluster, &fence).await?;
 
     // The embedded zone is served by weir's own DNS server when an address is given.
     let dns_listen =
         dns_listen.or(if args.dns.dns_provider == DnsProviderKind::Embedded { args.dns.dns_listen } else { None });
     if let (Some(addr), Some(zone)) = (dns_listen, dns.zone.as_ref()) {
-        let options = super::factories::dns_server_options(&args.dns.server, &args.cluster.selection.binding_domain);
+        let options = super::factories::dns_server_options(
+            &args.dns.server,
+            &args.cluster.selection.binding_domain,
+            args.dns.prefer_cname,
+        );
         tasks.push(super::factories::serve_embedded_dns(addr, zone, options, &mut registry, shutdown.clone()).await?);
     }
 
@@ -176,6 +194,15 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     } else {
         None
     };
+    // Start-up work before `/metrics` answers (a caller that sees it up finds the row created soon
+    // after): the gate's trust store (the system's roots are read here) and who we are to the store.
+    let gate_tls = crate::reconciler::ramp::GateTls::new(args.gate_ca_file.as_deref())?;
+    let actor = crate::backends::controller_actor(store.caller_identity().await.as_deref(), &cluster);
+    // Every long-running loop beats; `/healthz` names the one that stopped making progress.
+    let heartbeat = |name, bound| liveness.heartbeat(name, bound);
+    let weight_beat = heartbeat("weight loop", crate::reconciler::weight::WEIGHT_LOOP_BOUND);
+    let dns_beat = heartbeat("DNS reconcile", crate::reconciler::dns::DNS_LOOP_BOUND);
+    let plan_beat = heartbeat("ramp runner", crate::reconciler::ramp::PLAN_LOOP_BOUND);
     let router = telemetry::router(Arc::new(registry), readiness.clone(), liveness);
     let limits = crate::http_serve::HttpLimits::default();
     let server = HttpServer { name: "metrics", limits, metrics: http_metrics.clone() };
@@ -194,6 +221,11 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     }
 
     let poll_now = Arc::new(Notify::new());
+    // A DesiredWeight edit wakes the weight loop at once where the store can tell (DynamoDB Streams,
+    // SQLite commits); the poll stays the fallback.
+    if let Some(task) = store.spawn_change_hints(&cluster, poll_now.clone(), shutdown.clone()) {
+        tasks.push(task);
+    }
     let (weight_tx, weight_rx) = watch::channel(None);
     let (rows_tx, rows_rx) = watch::channel(None);
     let plan_loop = crate::reconciler::ramp::PlanLoop {
@@ -203,6 +235,9 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         leader: leader.clone(),
         rows: rows_rx,
         poll_weight_now: poll_now.clone(),
+        gate_tls,
+        actor,
+        heartbeat: plan_beat,
     };
     let weight_loop = WeightLoop {
         store: store.clone(),
@@ -214,10 +249,17 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         poll_now: poll_now.clone(),
         min_serving_clusters: args.min_serving_clusters,
         rows: Some(rows_tx),
+        sink: sink.clone(),
+        refusal_object: if args.provider.provider == ProviderKind::Kubernetes {
+            super::kubernetes::own_pod()
+        } else {
+            None
+        },
+        heartbeat: weight_beat,
     };
     let dns_loop = DnsLoop {
         config: pipeline_config(&args.cluster, &args.dns),
-        provider: dns.provider,
+        dns: dns.dns,
         store,
         metrics: reconcile_metrics,
         invalid,
@@ -227,6 +269,7 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
         readiness,
         leader,
         fence,
+        heartbeat: dns_beat,
     };
     tracing::info!(%cluster, "weir running");
     tasks.push(tokio::spawn(weight_loop.run(weight_tx, shutdown.clone())));

@@ -15,7 +15,7 @@ use crate::backends::{
     StoredWeight, WeightRow, WeightStore,
 };
 use crate::cli::{GateOnNoData, OutputFormat, RampArgs, SafetyArgs, WeightsCommand, WeightsStoreArgs};
-use crate::reconciler::ramp::{describe_plan, new_override, query_gate};
+use crate::reconciler::ramp::{describe_plan, new_override, query_gate, GateTls};
 use crate::reconciler::weight::min_serving_violation;
 use crate::weight::{parse_strict_weight, WeightError};
 
@@ -59,7 +59,10 @@ pub async fn run(cmd: &WeightsCommand) -> Result<String, WeightsCliError> {
             let rows = store.list().await?;
             let now = now_ms();
             let held = store.held().await?;
-            let listed: Vec<ListedRow> = rows.iter().map(|r| ListedRow { status: status(r, now), row: r }).collect();
+            let listed: Vec<ListedRow> = rows
+                .iter()
+                .map(|r| ListedRow { status: status(r, now), row: r, held: held_of(&held, &r.cluster) })
+                .collect();
             output(args.output, &listed, || table_with_held(&rows, now, &held))
         }
         WeightsCommand::Get { store: args, cluster_name } => {
@@ -69,9 +72,8 @@ pub async fn run(cmd: &WeightsCommand) -> Result<String, WeightsCliError> {
             };
             let now = now_ms();
             let held = store.held().await?;
-            output(args.output, &ListedRow { status: status(&row, now), row: &row }, || {
-                table_with_held(std::slice::from_ref(&row), now, &held)
-            })
+            let listed = ListedRow { status: status(&row, now), row: &row, held: held_of(&held, cluster_name) };
+            output(args.output, &listed, || table_with_held(std::slice::from_ref(&row), now, &held))
         }
         WeightsCommand::Set { store: args, cluster_name, desired, for_, reason, max_step, force, safety } => {
             // Before anything is opened: a bad value must leave no trace, not even a new file.
@@ -109,7 +111,7 @@ pub async fn run(cmd: &WeightsCommand) -> Result<String, WeightsCliError> {
                         "override: back to {previous} in {} unless changed meanwhile",
                         humantime::format_duration(d)
                     ));
-                    Some(Plan::Override(new_override(previous, value, d, reason.clone(), actor())))
+                    Some(Plan::Override(new_override(previous, value, d, reason.clone(), actor(store.as_ref()).await)))
                 }
                 (None, Some(p)) => match p.running_ramp() {
                     Some(ramp) => {
@@ -167,8 +169,12 @@ pub async fn run(cmd: &WeightsCommand) -> Result<String, WeightsCliError> {
     }
 }
 
-/// Who is making a change from this CLI: the local user (the AWS caller identity is not looked up).
-fn actor() -> String {
+/// Who is making a change from this CLI: the caller's AWS identity on DynamoDB (STS), else (or when
+/// STS cannot be asked, with a warning) the local user.
+async fn actor(store: &dyn WeightStore) -> String {
+    if let Some(arn) = store.caller_identity().await {
+        return format!("{arn} (weir weights)");
+    }
     let user = std::env::var("USER").or_else(|_| std::env::var("USERNAME")).unwrap_or_else(|_| "unknown".into());
     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
     if host.is_empty() {
@@ -215,7 +221,7 @@ async fn write(
     cause: &str,
     reason: Option<&str>,
 ) -> Result<(), WeightsCliError> {
-    let actor = actor();
+    let actor = actor(store).await;
     let landed = store
         .write_plan(
             cluster,
@@ -249,7 +255,10 @@ async fn ramp(args: &RampArgs) -> Result<String, WeightsCliError> {
             return Err(WeightsCliError::Refused(format!("{cluster}: no ramp is running; nothing was written")));
         };
         let plan = Plan::Ramp(Ramp {
-            state: RampState::Cancelled { reason: format!("cancelled by {}", actor()), at_ms: now_ms() },
+            state: RampState::Cancelled {
+                reason: format!("cancelled by {}", actor(store.as_ref()).await),
+                at_ms: now_ms(),
+            },
             ..ramp.clone()
         });
         write(store.as_ref(), cluster, &row, None, Some(&plan), "ramp_cancel", args.reason.as_deref()).await?;
@@ -280,7 +289,9 @@ async fn ramp(args: &RampArgs) -> Result<String, WeightsCliError> {
     };
     // A query the server rejects (or a gate that cannot be asked) fails now, before any step.
     if let Some(g) = &gate {
-        if let Err(e) = query_gate(g).await {
+        let tls = GateTls::new(args.gate_ca_file.as_deref())
+            .map_err(|e| WeightsCliError::Refused(format!("{e}; nothing was written")))?;
+        if let Err(e) = query_gate(g, &tls).await {
             return Err(WeightsCliError::Refused(format!("the gate cannot be used: {e}; nothing was written")));
         }
     }
@@ -306,7 +317,7 @@ async fn ramp(args: &RampArgs) -> Result<String, WeightsCliError> {
         every_ms: every.as_millis() as u64,
         gate,
         reason: args.reason.clone(),
-        actor: actor(),
+        actor: actor(store.as_ref()).await,
         started_at_ms: now_ms(),
         state: RampState::Completed { at_ms: 0 },
     };
@@ -330,6 +341,9 @@ struct ListedRow<'a> {
     row: &'a WeightRow,
     #[serde(rename = "Status")]
     status: String,
+    /// Hosts that keep this cluster from acknowledging (as its controller last recorded them).
+    #[serde(rename = "HeldHosts", skip_serializing_if = "<[String]>::is_empty")]
+    held: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -434,6 +448,10 @@ fn table(rows: &[WeightRow], now: i64) -> String {
 }
 
 /// The status column names the hosts that hold a cluster's ack back.
+fn held_of<'a>(held: &'a std::collections::BTreeMap<String, Vec<String>>, cluster: &str) -> &'a [String] {
+    held.get(cluster).map(Vec::as_slice).unwrap_or_default()
+}
+
 fn table_with_held(rows: &[WeightRow], now: i64, held: &std::collections::BTreeMap<String, Vec<String>>) -> String {
     let header = ["CLUSTER", "DESIRED", "CURRENT", "STATUS"];
     let status_of = |r: &WeightRow| match held.get(&r.cluster).filter(|h| !h.is_empty()) {

@@ -16,12 +16,14 @@ use tokio_stream::wrappers::TcpListenerStream;
 use super::factories::{shutdown_signal, start_provider_in, wait_shutdown};
 use crate::cli::{ProviderKind, XdsArgs};
 use crate::http_serve::HttpServer;
+use crate::model::ObjectRef;
 use crate::telemetry::{self, InvalidInputs, Readiness};
 use crate::xds::admin::{Admin, AdminMetrics};
 use crate::xds::cache::new_cache;
 use crate::xds::controller::{View, XdsController};
+use crate::xds::infra_status::{InfraStatusWriter, RejectionObserver};
 use crate::xds::model::{traffic_infra, TrafficState, XdsSettings};
-use crate::xds::server::{AdsServer, Clients, XdsMetrics};
+use crate::xds::server::{AdsServer, Clients, NodePolicy, XdsMetrics};
 use crate::xds::state::{MemoryStore, SharedState, SqliteStore, StateStore};
 use crate::xds::state_kube::KubeConfigMapStore;
 
@@ -41,8 +43,34 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
 
     // Only its own namespace, and only what it translates: the operator's namespaced Role suffices.
     let scope = crate::providers::kubernetes::WatchScope::xds(&settings.namespace);
+    // The TrafficInfra's `xds.pollInterval` (its default until the TrafficInfra is read) is the
+    // period of the full EndpointSlice re-list beside the watch.
+    let (relist_tx, relist_rx) =
+        watch::channel(Duration::from_secs(crate::crd::XdsSpec::default().poll_interval as u64));
     let (snapshots, provider_task) =
-        start_provider_in(&args.provider, &invalid, &liveness, scope, shutdown.clone()).await?;
+        start_provider_in(&args.provider, &invalid, &liveness, scope, Some(relist_rx), shutdown.clone()).await?;
+    // The TrafficInfra's `xds.nodeID` is the only node id served (unless --allow-any-node-id).
+    let (node_tx, node_rx) = watch::channel(None::<String>);
+    let follow_spec = {
+        let mut snapshots = snapshots.clone();
+        let settings = settings.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let spec = traffic_infra(&snapshots.borrow_and_update(), &settings).map(|t| t.spec.xds.clone());
+                let node = spec.as_ref().map(|x| x.node_id.clone());
+                node_tx.send_if_modified(|cur| (*cur != node).then(|| *cur = node).is_some());
+                if let Some(x) = &spec {
+                    let period = Duration::from_secs(x.poll_interval.max(1) as u64);
+                    relist_tx.send_if_modified(|cur| (*cur != period).then(|| *cur = period).is_some());
+                }
+                tokio::select! {
+                    r = snapshots.changed() => if r.is_err() { return },
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    };
 
     let defaults =
         traffic_infra(&snapshots.borrow(), &settings).map(|t| t.spec.traffic_defaults.clone()).unwrap_or_default();
@@ -82,22 +110,59 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
     let xds_metrics = XdsMetrics::register(&mut registry);
     let admin_metrics = AdminMetrics::register(&mut registry);
     let clients = Clients::default();
+    let nodes = NodePolicy { expected: node_rx, allow_any: args.allow_any_node_id, rejected: Default::default() }
+        .register(&mut registry);
     let registry = Arc::new(registry);
 
-    let mut tasks = vec![provider_task];
-    tasks.push(tokio::spawn(shared.clone().poll(STATE_POLL, shutdown.clone())));
-    let controller = XdsController { settings: settings.clone(), writer, view: view_tx, readiness: readiness.clone() };
+    let mut tasks = vec![provider_task, follow_spec];
+    let state_beat = liveness.heartbeat("xDS state poll", std::time::Duration::from_secs(60));
+    tasks.push(tokio::spawn(shared.clone().poll(STATE_POLL, state_beat, shutdown.clone())));
+    let controller = XdsController {
+        settings: settings.clone(),
+        writer,
+        view: view_tx,
+        readiness: readiness.clone(),
+        last_good_policies: Default::default(),
+        policy_refusals: Default::default(),
+        heartbeat: liveness.heartbeat("xDS snapshots", std::time::Duration::from_secs(60)),
+    };
     tasks.push(tokio::spawn(controller.run(snapshots, shared.subscribe(), shutdown.clone())));
 
     let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
         .await
         .with_context(|| format!("binding the gRPC (ADS) server on {}", args.grpc_addr))?;
-    tracing::info!(addr = %grpc.local_addr()?, name = %settings.name, "serving ADS (state of the world and delta)");
-    let ads = AdsServer::new(cache.clone(), xds_metrics, clients.clone(), shutdown.clone());
+    tracing::info!(addr = %grpc.local_addr()?, name = %settings.name, "serving ADS (state of the world and delta) and CSDS");
+    let mut ads =
+        AdsServer::new(cache.clone(), xds_metrics, clients.clone(), shutdown.clone(), args.xds_initial_concurrency)
+            .with_node_policy(nodes);
+    // With the Kubernetes provider, `weir xds` writes its part of the TrafficInfra's status and
+    // records an Event per distinct rejected configuration.
+    if args.provider.provider == ProviderKind::Kubernetes && !args.no_status {
+        let client = crate::providers::kubernetes::client().await.context("connecting to Kubernetes for the status")?;
+        let instance = std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-xds", settings.name));
+        let (sink, events_task) = crate::reconciler::events::spawn(client.clone(), instance);
+        tasks.push(events_task);
+        let infra = ObjectRef {
+            kind: "TrafficInfra".into(),
+            namespace: settings.namespace.clone(),
+            name: settings.name.clone(),
+        };
+        let observer = RejectionObserver::new(infra, Arc::new(sink));
+        ads = ads.with_observer(observer.clone());
+        let writer = InfraStatusWriter {
+            client,
+            namespace: settings.namespace.clone(),
+            name: settings.name.clone(),
+            view: view_rx.clone(),
+            observer,
+        };
+        tasks.push(tokio::spawn(writer.run(shutdown.clone())));
+    }
     let grpc_shutdown = wait_shutdown(shutdown.clone());
     let grpc_task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(ads.csds_service())
             .add_service(ads.into_service())
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), grpc_shutdown)
             .await

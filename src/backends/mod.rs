@@ -267,6 +267,14 @@ impl HistoryEntry {
     }
 }
 
+/// The history's actor for changes the controller of `cluster` makes: its AWS identity when known.
+pub fn controller_actor(identity: Option<&str>, cluster: &str) -> String {
+    match identity {
+        Some(arn) => format!("{arn} (weir controller of {cluster})"),
+        None => format!("weir controller of {cluster}"),
+    }
+}
+
 /// Wall-clock Unix milliseconds (plan deadlines are shared between processes, so not `Instant`).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -339,6 +347,26 @@ pub trait WeightStore: Send + Sync {
     async fn history(&self, cluster: Option<&str>, since_ms: Option<i64>) -> Result<Vec<HistoryEntry>, StoreError> {
         let _ = (cluster, since_ms);
         Err(StoreError::ReadOnly(self.name()))
+    }
+
+    /// Who this process is to the store, for the history's actor (DynamoDB: the STS
+    /// `GetCallerIdentity` ARN, looked up once; `None` where there is none or the lookup failed).
+    async fn caller_identity(&self) -> Option<String> {
+        None
+    }
+
+    /// Starts a task that wakes `wake` soon after `cluster`'s row may have changed (DynamoDB: a
+    /// record of the table's stream; SQLite: a commit to the file). A hint only: the weight loop then
+    /// reads the row consistently, and its poll stays the fallback and the source of truth. `None`:
+    /// this store has no such mechanism.
+    fn spawn_change_hints(
+        &self,
+        cluster: &str,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let _ = (cluster, wake, shutdown);
+        None
     }
 
     /// Records the hosts that hold this cluster's ack back (empty: none), for `weir weights list`.

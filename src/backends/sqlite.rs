@@ -194,6 +194,44 @@ fn read_all(conn: &Connection) -> rusqlite::Result<Vec<WeightRow>> {
     rows
 }
 
+/// How often `PRAGMA data_version` is checked for a commit by another connection.
+pub const COMMIT_CHECK: Duration = Duration::from_millis(20);
+
+/// Wakes `wake` after every commit another connection (another process, or this process's store or
+/// zone) makes to the file: `PRAGMA data_version` on a connection of its own, a read of the shared
+/// WAL index, no page read. Runs on a blocking thread until `shutdown` flips.
+fn watch_commits(
+    path: &Path,
+    cluster: &str,
+    wake: &tokio::sync::Notify,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) {
+    let conn = match connect(path, false) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot watch the weight file for commits; polling only");
+            return;
+        }
+    };
+    let version = |c: &Connection| c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0));
+    let mut last = version(&conn).ok();
+    tracing::debug!(cluster, "watching the weight file for commits");
+    while !*shutdown.borrow() {
+        std::thread::sleep(COMMIT_CHECK);
+        match version(&conn) {
+            Ok(v) if Some(v) != last => {
+                last = Some(v);
+                wake.notify_one();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "watching the weight file for commits failed; polling only");
+                return;
+            }
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl WeightStore for SqliteStore {
     fn name(&self) -> &'static str {
@@ -246,7 +284,7 @@ impl WeightStore for SqliteStore {
                     "CurrentWeight",
                     Some(row.current.to_string()),
                     applied.to_string(),
-                    &format!("weir controller of {cluster}"),
+                    &super::controller_actor(None, &cluster),
                     "ack",
                 );
                 insert_history(&tx, &entry).map_err(sql("ack"))?;
@@ -344,6 +382,17 @@ impl WeightStore for SqliteStore {
             Ok(true)
         })
         .await
+    }
+
+    fn spawn_change_hints(
+        &self,
+        cluster: &str,
+        wake: Arc<tokio::sync::Notify>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let path = self.path.clone();
+        let cluster = cluster.to_string();
+        Some(tokio::task::spawn_blocking(move || watch_commits(&path, &cluster, &wake, &shutdown)))
     }
 
     async fn append_history(&self, entry: &HistoryEntry) -> Result<(), StoreError> {

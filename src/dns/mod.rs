@@ -10,8 +10,9 @@ pub mod route53;
 pub mod route53_alias;
 mod route53_health;
 pub mod server;
+pub mod zoned;
 
-pub use weir_core::dns::{plan, record};
+pub use weir_core::dns::{adopt, plan, record, zones};
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr};

@@ -31,9 +31,12 @@ use crate::aws::{classify, describe, Aws, Outcome};
 use crate::reconciler::leader::Fence;
 use aws_sdk_route53::error::SdkError;
 
+use super::adopt::AdoptOptions;
 use super::route53_alias::{use_aliases, AliasOptions};
 use super::route53_health::HealthChecks;
 pub use super::route53_health::{HealthCheckSettings, HealthCheckState, HealthMetrics};
+use super::zones::{ZoneInfo, ZoneType};
+use std::sync::Arc;
 
 const PROVIDER: &str = "route53";
 /// Route53's maximum page size for ListResourceRecordSets.
@@ -68,6 +71,17 @@ pub struct Route53Options {
     pub health: Option<HealthCheckSettings>,
     /// CNAMEs to AWS load balancers become ALIAS records unless `--prefer-cname`.
     pub alias: AliasOptions,
+    /// external-dns registry names read beside each host, to adopt them (`--adopt-owner`).
+    pub adopt: AdoptOptions,
+}
+
+/// Which hosted zones to use: `--hosted-zone-id` (repeatable), else every zone at or under the binding
+/// domain (and, when none is at the domain itself, the longest zone above it), kept by `--zone-type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneSelection {
+    pub ids: Vec<String>,
+    pub domain: String,
+    pub zone_type: ZoneType,
 }
 
 impl Route53Options {
@@ -81,6 +95,7 @@ impl Route53Options {
             recheck_drain_after: Duration::from_secs(5),
             health: None,
             alias: AliasOptions::default(),
+            adopt: AdoptOptions::default(),
         }
     }
 }
@@ -105,9 +120,11 @@ pub struct Route53Dns {
     aws: Aws,
     zone_id: String,
     zone_name: String,
+    private: bool,
     opts: Route53Options,
     cache: Mutex<Cache>,
-    health: Option<HealthChecks>,
+    /// Shared by every zone's provider: one check per target, attached in each zone.
+    health: Option<Arc<HealthChecks>>,
     fence: Fence,
 }
 
@@ -127,26 +144,59 @@ impl Route53Dns {
 
     /// Resolves the zone (by id, or from the domain) and returns a provider with a cold cache.
     pub async fn new(client: Client, aws: Aws, opts: Route53Options) -> Result<Self, DnsError> {
-        let health_metrics = HealthMetrics::default();
-        let (zone_id, zone_name) = resolve_zone(&client, &aws, &opts.zone).await?;
-        tracing::info!(zone_id, zone_name, "using Route53 hosted zone");
+        let zone = resolve_zone(&client, &aws, &opts.zone).await?;
+        Ok(Self::for_zones(client, aws, opts, vec![zone]).remove(0))
+    }
+
+    /// Providers on the SDK configuration from the standard environment, one per selected zone.
+    pub async fn connect_zones(
+        region: Option<&str>,
+        opts: Route53Options,
+        selection: &ZoneSelection,
+    ) -> Result<Vec<Self>, DnsError> {
+        let config = crate::aws::sdk_config(region).await;
+        let client = Client::new(&config);
+        let aws = Aws::default();
+        let zones = resolve_zones(&client, &aws, selection).await?;
+        Ok(Self::for_zones(client, aws, opts, zones))
+    }
+
+    /// One provider per zone, each with a cold cache, sharing the health checks.
+    pub fn for_zones(client: Client, aws: Aws, opts: Route53Options, zones: Vec<ZoneInfo>) -> Vec<Self> {
         let health = opts.health.clone().map(|settings| {
-            HealthChecks::new(client.clone(), aws.clone(), opts.owner.cluster.clone(), settings, health_metrics)
+            let metrics = HealthMetrics::default();
+            Arc::new(HealthChecks::new(client.clone(), aws.clone(), opts.owner.cluster.clone(), settings, metrics))
         });
-        Ok(Self {
-            client,
-            aws,
-            zone_id,
-            zone_name,
-            opts,
-            cache: Mutex::new(Cache::default()),
-            health,
-            fence: Fence::always(),
-        })
+        zones
+            .into_iter()
+            .map(|zone| {
+                tracing::info!(
+                    zone_id = zone.id,
+                    zone_name = zone.name,
+                    private = zone.private,
+                    "using Route53 hosted zone"
+                );
+                Self {
+                    client: client.clone(),
+                    aws: aws.clone(),
+                    zone_id: zone.id,
+                    zone_name: zone.name,
+                    private: zone.private,
+                    opts: opts.clone(),
+                    cache: Mutex::new(Cache::default()),
+                    health: health.clone(),
+                    fence: Fence::always(),
+                }
+            })
+            .collect()
     }
 
     pub fn zone_id(&self) -> &str {
         &self.zone_id
+    }
+
+    pub fn zone(&self) -> ZoneInfo {
+        ZoneInfo { id: self.zone_id.clone(), name: self.zone_name.clone(), private: self.private }
     }
 
     /// The health checks weir knows for these targets and their last status, for `weir explain`.
@@ -372,9 +422,16 @@ impl DnsProvider for Route53Dns {
     }
 
     async fn current(&self, hosts: &BTreeSet<String>, owner: &Ownership) -> Result<Vec<RecordSet>, DnsError> {
+        // With --adopt-owner, external-dns's registry names of each host are read too (by name).
+        let registry: BTreeSet<String> = if self.opts.adopt.is_enabled() {
+            hosts.iter().flat_map(|h| self.opts.adopt.registry_names(h)).filter(|n| !hosts.contains(n)).collect()
+        } else {
+            BTreeSet::new()
+        };
+        let wanted = |name: &String| hosts.contains(name) || registry.contains(name);
         let (cold, to_read) = {
             let cache = self.cache.lock();
-            let missing = hosts.iter().filter(|h| !cache.hosts.contains_key(*h)).cloned();
+            let missing = hosts.iter().chain(&registry).filter(|h| !cache.hosts.contains_key(*h)).cloned();
             let to_read: BTreeSet<String> = cache.dirty.iter().cloned().chain(missing).collect();
             // Two reads per host, or one listing of the zone: whichever is fewer calls.
             let listing_pages = cache.zone_records.div_ceil(SCAN_PAGE as usize).max(1);
@@ -386,9 +443,9 @@ impl DnsProvider for Route53Dns {
             let mut scanned = self.scan().await?;
             let zone_records = scanned.values().map(Vec::len).sum();
             // Keep what matters: requested hosts and hosts this cluster owns (to delete removed ones).
-            scanned.retain(|host, records| hosts.contains(host) || records.iter().any(|r| owner.is_owner_txt(r)));
-            for host in hosts {
-                scanned.entry(host.clone()).or_default();
+            scanned.retain(|host, records| wanted(host) || records.iter().any(|r| owner.is_owner_txt(r)));
+            for name in hosts.iter().chain(&registry) {
+                scanned.entry(name.clone()).or_default();
             }
             let now = Instant::now();
             let mut cache = self.cache.lock();
@@ -399,7 +456,11 @@ impl DnsProvider for Route53Dns {
             cache.zone_records = zone_records;
         } else {
             for host in to_read {
-                let records = self.read_host(&host).await?;
+                let records = if registry.contains(&host) && !hosts.contains(&host) {
+                    self.read_name(&host).await?
+                } else {
+                    self.read_host(&host).await?
+                };
                 let mut cache = self.cache.lock();
                 cache.dirty.remove(&host);
                 cache.read_at.insert(host.clone(), Instant::now());
@@ -410,7 +471,7 @@ impl DnsProvider for Route53Dns {
         let mut out: Vec<RecordSet> = cache
             .hosts
             .iter()
-            .filter(|(host, records)| hosts.contains(*host) || records.iter().any(|r| owner.is_owner_txt(r)))
+            .filter(|(host, records)| wanted(host) || records.iter().any(|r| owner.is_owner_txt(r)))
             .flat_map(|(_, records)| records.iter().cloned())
             .collect();
         out.sort();
@@ -633,19 +694,11 @@ where
     DnsError::Call { provider: PROVIDER, operation, message: describe(e), retryable: classify(e).retryable() }
 }
 
-async fn resolve_zone(client: &Client, aws: &Aws, zone: &ZoneRef) -> Result<(String, String), DnsError> {
+async fn resolve_zone(client: &Client, aws: &Aws, zone: &ZoneRef) -> Result<ZoneInfo, DnsError> {
     match zone {
         ZoneRef::Id(id) => {
-            let id = id.trim_start_matches("/hostedzone/").to_string();
-            let req = client.get_hosted_zone().id(&id);
-            let out = aws.call(PROVIDER, "GetHostedZone", || req.clone().send()).await.map_err(|e| DnsError::Call {
-                provider: PROVIDER,
-                operation: "GetHostedZone",
-                message: format!("hosted zone {id:?}: {}", describe(&e)),
-                retryable: classify(&e).retryable(),
-            })?;
-            let name = out.hosted_zone().map(|z| normalize_name(z.name())).unwrap_or_default();
-            Ok((id, name))
+            let (id, name, private) = get_zone(client, aws, id).await?;
+            Ok(ZoneInfo { id, name, private })
         }
         ZoneRef::Domain(domain) => {
             let domain = normalize_name(domain);
@@ -663,7 +716,11 @@ async fn resolve_zone(client: &Client, aws: &Aws, zone: &ZoneRef) -> Result<(Str
                     .iter()
                     .find(|z| normalize_name(z.name()) == candidate && !z.config().is_some_and(|c| c.private_zone()));
                 if let Some(z) = found {
-                    return Ok((z.id().trim_start_matches("/hostedzone/").to_string(), candidate));
+                    return Ok(ZoneInfo {
+                        id: z.id().trim_start_matches("/hostedzone/").to_string(),
+                        name: candidate,
+                        private: false,
+                    });
                 }
             }
             Err(DnsError::Call {
@@ -674,6 +731,102 @@ async fn resolve_zone(client: &Client, aws: &Aws, zone: &ZoneRef) -> Result<(Str
             })
         }
     }
+}
+
+/// The zones of `selection`, sorted by name then id. Fails when none is left: weir would publish nothing.
+pub async fn resolve_zones(client: &Client, aws: &Aws, selection: &ZoneSelection) -> Result<Vec<ZoneInfo>, DnsError> {
+    let mut zones = Vec::new();
+    if selection.ids.is_empty() {
+        let domain = normalize_name(&selection.domain);
+        let all = list_zones(client, aws).await?;
+        let at_or_under = |z: &ZoneInfo| z.name == domain || z.name.ends_with(&format!(".{domain}"));
+        zones.extend(all.iter().filter(|z| at_or_under(z)).cloned());
+        if !zones.iter().any(|z| z.name == domain) {
+            // The binding domain sits inside a zone above it: the longest one (and its twin).
+            let above = ZoneInfo { name: domain.clone(), id: String::new(), private: false };
+            let parents: Vec<&ZoneInfo> =
+                all.iter().filter(|z| z.name != domain && above_contains(z, &above.name)).collect();
+            if let Some(longest) = parents.iter().map(|z| z.name.len()).max() {
+                zones.extend(parents.into_iter().filter(|z| z.name.len() == longest).cloned());
+            }
+        }
+    } else {
+        for id in &selection.ids {
+            let (id, name, private) = get_zone(client, aws, id).await?;
+            zones.push(ZoneInfo { id, name, private });
+        }
+    }
+    let before = zones.len();
+    zones.retain(|z| {
+        let keep = selection.zone_type.admits(z.private);
+        if !keep {
+            tracing::info!(zone_id = z.id, zone_name = z.name, private = z.private, zone_type = ?selection.zone_type, "skipping hosted zone (--zone-type)");
+        }
+        keep
+    });
+    zones.sort();
+    zones.dedup();
+    if zones.is_empty() {
+        let what = if selection.ids.is_empty() {
+            format!("no hosted zone at, under or above {:?}", selection.domain)
+        } else {
+            format!("none of --hosted-zone-id {}", selection.ids.join(", "))
+        };
+        return Err(DnsError::Call {
+            provider: PROVIDER,
+            operation: "ListHostedZones",
+            message: format!(
+                "{what} is left by --zone-type {:?} ({before} found); pass --hosted-zone-id or --zone-type",
+                selection.zone_type
+            ),
+            retryable: false,
+        });
+    }
+    Ok(zones)
+}
+
+fn above_contains(zone: &ZoneInfo, name: &str) -> bool {
+    name.ends_with(&format!(".{}", zone.name))
+}
+
+async fn get_zone(client: &Client, aws: &Aws, id: &str) -> Result<(String, String, bool), DnsError> {
+    let id = id.trim_start_matches("/hostedzone/").to_string();
+    let req = client.get_hosted_zone().id(&id);
+    let out = aws.call(PROVIDER, "GetHostedZone", || req.clone().send()).await.map_err(|e| DnsError::Call {
+        provider: PROVIDER,
+        operation: "GetHostedZone",
+        message: format!("hosted zone {id:?}: {}", describe(&e)),
+        retryable: classify(&e).retryable(),
+    })?;
+    let zone = out.hosted_zone();
+    let name = zone.map(|z| normalize_name(z.name())).unwrap_or_default();
+    let private = zone.and_then(|z| z.config()).is_some_and(|c| c.private_zone());
+    Ok((id, name, private))
+}
+
+/// Every hosted zone of the account (ListHostedZones, paged).
+async fn list_zones(client: &Client, aws: &Aws) -> Result<Vec<ZoneInfo>, DnsError> {
+    let mut out = Vec::new();
+    let mut marker: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let req = client.list_hosted_zones().set_marker(marker.clone()).max_items(100);
+        let page = aws
+            .call(PROVIDER, "ListHostedZones", || req.clone().send())
+            .await
+            .map_err(|e| call_error("ListHostedZones", &e))?;
+        for z in page.hosted_zones() {
+            out.push(ZoneInfo {
+                id: z.id().trim_start_matches("/hostedzone/").to_string(),
+                name: normalize_name(z.name()),
+                private: z.config().is_some_and(|c| c.private_zone()),
+            });
+        }
+        match page.next_marker().filter(|m| page.is_truncated() && Some(*m) != marker.as_deref()) {
+            Some(m) => marker = Some(m.to_string()),
+            None => break,
+        }
+    }
+    Ok(out)
 }
 
 /// Lower case, no trailing dot, Route53's octal escapes (`\052` for `*`) decoded.

@@ -38,6 +38,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::embedded::EmbeddedZone;
 use super::record::{RecordSet, RecordType};
+use super::route53_alias::{classify_target, LoadBalancerName};
 
 pub mod wire;
 
@@ -133,7 +134,14 @@ pub struct ServedSet {
     /// Answer records, owner name = a pointer to the question name (offset 12).
     rrs: Vec<u8>,
     count: u16,
+    /// A CNAME to an AWS load balancer (an ALIAS on Route53) whose target has A/AAAA records in these
+    /// zones: A and AAAA queries are answered with the target's addresses (lower-case wire name).
+    alias_of: Option<Box<[u8]>>,
 }
+
+/// A CNAME set that may answer as an ALIAS: (its name, its index among the name's sets, the target
+/// name), names in lower-case wire format.
+type AliasLink = (Box<[u8]>, usize, Box<[u8]>);
 
 /// The weighted choice for one query type at one name: indexes into the name's sets.
 #[derive(Debug, Clone, Default)]
@@ -201,7 +209,12 @@ pub struct ZoneIndex {
 impl ZoneIndex {
     /// The index of `records` for the zones `zones` (domain names; empty: derived from the records,
     /// see [`derive_zones`]). Records outside every zone are left out with a warning.
-    pub fn build(mut records: Vec<RecordSet>, zones: &[String]) -> Self {
+    pub fn build(records: Vec<RecordSet>, zones: &[String]) -> Self {
+        Self::build_with(records, zones, true)
+    }
+
+    /// [`ZoneIndex::build`]; `flatten_aliases` false (`--prefer-cname`) answers every CNAME as a CNAME.
+    pub fn build_with(mut records: Vec<RecordSet>, zones: &[String], flatten_aliases: bool) -> Self {
         records.sort();
         let zones: Vec<String> = if zones.is_empty() {
             derive_zones(records.iter().map(|r| r.key.name.as_str()))
@@ -209,6 +222,7 @@ impl ZoneIndex {
             zones.iter().map(|z| normalize(z)).filter(|z| !z.is_empty()).collect()
         };
         let mut index = ZoneIndex::default();
+        let mut alias_targets: Vec<AliasLink> = Vec::new();
         for z in &zones {
             if let Some(w) = wire::name_from_text(z) {
                 index.apexes.insert(w.into());
@@ -232,14 +246,28 @@ impl ZoneIndex {
                 at = wire::parent(&wire_name, a);
             }
             index.record_sets += 1;
-            index.names.entry(wire_name.into()).or_default().sets.push(ServedSet {
+            let entry = index.names.entry(wire_name.clone().into()).or_default();
+            // What Route53 would publish as an ALIAS: a CNAME to an AWS load balancer of a known region.
+            if let (RecordType::Cname, Some(target)) = (r.key.rtype, r.values.first()) {
+                let target = normalize(target);
+                if matches!(classify_target(&target), LoadBalancerName::Known { .. }) {
+                    if let Some(t) = wire::name_from_text(&target) {
+                        alias_targets.push((wire_name.clone().into(), entry.sets.len(), t.into()));
+                    }
+                }
+            }
+            entry.sets.push(ServedSet {
                 rtype: r.key.rtype,
                 set_identifier: r.key.set_identifier,
                 weight: r.weight,
                 ttl: r.ttl,
                 rrs,
                 count,
+                alias_of: None,
             });
+        }
+        if flatten_aliases {
+            index.link_aliases(&alias_targets);
         }
         for entry in index.names.values_mut() {
             let sets = &entry.sets;
@@ -255,6 +283,22 @@ impl ZoneIndex {
 
     pub fn len(&self) -> usize {
         self.record_sets
+    }
+
+    /// Marks each CNAME set of `targets` (name, set index, target) whose target name holds A or AAAA
+    /// sets here: the server then answers it as Route53 answers an ALIAS.
+    fn link_aliases(&mut self, targets: &[AliasLink]) {
+        for (name, i, target) in targets {
+            let known = self
+                .names
+                .get(target)
+                .is_some_and(|t| t.sets.iter().any(|s| matches!(s.rtype, RecordType::A | RecordType::Aaaa)));
+            if known {
+                if let Some(set) = self.names.get_mut(name).and_then(|e| e.sets.get_mut(*i)) {
+                    set.alias_of = Some(target.clone());
+                }
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -444,8 +488,24 @@ fn answer<R: Rng + ?Sized>(
         }
     } else if let Some(slot) = ANSWERED.iter().position(|(t, _)| *t == qtype) {
         if let Some(i) = entry.choices[slot].pick(rng) {
-            r.answers(&entry.sets[i].rrs, entry.sets[i].count);
-            answered = true;
+            let set = &entry.sets[i];
+            match set.alias_of.as_ref().filter(|_| matches!(qtype, qtype::A | qtype::AAAA)) {
+                // As a Route53 ALIAS: the target's addresses of the asked type (owner names point at
+                // the question), chosen by weight; none of that type is NODATA, never the CNAME.
+                Some(target) => {
+                    let asked = ANSWERED[slot].1;
+                    if let Some(t) = zone.names.get(target) {
+                        if let Some(j) = Choice::new(&t.sets, |s| s.rtype == asked).pick(rng) {
+                            r.answers(&t.sets[j].rrs, t.sets[j].count);
+                            answered = true;
+                        }
+                    }
+                }
+                None => {
+                    r.answers(&set.rrs, set.count);
+                    answered = true;
+                }
+            }
         }
     } else if at_apex && qtype == qtype::SOA {
         r.answer_soa(apex, zone.serial);
@@ -481,6 +541,9 @@ pub struct DnsServerOptions {
     pub tcp_max_connections: usize,
     pub tcp_max_per_ip: usize,
     pub tcp_idle_timeout: Duration,
+    /// Answer A/AAAA queries for a CNAME to an AWS load balancer whose addresses are in the served
+    /// zones with those addresses, as Route53 answers an ALIAS (off with `--prefer-cname`).
+    pub flatten_aliases: bool,
 }
 
 impl Default for DnsServerOptions {
@@ -493,6 +556,7 @@ impl Default for DnsServerOptions {
             tcp_max_connections: DEFAULT_TCP_MAX,
             tcp_max_per_ip: DEFAULT_TCP_PER_IP,
             tcp_idle_timeout: DEFAULT_TCP_IDLE,
+            flatten_aliases: true,
         }
     }
 }
@@ -504,6 +568,7 @@ struct ZoneLoader {
     version: Option<i64>,
     zones: Vec<String>,
     serial: u32,
+    flatten_aliases: bool,
 }
 
 impl ZoneLoader {
@@ -517,7 +582,7 @@ impl ZoneLoader {
         }
         let records = self.reader.all_blocking()?;
         self.version = Some(version);
-        let mut index = ZoneIndex::build(records, &self.zones);
+        let mut index = ZoneIndex::build_with(records, &self.zones, self.flatten_aliases);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as u32)
@@ -582,8 +647,9 @@ pub async fn serve_with(
 
     let zone = zone.clone();
     let zones = options.zones.clone();
+    let flatten_aliases = options.flatten_aliases;
     let mut loader = tokio::task::spawn_blocking(move || -> Result<ZoneLoader, super::DnsError> {
-        Ok(ZoneLoader { reader: zone.reopen()?, version: None, zones, serial: 0 })
+        Ok(ZoneLoader { reader: zone.reopen()?, version: None, zones, serial: 0, flatten_aliases })
     })
     .await
     .map_err(io::Error::other)?

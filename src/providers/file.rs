@@ -1,4 +1,5 @@
-//! The file provider: a directory of Kubernetes manifests (YAML or JSON, multi-document files, any
+//! The file provider: a directory of Kubernetes manifests (Ingresses, Services, EndpointSlices, weir's
+//! resources, Gateway API Gateways and routes, Namespaces) (YAML or JSON, multi-document files, any
 //! depth; hidden files and directories skipped) turned into a [`Snapshot`], re-read on change.
 //!
 //! Parsing ([`parse_manifests`]) is pure. The I/O side ([`ManifestDir`]) keeps, per file, the last
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use serde::de::DeserializeOwned;
@@ -20,6 +21,7 @@ use tokio::sync::watch;
 
 use super::SnapshotTx;
 use crate::crd::{BackendTrafficPolicy, NamespaceConfig, TrafficInfra};
+use crate::gateway::{Gateway, GrpcRoute, HttpRoute, TlsRoute};
 use crate::ir::InputKind;
 use crate::model::Snapshot;
 use crate::telemetry::InvalidInputs;
@@ -33,6 +35,11 @@ pub enum Object {
     TrafficInfra(Box<TrafficInfra>),
     BackendTrafficPolicy(Box<BackendTrafficPolicy>),
     NamespaceConfig(Box<NamespaceConfig>),
+    Gateway(Box<Gateway>),
+    HttpRoute(Box<HttpRoute>),
+    GrpcRoute(Box<GrpcRoute>),
+    TlsRoute(Box<TlsRoute>),
+    Namespace(Box<Namespace>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -134,13 +141,21 @@ fn read_regular(path: &Path, cap: u64) -> Result<(Vec<u8>, Stamp), ManifestError
 /// apiVersion/kind. `v1 List` items are read too. Kinds weir does not use are skipped with a debug
 /// log. The first bad document fails the whole file, so that a half-read file never serves.
 pub fn parse_manifests(text: &str) -> Result<Vec<Object>, ManifestError> {
+    parse_manifests_checked(text).map(|(objects, _)| objects)
+}
+
+/// [`parse_manifests`], and a warning for every field of a weir resource that its CRD schema does
+/// not have (the API server would prune it; here it would be silently ignored): document, object
+/// and the field's path.
+pub fn parse_manifests_checked(text: &str) -> Result<(Vec<Object>, Vec<String>), ManifestError> {
     let mut out = Vec::new();
+    let mut warnings = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = serde_yaml::Value::deserialize_from(document)
             .map_err(|e| ManifestError::Yaml { document: index, message: e.to_string() })?;
-        parse_value(value, index, &mut out)?;
+        parse_value(value, index, &mut out, &mut warnings)?;
     }
-    Ok(out)
+    Ok((out, warnings))
 }
 
 /// `serde::Deserialize` for `serde_yaml::Value` without naming the trait at every call site.
@@ -154,7 +169,12 @@ impl DeserializeFrom for serde_yaml::Value {
     }
 }
 
-fn parse_value(value: serde_yaml::Value, document: usize, out: &mut Vec<Object>) -> Result<(), ManifestError> {
+fn parse_value(
+    value: serde_yaml::Value,
+    document: usize,
+    out: &mut Vec<Object>,
+    warnings: &mut Vec<String>,
+) -> Result<(), ManifestError> {
     let shape = |message: String| ManifestError::Shape { document, message };
     let map = match &value {
         serde_yaml::Value::Null => return Ok(()),
@@ -175,17 +195,57 @@ fn parse_value(value: serde_yaml::Value, document: usize, out: &mut Vec<Object>)
             .map(Box::new)
             .map_err(|e| ManifestError::Shape { document, message: format!("not a valid {api_version} {kind}: {e}") })
     }
+    let weir_crd = match (api_version.as_str(), kind.as_str()) {
+        ("weir.dev/v1alpha1", "TrafficInfra") => Some(<TrafficInfra as kube::CustomResourceExt>::crd()),
+        ("weir.dev/v1alpha1", "BackendTrafficPolicy") => Some(<BackendTrafficPolicy as kube::CustomResourceExt>::crd()),
+        ("weir.dev/v1alpha1", "NamespaceConfig") => Some(<NamespaceConfig as kube::CustomResourceExt>::crd()),
+        _ => None,
+    };
+    if let Some(crd) = weir_crd {
+        if let Ok(json) = serde_json::to_value(&value) {
+            let meta = json.get("metadata");
+            let name = |k: &str| meta.and_then(|m| m.get(k)).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            for field in crate::crd::unknown_fields(&crd, &json) {
+                warnings.push(format!(
+                    "document {document}: {kind} {}/{}: unknown field {field} (not in the {kind} schema; ignored)",
+                    name("namespace"),
+                    name("name")
+                ));
+            }
+        }
+    }
     let object = match (api_version.as_str(), kind.as_str()) {
         ("networking.k8s.io/v1", "Ingress") => Object::Ingress(typed(value, &api_version, &kind, document)?),
         ("v1", "Service") => Object::Service(typed(value, &api_version, &kind, document)?),
         ("discovery.k8s.io/v1", "EndpointSlice") => Object::EndpointSlice(typed(value, &api_version, &kind, document)?),
-        ("weir.dev/v1alpha1", "TrafficInfra") => Object::TrafficInfra(typed(value, &api_version, &kind, document)?),
+        ("weir.dev/v1alpha1", "TrafficInfra") => {
+            // serde would drop a field the schema does not have (a renamed one falls back to its
+            // default); refused instead, as the API server's strict field validation refuses it.
+            let json = serde_json::to_value(&value).map_err(|e| shape(e.to_string()))?;
+            let unknown = crate::crd::traffic_infra_unknown_fields(&json);
+            if !unknown.is_empty() {
+                let list: Vec<String> = unknown.iter().map(ToString::to_string).collect();
+                return Err(shape(format!("TrafficInfra: {}", list.join(", "))));
+            }
+            Object::TrafficInfra(typed(value, &api_version, &kind, document)?)
+        }
         ("weir.dev/v1alpha1", "BackendTrafficPolicy") => {
             Object::BackendTrafficPolicy(typed(value, &api_version, &kind, document)?)
         }
         ("weir.dev/v1alpha1", "NamespaceConfig") => {
             Object::NamespaceConfig(typed(value, &api_version, &kind, document)?)
         }
+        ("gateway.networking.k8s.io/v1", "Gateway") => Object::Gateway(typed(value, &api_version, &kind, document)?),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute") => {
+            Object::HttpRoute(typed(value, &api_version, &kind, document)?)
+        }
+        ("gateway.networking.k8s.io/v1", "GRPCRoute") => {
+            Object::GrpcRoute(typed(value, &api_version, &kind, document)?)
+        }
+        ("gateway.networking.k8s.io/v1alpha2", "TLSRoute") => {
+            Object::TlsRoute(typed(value, &api_version, &kind, document)?)
+        }
+        ("v1", "Namespace") => Object::Namespace(typed(value, &api_version, &kind, document)?),
         ("v1", "List") => {
             let items = match map.get("items") {
                 None | Some(serde_yaml::Value::Null) => return Ok(()),
@@ -193,7 +253,7 @@ fn parse_value(value: serde_yaml::Value, document: usize, out: &mut Vec<Object>)
                 Some(_) => return Err(shape("List items must be a sequence".into())),
             };
             for item in items {
-                parse_value(item, document, out)?;
+                parse_value(item, document, out, warnings)?;
             }
             return Ok(());
         }
@@ -217,6 +277,11 @@ pub fn snapshot_of<'a>(objects: impl IntoIterator<Item = &'a Object>, revision: 
             Object::TrafficInfra(o) => s.traffic_infras.push((**o).clone()),
             Object::BackendTrafficPolicy(o) => s.backend_traffic_policies.push((**o).clone()),
             Object::NamespaceConfig(o) => s.namespace_configs.push((**o).clone()),
+            Object::Gateway(o) => s.gateways.push((**o).clone()),
+            Object::HttpRoute(o) => s.http_routes.push((**o).clone()),
+            Object::GrpcRoute(o) => s.grpc_routes.push((**o).clone()),
+            Object::TlsRoute(o) => s.tls_routes.push((**o).clone()),
+            Object::Namespace(o) => s.namespaces.push((**o).clone()),
         }
     }
     s.normalize();
@@ -350,7 +415,11 @@ impl ManifestDir {
                 }
                 state.seen = Some(hash);
                 let text = String::from_utf8(bytes).map_err(|e| ManifestError::Read(format!("not UTF-8: {e}")))?;
-                parse_manifests(&text).map(Some)
+                let (objects, warnings) = parse_manifests_checked(&text)?;
+                for w in warnings {
+                    tracing::warn!(file = %path.display(), "{w}");
+                }
+                Ok(Some(objects))
             });
             match result {
                 Ok(None) => {}
@@ -560,6 +629,21 @@ status:
 "#;
 
     #[test]
+    fn a_traffic_infra_with_an_unknown_or_renamed_field_is_refused_naming_it() {
+        let text = "apiVersion: weir.dev/v1alpha1\nkind: TrafficInfra\nmetadata: {name: t, namespace: n}\n\
+                    spec:\n  envoy:\n    hpa:\n      targetCpuUtilization: 60\n";
+        let err = parse_manifests(text).expect_err("refused").to_string();
+        assert!(
+            err.contains("unknown field .spec.envoy.hpa.targetCpuUtilization (did you mean .spec.envoy.hpa.targetCPUUtilization?)"),
+            "{err}"
+        );
+        let ok = text.replace("targetCpuUtilization", "targetCPUUtilization");
+        let objects = parse_manifests(&ok).unwrap();
+        let Object::TrafficInfra(ti) = &objects[0] else { panic!("not a TrafficInfra") };
+        assert_eq!(ti.spec.envoy.hpa.target_cpu_utilization, 60);
+    }
+
+    #[test]
     fn parses_multi_document_files_and_dispatches_on_kind() {
         let text = format!(
             "{INGRESS}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\n---\n\
@@ -579,12 +663,33 @@ status:
                 Object::TrafficInfra(_) => "TrafficInfra",
                 Object::BackendTrafficPolicy(_) => "BackendTrafficPolicy",
                 Object::NamespaceConfig(_) => "NamespaceConfig",
+                Object::Gateway(_) => "Gateway",
+                Object::HttpRoute(_) => "HTTPRoute",
+                Object::GrpcRoute(_) => "GRPCRoute",
+                Object::TlsRoute(_) => "TLSRoute",
+                Object::Namespace(_) => "Namespace",
             })
             .collect();
         assert_eq!(kinds, ["Ingress", "Service", "EndpointSlice", "TrafficInfra"]);
         let s = snapshot_of(&objects, 3);
         assert_eq!(s.revision, 3);
         assert_eq!(s.ingresses[0].metadata.name.as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn unknown_fields_of_weir_kinds_are_warned_about_by_name() {
+        let text = "apiVersion: weir.dev/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: p, namespace: shop}\n\
+                    spec:\n  targetRef: {kind: Service, name: x}\n  timeouts: {connect: 1s}\n  clusterIdleTimeout: 1m\n\
+                    ---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop, whatever: 1}\n";
+        let (objects, warnings) = parse_manifests_checked(text).unwrap();
+        assert_eq!(objects.len(), 2);
+        assert_eq!(
+            warnings,
+            [
+                "document 0: BackendTrafficPolicy shop/p: unknown field spec.clusterIdleTimeout (not in the BackendTrafficPolicy schema; ignored)",
+                "document 0: BackendTrafficPolicy shop/p: unknown field spec.timeouts.connect (not in the BackendTrafficPolicy schema; ignored)",
+            ]
+        );
     }
 
     #[test]

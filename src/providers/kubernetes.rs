@@ -1,5 +1,6 @@
-//! The Kubernetes provider: kube-runtime reflectors for Ingresses, Services, EndpointSlices and
-//! weir's resources, published as one debounced [`Snapshot`] per change.
+//! The Kubernetes provider: kube-runtime reflectors for Ingresses, Services, EndpointSlices, weir's
+//! resources and the Gateway API kinds the API server serves (plus Namespaces, for route
+//! selectors), published as one debounced [`Snapshot`] per change.
 //!
 //! The provider mirrors what the API server holds and nothing else; the translator decides what it
 //! means (an Ingress being deleted gets H = 0, one that is gone or stops matching the filter or
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::reflector::{self, Store};
@@ -24,6 +25,7 @@ use tokio::sync::Notify;
 
 use super::SnapshotTx;
 use crate::crd::{BackendTrafficPolicy, NamespaceConfig, TrafficInfra};
+use crate::gateway::{Gateway, GrpcRoute, HttpRoute, TlsRoute};
 use crate::model::Snapshot;
 
 #[derive(Debug, thiserror::Error)]
@@ -83,12 +85,21 @@ static DENIED: std::sync::LazyLock<parking_lot::Mutex<BTreeMap<String, std::time
     std::sync::LazyLock::new(Default::default);
 const DENIED_FOR: Duration = Duration::from_secs(45);
 
+/// `weir_kube_relists_total{kind,result}`: periodic full re-lists (the fallback beside a watch) by
+/// outcome: `unchanged`, `changed` (the watch had missed something), `error`.
+static RELISTS: std::sync::LazyLock<Family<Vec<(String, String)>, Counter>> = std::sync::LazyLock::new(Family::default);
+
 /// Registers the provider's metrics.
 pub fn register_metrics(registry: &mut prometheus_client::registry::Registry) {
     registry.register(
         "weir_kube_watch_errors",
         "Failed Kubernetes lists and watches of the provider, by kind and HTTP status (403: RBAC denied)",
         WATCH_ERRORS.clone(),
+    );
+    registry.register(
+        "weir_kube_relists",
+        "Periodic full re-lists beside the watch, by kind and result (changed: the watch had missed a change)",
+        RELISTS.clone(),
     );
 }
 
@@ -116,11 +127,21 @@ pub struct KubernetesConfig {
     pub debounce: Duration,
     /// What is watched, and where.
     pub scope: WatchScope,
+    /// When set, EndpointSlices are also re-listed in full at this period (`weir xds`: the
+    /// TrafficInfra's `xds.pollInterval`), so that a change the watch missed is served anyway.
+    pub endpoint_relist: Option<tokio::sync::watch::Receiver<Duration>>,
+    /// Liveness of the watches' snapshot loop: beats on every snapshot and while waiting for changes.
+    pub heartbeat: crate::telemetry::Heartbeat,
 }
 
 impl Default for KubernetesConfig {
     fn default() -> Self {
-        Self { debounce: Duration::from_millis(200), scope: WatchScope::default() }
+        Self {
+            debounce: Duration::from_millis(200),
+            scope: WatchScope::default(),
+            endpoint_relist: None,
+            heartbeat: crate::telemetry::Heartbeat::detached(),
+        }
     }
 }
 
@@ -133,11 +154,14 @@ pub struct WatchScope {
     pub namespace: Option<String>,
     pub ingresses: bool,
     pub namespace_configs: bool,
+    /// The Gateway API kinds the API server serves (found by discovery at start), and Namespaces
+    /// for their `allowedRoutes` selectors.
+    pub gateway_api: bool,
 }
 
 impl Default for WatchScope {
     fn default() -> Self {
-        Self { namespace: None, ingresses: true, namespace_configs: true }
+        Self { namespace: None, ingresses: true, namespace_configs: true, gateway_api: true }
     }
 }
 
@@ -145,7 +169,7 @@ impl WatchScope {
     /// What `weir xds` needs: Services, EndpointSlices, TrafficInfras and BackendTrafficPolicies in
     /// `namespace`.
     pub fn xds(namespace: &str) -> Self {
-        Self { namespace: Some(namespace.to_string()), ingresses: false, namespace_configs: false }
+        Self { namespace: Some(namespace.to_string()), ingresses: false, namespace_configs: false, gateway_api: false }
     }
 }
 
@@ -158,6 +182,11 @@ struct Caches {
     traffic_infras: Store<TrafficInfra>,
     backend_traffic_policies: Store<BackendTrafficPolicy>,
     namespace_configs: Store<NamespaceConfig>,
+    gateways: Store<Gateway>,
+    http_routes: Store<HttpRoute>,
+    grpc_routes: Store<GrpcRoute>,
+    tls_routes: Store<TlsRoute>,
+    namespaces: Store<Namespace>,
 }
 
 impl Caches {
@@ -177,6 +206,11 @@ impl Caches {
             traffic_infras: owned(&self.traffic_infras),
             backend_traffic_policies: owned(&self.backend_traffic_policies),
             namespace_configs: owned(&self.namespace_configs),
+            gateways: owned(&self.gateways),
+            http_routes: owned(&self.http_routes),
+            grpc_routes: owned(&self.grpc_routes),
+            tls_routes: owned(&self.tls_routes),
+            namespaces: owned(&self.namespaces),
         };
         snapshot.normalize();
         snapshot
@@ -186,7 +220,13 @@ impl Caches {
 /// Starts one reflector per kind and returns its cache. The watch retries with backoff forever: a
 /// missing CRD or a lost connection is logged and retried while the other kinds keep working.
 /// Not `enabled`: an empty cache that is never filled, and no request.
-fn reflect<K>(client: &Client, scope: &WatchScope, enabled: bool, changed: Arc<Notify>) -> Store<K>
+fn reflect<K>(
+    client: &Client,
+    scope: &WatchScope,
+    enabled: bool,
+    changed: Arc<Notify>,
+    relist: Option<tokio::sync::watch::Receiver<Duration>>,
+) -> Store<K>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -196,33 +236,64 @@ where
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store::<K>();
     if !enabled {
-        return reader;
+        return reflector::store::<K>().0;
     }
     let api: Api<K> = match &scope.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    let where_ = scope.namespace.as_ref().map_or("at the cluster scope".to_string(), |n| format!("in namespace {n}"));
+    reflect_api(api, where_, changed, relist)
+}
+
+/// [`reflect`] on a given API (any scope).
+fn reflect_api<K>(
+    api: Api<K>,
+    where_: String,
+    changed: Arc<Notify>,
+    relist: Option<tokio::sync::watch::Receiver<Duration>>,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, mut writer) = reflector::store::<K>();
     let kind = K::kind(&());
     let plural = K::plural(&()).to_string();
     let group = K::group(&()).to_string();
-    let where_ = scope.namespace.as_ref().map_or("at the cluster scope".to_string(), |n| format!("in namespace {n}"));
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default())
-            // Field-manager bookkeeping and kubectl's copy of the last applied object are never read;
-            // dropping them keeps the caches small.
-            .modify(|o| {
-                o.managed_fields_mut().clear();
-                o.annotations_mut().remove(LAST_APPLIED);
-            })
-            .default_backoff(),
-    );
+    let stream = watcher(api.clone(), watcher::Config::default())
+        // Field-manager bookkeeping and kubectl's copy of the last applied object are never read;
+        // dropping them keeps the caches small.
+        .modify(strip)
+        .default_backoff();
+    let store = reader.clone();
     tokio::spawn(async move {
         let mut failing = false;
         let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
+        // Between a watch's Init and InitDone the store is being refilled; a re-list waits.
+        let mut in_init = false;
+        let mut relist = relist;
+        loop {
+            let event = tokio::select! {
+                e = stream.next() => match e {
+                    Some(e) => e,
+                    None => break,
+                },
+                () = relist_due(&mut relist) => {
+                    if !in_init {
+                        relist_into(&api, &store, &mut writer, &kind, &changed).await;
+                    }
+                    continue;
+                }
+            };
+            if let Ok(ev) = &event {
+                match ev {
+                    watcher::Event::Init => in_init = true,
+                    watcher::Event::InitDone => in_init = false,
+                    _ => {}
+                }
+                writer.apply_watcher_event(ev);
+            }
             match event {
                 Ok(_) => {
                     if failing {
@@ -262,6 +333,104 @@ where
     reader
 }
 
+fn strip<K: Resource>(o: &mut K) {
+    o.managed_fields_mut().clear();
+    o.annotations_mut().remove(LAST_APPLIED);
+}
+
+/// Waits one re-list period (re-read each time, so a changed `pollInterval` applies at once);
+/// never returns without a period.
+async fn relist_due(relist: &mut Option<tokio::sync::watch::Receiver<Duration>>) {
+    let Some(rx) = relist.as_mut() else { return std::future::pending().await };
+    let period = (*rx.borrow_and_update()).max(Duration::from_millis(100));
+    tokio::select! {
+        _ = tokio::time::sleep(period) => {}
+        // A new period starts counting now.
+        Ok(()) = rx.changed() => Box::pin(relist_due(relist)).await,
+    }
+}
+
+/// One full list; when it differs from the store (a change the watch missed), it replaces the
+/// store's content and a snapshot is published.
+async fn relist_into<K>(
+    api: &Api<K>,
+    store: &Store<K>,
+    writer: &mut reflector::store::Writer<K>,
+    kind: &str,
+    changed: &Notify,
+) where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    let result = |r: &str| vec![("kind".to_string(), kind.to_string()), ("result".to_string(), r.to_string())];
+    let list = match api.list(&Default::default()).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!(%kind, error = %e, "re-list failed; the watch goes on");
+            RELISTS.get_or_create(&result("error")).inc();
+            return;
+        }
+    };
+    let versions =
+        |objs: &mut dyn Iterator<Item = (String, String, String)>| objs.collect::<std::collections::BTreeSet<_>>();
+    let key = |o: &K| (o.namespace().unwrap_or_default(), o.name_any(), o.resource_version().unwrap_or_default());
+    let listed = versions(&mut list.items.iter().map(key));
+    let cached = versions(&mut store.state().iter().map(|o| key(o)));
+    if listed == cached {
+        RELISTS.get_or_create(&result("unchanged")).inc();
+        return;
+    }
+    tracing::info!(%kind, listed = listed.len(), cached = cached.len(), "re-list found changes the watch missed");
+    RELISTS.get_or_create(&result("changed")).inc();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for mut o in list.items {
+        strip(&mut o);
+        writer.apply_watcher_event(&watcher::Event::InitApply(o));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    changed.notify_one();
+}
+
+/// The Gateway API kinds the API server serves, found by discovery: `gateway.networking.k8s.io/v1`
+/// gateways, httproutes, grpcroutes and `v1alpha2` tlsroutes. Only those are watched (a kind not
+/// installed would be a watch that fails forever). Read once at start: installing the Gateway API
+/// CRDs later takes a restart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewayKinds {
+    pub gateways: bool,
+    pub http_routes: bool,
+    pub grpc_routes: bool,
+    pub tls_routes: bool,
+}
+
+impl GatewayKinds {
+    pub fn any(&self) -> bool {
+        self.gateways || self.http_routes || self.grpc_routes || self.tls_routes
+    }
+}
+
+/// Asks the API server which Gateway API kinds it serves. A group version it does not know (404)
+/// serves none; any other failure is an error (starting without a source that exists would remove
+/// its records).
+pub async fn served_gateway_kinds(client: &Client) -> Result<GatewayKinds, KubernetesError> {
+    async fn resources(client: &Client, group_version: &str) -> Result<Vec<String>, KubernetesError> {
+        match client.list_api_group_resources(group_version).await {
+            Ok(list) => Ok(list.resources.into_iter().map(|r| r.name).collect()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+    let group = crate::gateway::GROUP;
+    let v1 = resources(client, &format!("{group}/v1")).await?;
+    let v1alpha2 = resources(client, &format!("{group}/v1alpha2")).await?;
+    let has = |list: &[String], plural: &str| list.iter().any(|r| r == plural);
+    Ok(GatewayKinds {
+        gateways: has(&v1, "gateways"),
+        http_routes: has(&v1, "httproutes"),
+        grpc_routes: has(&v1, "grpcroutes"),
+        tls_routes: has(&v1alpha2, "tlsroutes"),
+    })
+}
+
 /// Watches the cluster and publishes a snapshot on `tx` after the Ingress, Service and
 /// EndpointSlice caches are filled and then after every change (debounced). Revisions start at 1,
 /// so a consumer that waits for `revision > 0` never acts on an empty cache and removes records.
@@ -269,22 +438,51 @@ where
 pub async fn run(client: Client, config: KubernetesConfig, tx: SnapshotTx) -> Result<(), KubernetesError> {
     let changed = Arc::new(Notify::new());
     let scope = &config.scope;
+    let gateway_kinds = if scope.gateway_api { served_gateway_kinds(&client).await? } else { GatewayKinds::default() };
+    if scope.gateway_api {
+        tracing::info!(?gateway_kinds, "Gateway API kinds served by the API server (only these are watched)");
+    }
     let caches = Caches {
-        ingresses: reflect(&client, scope, scope.ingresses, changed.clone()),
-        services: reflect(&client, scope, true, changed.clone()),
-        endpoint_slices: reflect(&client, scope, true, changed.clone()),
-        traffic_infras: reflect(&client, scope, true, changed.clone()),
-        backend_traffic_policies: reflect(&client, scope, true, changed.clone()),
-        namespace_configs: reflect(&client, scope, scope.namespace_configs, changed.clone()),
+        ingresses: reflect(&client, scope, scope.ingresses, changed.clone(), None),
+        services: reflect(&client, scope, true, changed.clone(), None),
+        endpoint_slices: reflect(&client, scope, true, changed.clone(), config.endpoint_relist.clone()),
+        traffic_infras: reflect(&client, scope, true, changed.clone(), None),
+        backend_traffic_policies: reflect(&client, scope, true, changed.clone(), None),
+        namespace_configs: reflect(&client, scope, scope.namespace_configs, changed.clone(), None),
+        gateways: reflect(&client, scope, gateway_kinds.gateways, changed.clone(), None),
+        http_routes: reflect(&client, scope, gateway_kinds.http_routes, changed.clone(), None),
+        grpc_routes: reflect(&client, scope, gateway_kinds.grpc_routes, changed.clone(), None),
+        tls_routes: reflect(&client, scope, gateway_kinds.tls_routes, changed.clone(), None),
+        namespaces: if gateway_kinds.gateways {
+            reflect_api(Api::<Namespace>::all(client.clone()), "at the cluster scope".into(), changed.clone(), None)
+        } else {
+            reflector::store::<Namespace>().0
+        },
     };
     if scope.ingresses {
         caches.ingresses.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("Ingress"))?;
     }
     caches.services.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("Service"))?;
     caches.endpoint_slices.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("EndpointSlice"))?;
+    // Every served host source is filled before the first snapshot, so that none of its records is
+    // removed for looking absent.
+    if gateway_kinds.gateways {
+        caches.gateways.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("Gateway"))?;
+        caches.namespaces.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("Namespace"))?;
+    }
+    if gateway_kinds.http_routes {
+        caches.http_routes.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("HTTPRoute"))?;
+    }
+    if gateway_kinds.grpc_routes {
+        caches.grpc_routes.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("GRPCRoute"))?;
+    }
+    if gateway_kinds.tls_routes {
+        caches.tls_routes.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("TLSRoute"))?;
+    }
 
     let mut revision = tx.borrow().revision;
     loop {
+        config.heartbeat.beat();
         revision += 1;
         let snapshot = caches.snapshot(revision);
         tracing::debug!(
@@ -298,7 +496,7 @@ pub async fn run(client: Client, config: KubernetesConfig, tx: SnapshotTx) -> Re
             // Every consumer is gone: the process is shutting down.
             return Ok(());
         }
-        changed.notified().await;
+        config.heartbeat.idle(changed.notified()).await;
         tokio::time::sleep(config.debounce).await;
     }
 }

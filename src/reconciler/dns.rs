@@ -13,8 +13,9 @@ use super::metrics::{labels, ReconcileMetrics};
 use super::weight::{WeightRx, WeightSignal};
 use super::{PipelineConfig, RefusalSink};
 use crate::backends::{AckOutcome, WeightStore};
-use crate::dns::plan::{plan, BatchLimits, Change, Plan};
+use crate::dns::plan::{BatchLimits, Change, Plan};
 use crate::dns::record::{Ownership, RecordKey, RecordSet, RecordType};
+use crate::dns::zoned::ZonedDns;
 use crate::dns::{ApplyReport, DnsError, DnsProvider};
 use crate::ir::{InputKind, Refusal};
 use crate::model::Snapshot;
@@ -27,7 +28,8 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 
 pub struct DnsLoop {
     pub config: PipelineConfig,
-    pub provider: Arc<dyn DnsProvider>,
+    /// Where records go: one provider, or one per Route53 hosted zone.
+    pub dns: ZonedDns,
     pub store: Arc<dyn WeightStore>,
     pub metrics: ReconcileMetrics,
     pub invalid: InvalidInputs,
@@ -41,7 +43,12 @@ pub struct DnsLoop {
     pub leader: watch::Receiver<bool>,
     /// Checked before every write batch and before the ack: the flag above only says when to run.
     pub fence: Fence,
+    /// Liveness: beats every pass and while waiting; stale when one pass outlives its bound.
+    pub heartbeat: crate::telemetry::Heartbeat,
 }
+
+/// How long one DNS pass (every batch and its retries, the ack) may take before `/healthz` fails.
+pub const DNS_LOOP_BOUND: Duration = Duration::from_secs(600);
 
 /// How a pass ended.
 #[derive(Debug)]
@@ -84,17 +91,22 @@ impl DnsLoop {
                 // Forget what was seen while leading: the next term starts from a fresh read, since
                 // the other leader changed what is published (a cached read would hide it).
                 book = Bookkeeping::default();
-                self.provider.forget_published();
-                tokio::select! {
-                    Ok(()) = leader.changed() => {}
-                    _ = shutdown.changed() => {}
-                }
+                self.dns.forget_published();
+                self.heartbeat
+                    .idle(async {
+                        tokio::select! {
+                            Ok(()) = leader.changed() => {}
+                            _ = shutdown.changed() => {}
+                        }
+                    })
+                    .await;
                 continue;
             }
             if new_term {
                 book = Bookkeeping::default();
-                self.provider.forget_published();
+                self.dns.forget_published();
             }
+            self.heartbeat.beat();
             let snapshot = snapshots.borrow_and_update().clone();
             let signal = *weights.borrow_and_update();
             let wait = match self.pass(&snapshot, signal, &mut book).await {
@@ -108,13 +120,17 @@ impl DnsLoop {
                     self.resync
                 }
             };
-            tokio::select! {
-                Ok(()) = snapshots.changed() => {}
-                Ok(()) = weights.changed() => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => {}
-                Ok(()) = leader.changed() => {}
-            }
+            self.heartbeat
+                .idle(async {
+                    tokio::select! {
+                        Ok(()) = snapshots.changed() => {}
+                        Ok(()) = weights.changed() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.changed() => {}
+                        Ok(()) = leader.changed() => {}
+                    }
+                })
+                .await;
         }
     }
 
@@ -142,32 +158,39 @@ impl DnsLoop {
 
     async fn pass_inner(&self, snapshot: &Snapshot, signal: WeightSignal, book: &mut Bookkeeping) -> PassOutcome {
         let owner = &self.config.owner;
-        let (state, mut desired) = self.config.desired(snapshot, signal.weight);
-        // Provider-specific completion (Route53: per-target health check IDs).
-        self.provider.prepare(&mut desired).await;
-        let current = match self.provider.current(&desired.hosts, owner).await {
-            Ok(c) => c,
-            Err(e) => {
+        let (state, desired) = self.config.desired(snapshot, signal.weight);
+        // Per zone: provider-specific completion (Route53: health checks, ALIAS), read, adopt, plan.
+        let zoned = match self.dns.plan(&desired, &state, owner, self.config.allow_all_zero, &[]).await {
+            Ok(z) => z,
+            Err((zone, e)) => {
                 self.note_refusals(book, state.refusals.iter().cloned());
-                return PassOutcome::Failed(format!("reading published records: {e}"));
+                let zone = zone.map(|z| format!(" in {}", z.label())).unwrap_or_default();
+                return PassOutcome::Failed(format!("reading published records{zone}: {e}"));
             }
         };
-        let plan = plan(&desired, &current, owner, self.config.allow_all_zero);
-        self.note_refusals(book, state.refusals.iter().chain(plan.refusals.iter()).cloned());
+        let plan = zoned.merged();
+        // A host in no zone is refused (Event, metric) but neither held nor failed: the ack proceeds.
+        self.note_refusals(book, state.refusals.iter().chain(&zoned.no_zone).chain(plan.refusals.iter()).cloned());
 
-        let report = if plan.is_empty() {
-            ApplyReport::default()
-        } else {
+        let mut report = ApplyReport::default();
+        if !plan.is_empty() {
             log_plan(&plan, snapshot.revision, signal.weight);
-            self.apply_fenced(plan.batches(BatchLimits::ROUTE53)).await
-        };
+            for adopted in &plan.adopted {
+                tracing::info!(host = %adopted.host, external_owner = %adopted.external_owner, registry_txt = ?adopted.registry_txt, "adopting records from external-dns");
+            }
+        }
+        for (zone, zone_plan) in self.dns.zones.iter().zip(&zoned.zones).filter(|(_, z)| !z.plan.is_empty()) {
+            let done = self.apply_fenced(zone.provider.as_ref(), zone_plan.plan.batches(BatchLimits::ROUTE53)).await;
+            report.applied.extend(done.applied);
+            report.failed.extend(done.failed);
+        }
         for change in &report.applied {
             self.metrics.changes.get_or_create(&labels(&[("action", change.action())])).inc();
         }
         for (change, error) in &report.failed {
             tracing::warn!(record = %change.record().key, action = change.action(), %error, "DNS change failed");
         }
-        self.update_record_weights(book, &current, &report, owner);
+        self.update_record_weights(book, &zoned.current(), &report, owner);
         self.note_held(book, &plan).await;
 
         if !report.is_complete() {
@@ -194,7 +217,7 @@ impl DnsLoop {
 
     /// Applies batch by batch, checking the fence right before each one: a pass that outlives the
     /// lease stops between batches, and what was not sent is reported failed (retried by the leader).
-    async fn apply_fenced(&self, batches: Vec<Vec<Change>>) -> ApplyReport {
+    async fn apply_fenced(&self, provider: &dyn DnsProvider, batches: Vec<Vec<Change>>) -> ApplyReport {
         let mut report = ApplyReport::default();
         let mut batches = batches.into_iter();
         while let Some(batch) = batches.next() {
@@ -205,7 +228,7 @@ impl DnsLoop {
             }
             // The write log: the fencing test reads these two lines to know who wrote when.
             tracing::debug!(changes = batch.len(), "DNS batch: writing");
-            let done = self.provider.apply(vec![batch]).await;
+            let done = provider.apply(vec![batch]).await;
             tracing::debug!(applied = done.applied.len(), failed = done.failed.len(), "DNS batch: done");
             report.applied.extend(done.applied);
             report.failed.extend(done.failed);
@@ -348,7 +371,7 @@ mod tests {
                 records: Default::default(),
                 allow_all_zero: false,
             },
-            provider: Arc::new(EmbeddedDns::new(zone)),
+            dns: ZonedDns::single(Arc::new(EmbeddedDns::new(zone))),
             store: store.clone(),
             metrics: ReconcileMetrics::default(),
             invalid: invalid.clone(),
@@ -358,6 +381,7 @@ mod tests {
             readiness: Readiness::default(),
             leader: watch::channel(true).1,
             fence: Fence::always(),
+            heartbeat: crate::telemetry::Heartbeat::detached(),
         };
         (l, store, invalid)
     }

@@ -42,9 +42,12 @@ impl RefusalSink for EventSink {
 pub fn api_version_of(kind: &str) -> Option<(&'static str, &'static str)> {
     match kind {
         "Ingress" => Some(("networking.k8s.io", "v1")),
-        "Service" => Some(("", "v1")),
+        // Pod: the controller's own, for refusals of a weight row (not a Kubernetes object).
+        "Service" | "Pod" => Some(("", "v1")),
         "EndpointSlice" => Some(("discovery.k8s.io", "v1")),
         "TrafficInfra" | "BackendTrafficPolicy" | "NamespaceConfig" => Some(("weir.dev", "v1alpha1")),
+        "Gateway" | "HTTPRoute" | "GRPCRoute" => Some((crate::gateway::GROUP, "v1")),
+        "TLSRoute" => Some((crate::gateway::GROUP, "v1alpha2")),
         _ => None,
     }
 }
@@ -110,10 +113,15 @@ async fn uid_of(client: &Client, reference: &ObjectReference) -> Option<String> 
     let plural = match kind {
         "Ingress" => "ingresses",
         "Service" => "services",
+        "Pod" => "pods",
         "EndpointSlice" => "endpointslices",
         "TrafficInfra" => "trafficinfras",
         "BackendTrafficPolicy" => "backendtrafficpolicies",
         "NamespaceConfig" => "namespaceconfigs",
+        "Gateway" => "gateways",
+        "HTTPRoute" => "httproutes",
+        "GRPCRoute" => "grpcroutes",
+        "TLSRoute" => "tlsroutes",
         _ => return None,
     };
     let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
@@ -145,6 +153,20 @@ mod tests {
         assert_eq!(reference.kind.as_deref(), Some("Ingress"));
         assert_eq!(reference.namespace.as_deref(), Some("team"));
         assert_eq!(reference.name.as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn refusals_on_gateway_api_objects_name_their_api_version() {
+        for (kind, api_version) in [
+            ("Gateway", "gateway.networking.k8s.io/v1"),
+            ("HTTPRoute", "gateway.networking.k8s.io/v1"),
+            ("GRPCRoute", "gateway.networking.k8s.io/v1"),
+            ("TLSRoute", "gateway.networking.k8s.io/v1alpha2"),
+            ("Service", "v1"),
+        ] {
+            let (_, reference) = event_for(&refusal(kind, "team", "x")).unwrap();
+            assert_eq!(reference.api_version.as_deref(), Some(api_version), "{kind}");
+        }
     }
 
     #[test]

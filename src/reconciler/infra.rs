@@ -4,16 +4,28 @@
 //! Pending or Failed), and writes the TrafficInfra's status and every BackendTrafficPolicy's
 //! `Accepted` condition when they changed. It writes only while this replica leads.
 //!
+//! Drift correction: once there is a TrafficInfra, it watches every kind of child it creates
+//! (cluster-wide, only objects labelled `app.kubernetes.io/managed-by=weir`); a change to one owned by
+//! a TrafficInfra (a hand edit, a deletion) starts a pass within [`CHILD_DEBOUNCE`], and the pass
+//! applies the children again, which reverts the edit or recreates the child. The admin token Secret
+//! is not watched (the operator may not read Secrets); a deleted one is recreated by the next pass.
+//!
+//! Status: the operator writes only its part of a TrafficInfra's status (see
+//! [`crate::operator::status`]): it reads the object, merges its part over `weir xds`'s, and writes a
+//! merge patch carrying the resourceVersion it read; a 409 Conflict means `weir xds` wrote in
+//! between, so it reads and merges again.
+//!
 //! It reads only the children it needs (three GETs per TrafficInfra for status) and makes no call
 //! at all when there is no TrafficInfra, so a cluster without the CRDs or the RBAC is unaffected.
 //! Removal of the children when a TrafficInfra is deleted is left to Kubernetes' garbage collector
 //! (every child has a controller ownerReference).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
@@ -21,27 +33,35 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use super::leader::LeaderRx;
 use super::metrics::{labels, Labels};
 use super::RefusalSink;
-use crate::crd::{BackendTrafficPolicy, TrafficInfra, API_VERSION};
+use crate::crd::{BackendTrafficPolicy, TrafficInfra, TrafficInfraStatus, API_VERSION};
 use crate::ir::Refusal;
 use crate::model::{ObjectRef, Snapshot};
 use crate::operator::children::{ChildNames, ChildObject, ADMIN_TOKEN_KEY, FIELD_MANAGER};
+use crate::operator::status::merge_operator_part;
 use crate::operator::{self, policy, ObservedChildren};
 use crate::providers::SnapshotRx;
 use crate::telemetry::InvalidInputs;
 
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Changes to children arriving within this window start one pass.
+pub const CHILD_DEBOUNCE: Duration = Duration::from_millis(250);
+/// The label every child carries (see `operator::children::labels`); the child watches select on it.
+const CHILD_SELECTOR: &str = "app.kubernetes.io/managed-by=weir";
+/// Read-merge-write attempts of a status before the pass gives up (and retries with backoff).
+const STATUS_ATTEMPTS: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InfraError {
@@ -52,7 +72,7 @@ pub enum InfraError {
 }
 
 /// The condition a TrafficInfra gets when RBAC refused one of its children.
-pub const CONDITION_CHILDREN_APPLIED: &str = "ChildrenApplied";
+pub use crate::operator::status::CONDITION_CHILDREN_APPLIED;
 
 impl InfraError {
     /// RBAC refused the write (403), as for a Role granting more than the operator holds.
@@ -104,6 +124,8 @@ impl InfraLoop {
         let mut active: BTreeSet<Refusal> = BTreeSet::new();
         let mut retry = RETRY_MIN;
         let mut leader = self.leader.clone();
+        let children_changed = Arc::new(Notify::new());
+        let mut watching = false;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -117,6 +139,10 @@ impl InfraLoop {
                 continue;
             }
             let snapshot = snapshots.borrow_and_update().clone();
+            if !watching && !snapshot.traffic_infras.is_empty() {
+                watch_children(&self.client, children_changed.clone());
+                watching = true;
+            }
             let wait = match self.pass(&snapshot, &mut active).await {
                 Ok(()) => {
                     retry = RETRY_MIN;
@@ -136,6 +162,10 @@ impl InfraLoop {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => {}
                 Ok(()) = leader.changed() => {}
+                () = children_changed.notified() => {
+                    tokio::time::sleep(CHILD_DEBOUNCE).await;
+                    tracing::debug!("a child changed; reconciling");
+                }
             }
         }
     }
@@ -152,7 +182,7 @@ impl InfraLoop {
             }
         };
         let observed = self.observe(snapshot).await;
-        let plans = operator::plan(snapshot, &observed, &BTreeMap::new(), &now);
+        let plans = operator::plan(snapshot, &observed, &now);
         let mut refusals: BTreeSet<Refusal> = BTreeSet::new();
         for plan in &plans {
             let Some(ti) = snapshot.traffic_infras.iter().find(|t| ObjectRef::of(*t) == plan.infra) else { continue };
@@ -209,8 +239,7 @@ impl InfraLoop {
                 });
             }
             if ti.status.as_ref() != Some(&status) {
-                let body = serde_json::json!({"apiVersion": API_VERSION, "kind": "TrafficInfra", "status": status});
-                keep(self.write_status::<TrafficInfra>(ns, &plan.infra.name, body).await);
+                keep(self.write_infra_status(ns, &plan.infra.name, &status).await);
             }
         }
 
@@ -218,10 +247,10 @@ impl InfraLoop {
         refusals.extend(resolution.refusals.iter().cloned());
         for btp in &snapshot.backend_traffic_policies {
             let me = ObjectRef::of(btp);
-            let Some(cond) = resolution.conditions.get(&me) else { continue };
-            if current_accepted(btp) != Some(cond) {
+            let Some(conds) = resolution.conditions.get(&me) else { continue };
+            if current_conditions(btp) != conds.as_slice() {
                 let body = serde_json::json!({
-                    "apiVersion": API_VERSION, "kind": "BackendTrafficPolicy", "status": {"conditions": [cond]},
+                    "apiVersion": API_VERSION, "kind": "BackendTrafficPolicy", "status": {"conditions": conds},
                 });
                 keep(self.write_status::<BackendTrafficPolicy>(&me.namespace, &me.name, body).await);
             }
@@ -357,6 +386,35 @@ impl InfraLoop {
         Ok(())
     }
 
+    /// Writes the operator's part of a TrafficInfra's status over what is stored (read, merge, merge
+    /// patch with the resourceVersion read; a 409 reads again).
+    async fn write_infra_status(&self, ns: &str, name: &str, ours: &TrafficInfraStatus) -> Result<(), InfraError> {
+        let api: Api<TrafficInfra> = Api::namespaced(self.client.clone(), ns);
+        let err = |op, source| InfraError::Api { op, object: format!("TrafficInfra {ns}/{name}"), source };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some(current) = api.get_opt(name).await.map_err(|e| err("get", e))? else { return Ok(()) };
+            let stored = current.status.clone().unwrap_or_default();
+            let merged = merge_operator_part(&stored, ours);
+            if merged == stored {
+                return Ok(());
+            }
+            let body = status_patch(&current, &stored, &merged);
+            self.fence.check()?;
+            match api.patch_status(name, &PatchParams::default(), &Patch::Merge(body)).await {
+                Ok(_) => {
+                    self.metrics.writes.get_or_create(&labels(&[("op", "status")])).inc();
+                    return Ok(());
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 && attempt < STATUS_ATTEMPTS => {
+                    tracing::debug!(%ns, %name, attempt, "TrafficInfra status changed under us; merging again");
+                }
+                Err(e) => return Err(err("status", e)),
+            }
+        }
+    }
+
     async fn write_status<K>(&self, ns: &str, name: &str, body: serde_json::Value) -> Result<(), InfraError>
     where
         K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
@@ -373,6 +431,68 @@ impl InfraLoop {
     }
 }
 
-fn current_accepted(btp: &BackendTrafficPolicy) -> Option<&Condition> {
-    btp.status.as_ref()?.conditions.iter().find(|c| c.type_ == policy::CONDITION_ACCEPTED)
+/// The merge patch that turns `stored` into `merged` on `current`, with `current`'s resourceVersion as
+/// the precondition (the API server answers 409 if the object changed since it was read).
+pub fn status_patch(
+    current: &impl Resource,
+    stored: &TrafficInfraStatus,
+    merged: &TrafficInfraStatus,
+) -> serde_json::Value {
+    let from = serde_json::to_value(stored).unwrap_or_default();
+    let to = serde_json::to_value(merged).unwrap_or_default();
+    serde_json::json!({
+        "apiVersion": API_VERSION,
+        "kind": "TrafficInfra",
+        "metadata": {"resourceVersion": current.meta().resource_version},
+        "status": crate::operator::status::merge_patch(&from, &to),
+    })
+}
+
+/// Watches every kind of child the operator creates and notifies `changed` when one owned by a
+/// TrafficInfra is added, changed or deleted (and after each re-list, which may hide a deletion).
+fn watch_children(client: &Client, changed: Arc<Notify>) {
+    fn one<K>(client: &Client, changed: Arc<Notify>)
+    where
+        K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    {
+        let api: Api<K> = Api::all(client.clone());
+        let kind = K::kind(&()).to_string();
+        let stream = watcher(api, watcher::Config::default().labels(CHILD_SELECTOR)).default_backoff();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            let mut failing = false;
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+                        failing = false;
+                        if o.owner_references().iter().any(|r| r.kind == "TrafficInfra" && r.controller == Some(true)) {
+                            changed.notify_one();
+                        }
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        failing = false;
+                        changed.notify_one();
+                    }
+                    Ok(_) => {}
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(%kind, error = %e, "watch of TrafficInfra children failed; retrying with backoff (drift is corrected at the resync until it recovers)");
+                    }
+                    Err(e) => tracing::debug!(%kind, error = %e, "watch of TrafficInfra children still failing"),
+                }
+            }
+        });
+    }
+    one::<Deployment>(client, changed.clone());
+    one::<Service>(client, changed.clone());
+    one::<ConfigMap>(client, changed.clone());
+    one::<ServiceAccount>(client, changed.clone());
+    one::<Role>(client, changed.clone());
+    one::<RoleBinding>(client, changed.clone());
+    one::<HorizontalPodAutoscaler>(client, changed);
+}
+
+/// The conditions the policy carries now (written by weir only: `Accepted`, `FieldsIgnored`).
+fn current_conditions(btp: &BackendTrafficPolicy) -> &[Condition] {
+    btp.status.as_ref().map_or(&[], |s| s.conditions.as_slice())
 }

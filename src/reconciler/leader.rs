@@ -264,6 +264,8 @@ pub struct LeaderElector {
     pub config: LeaderConfig,
     pub metrics: LeaderMetrics,
     pub fence: Fence,
+    /// Liveness: beats every round (each bounded by the renew deadline).
+    pub heartbeat: crate::telemetry::Heartbeat,
 }
 
 /// What the elector remembers between rounds.
@@ -298,6 +300,7 @@ impl LeaderElector {
             if *shutdown.borrow() {
                 break;
             }
+            self.heartbeat.beat();
             if tokio::time::timeout(self.config.renew_deadline, self.round(&mut round)).await.is_err() {
                 tracing::warn!(deadline = ?self.config.renew_deadline, "the Lease API did not answer within the renew deadline");
             }

@@ -52,14 +52,19 @@ const GATE_MAX_BODY: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum GateError {
-    #[error("gate URL {0:?} is not an http://host[:port][/path] URL")]
+    #[error("gate URL {0:?} is not an http(s)://host[:port][/path] URL")]
     Url(String),
     #[error("gate unreachable: {0}")]
     Unreachable(String),
+    /// The TLS handshake failed (an untrusted or mismatched certificate): the gate fails safe.
+    #[error("gate TLS handshake with {host} failed: {message}")]
+    Tls { host: String, message: String },
     #[error("the gate rejected the query (HTTP {status}): {message}")]
     Rejected { status: u16, message: String },
     #[error("the gate's answer is not a Prometheus query result: {0}")]
     Malformed(String),
+    #[error("--gate-ca-file {path}: {message}")]
+    CaFile { path: String, message: String },
 }
 
 /// What the gate said.
@@ -68,6 +73,59 @@ pub enum GateAnswer {
     /// The largest value of the result.
     Value(f64),
     NoData,
+}
+
+/// What an `https://` gate trusts: the system's roots plus `--gate-ca-file`. Built once per process.
+#[derive(Clone)]
+pub struct GateTls(Arc<rustls::ClientConfig>);
+
+impl std::fmt::Debug for GateTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GateTls")
+    }
+}
+
+impl GateTls {
+    /// The system's roots (a missing or unreadable system store leaves only `ca_file`, with a warning)
+    /// and every certificate of `ca_file` (PEM); an unreadable or empty `ca_file` is an error.
+    pub fn new(ca_file: Option<&std::path::Path>) -> Result<Self, GateError> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        if let Some(e) = native.errors.first() {
+            tracing::warn!(error = %e, "reading the system's CA certificates for https gates");
+        }
+        let (_, ignored) = roots.add_parsable_certificates(native.certs);
+        if ignored > 0 {
+            tracing::debug!(ignored, "system CA certificates rustls cannot use");
+        }
+        if let Some(path) = ca_file {
+            let err = |message: String| GateError::CaFile { path: path.display().to_string(), message };
+            let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| err(e.to_string()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| err(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(err("no certificate in the file".into()));
+            }
+            for c in certs {
+                roots.add(c).map_err(|e| err(e.to_string()))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| GateError::Tls { host: String::new(), message: e.to_string() })?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self(Arc::new(config)))
+    }
+
+    /// The system's roots only (no `--gate-ca-file`).
+    pub fn system() -> Self {
+        Self::new(None).expect("the system roots alone cannot fail")
+    }
 }
 
 /// Percent-encodes a query-string value.
@@ -84,43 +142,68 @@ fn encode_query_value(v: &str) -> String {
 }
 
 /// One instant query (`GET {url}/api/v1/query?query=...`) with the HTTP client weir already has
-/// (hyper, HTTP/1.1, plain http).
-pub async fn query_gate(gate: &Gate) -> Result<GateAnswer, GateError> {
-    use http_body_util::BodyExt;
+/// (hyper, HTTP/1.1), over plain TCP for `http://` and rustls for `https://` (trusting `tls`).
+pub async fn query_gate(gate: &Gate, tls: &GateTls) -> Result<GateAnswer, GateError> {
     let uri: hyper::Uri = gate.url.parse().map_err(|_| GateError::Url(gate.url.clone()))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(GateError::Url(gate.url.clone()));
-    }
-    let host = uri.host().ok_or_else(|| GateError::Url(gate.url.clone()))?.to_string();
-    let port = uri.port_u16().unwrap_or(80);
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(GateError::Url(gate.url.clone())),
+    };
+    let authority_host = uri.host().ok_or_else(|| GateError::Url(gate.url.clone()))?.to_string();
+    // `[::1]` in a URL is `::1` to connect to and to check a certificate against.
+    let host = authority_host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let base = uri.path().trim_end_matches('/');
     let path = format!("{base}/api/v1/query?query={}", encode_query_value(&gate.query));
+    let host_header = match uri.port_u16() {
+        Some(p) => format!("{authority_host}:{p}"),
+        None => authority_host.clone(),
+    };
     let request = async {
         let stream = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| GateError::Unreachable(format!("{host}:{port}: {e}")))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        if !https {
+            return exchange(stream, path, host_header).await;
+        }
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| GateError::Tls { host: host.clone(), message: e.to_string() })?;
+        let stream = tokio_rustls::TlsConnector::from(tls.0.clone())
+            .connect(name, stream)
             .await
-            .map_err(|e| GateError::Unreachable(e.to_string()))?;
-        let conn = tokio::spawn(conn);
-        let req = hyper::Request::get(path)
-            .header(hyper::header::HOST, format!("{host}:{port}"))
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .map_err(|e| GateError::Url(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| GateError::Unreachable(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let body = http_body_util::Limited::new(resp.into_body(), GATE_MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| GateError::Unreachable(format!("reading the answer: {e}")))?
-            .to_bytes();
-        conn.abort();
-        Ok::<_, GateError>((status, body))
+            .map_err(|e| GateError::Tls { host: host.clone(), message: e.to_string() })?;
+        exchange(stream, path, host_header).await
     };
     let (status, body) = tokio::time::timeout(GATE_TIMEOUT, request)
         .await
         .map_err(|_| GateError::Unreachable(format!("no answer within {GATE_TIMEOUT:?}")))??;
     parse_gate_answer(status, &body)
+}
+
+/// One HTTP/1.1 GET on an open connection: the status and the (bounded) body.
+async fn exchange<S>(stream: S, path: String, host_header: String) -> Result<(u16, bytes::Bytes), GateError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| GateError::Unreachable(e.to_string()))?;
+    let conn = tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, host_header)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| GateError::Url(e.to_string()))?;
+    let resp = sender.send_request(req).await.map_err(|e| GateError::Unreachable(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let body = http_body_util::Limited::new(resp.into_body(), GATE_MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| GateError::Unreachable(format!("reading the answer: {e}")))?
+        .to_bytes();
+    conn.abort();
+    Ok((status, body))
 }
 
 /// The Prometheus API's answer: `{"status":"success","data":{"resultType":"vector","result":[...]}}`.
@@ -336,7 +419,17 @@ pub struct PlanLoop {
     pub rows: watch::Receiver<Option<WeightRow>>,
     /// Wakes the weight loop after a write, so that the step is applied (and re-read) at once.
     pub poll_weight_now: Arc<Notify>,
+    /// What `https://` gates are trusted with (`--gate-ca-file`).
+    pub gate_tls: GateTls,
+    /// Who the history names for the controller's changes (its AWS identity on DynamoDB).
+    pub actor: String,
+    /// Liveness: beats every tick; stale when one step (a gate query, a write) outlives its bound.
+    pub heartbeat: crate::telemetry::Heartbeat,
 }
+
+/// How long one step of the ramp runner may take before `/healthz` fails (the gate is bounded by
+/// [`GATE_TIMEOUT`], the write by the store's own timeouts).
+pub const PLAN_LOOP_BOUND: Duration = Duration::from_secs(120);
 
 /// How often deadlines (holds, override expiry) are checked; no I/O unless one is due.
 pub const PLAN_TICK: Duration = Duration::from_millis(100);
@@ -350,6 +443,7 @@ impl PlanLoop {
             if *shutdown.borrow() {
                 return;
             }
+            self.heartbeat.beat();
             let row = self.rows.borrow().clone();
             if let Some(row) = row {
                 self.export(&row, &l);
@@ -366,15 +460,21 @@ impl PlanLoop {
                     }
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(PLAN_TICK) => {}
-                r = self.rows.changed() => {
-                    if r.is_err() {
-                        return;
+            // Some(true): a new row; None: the weight loop is gone.
+            let heartbeat = self.heartbeat.clone();
+            let woke = heartbeat
+                .idle(async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(PLAN_TICK) => Some(false),
+                        r = self.rows.changed() => r.ok().map(|()| true),
+                        _ = shutdown.changed() => Some(false),
                     }
-                    stale = false;
-                }
-                _ = shutdown.changed() => {}
+                })
+                .await;
+            match woke {
+                None => return,
+                Some(true) => stale = false,
+                Some(false) => {}
             }
         }
     }
@@ -396,7 +496,7 @@ impl PlanLoop {
         let step = match next_step(&row, now) {
             Step::AskGate(gate) => {
                 let Some(Plan::Ramp(ramp)) = &row.plan else { return Ok(false) };
-                let answer = query_gate(&gate).await;
+                let answer = query_gate(&gate, &self.gate_tls).await;
                 let verdict = gate_verdict(&gate, &answer);
                 tracing::info!(cluster = %self.cluster, query = %gate.query, answer = ?answer, passed = verdict.is_ok(), "ramp gate");
                 after_gate(ramp, verdict, now_ms())
@@ -413,7 +513,7 @@ impl PlanLoop {
                     expect_plan: row.plan.as_ref(),
                     desired,
                     plan: plan.as_ref(),
-                    actor: &format!("weir controller of {}", self.cluster),
+                    actor: &self.actor,
                     cause,
                     reason: Some(&note),
                 },
@@ -438,4 +538,48 @@ impl PlanLoop {
 /// The override `weir weights set --for` records.
 pub fn new_override(previous: u8, value: u8, duration: Duration, reason: Option<String>, actor: String) -> Override {
     Override { previous, value, until_ms: now_ms() + duration.as_millis() as i64, reason, actor }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(url: &str) -> Gate {
+        Gate { url: url.into(), query: "up".into(), max: 1.0, pass_on_no_data: false }
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("ca.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = GateTls::new(Some(&empty)).unwrap_err();
+        assert!(matches!(&err, GateError::CaFile { message, .. } if message.contains("no certificate")), "{err}");
+        let err = GateTls::new(Some(&dir.path().join("missing.pem"))).unwrap_err();
+        assert!(matches!(err, GateError::CaFile { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn only_http_and_https_gates_are_asked() {
+        let tls = GateTls::system();
+        for url in ["ftp://127.0.0.1/", "127.0.0.1:9090", "unix:///run/prom.sock"] {
+            assert_eq!(query_gate(&gate(url), &tls).await, Err(GateError::Url(url.into())), "{url}");
+        }
+    }
+
+    #[test]
+    fn gate_answers_are_read_as_the_prometheus_api_gives_them() {
+        let vector = br#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{},"value":[1,"0.2"]},{"metric":{},"value":[1,"0.7"]}]}}"#;
+        assert_eq!(parse_gate_answer(200, vector), Ok(GateAnswer::Value(0.7)), "the largest value");
+        let empty = br#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+        assert_eq!(parse_gate_answer(200, empty), Ok(GateAnswer::NoData));
+        let bad = br#"{"status":"error","errorType":"bad_data","error":"parse error"}"#;
+        assert!(matches!(parse_gate_answer(400, bad), Err(GateError::Rejected { status: 400, .. })));
+        let g = gate("http://x");
+        assert!(gate_verdict(&g, &Ok(GateAnswer::Value(1.5))).is_err());
+        assert!(gate_verdict(&g, &Ok(GateAnswer::NoData)).is_err(), "no data fails by default");
+        let tls_error = Err(GateError::Tls { host: "x".into(), message: "invalid peer certificate".into() });
+        assert!(gate_verdict(&g, &tls_error).unwrap_err().contains("TLS handshake"), "fails safe");
+    }
 }

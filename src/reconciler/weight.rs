@@ -8,9 +8,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use super::metrics::{labels, WeightMetrics};
+use super::RefusalSink;
 use crate::backends::{StoreError, StoredWeight, WeightRow, WeightStore};
-use crate::ir::InputKind;
+use crate::ir::{InputKind, Refusal};
+use crate::model::ObjectRef;
 use crate::telemetry::InvalidInputs;
+
+/// The Event reason of a DesiredWeight refused by `--min-serving-clusters`.
+pub const REFUSED_REASON: &str = "MinServingClustersRefused";
 
 /// The cluster weight the DNS loop should apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +147,16 @@ pub struct WeightLoop {
     pub min_serving_clusters: usize,
     /// Every row read, for the plan executor (ramps, overrides).
     pub rows: Option<watch::Sender<Option<WeightRow>>>,
+    /// Where a safety-rule refusal is reported besides the log and the metric (Kubernetes: an Event).
+    pub sink: Arc<dyn RefusalSink>,
+    /// The object that Event is recorded on: this controller's Pod, when it runs in one.
+    pub refusal_object: Option<ObjectRef>,
+    /// Liveness: beats every poll; stale when one poll's store calls outlive its bound.
+    pub heartbeat: crate::telemetry::Heartbeat,
 }
+
+/// How long one weight poll (its store calls, retries included) may take before `/healthz` fails.
+pub const WEIGHT_LOOP_BOUND: Duration = Duration::from_secs(180);
 
 impl WeightLoop {
     /// Why the row's DesiredWeight must not be applied under the safety rules, if it must not. A
@@ -179,6 +193,7 @@ impl WeightLoop {
             if *shutdown.borrow() {
                 return;
             }
+            self.heartbeat.beat();
             let row = if have_row {
                 match self.store.get(&self.cluster).await {
                     Ok(Some(row)) => Some(row),
@@ -228,12 +243,19 @@ impl WeightLoop {
                     .set(i64::from(refusal.is_some()));
                 if let (Some(value), Some(reason)) = (obs.new_refused_value, &refusal) {
                     self.invalid.inc(InputKind::MinServingClusters);
-                    tracing::warn!(
-                        cluster = %self.cluster,
-                        value,
+                    let message = format!(
                         "DesiredWeight {value} of cluster {} refused: {reason}; not applied, not acknowledged",
                         self.cluster
                     );
+                    tracing::warn!(cluster = %self.cluster, value, "{message}");
+                    if let Some(object) = &self.refusal_object {
+                        self.sink.refused(&Refusal {
+                            object: object.clone(),
+                            kind: InputKind::MinServingClusters,
+                            reason: REFUSED_REASON.into(),
+                            message,
+                        });
+                    }
                 }
                 if let Some(raw) = &obs.new_bad_value {
                     self.invalid.inc(InputKind::Weight);
@@ -263,11 +285,15 @@ impl WeightLoop {
                     });
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(self.interval) => {}
-                _ = self.poll_now.notified() => {}
-                _ = shutdown.changed() => {}
-            }
+            self.heartbeat
+                .idle(async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.interval) => {}
+                        _ = self.poll_now.notified() => {}
+                        _ = shutdown.changed() => {}
+                    }
+                })
+                .await;
         }
     }
 }
@@ -421,6 +447,9 @@ mod loop_tests {
             poll_now: Arc::new(Notify::new()),
             min_serving_clusters: 0,
             rows: None,
+            sink: Arc::new(crate::reconciler::NoRefusalSink),
+            refusal_object: None,
+            heartbeat: crate::telemetry::Heartbeat::detached(),
         };
         let (tx, mut rx) = watch::channel(None);
         let (stop_tx, stop_rx) = watch::channel(false);

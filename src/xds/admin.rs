@@ -90,6 +90,7 @@ impl Admin {
             .route("/services", get(get_services).put(put_service).delete(delete_service))
             .route("/endpoints", get(get_endpoints))
             .route("/config_dump", get(config_dump))
+            .route("/clients", get(get_clients))
             .with_state(self)
             .merge(extra)
             .layer(middleware::from_fn_with_state(metrics, count))
@@ -128,7 +129,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-const PATHS: [&str; 7] = ["/traffic", "/services", "/endpoints", "/config_dump", "/healthz", "/readyz", "/metrics"];
+const PATHS: [&str; 8] =
+    ["/traffic", "/services", "/endpoints", "/config_dump", "/clients", "/healthz", "/readyz", "/metrics"];
 
 async fn count(State(m): State<AdminMetrics>, req: Request, next: Next) -> Response {
     // Bounded label values: unknown paths are counted together.
@@ -295,6 +297,14 @@ async fn get_endpoints(State(a): State<Admin>) -> Response {
     Json(json!(out)).into_response()
 }
 
+/// Per connected node: per type, the version it ACKed, what it was sent, its status (ACKED, NACKED,
+/// REQUESTED) and its last NACK (the same as CSDS on the ADS port). Node ids and NACK messages come
+/// from clients: behind the token like `/config_dump`.
+async fn get_clients(State(a): State<Admin>, headers: HeaderMap) -> Result<Response, AdminError> {
+    a.authorize(&headers)?;
+    Ok(Json(a.clients.by_node()).into_response())
+}
+
 /// Everything the server holds, including registered services and client addresses: behind the
 /// token like the writes.
 async fn config_dump(State(a): State<Admin>, headers: HeaderMap) -> Result<Response, AdminError> {
@@ -309,7 +319,7 @@ async fn config_dump(State(a): State<Admin>, headers: HeaderMap) -> Result<Respo
         "services": view.services,
         "config": view.config,
         "versions": versions,
-        "resources": snap.resources.to_json(),
+        "resources": snap.to_json(),
         "clients": a.clients.all(),
     }))
     .into_response())
@@ -384,6 +394,7 @@ mod tests {
                 name,
                 strategy: strategy.into(),
                 endpoints: vec![],
+                port: None,
             })
             .collect();
         let config = super::super::model::ProxyConfig {

@@ -1,12 +1,14 @@
 //! The versioned snapshot cache: one [`SnapshotWriter`], many cheap [`SnapshotCache`] readers.
 //! Publishing replaces an `Arc` behind a `watch` channel; readers never block the writer and every
-//! stream wakes up on a change. Nothing is published when no resource changed.
+//! stream wakes up on a change. Nothing is published when no resource changed. What clients said
+//! (ACK/NACK) is folded into the snapshot's verdicts without waking anyone.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::watch;
 
+use super::ads::Event;
 use super::resources::{ResourceType, Resources};
 use super::snapshot::XdsSnapshot;
 
@@ -32,38 +34,45 @@ impl std::ops::Deref for PublishedSnapshot {
     }
 }
 
-/// The only writer.
+/// The only writer of resources.
 pub struct SnapshotWriter {
-    tx: watch::Sender<Arc<PublishedSnapshot>>,
+    tx: Arc<watch::Sender<Arc<PublishedSnapshot>>>,
 }
 
-/// A cloneable reader.
+/// A cloneable reader. Streams also report what clients said through it ([`SnapshotCache::record`]).
 #[derive(Clone)]
 pub struct SnapshotCache {
     rx: watch::Receiver<Arc<PublishedSnapshot>>,
+    tx: Arc<watch::Sender<Arc<PublishedSnapshot>>>,
 }
 
 pub fn new_cache() -> (SnapshotWriter, SnapshotCache) {
     let (tx, rx) = watch::channel(Arc::new(PublishedSnapshot::now(XdsSnapshot::empty())));
-    (SnapshotWriter { tx }, SnapshotCache { rx })
+    let tx = Arc::new(tx);
+    (SnapshotWriter { tx: tx.clone() }, SnapshotCache { rx, tx })
 }
 
 impl SnapshotWriter {
-    /// Publishes `resources` if any resource differs from the current snapshot. Returns the types
-    /// whose version changed (empty: nothing was published).
+    /// Publishes `resources` if any resource differs from the current snapshot (the sets of the
+    /// unchanged types are shared with it). Returns the types whose version changed (empty: nothing
+    /// was published).
     pub fn publish(&self, resources: Resources) -> Vec<ResourceType> {
-        let current = self.tx.borrow().clone();
-        let next = XdsSnapshot::new(resources, current.generation + 1);
-        let changed: Vec<ResourceType> =
-            ResourceType::ALL.into_iter().filter(|ty| current.version(*ty) != next.version(*ty)).collect();
-        if !changed.is_empty() {
-            self.tx.send_replace(Arc::new(PublishedSnapshot::now(next)));
-        }
+        let mut changed = Vec::new();
+        // Under the channel's lock, so that a verdict recorded meanwhile is not lost.
+        self.tx.send_if_modified(|current| {
+            let next = current.snapshot.next(resources);
+            changed = ResourceType::ALL.into_iter().filter(|ty| current.version(*ty) != next.version(*ty)).collect();
+            if changed.is_empty() {
+                return false;
+            }
+            *current = Arc::new(PublishedSnapshot::now(next));
+            true
+        });
         changed
     }
 
     pub fn reader(&self) -> SnapshotCache {
-        SnapshotCache { rx: self.tx.subscribe() }
+        SnapshotCache { rx: self.tx.subscribe(), tx: self.tx.clone() }
     }
 }
 
@@ -77,6 +86,32 @@ impl SnapshotCache {
         let mut rx = self.rx.clone();
         rx.mark_unchanged();
         rx
+    }
+
+    /// Applies the ACKs and NACKs in `events` to the fleet's verdicts ([`super::snapshot::LastGood`]).
+    /// A change wakes no stream: it decides what streams are served from their next request or
+    /// update on (a rejected version is not handed out again; newcomers get the last accepted one).
+    /// Returns whether the verdicts changed.
+    pub fn record(&self, events: &[Event]) -> bool {
+        if !events.iter().any(|e| matches!(e, Event::Ack { .. } | Event::Nack { .. })) {
+            return false;
+        }
+        // Most ACKs repeat a verdict: find out under the read lock first.
+        if !self.rx.borrow().last_good.clone().record(events) {
+            return false;
+        }
+        let mut changed = false;
+        self.tx.send_if_modified(|current| {
+            let mut last_good = current.last_good.clone();
+            changed = last_good.record(events);
+            if changed {
+                let snapshot = current.snapshot.with_last_good(last_good);
+                *current = Arc::new(PublishedSnapshot { snapshot, published: current.published });
+            }
+            // A silent modification: the value changes, receivers are not woken.
+            false
+        });
+        changed
     }
 }
 
@@ -97,6 +132,7 @@ mod tests {
                 name: "a-blue".into(),
                 strategy: "blue".into(),
                 endpoints: vec![],
+                port: None,
             }],
         }
     }

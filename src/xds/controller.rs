@@ -70,10 +70,21 @@ pub struct XdsController {
     pub writer: SnapshotWriter,
     pub view: watch::Sender<Arc<View>>,
     pub readiness: Readiness,
+    /// The last valid version of each BackendTrafficPolicy: served while an edit is invalid.
+    pub last_good_policies: BTreeMap<crate::model::ObjectRef, crate::crd::BackendTrafficPolicy>,
+    /// Policies refused in the last snapshot, so that each refusal is logged once.
+    pub policy_refusals: std::collections::BTreeSet<crate::ir::Refusal>,
+    /// Liveness: beats on every step and while waiting for a change.
+    pub heartbeat: crate::telemetry::Heartbeat,
 }
 
 impl XdsController {
-    fn step(&self, snapshot: Arc<Snapshot>, state: TrafficState) {
+    fn step(&mut self, snapshot: Arc<Snapshot>, state: TrafficState) {
+        self.log_policy_refusals(&snapshot);
+        let snapshot = match crate::operator::policy::with_last_good(&snapshot, &mut self.last_good_policies) {
+            Some(kept) => Arc::new(kept),
+            None => snapshot,
+        };
         let view = compute(snapshot, &self.settings, state);
         let changed = self.writer.publish(translate(&view.config));
         if !changed.is_empty() {
@@ -90,9 +101,26 @@ impl XdsController {
         self.readiness.set(true);
     }
 
+    /// Logs each BackendTrafficPolicy refusal once, when it appears (with the file provider there
+    /// is no status to write; with Kubernetes the infra manager also writes the condition).
+    fn log_policy_refusals(&mut self, snapshot: &Snapshot) {
+        let epoch = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let now: std::collections::BTreeSet<_> =
+            crate::operator::policy::resolve(snapshot, &epoch).refusals.into_iter().collect();
+        for r in now.difference(&self.policy_refusals) {
+            let kept = if r.reason == crate::operator::policy::REASON_INVALID {
+                "; its last valid version, if any, keeps serving"
+            } else {
+                ""
+            };
+            tracing::warn!(object = %r.object, reason = %r.reason, "BackendTrafficPolicy refused: {}{kept}", r.message);
+        }
+        self.policy_refusals = now;
+    }
+
     /// Runs until `shutdown` flips.
     pub async fn run(
-        self,
+        mut self,
         mut snapshots: SnapshotRx,
         mut state: watch::Receiver<TrafficState>,
         mut shutdown: watch::Receiver<bool>,
@@ -100,11 +128,20 @@ impl XdsController {
         loop {
             let snap = snapshots.borrow_and_update().clone();
             let st = state.borrow_and_update().clone();
+            self.heartbeat.beat();
             self.step(snap, st);
-            tokio::select! {
-                r = snapshots.changed() => if r.is_err() { return },
-                r = state.changed() => if r.is_err() { return },
-                _ = shutdown.changed() => return,
+            let go_on = self
+                .heartbeat
+                .idle(async {
+                    tokio::select! {
+                        r = snapshots.changed() => r.is_ok(),
+                        r = state.changed() => r.is_ok(),
+                        _ = shutdown.changed() => false,
+                    }
+                })
+                .await;
+            if !go_on {
+                return;
             }
         }
     }

@@ -10,8 +10,9 @@
 pub mod admin;
 pub mod cache;
 pub mod controller;
+pub mod infra_status;
 pub mod server;
 pub mod state;
 pub mod state_kube;
 
-pub use weir_core::xds::{ads, model, resources, snapshot};
+pub use weir_core::xds::{ads, model, rejections, resources, snapshot};

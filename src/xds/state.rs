@@ -223,12 +223,18 @@ impl SharedState {
 
     /// Polls the store every `interval` until `shutdown` flips, so that other replicas' writes are
     /// served promptly. Errors are logged and retried.
-    pub async fn poll(self, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+    pub async fn poll(
+        self,
+        interval: Duration,
+        heartbeat: crate::telemetry::Heartbeat,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
+                    heartbeat.beat();
                     if let Err(e) = self.refresh().await {
                         tracing::warn!(error = %e, "cannot read the shared xDS state; serving the last one read");
                     }

@@ -82,6 +82,19 @@ pub struct Plan {
     /// whose weight cannot be derived): while any is held, the weight is not acknowledged.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub held: Vec<HeldHost>,
+    /// Hosts taken over from external-dns by this plan (`--adopt-owner`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub adopted: Vec<Adopted>,
+}
+
+/// A host this plan takes over from external-dns: weir's ownership TXT and the record are upserted and
+/// the registry TXT deleted, in the host's batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Adopted {
+    pub host: String,
+    pub external_owner: String,
+    /// The registry TXT names deleted.
+    pub registry_txt: Vec<String>,
 }
 
 /// A host whose published records stay off the weight the cluster weight asks for.
@@ -235,7 +248,8 @@ pub fn plan(desired: &DesiredRecords, current: &[RecordSet], owner: &Ownership, 
         }
         let records = wanted.get(host).map(Vec::as_slice).unwrap_or_default();
         let has_our_records = !view.ours.is_empty();
-        if has_our_records && !view.owned {
+        let adopting = desired.adopt.get(host).filter(|_| has_our_records && !view.owned);
+        if has_our_records && !view.owned && adopting.is_none() {
             if !records.is_empty() {
                 let source = records
                     .iter()
@@ -302,10 +316,30 @@ pub fn plan(desired: &DesiredRecords, current: &[RecordSet], owner: &Ownership, 
         upserts.sort_by_key(|c| c.record().key.rtype != RecordType::Txt);
         let (delete_txt, delete_traffic): (Vec<Change>, Vec<Change>) =
             deletes.into_iter().partition(|c| c.record().key.rtype == RecordType::Txt);
+        // Adoption: external-dns's mark goes last, after weir's own is written (one batch, so the
+        // name answers throughout and is never left unowned), except an old-format mark at the name
+        // itself when a CNAME is written there (a CNAME shares its name with nothing).
+        let (registry_first, registry_last): (Vec<Change>, Vec<Change>) = adopting
+            .map(|a| a.registry.iter().map(|r| Change::Delete { record: r.clone() }).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .partition(|c| {
+                c.record().key.name == host
+                    && upserts.iter().any(|u| u.record().key.rtype == RecordType::Cname && u.record().key.name == host)
+            });
         // A type change (CNAME ↔ A) must delete the old type before the new one is created.
         changes.extend(delete_traffic);
+        changes.extend(registry_first);
         changes.extend(upserts);
         changes.extend(delete_txt);
+        changes.extend(registry_last);
+        if let Some(adoption) = adopting {
+            plan.adopted.push(Adopted {
+                host: host.to_string(),
+                external_owner: adoption.external_owner.clone(),
+                registry_txt: adoption.registry.iter().map(|r| r.key.name.clone()).collect(),
+            });
+        }
         if !changes.is_empty() {
             plan.hosts.push(HostChanges { host: host.to_string(), changes });
         }
@@ -486,6 +520,55 @@ mod tests {
         assert_eq!(p.refusals[0].kind, InputKind::Ownership);
         let after = applied(&current, &p);
         assert!(after.contains(&foreign) && after.contains(&other("us", "a.example.com", 30)));
+    }
+
+    #[test]
+    fn an_adopted_host_is_taken_over_in_one_batch_and_the_external_dns_mark_goes_last() {
+        use crate::dns::adopt::{adoptable, AdoptOptions};
+        let theirs = RecordSet {
+            key: RecordKey { name: "b.example.com".into(), rtype: RecordType::Cname, set_identifier: "eu".into() },
+            weight: 10,
+            ttl: 300,
+            values: vec!["lb.eu.example.net".into()],
+            health_check_id: None,
+            alias: None,
+        };
+        let mark = RecordSet {
+            key: RecordKey { name: "cname-b.example.com".into(), rtype: RecordType::Txt, set_identifier: "eu".into() },
+            values: vec!["heritage=external-dns,external-dns/owner=old,external-dns/resource=ingress/shop/web".into()],
+            ..theirs.clone()
+        };
+        let current = vec![theirs.clone(), mark.clone()];
+        let mut d = desired(vec![intent("b.example.com", Some(50), cname("lb.eu.example.net"))]);
+        let opts = AdoptOptions { owners: vec!["old".into()], ..Default::default() };
+        d.adopt = adoptable(&d, &current, &owner(), &opts);
+        let p = plan(&d, &current, &owner(), false);
+        assert!(p.refusals.is_empty(), "{:?}", p.refusals);
+        assert_eq!(p.hosts.len(), 1, "one host, so one batch");
+        let steps: Vec<(&str, &str, RecordType)> =
+            p.changes().map(|c| (c.action(), c.record().key.name.as_str(), c.record().key.rtype)).collect();
+        assert_eq!(
+            steps,
+            [
+                ("UPSERT", "_weir.b.example.com", RecordType::Txt),
+                ("UPSERT", "b.example.com", RecordType::Cname),
+                ("DELETE", "cname-b.example.com", RecordType::Txt),
+            ]
+        );
+        assert_eq!(p.adopted.len(), 1);
+        assert_eq!(p.adopted[0].external_owner, "old");
+        let after = applied(&current, &p);
+        assert!(!after.contains(&mark));
+        // Once done, the next plan is empty and adopts nothing.
+        d.adopt = adoptable(&d, &after, &owner(), &opts);
+        assert!(d.adopt.is_empty());
+        assert!(plan(&d, &after, &owner(), false).is_empty());
+
+        // Another owner: refused as not owned, nothing changes.
+        let mut other_owner = d.clone();
+        other_owner.adopt = adoptable(&d, &current, &owner(), &AdoptOptions { owners: vec!["else".into()], ..opts });
+        let p = plan(&other_owner, &current, &owner(), false);
+        assert!(p.is_empty() && p.refusals[0].kind == InputKind::Ownership);
     }
 
     #[test]

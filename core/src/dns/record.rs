@@ -193,6 +193,9 @@ pub struct DesiredRecords {
     pub keep: BTreeMap<String, Hold>,
     /// Every managed host (to tell a removed host from a kept one).
     pub hosts: BTreeSet<String>,
+    /// Hosts whose records this cluster takes over from external-dns (`--adopt-owner`), found once
+    /// the published records are read ([`super::adopt::adoptable`]).
+    pub adopt: BTreeMap<String, super::adopt::Adoption>,
 }
 
 impl DesiredRecords {

@@ -329,7 +329,7 @@ pub fn children(ti: &TrafficInfra, ns_config: &NamespaceConfig) -> Children {
 
     let service_account = ServiceAccount { metadata: meta(&names.service_account, "xds"), ..Default::default() };
 
-    let role = Role { metadata: meta(&names.role, "xds"), rules: Some(xds_rules(&names)) };
+    let role = Role { metadata: meta(&names.role, "xds"), rules: Some(xds_rules(&name, &names)) };
 
     let role_binding = RoleBinding {
         metadata: meta(&names.role_binding, "xds"),
@@ -558,10 +558,11 @@ pub fn children(ti: &TrafficInfra, ns_config: &NamespaceConfig) -> Children {
 }
 
 /// Only what `weir xds` needs, in its namespace: watch planner Services, their EndpointSlices, its
-/// TrafficInfra and BackendTrafficPolicies, and keep shared state in its own ConfigMap (named, so
-/// it can touch no other). The operator holds every one of these itself, so Kubernetes lets it
-/// grant them without `escalate`.
-fn xds_rules(names: &ChildNames) -> Vec<PolicyRule> {
+/// TrafficInfra and BackendTrafficPolicies, keep shared state in its own ConfigMap, write its part
+/// of its own TrafficInfra's status (both named, so it can touch no other), and record Events on
+/// it. The operator holds every one of these itself, so Kubernetes lets it grant them without
+/// `escalate`.
+fn xds_rules(ti_name: &str, names: &ChildNames) -> Vec<PolicyRule> {
     let rule = |group: &str, resources: &[&str], verbs: &[&str], names: &[&str]| PolicyRule {
         api_groups: Some(vec![group.to_string()]),
         resources: Some(resources.iter().map(|r| r.to_string()).collect()),
@@ -574,6 +575,13 @@ fn xds_rules(names: &ChildNames) -> Vec<PolicyRule> {
         rule("discovery.k8s.io", &["endpointslices"], &["list", "watch"], &[]),
         rule(GROUP, &["trafficinfras", "backendtrafficpolicies"], &["list", "watch"], &[]),
         rule("", &["configmaps"], &["get", "patch"], &[&names.xds_state]),
+        // Read-merge-write of its status part (`trafficWeights`, `discoveredServices`,
+        // `ConfigAccepted`); `get` also gives the uid its Events name.
+        rule(GROUP, &["trafficinfras"], &["get"], &[ti_name]),
+        rule(GROUP, &["trafficinfras/status"], &["patch"], &[ti_name]),
+        // A Warning Event on its TrafficInfra per distinct rejected configuration (a series patch
+        // when one repeats).
+        rule("events.k8s.io", &["events"], &["create", "patch"], &[]),
     ]
 }
 

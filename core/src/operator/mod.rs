@@ -7,6 +7,8 @@ pub mod admission;
 pub mod children;
 pub mod envoy;
 pub mod policy;
+#[cfg(test)]
+mod seed_tests;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,7 +24,7 @@ use crate::ir::{InputKind, Refusal};
 use crate::model::{ObjectRef, Snapshot};
 
 use children::{ChildNames, ChildObject};
-use status::{Extra, Observed, Outcome};
+use status::{Observed, Outcome};
 
 pub const REASON_DUPLICATE: &str = "DuplicateTrafficInfra";
 pub const REASON_NAMESPACE_CONFIG_MISSING: &str = "NamespaceConfigMissing";
@@ -109,7 +111,7 @@ pub fn validate_infra(ti: &TrafficInfra) -> Vec<String> {
         errs.push(format!("envoy.maxReplicas {} must be at least 1", s.envoy.max_replicas));
     }
     for (field, n) in [
-        ("envoy.hpa.targetCpuUtilization", s.envoy.hpa.target_cpu_utilization),
+        ("envoy.hpa.targetCPUUtilization", s.envoy.hpa.target_cpu_utilization),
         ("envoy.hpa.targetMemoryUtilization", s.envoy.hpa.target_memory_utilization),
     ] {
         if !(1..=100).contains(&n) {
@@ -185,22 +187,9 @@ pub fn discovered_services(ti: &TrafficInfra, services: &[Service]) -> Vec<Strin
     out.into_iter().collect()
 }
 
-/// The strategy weights to report: those `weir xds` keeps (when known), else the spec's defaults.
-pub fn default_weights(ti: &TrafficInfra) -> BTreeMap<String, u32> {
-    BTreeMap::from([
-        ("blue".to_string(), ti.spec.traffic_defaults.blue_weight),
-        ("green".to_string(), ti.spec.traffic_defaults.green_weight),
-    ])
-}
-
-/// Every TrafficInfra of the snapshot → what to apply and the status to write. `weights` holds the
-/// strategy weights `weir xds` keeps, per TrafficInfra, when the caller has read them.
-pub fn plan(
-    snapshot: &Snapshot,
-    observed: &ObservedChildren,
-    weights: &BTreeMap<ObjectRef, BTreeMap<String, u32>>,
-    now: &Time,
-) -> Vec<InfraPlan> {
+/// Every TrafficInfra of the snapshot → what to apply and the status to write (the operator's part;
+/// `weir xds`'s part as each TrafficInfra has it).
+pub fn plan(snapshot: &Snapshot, observed: &ObservedChildren, now: &Time) -> Vec<InfraPlan> {
     let winners = elect(&snapshot.traffic_infras);
     let mut out = Vec::new();
     for ti in snapshot.traffic_infras.iter().filter(|t| t.metadata.deletion_timestamp.is_none()) {
@@ -252,11 +241,7 @@ pub fn plan(
             envoy_deployment: observed.deployment(&ns, &names.envoy),
             envoy_service: observed.service(&ns, &names.envoy),
         };
-        let extra = Extra {
-            discovered_services: discovered_services(ti, &snapshot.services),
-            traffic_weights: weights.get(&me).cloned().unwrap_or_else(|| default_weights(ti)),
-        };
-        let status = status::compute(ti, &outcome, obs, &extra, now);
+        let status = status::compute(ti, &outcome, obs, now);
         out.push(InfraPlan { infra: me, children, status, refusals });
     }
     out
@@ -306,7 +291,7 @@ mod tests {
             let Some(file) = path.file_name().and_then(|f| f.to_str()) else { continue };
             let Some(stem) = file.strip_suffix(".in.yaml") else { continue };
             let (snap, obs) = load(&std::fs::read_to_string(&path).unwrap());
-            let plans = plan(&snap, &obs, &BTreeMap::new(), &now());
+            let plans = plan(&snap, &obs, &now());
             crate::golden::assert_golden(&format!("operator/{stem}.out.yaml"), &serde_yaml::to_string(&plans).unwrap());
             n += 1;
         }
@@ -356,7 +341,7 @@ mod tests {
             namespace_configs: vec![nc("shop")],
             ..Default::default()
         };
-        let plans = plan(&snap, &ObservedChildren::default(), &BTreeMap::new(), &now());
+        let plans = plan(&snap, &ObservedChildren::default(), &now());
         assert_eq!(plans.len(), 2);
         let second = plans.iter().find(|p| p.infra.name == "second").unwrap();
         assert!(second.children.is_empty());
@@ -372,7 +357,7 @@ mod tests {
     #[test]
     fn missing_namespace_config_is_pending_with_a_condition() {
         let snap = Snapshot { traffic_infras: vec![ti("shop", "edge", None)], ..Default::default() };
-        let plans = plan(&snap, &ObservedChildren::default(), &BTreeMap::new(), &now());
+        let plans = plan(&snap, &ObservedChildren::default(), &now());
         assert!(plans[0].children.is_empty());
         assert_eq!(plans[0].status.phase, Some(Phase::Pending));
         let cond =
@@ -389,7 +374,7 @@ mod tests {
         t.spec.xds.ports.grpc = 0;
         t.spec.envoy.resources.memory = "lots".into();
         let snap = Snapshot { traffic_infras: vec![t], namespace_configs: vec![nc("shop")], ..Default::default() };
-        let p = &plan(&snap, &ObservedChildren::default(), &BTreeMap::new(), &now())[0];
+        let p = &plan(&snap, &ObservedChildren::default(), &now())[0];
         assert!(p.children.is_empty());
         assert_eq!(p.status.phase, Some(Phase::Failed));
         let msg = p.status.message.as_deref().unwrap();
@@ -411,11 +396,11 @@ mod tests {
     #[test]
     fn status_times_are_kept_when_nothing_changed() {
         let snap = Snapshot { traffic_infras: vec![ti("shop", "edge", None)], ..Default::default() };
-        let first = plan(&snap, &ObservedChildren::default(), &BTreeMap::new(), &now()).remove(0).status;
+        let first = plan(&snap, &ObservedChildren::default(), &now()).remove(0).status;
         let mut again = snap.clone();
         again.traffic_infras[0].status = Some(first.clone());
         let later = Time("2026-01-02T00:00:00Z".parse().unwrap());
-        let second = plan(&again, &ObservedChildren::default(), &BTreeMap::new(), &later).remove(0).status;
+        let second = plan(&again, &ObservedChildren::default(), &later).remove(0).status;
         assert_eq!(first, second);
     }
 }

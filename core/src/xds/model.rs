@@ -44,12 +44,24 @@ pub struct ServiceBackend {
     /// Sorted by address, without duplicates.
     #[serde(default)]
     pub endpoints: Vec<BackendEndpoint>,
+    /// The Service's port (named `grpc`, else its first): the authority Linkerd routes by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 impl ServiceBackend {
     /// The Envoy cluster name of the whole service.
     pub fn cluster_name(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The Service's cluster-local authority, `name.namespace.svc.cluster.local[:port]`.
+    pub fn authority(&self) -> String {
+        let host = format!("{}.{}.svc.cluster.local", self.name, self.namespace);
+        match self.port {
+            Some(port) => format!("{host}:{port}"),
+            None => host,
+        }
     }
 }
 
@@ -187,7 +199,11 @@ pub fn build(snapshot: &Snapshot, settings: &XdsSettings, state: &TrafficState) 
             let namespace = svc.namespace().unwrap_or_default();
             let name = svc.name_any();
             let endpoints = endpoints_of(snapshot, &namespace, &name);
-            ServiceBackend { namespace, name, strategy: strategy_of(svc), endpoints }
+            let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
+            let port = ports
+                .and_then(|ps| ps.iter().find(|p| p.name.as_deref() == Some("grpc")).or_else(|| ps.first()))
+                .and_then(|p| u16::try_from(p.port).ok());
+            ServiceBackend { namespace, name, strategy: strategy_of(svc), endpoints, port }
         })
         .collect();
     let policies = crate::operator::policy::for_proxy(snapshot, &settings.namespace, &settings.name);

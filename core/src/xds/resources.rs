@@ -79,6 +79,17 @@ impl ResourceType {
     pub fn empty_means_wildcard(self) -> bool {
         matches!(self, ResourceType::Cluster | ResourceType::Listener)
     }
+
+    /// Whether a state-of-the-world response must carry every resource of the type (a resource
+    /// missing from it is deleted): listeners and clusters. Routes and endpoints are kept until
+    /// unsubscribed, so a response of theirs may carry only what changed.
+    pub fn sotw_sends_all(self) -> bool {
+        matches!(self, ResourceType::Cluster | ResourceType::Listener)
+    }
+
+    pub fn from_label(label: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|ty| ty.label() == label)
+    }
 }
 
 /// One named resource, encoded once.
@@ -94,10 +105,23 @@ pub struct Resource {
 
 impl Resource {
     fn new<M: prost::Name>(name: String, msg: &M, wildcard: bool) -> Self {
+        Self::encoded(name, M::type_url(), msg.encode_to_vec(), wildcard)
+    }
+
+    /// A cluster, encoded by [`crate::operator::envoy::encode_cluster`] (named health checks).
+    fn cluster(name: String, cluster: &xcluster::Cluster) -> Self {
+        Self::encoded(
+            name,
+            <xcluster::Cluster as prost::Name>::type_url(),
+            crate::operator::envoy::encode_cluster(cluster),
+            true,
+        )
+    }
+
+    fn encoded(name: String, type_url: String, value: Vec<u8>, wildcard: bool) -> Self {
         use sha2::Digest;
-        let body = Any { type_url: M::type_url(), value: msg.encode_to_vec() };
-        let version = hex::encode(&sha2::Sha256::digest(&body.value)[..8]);
-        Self { name, body, version, wildcard }
+        let version = hex::encode(&sha2::Sha256::digest(&value)[..8]);
+        Self { name, body: Any { type_url, value }, version, wildcard }
     }
 }
 
@@ -152,18 +176,27 @@ pub fn translate(cfg: &ProxyConfig) -> Resources {
     for svc in &cfg.services {
         let name = svc.cluster_name();
         let policy = cfg.policies.service(&name);
-        out.insert(ResourceType::Cluster, Resource::new(name.clone(), &eds_cluster(&name, policy), true));
-        out.insert(
-            ResourceType::ClusterLoadAssignment,
-            Resource::new(name.clone(), &load_assignment(&name, &svc.endpoints), true),
-        );
-        for ep in svc.endpoints.iter().filter(|ep| can_serve(ep)) {
+        let endpoints = endpoints_for(policy, &svc.endpoints);
+        let mut cluster = eds_cluster(&name, policy);
+        if policy.is_some_and(|p| p.dns.is_some()) {
+            // A DNS cluster carries its addresses itself: Envoy resolves them, EDS is not used.
+            cluster.load_assignment = Some(load_assignment(&name, &endpoints));
+        } else {
+            out.insert(
+                ResourceType::ClusterLoadAssignment,
+                Resource::new(name.clone(), &load_assignment(&name, &endpoints), true),
+            );
+        }
+        out.insert(ResourceType::Cluster, Resource::cluster(name.clone(), &cluster));
+        // A pinned cluster holds one discovered address: never a DNS cluster.
+        let pinned_policy = policy.map(|p| Policy { dns: None, ..p.clone() });
+        for ep in endpoints.iter().filter(|ep| can_serve(ep)) {
             let name = endpoint_cluster_name(svc, ep.address);
-            let mut cluster = eds_cluster(&name, policy);
+            let mut cluster = eds_cluster(&name, pinned_policy.as_ref());
             // Panic mode would send pinned calls to the endpoint whatever its health: never.
             cluster.common_lb_config.get_or_insert_with(Default::default).healthy_panic_threshold =
                 Some(xds_api::pb::envoy::r#type::v3::Percent { value: 0.0 });
-            out.insert(ResourceType::Cluster, Resource::new(name.clone(), &cluster, true));
+            out.insert(ResourceType::Cluster, Resource::cluster(name.clone(), &cluster));
             // A draining endpoint still finishes the queries pinned to it: healthy in its own cluster.
             let pinned = BackendEndpoint { health: EndpointHealth::Healthy, ..ep.clone() };
             let cla = load_assignment(&name, std::slice::from_ref(&pinned));
@@ -187,8 +220,14 @@ fn any<M: prost::Name>(m: &M) -> Any {
     Any { type_url: M::type_url(), value: m.encode_to_vec() }
 }
 
+/// A Service's endpoints as its policy's `protocols` allows (all of them without `protocols`).
+fn endpoints_for(policy: Option<&Policy>, endpoints: &[BackendEndpoint]) -> Vec<BackendEndpoint> {
+    let Some(p) = policy.and_then(|p| p.protocols.as_ref()) else { return endpoints.to_vec() };
+    endpoints.iter().filter(|ep| if ep.address.is_ipv4() { p.ipv4 } else { p.ipv6 }).cloned().collect()
+}
+
 fn http_connection_manager(cfg: &ProxyConfig) -> xhcm::HttpConnectionManager {
-    xhcm::HttpConnectionManager {
+    let mut hcm = xhcm::HttpConnectionManager {
         stat_prefix: cfg.name.clone(),
         codec_type: xhcm::http_connection_manager::CodecType::Auto as i32,
         route_specifier: Some(xhcm::http_connection_manager::RouteSpecifier::Rds(xhcm::Rds {
@@ -201,7 +240,11 @@ fn http_connection_manager(cfg: &ProxyConfig) -> xhcm::HttpConnectionManager {
             ..Default::default()
         }],
         ..Default::default()
+    };
+    if let Some(p) = &cfg.policies.infra {
+        crate::operator::envoy::apply_to_listener(p, &mut hcm);
     }
+    hcm
 }
 
 /// The listener proxyless gRPC clients receive when they dial `xds:///NAME`.
@@ -245,7 +288,8 @@ fn socket_address(addr: SocketAddr) -> xcore::Address {
 fn route_configuration(cfg: &ProxyConfig) -> xroute::RouteConfiguration {
     let mut routes = Vec::new();
     for svc in &cfg.services {
-        for ep in svc.endpoints.iter().filter(|ep| can_serve(ep)) {
+        let policy = cfg.policies.service(&svc.cluster_name());
+        for ep in endpoints_for(policy, &svc.endpoints).iter().filter(|ep| can_serve(ep)) {
             routes.push(xroute::Route {
                 name: format!("plannerip {}", ep.address),
                 r#match: Some(xroute::RouteMatch {
@@ -266,8 +310,11 @@ fn route_configuration(cfg: &ProxyConfig) -> xroute::RouteConfiguration {
                 }),
                 action: Some(route_to(
                     xroute::route_action::ClusterSpecifier::Cluster(endpoint_cluster_name(svc, ep.address)),
-                    cfg.policies.service(&svc.cluster_name()),
+                    policy,
                 )),
+                request_headers_to_add: policy
+                    .map(|p| crate::operator::envoy::linkerd_headers(p, &svc.authority()))
+                    .unwrap_or_default(),
                 ..Default::default()
             });
         }
@@ -294,7 +341,7 @@ fn route_configuration(cfg: &ProxyConfig) -> xroute::RouteConfiguration {
             ..Default::default()
         });
     }
-    xroute::RouteConfiguration {
+    let mut rc = xroute::RouteConfiguration {
         name: cfg.name.clone(),
         virtual_hosts: vec![xroute::VirtualHost {
             name: cfg.name.clone(),
@@ -303,7 +350,11 @@ fn route_configuration(cfg: &ProxyConfig) -> xroute::RouteConfiguration {
             ..Default::default()
         }],
         ..Default::default()
+    };
+    if let Some(p) = &cfg.policies.infra {
+        crate::operator::envoy::apply_to_route_config(p, &mut rc);
     }
+    rc
 }
 
 fn route_to(spec: xroute::route_action::ClusterSpecifier, policy: Option<&Policy>) -> xroute::route::Action {
@@ -357,6 +408,12 @@ pub fn weighted_clusters(cfg: &ProxyConfig) -> Vec<xroute::weighted_cluster::Clu
             out.push(xroute::weighted_cluster::ClusterWeight {
                 name: svc.cluster_name(),
                 weight: Some(UInt32Value { value: u32::try_from(each).unwrap_or(u32::MAX) }),
+                // Per weighted cluster: each Service's own authority.
+                request_headers_to_add: cfg
+                    .policies
+                    .service(&svc.cluster_name())
+                    .map(|p| crate::operator::envoy::linkerd_headers(p, &svc.authority()))
+                    .unwrap_or_default(),
                 ..Default::default()
             });
         }
@@ -508,6 +565,7 @@ mod tests {
                     name: name.to_string(),
                     strategy: strategy.to_string(),
                     endpoints: vec![],
+                    port: None,
                 })
                 .collect(),
         }

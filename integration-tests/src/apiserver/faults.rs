@@ -4,6 +4,10 @@
 //! A client is named by its bearer token (`user: {token: NAME}` in its kubeconfig; see
 //! [`super::ApiServer::write_kubeconfig_with_token`]). A hung request waits before it is read or
 //! answered; once released it proceeds, late, as a slow network would deliver it.
+//!
+//! Watch events of a chosen resource (by plural) can also be lost: open watches skip them (and
+//! move past their resourceVersion, so a resumed watch does not replay them either), as a watch
+//! that silently missed a change looks to its client. Lists still see every object.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -15,15 +19,30 @@ use tokio::sync::watch;
 #[derive(Clone)]
 pub struct Faults {
     hung: Arc<watch::Sender<BTreeSet<String>>>,
+    lost_watch_events: Arc<parking_lot::Mutex<BTreeSet<String>>>,
 }
 
 impl Default for Faults {
     fn default() -> Self {
-        Self { hung: Arc::new(watch::channel(BTreeSet::new()).0) }
+        Self { hung: Arc::new(watch::channel(BTreeSet::new()).0), lost_watch_events: Default::default() }
     }
 }
 
 impl Faults {
+    /// Open watches of `plural` (e.g. `endpointslices`) lose every event from now on.
+    pub fn lose_watch_events(&self, plural: &str) {
+        self.lost_watch_events.lock().insert(plural.to_string());
+    }
+
+    /// Watches of `plural` deliver events again (the lost ones stay lost).
+    pub fn deliver_watch_events(&self, plural: &str) {
+        self.lost_watch_events.lock().remove(plural);
+    }
+
+    pub(super) fn loses_watch_events(&self, plural: &str) -> bool {
+        self.lost_watch_events.lock().contains(plural)
+    }
+
     /// Every request with this bearer token hangs from now on, until [`Self::release`].
     pub fn hang(&self, token: &str) {
         self.hung.send_modify(|s| {

@@ -308,10 +308,11 @@ struct Ctx {
     store: Arc<Store>,
     auth: Arc<Auth>,
     bookmark_interval: Duration,
+    faults: Faults,
 }
 
 fn router(store: Arc<Store>, auth: Arc<Auth>, bookmark_interval: Duration, faults: Faults) -> Router {
-    let ctx = Ctx { store, auth, bookmark_interval };
+    let ctx = Ctx { store, auth, bookmark_interval, faults: faults.clone() };
     Router::new().fallback(move |req: Request<Body>| {
         let ctx = ctx.clone();
         let faults = faults.clone();
@@ -680,6 +681,9 @@ fn watch_response(ctx: Ctx, t: Target, w: WatchParams) -> Response {
                             continue;
                         }
                         rv = entry.rv;
+                        if ctx.faults.loses_watch_events(&t.rt.plural) {
+                            continue;
+                        }
                         if let Some((kind, obj)) = entry.for_watch(&t.rt, scope.as_deref(), &w.selector) {
                             if tx.send(Ok(event_line(kind.as_str(), obj))).await.is_err() {
                                 return;

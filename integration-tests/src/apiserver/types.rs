@@ -36,6 +36,7 @@ impl ResourceType {
     /// The built-in types weir and its peers use.
     pub fn builtins() -> Vec<ResourceType> {
         vec![
+            Self::new("", "v1", "namespaces", "Namespace", false, true),
             Self::new("", "v1", "services", "Service", true, true),
             Self::new("", "v1", "pods", "Pod", true, true),
             Self::new("", "v1", "configmaps", "ConfigMap", true, false),
@@ -74,6 +75,28 @@ impl ResourceType {
             Self::new("weir.dev", "v1alpha1", "backendtrafficpolicies", "BackendTrafficPolicy", true, true),
             Self::new("weir.dev", "v1alpha1", "namespaceconfigs", "NamespaceConfig", true, false),
         ]
+    }
+
+    /// The Gateway API CRDs as a cluster installs them (standard channel v1 Gateway, HTTPRoute,
+    /// GRPCRoute; experimental v1alpha2 TLSRoute), reduced to what the server needs to serve them:
+    /// names, scope, versions, the status subresource. Create them to make the group appear in
+    /// discovery.
+    pub fn gateway_api_crds() -> Vec<serde_json::Value> {
+        [("gateways", "Gateway", "v1"), ("httproutes", "HTTPRoute", "v1"), ("grpcroutes", "GRPCRoute", "v1"), ("tlsroutes", "TLSRoute", "v1alpha2")]
+            .into_iter()
+            .map(|(plural, kind, version)| {
+                serde_json::json!({
+                    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                    "metadata": {"name": format!("{plural}.gateway.networking.k8s.io")},
+                    "spec": {
+                        "group": "gateway.networking.k8s.io", "scope": "Namespaced",
+                        "names": {"plural": plural, "kind": kind, "singular": kind.to_ascii_lowercase(), "listKind": format!("{kind}List")},
+                        "versions": [{"name": version, "served": true, "storage": true, "subresources": {"status": {}},
+                                      "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]
+                    }
+                })
+            })
+            .collect()
     }
 
     /// The types a CustomResourceDefinition object declares (one per served version).

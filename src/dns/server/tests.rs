@@ -680,3 +680,67 @@ fn large_answers_are_truncated_over_udp_only() {
     assert!(!udp.metadata.truncation);
     assert_eq!(udp.answers.len(), 60);
 }
+
+/// A CNAME to an AWS load balancer (an ALIAS on Route53) is answered as Route53 answers the ALIAS
+/// when the load balancer's addresses are in the served zones: A/AAAA at the asked name, of the asked
+/// type only; otherwise (target outside the zones, or `--prefer-cname`) as the CNAME.
+#[tokio::test]
+async fn load_balancer_cnames_answer_as_route53_aliases_when_the_addresses_are_known() {
+    let alb = "k8s-web-1.eu-west-1.elb.amazonaws.com";
+    let nlb = "nlb-1.elb.eu-west-1.amazonaws.com";
+    let records = [
+        mk("shop.example.com", RecordType::Cname, "eu", 10, &[alb]),
+        mk("example.com", RecordType::Cname, "eu", 10, &[alb]),
+        mk(alb, RecordType::A, "lb", 1, &["10.9.0.1", "10.9.0.2"]),
+        mk(alb, RecordType::Aaaa, "lb", 1, &["2001:db8::1"]),
+        mk("v4.example.com", RecordType::Cname, "eu", 10, &[nlb]),
+        mk(nlb, RecordType::A, "lb", 1, &["10.9.1.1"]),
+        mk("far.example.com", RecordType::Cname, "eu", 10, &["k8s-x.us-east-1.elb.amazonaws.com"]),
+        mk("plain.example.com", RecordType::Cname, "eu", 10, &["www.example.com"]),
+        mk("www.example.com", RecordType::A, "eu", 10, &["10.0.0.7"]),
+    ];
+    let zones = vec![
+        "example.com".to_string(),
+        "eu-west-1.elb.amazonaws.com".to_string(),
+        "elb.eu-west-1.amazonaws.com".to_string(),
+    ];
+    let server = start_with(
+        &records,
+        DnsServerOptions { rng: StdRng::seed_from_u64(3), zones: zones.clone(), ..Default::default() },
+    )
+    .await;
+    let client = Udp::new(server.addr).await;
+    let answer = |m: &Message| -> Vec<(String, QType)> {
+        m.answers.iter().map(|r| (r.name.to_ascii(), r.record_type())).collect()
+    };
+
+    let a = client.ask(1, "shop.example.com.", QType::A).await;
+    assert_eq!(rcode(&a), ResponseCode::NoError);
+    assert_eq!(values(&a), ["10.9.0.1", "10.9.0.2"]);
+    assert_eq!(answer(&a), [("shop.example.com.".into(), QType::A), ("shop.example.com.".into(), QType::A)]);
+    let aaaa = client.ask(2, "shop.example.com.", QType::AAAA).await;
+    assert_eq!(values(&aaaa), ["2001:db8::1"]);
+    // The apex, which can hold no CNAME in DNS, answers with addresses as a Route53 ALIAS does.
+    assert_eq!(values(&client.ask(3, "example.com.", QType::A).await), ["10.9.0.1", "10.9.0.2"]);
+    // An NLB with IPv4 only: AAAA is NODATA, not the CNAME.
+    let v6 = client.ask(4, "v4.example.com.", QType::AAAA).await;
+    assert_eq!(rcode(&v6), ResponseCode::NoError);
+    assert!(v6.answers.is_empty(), "{v6:?}");
+    assert_eq!(values(&client.ask(5, "v4.example.com.", QType::A).await), ["10.9.1.1"]);
+    // A load balancer outside the served zones: the CNAME.
+    let far = client.ask(6, "far.example.com.", QType::A).await;
+    assert_eq!(values(&far), ["k8s-x.us-east-1.elb.amazonaws.com."]);
+    // Not a load balancer: an ordinary CNAME, even to a name in the zone.
+    assert_eq!(values(&client.ask(7, "plain.example.com.", QType::A).await), ["www.example.com."]);
+    // A CNAME query still shows the CNAME.
+    assert_eq!(values(&client.ask(8, "shop.example.com.", QType::CNAME).await), [format!("{alb}.")]);
+
+    // --prefer-cname: every CNAME answered as a CNAME.
+    let plain = start_with(
+        &records,
+        DnsServerOptions { rng: StdRng::seed_from_u64(3), zones, flatten_aliases: false, ..Default::default() },
+    )
+    .await;
+    let client = Udp::new(plain.addr).await;
+    assert_eq!(values(&client.ask(9, "shop.example.com.", QType::A).await), [format!("{alb}.")]);
+}
