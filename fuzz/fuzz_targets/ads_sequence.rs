@@ -31,6 +31,7 @@ fn snapshots() -> &'static [Arc<XdsSnapshot>] {
                     .iter()
                     .map(|a| BackendEndpoint { address: a.parse().unwrap(), zone: None, health: EndpointHealth::Healthy })
                     .collect(),
+                port: None,
             };
             ProxyConfig {
                 policies: Default::default(),
