@@ -17,6 +17,7 @@ fn zone() -> &'static ZoneIndex {
             ttl: 30,
             values: vec![value.into()],
             health_check_id: None,
+            alias: None,
         };
         ZoneIndex::build(
             vec![
