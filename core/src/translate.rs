@@ -292,6 +292,22 @@ fn admit_host(host: &str, object: &ObjectRef, field: &str, cfg: &TranslateConfig
 }
 
 /// The targets of one object, or an empty set (its hosts keep what is published) with a refusal.
+/// The annotation weight (the default when absent, `None` when refused) and the targets of an object
+/// published to its `status.loadBalancer.ingress` (an Ingress or a LoadBalancer Service).
+fn weight_and_load_balancer<'a>(
+    annotations: &BTreeMap<String, String>,
+    entries: impl IntoIterator<Item = (Option<&'a str>, Option<&'a str>)>,
+    annotation_key: &str,
+    source: &ObjectRef,
+    cfg: &TranslateConfig,
+    refusals: &mut Vec<Refusal>,
+) -> (Option<u8>, Targets) {
+    let annotation =
+        read_weight(annotations, annotation_key, source, refusals).unwrap_or(Some(DEFAULT_ANNOTATION_WEIGHT));
+    let targets = targets_or_refuse(addresses_to_targets(entries, LB_FIELDS, cfg.dev_mode), source, refusals);
+    (annotation, targets)
+}
+
 fn targets_or_refuse(result: Result<Targets, String>, object: &ObjectRef, refusals: &mut Vec<Refusal>) -> Targets {
     result.unwrap_or_else(|message| {
         refusals.push(Refusal {
@@ -318,8 +334,6 @@ fn ingress_claims(
         let source = ObjectRef::of(ingress);
         let namespace = ingress.namespace().unwrap_or_default();
         let deleting = ingress.metadata.deletion_timestamp.is_some();
-        let annotation = read_weight(ingress.annotations(), &annotation_key, &source, refusals)
-            .unwrap_or(Some(DEFAULT_ANNOTATION_WEIGHT));
         let entries = ingress
             .status
             .as_ref()
@@ -328,7 +342,8 @@ fn ingress_claims(
             .into_iter()
             .flatten()
             .map(|e| (e.ip.as_deref(), e.hostname.as_deref()));
-        let targets = targets_or_refuse(addresses_to_targets(entries, LB_FIELDS, cfg.dev_mode), &source, refusals);
+        let (annotation, targets) =
+            weight_and_load_balancer(ingress.annotations(), entries, &annotation_key, &source, cfg, refusals);
 
         for (host, backends) in hosts_with_backends(ingress) {
             if !cfg.binding_domain.contains(&host) {
@@ -547,8 +562,6 @@ fn service_claims(
             });
             continue;
         }
-        let annotation = read_weight(svc.annotations(), &annotation_key, &source, refusals)
-            .unwrap_or(Some(DEFAULT_ANNOTATION_WEIGHT));
         let entries = svc
             .status
             .as_ref()
@@ -557,7 +570,8 @@ fn service_claims(
             .into_iter()
             .flatten()
             .map(|e| (e.ip.as_deref(), e.hostname.as_deref()));
-        let targets = targets_or_refuse(addresses_to_targets(entries, LB_FIELDS, cfg.dev_mode), &source, refusals);
+        let (annotation, targets) =
+            weight_and_load_balancer(svc.annotations(), entries, &annotation_key, &source, cfg, refusals);
         let namespace = svc.namespace().unwrap_or_default();
         let ready = endpoints.ready_endpoints(&namespace, &svc.name_any());
         let mut hosts: Vec<String> = raw.split(',').map(normalize_host).filter(|h| !h.is_empty()).collect();
