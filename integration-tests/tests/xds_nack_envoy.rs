@@ -31,39 +31,6 @@ fn config_accepted(server: &ApiServer) -> Option<Value> {
     ti(server)["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "ConfigAccepted").cloned()
 }
 
-fn envoy_bootstrap(dir: &std::path::Path, xds_port: u16, admin_port: u16, api_type: &str) -> std::path::PathBuf {
-    let path = dir.join("envoy.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"node: {{id: envoy-proxy, cluster: edge}}
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    grpc_services: [{{envoy_grpc: {{cluster_name: weir}}}}]
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: weir
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: weir
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}}}]}}]
-"#
-        ),
-    )
-    .unwrap();
-    path
-}
-
 #[test]
 fn a_listener_envoy_rejects_turns_config_accepted_false_and_a_newer_one_true() {
     rejected_then_accepted("GRPC");
@@ -142,13 +109,10 @@ fn rejected_then_accepted(api_type: &str) {
     let envoy_admin_port = free_port();
     let envoy_admin = format!("http://127.0.0.1:{envoy_admin_port}");
     let mut envoy = Command::new(venv_bin("envoy"));
-    envoy.arg("-c").arg(envoy_bootstrap(dir.path(), grpc, envoy_admin_port, api_type)).args([
-        "--use-dynamic-base-id",
-        "-l",
-        "warning",
-        "--concurrency",
-        "1",
-    ]);
+    envoy
+        .arg("-c")
+        .arg(xds_support::envoy_bootstrap(dir.path(), "envoy-proxy", grpc, envoy_admin_port, api_type))
+        .args(["--use-dynamic-base-id", "-l", "warning", "--concurrency", "1"]);
     let _envoy = Proc::spawn("envoy", &mut envoy, dir.path());
 
     // Envoy rejects the listener: the condition names node, type, version and error.
