@@ -6,7 +6,7 @@
 #![forbid(unsafe_code)]
 
 // The pure core, re-exported under the paths the rest of the tree uses.
-pub use weir_core::{crd, gateway, ir, model, selection, translate, weight};
+pub use weir_core::{crd, gateway, index, ir, model, selection, translate, weight};
 
 pub mod app;
 pub mod aws;

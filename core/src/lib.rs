@@ -9,6 +9,7 @@ pub mod explain;
 pub mod gateway;
 #[cfg(test)]
 mod golden;
+pub mod index;
 pub mod ir;
 pub mod model;
 pub mod operator;

@@ -152,6 +152,20 @@ pub fn translate_with(
     cfg: &TranslateConfig,
     live: &LiveStrategyWeights,
 ) -> DesiredState {
+    translate_hosts(snapshot, cluster_weight, cfg, live, None)
+}
+
+/// [`translate_with`] resolving only the hosts in `only` (every host when `None`): the per-host
+/// translation of the incremental index ([`crate::index`]), which runs it on a snapshot of a host's
+/// claimants and what they read. Refusals about objects come as with [`translate_with`]; conflict
+/// refusals only for the hosts resolved.
+pub fn translate_hosts(
+    snapshot: &Snapshot,
+    cluster_weight: u8,
+    cfg: &TranslateConfig,
+    live: &LiveStrategyWeights,
+    only: Option<&BTreeSet<String>>,
+) -> DesiredState {
     let endpoints = EndpointIndex::build(snapshot);
     let links = traffic_links(snapshot, live);
     let mut refusals = Vec::new();
@@ -159,6 +173,9 @@ pub fn translate_with(
     ingress_claims(snapshot, cfg, &endpoints, &mut claims, &mut refusals);
     route_claims(snapshot, cfg, &endpoints, &mut claims, &mut refusals);
     service_claims(snapshot, cfg, &endpoints, &mut claims, &mut refusals);
+    if let Some(only) = only {
+        claims.retain(|(host, _)| only.contains(host));
+    }
 
     // host → candidates, in a deterministic order: the oldest object first (creationTimestamp), then
     // namespace/name, then kind. The first is the winner.
