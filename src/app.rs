@@ -8,6 +8,7 @@ mod factories;
 mod kubernetes;
 mod oneshot;
 mod run;
+mod runtime;
 mod weights;
 mod xds;
 

@@ -640,6 +640,15 @@ pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
     full.parse().map_err(|e| format!("{s:?} is not a listen address (host:port or :port): {e}"))
 }
 
+/// `T`'s flags parsed from `argv` alone: every flag not in it gets its clap default, and no `WEIR_*`
+/// variable is read. For settings one subcommand derives from another's (`weir local` runs the
+/// controller and `weir xds` with their own defaults, not with copies of them).
+pub fn parse_flags<T: clap::Args + clap::FromArgMatches>(argv: &[&str]) -> Result<T, clap::Error> {
+    let command = T::augment_args(clap::Command::new("weir")).mut_args(|a| a.env(None::<&'static str>));
+    let matches = command.try_get_matches_from(std::iter::once("weir").chain(argv.iter().copied()))?;
+    T::from_arg_matches(&matches)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,8 @@
 //! Prometheus metrics, `/healthz` and `/readyz` on `--metrics-addr`.
 //!
 //! Each component registers its own metrics (`XxxMetrics::register(&mut Registry) -> Self`); the
-//! wiring creates one [`Registry`], hands `&mut` to every component, then serves it read-only.
+//! wiring creates one [`Registry`] per process (`app::runtime`), hands `&mut` to every component,
+//! and serves it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -110,15 +111,18 @@ impl Liveness {
     }
 }
 
+/// The one registry of a process: locked while a component registers, and while `/metrics` encodes.
+pub type SharedRegistry = Arc<parking_lot::Mutex<Registry>>;
+
 #[derive(Clone)]
 struct AppState {
-    registry: Arc<Registry>,
+    registry: SharedRegistry,
     readiness: Readiness,
     liveness: Liveness,
 }
 
 /// The router serving `/metrics`, `/healthz` and `/readyz`; other HTTP servers may merge it.
-pub fn router(registry: Arc<Registry>, readiness: Readiness, liveness: Liveness) -> Router {
+pub fn router(registry: SharedRegistry, readiness: Readiness, liveness: Liveness) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -164,7 +168,8 @@ pub fn clip(text: &str) -> std::borrow::Cow<'_, str> {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut body = String::new();
-    match encode(&mut body, &state.registry) {
+    let encoded = encode(&mut body, &state.registry.lock());
+    match encoded {
         Ok(()) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],

@@ -247,6 +247,23 @@ fn throttling_is_retried_and_nothing_is_lost() {
     assert_eq!(txt_of(&recs, "eu").len(), 40);
 }
 
+/// A pass that fails because Route53 keeps throttling (after weir's own retries) is counted as
+/// `weir_reconcile_total{result="throttled"}`, not as a generic error.
+#[test]
+fn a_throttled_pass_is_counted_as_throttled() {
+    let e = env();
+    let proxy = FaultProxy::start(e.moto.port, 0);
+    let eu = e.controller("eu", 3, proxy.endpoint(), &["--resync-interval", "2s"], "weir-eu");
+    e.wait_published("eu", 3, 50);
+    let result = |r: &str| metric(&eu.metrics().unwrap_or_default(), "weir_reconcile_total", &[("result", r)]);
+    assert_eq!(result("throttled"), Some(0.0), "exposed as 0 before the first throttled pass");
+    proxy.state.percent.store(100, Ordering::SeqCst);
+    // Another load balancer for every host: the pass has to write, and every AWS call is throttled.
+    write_manifests(&e.dir.path().join("manifests-eu"), 3, "eu-lb2.example.net");
+    wait_for("a throttled pass", T, || result("throttled").filter(|n| *n >= 1.0));
+    assert_eq!(result("dns_api"), Some(0.0), "throttling is not counted as another API failure");
+}
+
 #[test]
 fn sigkill_in_the_middle_of_an_apply_then_restart_converges() {
     let e = env();

@@ -246,6 +246,12 @@ fn leader_election_one_writer_and_takeover_after_kill() {
     // b is up and ready (caches warm) but does not write.
     wait_for("b ready as a standby", T, || http_get(&format!("{}/readyz", b.metrics)));
     assert_eq!(leader_of(&b), Some(0.0));
+    // One Kubernetes client per process: the provider, the elector, the infra manager and the Events
+    // sink share its connection pool (each logs when it builds one).
+    for c in [&a, &b] {
+        let log = c.proc.log();
+        assert_eq!(log.matches("Kubernetes client built").count(), 1, "{log}");
+    }
 
     merge(&server, &ing, "web", json!({"metadata": {"annotations": {"dns.adevinta.com/traffic-weight": "30"}}}));
     a.wait_weight("a.example.com", Some(30.0));

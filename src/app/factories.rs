@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::runtime::Runtime;
 use crate::backends::{open_store, StoreConfig, WeightStore};
 use crate::cli::{ClusterArgs, DnsArgs, DnsProviderKind, ProviderArgs, ProviderKind, StoreArgs};
 use crate::dns::embedded::{EmbeddedDns, EmbeddedZone};
@@ -19,34 +20,31 @@ use crate::providers::file::FileProvider;
 use crate::providers::SnapshotRx;
 use crate::reconciler::leader::Fence;
 use crate::reconciler::PipelineConfig;
-use crate::telemetry::InvalidInputs;
 use crate::translate::TranslateConfig;
 
 /// Starts the configured input provider. Returns once the first snapshot is in the channel, with the
 /// task that keeps it current until `shutdown`.
 pub async fn start_provider(
     args: &ProviderArgs,
-    invalid: &InvalidInputs,
+    rt: &Runtime,
     liveness: &crate::telemetry::Liveness,
-    shutdown: watch::Receiver<bool>,
 ) -> Result<(SnapshotRx, JoinHandle<()>)> {
-    start_provider_in(args, invalid, liveness, crate::providers::kubernetes::WatchScope::default(), None, shutdown)
-        .await
+    start_provider_in(args, rt, liveness, crate::providers::kubernetes::WatchScope::default(), None).await
 }
 
 /// [`start_provider`], with the Kubernetes provider watching only `scope`.
 pub async fn start_provider_in(
     args: &ProviderArgs,
-    invalid: &InvalidInputs,
+    rt: &Runtime,
     liveness: &crate::telemetry::Liveness,
     scope: crate::providers::kubernetes::WatchScope,
     endpoint_relist: Option<watch::Receiver<std::time::Duration>>,
-    shutdown: watch::Receiver<bool>,
 ) -> Result<(SnapshotRx, JoinHandle<()>)> {
+    let shutdown = rt.shutdown();
     match args.provider {
         ProviderKind::File => {
             let dir = args.manifests.clone().context("--provider file needs --manifests DIR")?;
-            let mut provider = FileProvider::new(&dir, args.manifests_poll_interval, invalid.clone())
+            let mut provider = FileProvider::new(&dir, args.manifests_poll_interval, rt.invalid.clone())
                 .with_limits(args.file_limits.limits());
             // A poll that stops returning (it never should: special files are not opened) shows here.
             let bound = (args.manifests_poll_interval * 10).max(std::time::Duration::from_secs(30));
@@ -56,7 +54,7 @@ pub async fn start_provider_in(
             Ok((rx, tokio::spawn(provider.run(tx, shutdown))))
         }
         ProviderKind::Kubernetes => {
-            let client = crate::providers::kubernetes::client().await.context("connecting to Kubernetes")?;
+            let client = rt.kube("the input provider").await?;
             let (tx, mut rx) = watch::channel(Arc::new(crate::model::Snapshot::default()));
             let config = crate::providers::kubernetes::KubernetesConfig {
                 scope,
@@ -119,6 +117,7 @@ pub async fn open_dns_provider(
     store: &StoreArgs,
     cluster: &ClusterArgs,
     fence: &Fence,
+    rt: &Runtime,
 ) -> Result<DnsParts> {
     let adopt = dns.adopt_options().map_err(anyhow::Error::msg)?;
     match dns.dns_provider {
@@ -167,9 +166,7 @@ pub async fn open_dns_provider(
             Ok(DnsParts { dns: ZonedDns { zones, adopt }, zone: None, route53 })
         }
         DnsProviderKind::Dnsendpoint => {
-            let client = crate::providers::kubernetes::client()
-                .await
-                .context("--dns-provider dnsendpoint writes DNSEndpoint objects: connecting to Kubernetes")?;
+            let client = rt.kube("--dns-provider dnsendpoint writes DNSEndpoint objects").await?;
             let owner = Ownership { cluster: cluster.cluster_name.clone(), txt_prefix: dns.txt_prefix.clone() };
             let provider = crate::dns::dnsendpoint_k8s::DnsEndpointDns::new(client, owner, alias_options(dns))
                 .with_fence(fence.clone());
@@ -250,10 +247,9 @@ pub async fn serve_embedded_dns(
     addr: std::net::SocketAddr,
     zone: &EmbeddedZone,
     options: crate::dns::server::DnsServerOptions,
-    registry: &mut prometheus_client::registry::Registry,
+    metrics: crate::dns::server::DnsServerMetrics,
     shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>> {
-    let metrics = crate::dns::server::DnsServerMetrics::register(registry);
     let (bound, task) = crate::dns::server::serve_with(addr, zone, metrics, options, wait_shutdown(shutdown))
         .await
         .with_context(|| format!("binding the DNS server on {addr}"))?;

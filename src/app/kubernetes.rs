@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use kube::Api;
-use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::runtime::Runtime;
 use crate::cli::{LeaderArgs, ProviderKind};
 use crate::reconciler::leader::{
     always_leader, default_identity, Fence, LeaderConfig, LeaderElector, LeaderMetrics, LeaderRx, WritersDone,
@@ -20,14 +20,13 @@ use crate::reconciler::{NoRefusalSink, RefusalSink};
 /// the in-flight passes ended.
 pub async fn start_leader_election(
     args: &LeaderArgs,
-    registry: &mut Registry,
+    rt: &Runtime,
     liveness: &crate::telemetry::Liveness,
-    shutdown: &watch::Receiver<bool>,
     writers: WritersDone,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Result<(Option<watch::Sender<bool>>, LeaderRx, Fence)> {
     // Registered in every mode so that "no replica is the leader" can be alerted on everywhere.
-    let metrics = LeaderMetrics::register(registry);
+    let metrics = LeaderMetrics::register(&mut rt.registry());
     if !args.enable_leader_election {
         metrics.leader.set(1);
         let (tx, rx, fence) = always_leader();
@@ -42,10 +41,8 @@ pub async fn start_leader_election(
         retry_period: args.retry_period,
     }
     .checked()?;
-    // Lease calls are bounded twice: by this read timeout and by the elector's own deadline per round.
-    let client = crate::providers::kubernetes::client_with_read_timeout(config.renew_deadline)
-        .await
-        .context("connecting to Kubernetes for leader election")?;
+    // Each round (and the release) is bounded by the elector's own deadline, not by the client.
+    let client = rt.kube("leader election").await?;
     let fence = Fence::closed();
     // A round is bounded by the renew deadline; three missed rounds in a row is a stuck elector.
     let heartbeat = liveness.heartbeat("leader election", (config.renew_deadline + config.retry_period) * 3);
@@ -57,7 +54,7 @@ pub async fn start_leader_election(
         heartbeat,
     };
     let (tx, rx) = watch::channel(false);
-    tasks.push(tokio::spawn(elector.run(tx, shutdown.clone(), writers)));
+    tasks.push(tokio::spawn(elector.run(tx, rt.shutdown(), writers)));
     Ok((None, rx, fence))
 }
 
@@ -74,11 +71,14 @@ pub fn own_pod() -> Option<crate::model::ObjectRef> {
 }
 
 /// Events on refused inputs with the Kubernetes provider; nothing more than logs and metrics otherwise.
-pub async fn refusal_sink(provider: ProviderKind) -> Result<(Arc<dyn RefusalSink>, Option<JoinHandle<()>>)> {
+pub async fn refusal_sink(
+    provider: ProviderKind,
+    rt: &Runtime,
+) -> Result<(Arc<dyn RefusalSink>, Option<JoinHandle<()>>)> {
     if provider != ProviderKind::Kubernetes {
         return Ok((Arc::new(NoRefusalSink), None));
     }
-    let client = crate::providers::kubernetes::client().await.context("connecting to Kubernetes for Events")?;
+    let client = rt.kube("Events").await?;
     let (sink, task) = crate::reconciler::events::spawn(client, default_identity());
     Ok((Arc::new(sink), Some(task)))
 }

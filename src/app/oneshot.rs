@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -21,7 +20,6 @@ use crate::ir::DesiredState;
 use crate::model::Snapshot;
 use crate::reconciler::explain::explain;
 use crate::reconciler::PipelineConfig;
-use crate::telemetry::InvalidInputs;
 use crate::translate::{translate_with, LiveStrategyWeights};
 use crate::xds::state::{SqliteStore as XdsStateStore, StateStore as _};
 use kube::ResourceExt;
@@ -45,10 +43,10 @@ async fn read_pass(
     extra_host: Option<&str>,
     xds_state: Option<&Path>,
 ) -> Result<Pass> {
+    // Stopped once the first snapshot is read.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut registry = Registry::default();
-    let invalid = InvalidInputs::register(&mut registry);
-    let (snapshots, task) = start_provider(provider, &invalid, &crate::telemetry::Liveness::default(), stop_rx).await?;
+    let rt = super::runtime::Runtime::with_shutdown(stop_rx);
+    let (snapshots, task) = start_provider(provider, &rt, &crate::telemetry::Liveness::default()).await?;
     let snapshot: Arc<Snapshot> = snapshots.borrow().clone();
     let _ = stop_tx.send(true);
     let _ = task.await;
@@ -75,7 +73,8 @@ async fn read_pass(
         ),
     };
     // `weir explain` only reads: a closed fence makes sure of it.
-    let dns_parts = open_dns_provider(dns, store_args, cluster, &crate::reconciler::leader::Fence::closed()).await?;
+    let dns_parts =
+        open_dns_provider(dns, store_args, cluster, &crate::reconciler::leader::Fence::closed(), &rt).await?;
     let config = pipeline_config(cluster, dns);
     let live = match xds_state {
         Some(path) => read_strategy_weights(path, &snapshot).await?,

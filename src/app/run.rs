@@ -5,156 +5,106 @@
 //! channel and stops when the shutdown channel flips.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use prometheus_client::registry::Registry;
 use tokio::sync::{watch, Notify};
 
-use super::factories::{
-    open_dns_provider, open_weight_store, pipeline_config, shutdown_signal, start_provider, wait_shutdown,
-};
-use crate::backends::BackendType;
-use crate::cli::{
-    ClusterArgs, ControllerArgs, DnsArgs, DnsProviderKind, LeaderArgs, LocalArgs, ProviderArgs, ProviderKind,
-    SelectionArgs, StoreArgs, XdsArgs,
-};
+use super::factories::{open_dns_provider, open_weight_store, pipeline_config, start_provider, wait_shutdown};
+use super::runtime::Runtime;
+use crate::cli::{parse_flags, ControllerArgs, DnsProviderKind, LocalArgs, ProviderKind, SelectionArgs, XdsArgs};
 use crate::http_serve::HttpServer;
 use crate::reconciler::dns::DnsLoop;
 use crate::reconciler::leader::writer_guards;
 use crate::reconciler::metrics::{ReconcileMetrics, WeightMetrics};
 use crate::reconciler::weight::WeightLoop;
-use crate::telemetry::{self, InvalidInputs, Readiness};
+use crate::telemetry::{self, Readiness};
 
 /// How often `weir local` re-checks everything even when no input changed.
 const LOCAL_RESYNC: Duration = Duration::from_secs(30);
 
 pub async fn controller(args: ControllerArgs) -> Result<()> {
-    run(args, None).await
+    run(args, None, &Runtime::new()).await
 }
 
 /// `weir local` is the controller on the embedded default: file provider, SQLite store and zone, and
-/// the DNS server that answers from the zone.
+/// the DNS server that answers from the zone. With `--xds-name`, `weir xds` too, on the same runtime
+/// (one shutdown signal, one registry served on both addresses).
 pub async fn local(args: LocalArgs) -> Result<()> {
     let dns_listen = args.dns_listen;
-    // The xDS half, when asked for: the same manifests, its state in the same SQLite file.
-    let xds = args.xds_name.clone().map(|name| XdsArgs {
-        provider: ProviderArgs {
-            provider: ProviderKind::File,
-            manifests: Some(args.manifests.clone()),
-            manifests_poll_interval: args.manifests_poll_interval,
-            file_limits: args.file_limits.clone(),
-        },
-        name,
-        namespace: args.xds_namespace.clone(),
-        grpc_addr: args.grpc_addr,
-        admin_addr: args.admin_addr,
-        services: Vec::new(),
-        state: Some(args.db.clone()),
-        admin_token_file: None,
-        metrics_addr: None,
-        xds_initial_concurrency: crate::xds::server::DEFAULT_INITIAL_CONCURRENCY,
-        allow_any_node_id: false,
-        no_status: true,
-    });
-    let controller = ControllerArgs {
-        cluster: ClusterArgs {
-            cluster_name: args.cluster_name,
-            selection: SelectionArgs {
-                binding_domain: args.binding_domain,
-                annotation_filters: args.annotation_filters,
-                annotation_prefix: args.annotation_prefix,
-                dev_mode: args.dev_mode,
-            },
-        },
-        provider: ProviderArgs {
-            provider: ProviderKind::File,
-            manifests: Some(args.manifests),
-            manifests_poll_interval: args.manifests_poll_interval,
-            file_limits: args.file_limits.clone(),
-        },
-        store: StoreArgs {
-            backend_type: BackendType::Sqlite,
-            db: Some(args.db),
-            table_name: String::new(),
-            initial_weight: args.initial_weight,
-            static_weight: None,
-            aws_region: None,
-            history_table: None,
-        },
-        dns: DnsArgs {
-            dns_provider: DnsProviderKind::Embedded,
-            dns_listen: Some(dns_listen),
-            hosted_zone_id: Vec::new(),
-            zone_type: crate::cli::ZoneTypeArg::All,
-            adopt_owner: Vec::new(),
-            adopt_txt_prefix: String::new(),
-            adopt_txt_suffix: String::new(),
-            record_ttl: Some(args.record_ttl),
-            aws_health_check_id: None,
-            health_check_path: None,
-            health_check_port: 443,
-            health_check_protocol: "HTTPS".into(),
-            txt_prefix: crate::dns::record::DEFAULT_TXT_PREFIX.into(),
-            allow_all_zero: args.allow_all_zero,
-            wait_insync: false,
-            server: args.dns_server,
-            prefer_cname: false,
-            evaluate_target_health: true,
-        },
-        leader: LeaderArgs {
-            enable_leader_election: false,
-            leader_election_namespace: String::new(),
-            leader_election_id: String::new(),
-            lease_duration: Duration::from_secs(15),
-            renew_deadline: Duration::from_secs(10),
-            retry_period: Duration::from_secs(2),
-        },
-        metrics_addr: args.metrics_addr,
-        weight_poll_interval: args.weight_poll_interval,
-        min_serving_clusters: args.min_serving_clusters,
-        gate_ca_file: args.gate_ca_file,
-        resync_interval: LOCAL_RESYNC,
-        webhook_addr: None,
-        webhook_cert_dir: PathBuf::new(),
-    };
+    let (controller, xds) = local_settings(args)?;
+    let rt = Runtime::new();
     match xds {
         Some(xds) => {
-            tokio::try_join!(run(controller, Some(dns_listen)), super::xds::xds(xds))?;
+            tokio::try_join!(run(controller, Some(dns_listen), &rt), super::xds::serve(xds, &rt))?;
             Ok(())
         }
-        None => run(controller, Some(dns_listen)).await,
+        None => run(controller, Some(dns_listen), &rt).await,
     }
 }
 
-async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()> {
-    let shutdown = shutdown_signal();
-    let mut registry = Registry::default();
-    crate::providers::kubernetes::register_metrics(&mut registry);
-    let invalid = InvalidInputs::register(&mut registry);
+/// `weir local`'s settings: the controller's (and `weir xds`'s) flags parsed by clap, so that every
+/// setting local does not choose has the default it has there; then what local's own flags say.
+pub(crate) fn local_settings(args: LocalArgs) -> Result<(ControllerArgs, Option<XdsArgs>)> {
+    let resync = format!("{}s", LOCAL_RESYNC.as_secs());
+    let cluster = format!("--cluster-name={}", args.cluster_name);
+    let argv =
+        [&cluster, "--resync-interval", &resync, "--provider=file", "--backend-type=sqlite", "--dns-provider=embedded"];
+    let mut c: ControllerArgs = parse_flags(&argv)?;
+    c.cluster.selection = SelectionArgs {
+        binding_domain: args.binding_domain,
+        annotation_filters: args.annotation_filters,
+        annotation_prefix: args.annotation_prefix,
+        dev_mode: args.dev_mode,
+    };
+    c.provider.manifests = Some(args.manifests);
+    c.provider.manifests_poll_interval = args.manifests_poll_interval;
+    c.provider.file_limits = args.file_limits;
+    c.store.db = Some(args.db.clone());
+    c.store.initial_weight = args.initial_weight;
+    c.dns.dns_listen = Some(args.dns_listen);
+    c.dns.record_ttl = Some(args.record_ttl);
+    c.dns.allow_all_zero = args.allow_all_zero;
+    c.dns.server = args.dns_server;
+    c.metrics_addr = args.metrics_addr;
+    c.weight_poll_interval = args.weight_poll_interval;
+    c.min_serving_clusters = args.min_serving_clusters;
+    c.gate_ca_file = args.gate_ca_file;
+    // The xDS half: the same manifests, its state in the same SQLite file, no status to write.
+    let xds = match args.xds_name {
+        Some(name) => {
+            let name = format!("--name={name}");
+            let mut x: XdsArgs = parse_flags(&[name.as_str(), "--provider=file", "--no-status"])?;
+            x.provider = c.provider.clone();
+            x.namespace = args.xds_namespace;
+            x.grpc_addr = args.grpc_addr;
+            x.admin_addr = args.admin_addr;
+            x.state = Some(args.db);
+            Some(x)
+        }
+        None => None,
+    };
+    Ok((c, xds))
+}
+
+async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>, rt: &Runtime) -> Result<()> {
+    let shutdown = rt.shutdown();
+    let invalid = rt.invalid.clone();
     let readiness = Readiness::default();
     let liveness = crate::telemetry::Liveness::default();
-    let http_metrics = crate::http_serve::HttpMetrics::register(&mut registry);
+    let http_metrics = rt.http.clone();
     let cluster = args.cluster.cluster_name.clone();
     anyhow::ensure!(!cluster.is_empty(), "--cluster-name must not be empty");
 
-    let (snapshots, provider_task) = start_provider(&args.provider, &invalid, &liveness, shutdown.clone()).await?;
+    let (snapshots, provider_task) = start_provider(&args.provider, rt, &liveness).await?;
     let store = open_weight_store(&args.store, &cluster).await?;
     let mut tasks = vec![provider_task];
     // Every writer holds a guard: on shutdown the Lease is released once their passes ended.
     let (writer_guard, writers_done) = writer_guards();
-    let (_leader_tx, leader, fence) = super::kubernetes::start_leader_election(
-        &args.leader,
-        &mut registry,
-        &liveness,
-        &shutdown,
-        writers_done,
-        &mut tasks,
-    )
-    .await?;
-    let dns = open_dns_provider(&args.dns, &args.store, &args.cluster, &fence).await?;
+    let (_leader_tx, leader, fence) =
+        super::kubernetes::start_leader_election(&args.leader, rt, &liveness, writers_done, &mut tasks).await?;
+    let dns = open_dns_provider(&args.dns, &args.store, &args.cluster, &fence, rt).await?;
 
     // The embedded zone is served by weir's own DNS server when an address is given.
     let dns_listen =
@@ -165,26 +115,29 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
             &args.cluster.selection.binding_domain,
             args.dns.prefer_cname,
         );
-        tasks.push(super::factories::serve_embedded_dns(addr, zone, options, &mut registry, shutdown.clone()).await?);
+        let metrics = crate::dns::server::DnsServerMetrics::register(&mut rt.registry());
+        tasks.push(super::factories::serve_embedded_dns(addr, zone, options, metrics, shutdown.clone()).await?);
     }
 
     // The sink's task ends when the DNS loop (and with it the sink) is dropped.
-    let (sink, _events_task) = super::kubernetes::refusal_sink(args.provider.provider).await?;
-    let weight_metrics = WeightMetrics::register(&mut registry);
-    // Process-wide families: every AWS call and health check status, whichever component made them.
-    crate::aws::AwsMetrics::register(&mut registry);
-    crate::dns::route53::HealthMetrics::register(&mut registry);
-    let reconcile_metrics = ReconcileMetrics::register(&mut registry);
-    let ramp_metrics = crate::reconciler::ramp::RampMetrics::register(&mut registry);
+    let (sink, _events_task) = super::kubernetes::refusal_sink(args.provider.provider, rt).await?;
+    let (weight_metrics, reconcile_metrics, ramp_metrics) = {
+        let mut registry = rt.registry();
+        let weight_metrics = WeightMetrics::register(&mut registry);
+        // Process-wide families: every AWS call and health check status, whichever component made them.
+        crate::aws::AwsMetrics::register(&mut registry);
+        crate::dns::route53::HealthMetrics::register(&mut registry);
+        let reconcile = ReconcileMetrics::register(&mut registry);
+        (weight_metrics, reconcile, crate::reconciler::ramp::RampMetrics::register(&mut registry))
+    };
     // Exposed as 0 from the start, so that `increase()` sees the first abort.
     let _ = ramp_metrics.aborted.get_or_create(&crate::reconciler::metrics::labels(&[("cluster", &cluster)]));
     // The infra manager (TrafficInfra → child objects) needs the Kubernetes API.
     let infra_loop = if args.provider.provider == ProviderKind::Kubernetes {
-        let client =
-            crate::providers::kubernetes::client().await.context("connecting to Kubernetes for the infra manager")?;
+        let metrics = crate::reconciler::infra::InfraMetrics::register(&mut rt.registry());
         Some(crate::reconciler::infra::InfraLoop {
-            client,
-            metrics: crate::reconciler::infra::InfraMetrics::register(&mut registry),
+            client: rt.kube("the infra manager").await?,
+            metrics,
             invalid: invalid.clone(),
             sink: sink.clone(),
             resync: args.resync_interval,
@@ -203,7 +156,7 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     let weight_beat = heartbeat("weight loop", crate::reconciler::weight::WEIGHT_LOOP_BOUND);
     let dns_beat = heartbeat("DNS reconcile", crate::reconciler::dns::DNS_LOOP_BOUND);
     let plan_beat = heartbeat("ramp runner", crate::reconciler::ramp::PLAN_LOOP_BOUND);
-    let router = telemetry::router(Arc::new(registry), readiness.clone(), liveness);
+    let router = telemetry::router(rt.shared_registry(), readiness.clone(), liveness);
     let limits = crate::http_serve::HttpLimits::default();
     let server = HttpServer { name: "metrics", limits, metrics: http_metrics.clone() };
     let metrics_task = telemetry::serve(server, args.metrics_addr, router, wait_shutdown(shutdown.clone()))
@@ -298,4 +251,71 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>) -> Result<()>
     let _ = tokio::time::timeout(grace, futures::future::join_all(tasks)).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), metrics_task).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    fn parse(argv: &[&str]) -> Command {
+        Cli::try_parse_from(argv).unwrap().command
+    }
+
+    /// `weir local` runs `weir controller` and `weir xds` as their own command lines would: every
+    /// setting local does not choose has their default.
+    #[test]
+    fn local_runs_the_controller_and_xds_with_their_own_defaults() {
+        let local = ["weir", "local", "--manifests", "m", "--db", "w.db", "--cluster-name", "eu", "--xds-name", "shop"];
+        let Command::Local(local) = parse(&local) else { unreachable!() };
+        let (controller, xds) = super::local_settings(local).unwrap();
+        let Command::Controller(want) = parse(&[
+            "weir",
+            "controller",
+            "--cluster-name",
+            "eu",
+            "--provider",
+            "file",
+            "--manifests",
+            "m",
+            "--backend-type",
+            "sqlite",
+            "--db",
+            "w.db",
+            "--dns-provider",
+            "embedded",
+            "--dns-listen",
+            "127.0.0.1:5353",
+            "--record-ttl",
+            "5",
+            "--metrics-addr",
+            "127.0.0.1:8080",
+            "--resync-interval",
+            "30s",
+        ]) else {
+            unreachable!()
+        };
+        assert_eq!(format!("{controller:#?}"), format!("{want:#?}"));
+        let Command::Xds(want) = parse(&[
+            "weir",
+            "xds",
+            "--name",
+            "shop",
+            "--provider",
+            "file",
+            "--manifests",
+            "m",
+            "--grpc-addr",
+            "127.0.0.1:18000",
+            "--admin-addr",
+            "127.0.0.1:18080",
+            "--state",
+            "w.db",
+            "--no-status",
+        ]) else {
+            unreachable!()
+        };
+        assert_eq!(format!("{:#?}", xds.expect("--xds-name given")), format!("{want:#?}"));
+    }
 }

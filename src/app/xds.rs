@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use super::factories::{shutdown_signal, start_provider_in, wait_shutdown};
+use super::factories::{start_provider_in, wait_shutdown};
+use super::runtime::Runtime;
 use crate::cli::{ProviderKind, XdsArgs};
 use crate::http_serve::HttpServer;
 use crate::model::ObjectRef;
-use crate::telemetry::{self, InvalidInputs, Readiness};
+use crate::telemetry::{self, Readiness};
 use crate::xds::admin::{Admin, AdminMetrics};
 use crate::xds::cache::new_cache;
 use crate::xds::controller::{View, XdsController};
@@ -31,14 +31,17 @@ use crate::xds::state_kube::KubeConfigMapStore;
 const STATE_POLL: Duration = Duration::from_millis(200);
 
 pub async fn xds(args: XdsArgs) -> Result<()> {
+    serve(args, &Runtime::new()).await
+}
+
+/// `weir xds` on `rt` (its own, or the one `weir local` shares with the controller).
+pub async fn serve(args: XdsArgs, rt: &Runtime) -> Result<()> {
     anyhow::ensure!(!args.name.is_empty(), "--name must not be empty");
-    let shutdown = shutdown_signal();
-    let mut registry = Registry::default();
-    crate::providers::kubernetes::register_metrics(&mut registry);
-    let invalid = InvalidInputs::register(&mut registry);
+    let shutdown = rt.shutdown();
+    let invalid = rt.invalid.clone();
     let readiness = Readiness::default();
     let liveness = crate::telemetry::Liveness::default();
-    let http_metrics = crate::http_serve::HttpMetrics::register(&mut registry);
+    let http_metrics = rt.http.clone();
     let settings = XdsSettings { name: args.name.clone(), namespace: args.namespace.clone(), services: args.services };
 
     // Only its own namespace, and only what it translates: the operator's namespaced Role suffices.
@@ -47,8 +50,7 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
     // period of the full EndpointSlice re-list beside the watch.
     let (relist_tx, relist_rx) =
         watch::channel(Duration::from_secs(crate::crd::XdsSpec::default().poll_interval as u64));
-    let (snapshots, provider_task) =
-        start_provider_in(&args.provider, &invalid, &liveness, scope, Some(relist_rx), shutdown.clone()).await?;
+    let (snapshots, provider_task) = start_provider_in(&args.provider, rt, &liveness, scope, Some(relist_rx)).await?;
     // The TrafficInfra's `xds.nodeID` is the only node id served (unless --allow-any-node-id).
     let (node_tx, node_rx) = watch::channel(None::<String>);
     let follow_spec = {
@@ -80,9 +82,7 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
                 .with_context(|| format!("opening the xDS state file {}", path.display()))?,
         ),
         None if args.provider.provider == ProviderKind::Kubernetes => {
-            let client = crate::providers::kubernetes::client()
-                .await
-                .context("connecting to Kubernetes for the shared xDS state")?;
+            let client = rt.kube("the shared xDS state").await?;
             Arc::new(KubeConfigMapStore::new(client, &settings.namespace, &settings.name))
         }
         None => {
@@ -107,12 +107,13 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
 
     let (writer, cache) = new_cache();
     let (view_tx, view_rx) = watch::channel(Arc::new(View::default()));
-    let xds_metrics = XdsMetrics::register(&mut registry);
-    let admin_metrics = AdminMetrics::register(&mut registry);
+    let (xds_metrics, admin_metrics, nodes) = {
+        let mut registry = rt.registry();
+        let policy = NodePolicy { expected: node_rx, allow_any: args.allow_any_node_id, rejected: Default::default() };
+        (XdsMetrics::register(&mut registry), AdminMetrics::register(&mut registry), policy.register(&mut registry))
+    };
     let clients = Clients::default();
-    let nodes = NodePolicy { expected: node_rx, allow_any: args.allow_any_node_id, rejected: Default::default() }
-        .register(&mut registry);
-    let registry = Arc::new(registry);
+    let registry = rt.shared_registry();
 
     let mut tasks = vec![provider_task, follow_spec];
     let state_beat = liveness.heartbeat("xDS state poll", std::time::Duration::from_secs(60));
@@ -138,7 +139,7 @@ pub async fn xds(args: XdsArgs) -> Result<()> {
     // With the Kubernetes provider, `weir xds` writes its part of the TrafficInfra's status and
     // records an Event per distinct rejected configuration.
     if args.provider.provider == ProviderKind::Kubernetes && !args.no_status {
-        let client = crate::providers::kubernetes::client().await.context("connecting to Kubernetes for the status")?;
+        let client = rt.kube("the TrafficInfra status").await?;
         let instance = std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-xds", settings.name));
         let (sink, events_task) = crate::reconciler::events::spawn(client.clone(), instance);
         tasks.push(events_task);

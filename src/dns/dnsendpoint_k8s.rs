@@ -53,7 +53,10 @@ impl DnsEndpointDns {
 
     fn call_error(operation: &'static str, e: kube::Error) -> DnsError {
         let retryable = match &e {
-            kube::Error::Api(s) => s.code == 409 || s.code == 429 || s.code >= 500,
+            kube::Error::Api(s) if s.code == 429 => {
+                return DnsError::Throttled { provider: "dnsendpoint", operation, message: e.to_string() }
+            }
+            kube::Error::Api(s) => s.code == 409 || s.code >= 500,
             _ => true,
         };
         DnsError::Call { provider: "dnsendpoint", operation, message: e.to_string(), retryable }

@@ -322,7 +322,9 @@ impl DnsProvider for EmbeddedDns {
                 // Checked right before each batch's transaction.
                 match fence.check() {
                     Ok(()) => zone.apply_batch_blocking(batch, &mut report),
-                    Err(e) => report.failed.extend(batch.into_iter().map(|c| (c, call_err("apply", &e, true)))),
+                    Err(source) => report.failed.extend(batch.into_iter().map(|c| {
+                        (c, DnsError::Fenced { provider: PROVIDER, operation: "apply", source: source.clone() })
+                    })),
                 }
             }
             report

@@ -24,21 +24,36 @@ use crate::selection::is_dns_name;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
-    /// A call to the provider failed. `retryable` errors (throttling, a change still in progress,
-    /// a dropped connection) are worth another try on the next pass.
+    /// A call to the provider failed. `retryable` errors (a change still in progress, a dropped
+    /// connection) are worth another try on the next pass.
     #[error("{provider} {operation} failed: {message}")]
     Call { provider: &'static str, operation: &'static str, message: String, retryable: bool },
+    /// The provider said "slow down" (still, after weir's own retries): retried on the next pass.
+    #[error("{provider} {operation} throttled: {message}")]
+    Throttled { provider: &'static str, operation: &'static str, message: String },
+    /// Not sent: this replica may no longer write (its lease ran out). The next leader writes it.
+    #[error("{provider} {operation} not sent: {source}")]
+    Fenced { provider: &'static str, operation: &'static str, source: crate::reconciler::leader::Fenced },
     /// weir refused to send a record that the provider would reject or misapply.
     #[error("invalid record {key}: {reason}")]
     InvalidRecord { key: RecordKey, reason: String },
 }
 
 impl DnsError {
-    /// The `outcome`/`error` label for metrics.
+    /// A failed AWS call, by how [`crate::aws::classify`] classed it: throttling is its own variant.
+    pub fn aws(provider: &'static str, operation: &'static str, message: String, outcome: crate::aws::Outcome) -> Self {
+        match outcome {
+            crate::aws::Outcome::Throttled => DnsError::Throttled { provider, operation, message },
+            other => DnsError::Call { provider, operation, message, retryable: other.retryable() },
+        }
+    }
+
+    /// The label for metrics (`weir_reconcile_total{result}` of a pass that failed on it).
     pub fn metric_label(&self) -> &'static str {
         match self {
-            DnsError::Call { retryable: true, .. } => "retryable",
-            DnsError::Call { .. } => "error",
+            DnsError::Call { .. } => "dns_api",
+            DnsError::Throttled { .. } => "throttled",
+            DnsError::Fenced { .. } => "fenced",
             DnsError::InvalidRecord { .. } => "invalid_record",
         }
     }

@@ -350,15 +350,15 @@ impl Route53Dns {
                     stack.push(first);
                 }
                 Err((outcome, message)) => {
-                    let retryable = outcome.retryable();
                     tracing::warn!(changes = changes.len(), %message, "Route53 rejected changes");
                     self.forget(&changes);
+                    // A closed fence is why `send` refused (before an attempt or a retry).
+                    let fenced = self.fence.check().err();
                     for change in changes {
-                        let error = DnsError::Call {
-                            provider: PROVIDER,
-                            operation: "ChangeResourceRecordSets",
-                            message: message.clone(),
-                            retryable,
+                        let operation = "ChangeResourceRecordSets";
+                        let error = match fenced.clone() {
+                            Some(source) => DnsError::Fenced { provider: PROVIDER, operation, source },
+                            None => DnsError::aws(PROVIDER, operation, message.clone(), outcome),
                         };
                         report.failed.push((change, error));
                     }
@@ -691,7 +691,7 @@ where
     E: aws_sdk_route53::error::ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    DnsError::Call { provider: PROVIDER, operation, message: describe(e), retryable: classify(e).retryable() }
+    DnsError::aws(PROVIDER, operation, describe(e), classify(e))
 }
 
 async fn resolve_zone(client: &Client, aws: &Aws, zone: &ZoneRef) -> Result<ZoneInfo, DnsError> {
@@ -792,11 +792,8 @@ fn above_contains(zone: &ZoneInfo, name: &str) -> bool {
 async fn get_zone(client: &Client, aws: &Aws, id: &str) -> Result<(String, String, bool), DnsError> {
     let id = id.trim_start_matches("/hostedzone/").to_string();
     let req = client.get_hosted_zone().id(&id);
-    let out = aws.call(PROVIDER, "GetHostedZone", || req.clone().send()).await.map_err(|e| DnsError::Call {
-        provider: PROVIDER,
-        operation: "GetHostedZone",
-        message: format!("hosted zone {id:?}: {}", describe(&e)),
-        retryable: classify(&e).retryable(),
+    let out = aws.call(PROVIDER, "GetHostedZone", || req.clone().send()).await.map_err(|e| {
+        DnsError::aws(PROVIDER, "GetHostedZone", format!("hosted zone {id:?}: {}", describe(&e)), classify(&e))
     })?;
     let zone = out.hosted_zone();
     let name = zone.map(|z| normalize_name(z.name())).unwrap_or_default();

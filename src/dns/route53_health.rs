@@ -217,12 +217,12 @@ impl HealthChecks {
                 })?
             }
             Err(e) => {
-                return Err(DnsError::Call {
-                    provider: PROVIDER,
-                    operation: "CreateHealthCheck",
-                    message: format!("health check for {target}: {}", describe(&e)),
-                    retryable: classify(&e).retryable(),
-                })
+                return Err(DnsError::aws(
+                    PROVIDER,
+                    "CreateHealthCheck",
+                    format!("health check for {target}: {}", describe(&e)),
+                    classify(&e),
+                ))
             }
         };
         let tags = self

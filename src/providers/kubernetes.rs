@@ -44,17 +44,13 @@ pub enum KubernetesError {
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the API server may stay silent on a response. Longer than a watch's server-side
 /// timeout (290 s in kube's watcher), so a quiet watch is not cut; calls that must be prompt (leader
-/// election) use [`client_with_read_timeout`] and their own deadline.
+/// election) bound themselves with their own deadline.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Finds the cluster the way client-go does: `KUBECONFIG` when set, else the in-cluster service
-/// account, else `~/.kube/config`. Connect and read timeouts are always set.
+/// account, else `~/.kube/config`. Connect and read timeouts are always set. A process builds one
+/// (`app::runtime::Runtime::kube`) and every component shares its connection pool.
 pub async fn client() -> Result<Client, KubernetesError> {
-    client_with_read_timeout(READ_TIMEOUT).await
-}
-
-/// [`client`] with a given read timeout (counted from when a request is sent).
-pub async fn client_with_read_timeout(read_timeout: Duration) -> Result<Client, KubernetesError> {
     let mut config = if std::env::var_os("KUBECONFIG").is_some() {
         kube::Config::from_kubeconfig(&Default::default()).await?
     } else {
@@ -64,10 +60,12 @@ pub async fn client_with_read_timeout(read_timeout: Duration) -> Result<Client, 
         }
     };
     config.connect_timeout = Some(CONNECT_TIMEOUT);
-    config.read_timeout = Some(read_timeout);
-    config.write_timeout = Some(read_timeout);
+    config.read_timeout = Some(READ_TIMEOUT);
+    config.write_timeout = Some(READ_TIMEOUT);
     // Count the read timeout from the request, not from when a pooled connection went idle.
     config.reset_reader_on_write = true;
+    // One line per client built: a test counts them.
+    tracing::info!(cluster_url = %config.cluster_url, "Kubernetes client built");
     Ok(Client::try_from(config)?)
 }
 

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
-use super::leader::Fence;
+use super::leader::{Fence, Fenced};
 use super::metrics::{labels, ReconcileMetrics};
 use super::weight::{WeightRx, WeightSignal};
 use super::{PipelineConfig, RefusalSink};
-use crate::backends::{AckOutcome, WeightStore};
+use crate::backends::{AckOutcome, StoreError, WeightStore};
 use crate::dns::plan::{BatchLimits, Change, Plan};
 use crate::dns::record::{Ownership, RecordKey, RecordSet, RecordType};
 use crate::dns::zoned::ZonedDns;
@@ -58,7 +58,56 @@ pub enum PassOutcome {
     /// Everything desired was written (or already there); the weight was acknowledged if it could be.
     Done { changes: usize },
     /// Something failed; retry soon.
-    Failed(String),
+    Failed(PassError),
+}
+
+/// Why a pass failed. `weir_reconcile_total{result}` is its [`PassError::metric_label`], so that the
+/// metric tells throttling from a lost lease from an unavailable store.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    /// The published records could not be read (in one zone, when there are several).
+    #[error("reading published records{}: {source}", .zone.as_ref().map(|z| format!(" in {z}")).unwrap_or_default())]
+    Read { zone: Option<String>, source: DnsError },
+    /// Some changes did not land; `first` is the first one's error (its label is the pass's).
+    #[error("{failed} of {total} DNS changes failed, first: {first}")]
+    Apply { failed: usize, total: usize, first: DnsError },
+    /// The lease was lost before the weight could be acknowledged.
+    #[error("acknowledging weight {weight}: {source}")]
+    AckFenced { weight: u8, source: Fenced },
+    /// The weight store refused or failed the acknowledgement.
+    #[error("acknowledging weight {weight}: {source}")]
+    Ack { weight: u8, source: StoreError },
+}
+
+impl PassError {
+    /// Every `result` label a pass can have, `success` included: each is exposed as 0 from the start.
+    pub const RESULTS: [&'static str; 10] = [
+        "success",
+        "throttled",
+        "dns_api",
+        "invalid_record",
+        "fenced",
+        "store_unavailable",
+        "store_not_found",
+        "store_conflict",
+        "store_read_only",
+        "store_invalid_weight",
+    ];
+
+    /// The `result` label of `weir_reconcile_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            PassError::Read { source, .. } | PassError::Apply { first: source, .. } => source.metric_label(),
+            PassError::AckFenced { .. } => "fenced",
+            PassError::Ack { source, .. } => match source {
+                StoreError::Call { .. } => "store_unavailable",
+                StoreError::NotFound(_) => "store_not_found",
+                StoreError::Conflict { .. } => "store_conflict",
+                StoreError::ReadOnly(_) => "store_read_only",
+                StoreError::InvalidWeight(_) => "store_invalid_weight",
+            },
+        }
+    }
 }
 
 /// State a loop keeps between passes.
@@ -143,9 +192,9 @@ impl DnsLoop {
         let outcome = self.pass_inner(snapshot, signal, book).await;
         self.metrics.duration.observe(started.elapsed().as_secs_f64());
         let result = match &outcome {
-            PassOutcome::Failed(reason) => {
-                tracing::warn!(reason, "DNS reconcile failed; retrying");
-                "error"
+            PassOutcome::Failed(e) => {
+                tracing::warn!(error = %e, result = e.metric_label(), "DNS reconcile failed; retrying");
+                e.metric_label()
             }
             _ => {
                 self.readiness.set(true);
@@ -164,8 +213,7 @@ impl DnsLoop {
             Ok(z) => z,
             Err((zone, e)) => {
                 self.note_refusals(book, state.refusals.iter().cloned());
-                let zone = zone.map(|z| format!(" in {}", z.label())).unwrap_or_default();
-                return PassOutcome::Failed(format!("reading published records{zone}: {e}"));
+                return PassOutcome::Failed(PassError::Read { zone: zone.map(|z| z.label()), source: e });
             }
         };
         let plan = zoned.merged();
@@ -193,12 +241,13 @@ impl DnsLoop {
         self.update_record_weights(book, &zoned.current(), &report, owner);
         self.note_held(book, &plan).await;
 
-        if !report.is_complete() {
-            return PassOutcome::Failed(format!("{} of {} DNS changes failed", report.failed.len(), plan.len()));
+        let failed = report.failed.len();
+        if let Some((_, first)) = report.failed.into_iter().next() {
+            return PassOutcome::Failed(PassError::Apply { failed, total: plan.len(), first });
         }
         if signal.from_desired && signal.current != Some(signal.weight) && plan.reaches_desired_weights() {
-            if let Err(e) = self.fence.check() {
-                return PassOutcome::Failed(format!("acknowledging weight {}: {e}", signal.weight));
+            if let Err(source) = self.fence.check() {
+                return PassOutcome::Failed(PassError::AckFenced { weight: signal.weight, source });
             }
             match self.store.ack(&owner.cluster, signal.weight).await {
                 Ok(AckOutcome::Acknowledged) => {
@@ -209,7 +258,7 @@ impl DnsLoop {
                     tracing::info!(cluster = %owner.cluster, applied = signal.weight, "DesiredWeight changed while it was applied; reconciling again");
                     self.poll_weight_now.notify_one();
                 }
-                Err(e) => return PassOutcome::Failed(format!("acknowledging weight {}: {e}", signal.weight)),
+                Err(source) => return PassOutcome::Failed(PassError::Ack { weight: signal.weight, source }),
             }
         }
         PassOutcome::Done { changes: report.applied.len() }
@@ -319,8 +368,8 @@ pub fn published_weights(current: &[RecordSet], applied: &[Change], owner: &Owne
     out
 }
 
-fn fenced_error(e: &super::leader::Fenced) -> DnsError {
-    DnsError::Call { provider: "weir", operation: "apply", message: e.to_string(), retryable: true }
+fn fenced_error(e: &Fenced) -> DnsError {
+    DnsError::Fenced { provider: "weir", operation: "apply", source: e.clone() }
 }
 
 fn log_plan(plan: &Plan, revision: u64, weight: u8) {
@@ -460,6 +509,73 @@ mod tests {
         assert!(matches!(l.pass(&snapshot("100"), pending, &mut book).await, PassOutcome::Done { changes: 1 }));
         assert_eq!(store.get("eu").await.unwrap().unwrap().current, StoredWeight::Valid(20), "acknowledged once fixed");
         assert_eq!(l.metrics.ack_blocked.get_or_create(&blocked).get(), 0);
+    }
+
+    fn results(l: &DnsLoop) -> BTreeMap<&'static str, u64> {
+        PassError::RESULTS
+            .iter()
+            .map(|r| (*r, l.metrics.reconciles.get_or_create(&labels(&[("result", r)])).get()))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_pass_without_the_lease_writes_nothing_and_is_counted_as_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut l, store, _) = setup(dir.path()).await;
+        l.fence = Fence::closed();
+        store.ensure("eu", 50).await.unwrap();
+        let signal = Some(WeightSignal { weight: 50, from_desired: true, current: Some(50) });
+        let outcome = l.pass(&snapshot("50"), signal, &mut Bookkeeping::default()).await;
+        let PassOutcome::Failed(e) = outcome else { panic!("{outcome:?}") };
+        assert!(matches!(e, PassError::Apply { failed: 2, total: 2, first: DnsError::Fenced { .. } }), "{e:?}");
+        assert_eq!(changes(&l), 0);
+        let counted: Vec<_> = results(&l).into_iter().filter(|(_, n)| *n > 0).collect();
+        assert_eq!(counted, [("fenced", 1)]);
+    }
+
+    #[test]
+    fn every_failure_is_counted_under_an_exposed_result() {
+        let call = |retryable| DnsError::Call { provider: "p", operation: "o", message: "m".into(), retryable };
+        let throttled =
+            || DnsError::aws("route53", "ChangeResourceRecordSets", "m".into(), crate::aws::Outcome::Throttled);
+        let store = |e: StoreError| PassError::Ack { weight: 1, source: e };
+        let call_store = StoreError::Call { store: "s", operation: "ack", message: "m".into() };
+        let cases = [
+            (PassError::Read { zone: None, source: throttled() }, "throttled"),
+            (PassError::Read { zone: Some("z".into()), source: call(true) }, "dns_api"),
+            (PassError::Apply { failed: 1, total: 2, first: call(false) }, "dns_api"),
+            (PassError::Apply { failed: 1, total: 1, first: throttled() }, "throttled"),
+            (PassError::Apply { failed: 1, total: 1, first: fenced_error(&Fenced) }, "fenced"),
+            (
+                PassError::Apply {
+                    failed: 1,
+                    total: 1,
+                    first: DnsError::InvalidRecord {
+                        key: RecordKey {
+                            name: "a.example.com".into(),
+                            rtype: RecordType::A,
+                            set_identifier: "eu".into(),
+                        },
+                        reason: "r".into(),
+                    },
+                },
+                "invalid_record",
+            ),
+            (PassError::AckFenced { weight: 1, source: Fenced }, "fenced"),
+            (store(call_store), "store_unavailable"),
+            (store(StoreError::NotFound("eu".into())), "store_not_found"),
+            (
+                store(StoreError::Conflict { cluster: "eu".into(), expected: "1".into(), found: "2".into() }),
+                "store_conflict",
+            ),
+            (store(StoreError::ReadOnly("static")), "store_read_only"),
+        ];
+        for (e, want) in &cases {
+            assert_eq!(e.metric_label(), *want, "{e}");
+            assert!(PassError::RESULTS.contains(want));
+        }
+        // A throttled AWS answer is not a generic API error.
+        assert_eq!(DnsError::aws("r", "o", "m".into(), crate::aws::Outcome::Transport).metric_label(), "dns_api");
     }
 
     #[tokio::test(flavor = "multi_thread")]

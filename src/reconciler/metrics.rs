@@ -105,8 +105,15 @@ impl ReconcileMetrics {
             m.record_weight.clone(),
         );
         registry.register("weir_reconcile", "DNS reconcile passes by result", m.reconciles.clone());
+        // Every result from the start, so that `rate()` and alerts see the first failure of a kind.
+        for result in super::dns::PassError::RESULTS {
+            let _ = m.reconciles.get_or_create(&labels(&[("result", result)]));
+        }
         registry.register("weir_reconcile_duration_seconds", "Duration of DNS reconcile passes", m.duration.clone());
         registry.register("weir_dns_changes", "DNS record changes applied, by action", m.changes.clone());
+        for action in ["UPSERT", "DELETE"] {
+            let _ = m.changes.get_or_create(&labels(&[("action", action)]));
+        }
         registry.register(
             "weir_ack_blocked_hosts",
             "Hosts held off the weight derived from the cluster weight (bad annotation, no load-balancer \
@@ -136,6 +143,10 @@ mod tests {
         r.changes.get_or_create(&labels(&[("action", "UPSERT")])).inc();
         r.duration.observe(0.01);
         r.ack_blocked.get_or_create(&eu).set(1);
+        // A family without samples is not exposed: one in each, so that every name is checked.
+        w.store_errors.get_or_create(&labels(&[("operation", "get"), ("error", "call")])).inc();
+        w.row_invalid.get_or_create(&eu).set(0);
+        w.refused.get_or_create(&labels(&[("cluster", "eu"), ("rule", "min_serving_clusters")])).set(0);
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
         // Every family, and every sample but the histogram's buckets and sum: nothing more, nothing less.
@@ -157,25 +168,38 @@ mod tests {
             ],
             "{text}"
         );
-        let samples: Vec<&str> = text
+        // Sorted: the order of a family's samples is not defined.
+        let mut samples: Vec<&str> = text
             .lines()
             .filter(|l| !l.starts_with('#'))
             .filter(|l| !l.starts_with("weir_reconcile_duration_seconds_bucket"))
             .collect();
-        assert_eq!(
-            samples,
-            [
-                "cluster_traffic_controller_ingress_weight_desired{cluster=\"eu\"} 50",
-                "cluster_traffic_controller_ingress_weight_current{cluster=\"eu\"} 50",
-                "weir_weight_drift_seconds{cluster=\"eu\"} 0.0",
-                "weir_record_weight{host=\"a.example.com\",cluster=\"eu\"} 25",
-                "weir_reconcile_total{result=\"success\"} 1",
-                "weir_reconcile_duration_seconds_sum 0.01",
-                "weir_reconcile_duration_seconds_count 1",
-                "weir_dns_changes_total{action=\"UPSERT\"} 1",
-                "weir_ack_blocked_hosts{cluster=\"eu\"} 1",
-            ],
-            "{text}"
-        );
+        samples.sort();
+        let mut want = [
+            "cluster_traffic_controller_ingress_weight_desired{cluster=\"eu\"} 50",
+            "cluster_traffic_controller_ingress_weight_current{cluster=\"eu\"} 50",
+            "weir_weight_drift_seconds{cluster=\"eu\"} 0.0",
+            "weir_weight_store_errors_total{operation=\"get\",error=\"call\"} 1",
+            "weir_weight_row_invalid{cluster=\"eu\"} 0",
+            "weir_weight_refused{cluster=\"eu\",rule=\"min_serving_clusters\"} 0",
+            "weir_record_weight{host=\"a.example.com\",cluster=\"eu\"} 25",
+            "weir_reconcile_total{result=\"success\"} 1",
+            "weir_reconcile_total{result=\"throttled\"} 0",
+            "weir_reconcile_total{result=\"dns_api\"} 0",
+            "weir_reconcile_total{result=\"invalid_record\"} 0",
+            "weir_reconcile_total{result=\"fenced\"} 0",
+            "weir_reconcile_total{result=\"store_unavailable\"} 0",
+            "weir_reconcile_total{result=\"store_not_found\"} 0",
+            "weir_reconcile_total{result=\"store_conflict\"} 0",
+            "weir_reconcile_total{result=\"store_read_only\"} 0",
+            "weir_reconcile_total{result=\"store_invalid_weight\"} 0",
+            "weir_reconcile_duration_seconds_sum 0.01",
+            "weir_reconcile_duration_seconds_count 1",
+            "weir_dns_changes_total{action=\"UPSERT\"} 1",
+            "weir_dns_changes_total{action=\"DELETE\"} 0",
+            "weir_ack_blocked_hosts{cluster=\"eu\"} 1",
+        ];
+        want.sort();
+        assert_eq!(samples, want, "{text}");
     }
 }

@@ -95,6 +95,12 @@ impl XdsMetrics {
             m.initial_waiting.clone(),
         );
         r.register("initial_wait_seconds", "Time an initial fetch waited for a permit", m.initial_wait.clone());
+        // Every type from the start (a family without samples is not exposed): alerts see the first NACK.
+        for ty in ResourceType::ALL {
+            for family in [&m.pushes, &m.resources_sent, &m.bytes_sent, &m.nacks] {
+                let _ = family.get_or_create(&type_label(ty));
+            }
+        }
         m
     }
 }
