@@ -192,16 +192,33 @@ impl Drop for Weir {
     }
 }
 
-#[tokio::main]
-async fn main() {
-    let ks: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let ks = if ks.is_empty() { vec![100, 1000, 10_000] } else { ks };
+/// A fresh `weir xds` (file provider, SQLite state) on free ports, ready to serve; dropped, it is killed.
+struct Server {
+    weir: Weir,
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_weir() -> Server {
     let dir = tempfile::tempdir().unwrap();
     manifests(dir.path());
     let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    // `WEIR_BENCH_WRAPPER="heaptrack -o /tmp/weir-xds"` runs weir under a profiler (memory figures
+    // are then the wrapper's, not weir's alone).
+    let wrapper = std::env::var("WEIR_BENCH_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(env!("CARGO_BIN_EXE_weir"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_weir")),
+    };
     let weir = Weir(
-        Command::new(env!("CARGO_BIN_EXE_weir"))
+        command
             .args(["xds", "--provider", "file", "--name", "shop"])
             .arg("--manifests")
             .arg(dir.path())
@@ -213,18 +230,27 @@ async fn main() {
             .spawn()
             .expect("start weir"),
     );
-    let pid = weir.0.id();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !http(admin, "GET", "/readyz").await.starts_with("HTTP/1.1 200") {
         assert!(Instant::now() < deadline, "weir xds did not become ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Server { weir, grpc, admin, _dir: dir }
+}
+
+#[tokio::main]
+async fn main() {
+    let ks: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let ks = if ks.is_empty() { vec![100, 1000, 10_000] } else { ks };
 
     println!("workload: weir xds (release), 2 services, {ROUNDS} weight changes per K (3 at 10,000); each client = own HTTP/2");
     println!("connection, SotW ADS, LDS+RDS+CDS+EDS subscribed, ACKs every response. Latency = POST /traffic sent");
     println!("→ route response received, per client. Memory = weir RSS growth / K with K idle streams.");
     println!("{:>6} {:>10} {:>10} {:>10} {:>16}", "K", "p50", "p99", "max", "KiB/idle stream");
     for k in ks.clone() {
+        // Each K against a fresh weir, so that memory freed by an earlier K does not hide growth.
+        let server = start_weir().await;
+        let (grpc, admin, pid) = (server.grpc, server.admin, server.weir.0.id());
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rss_before = rss_kib(pid);
         let (routes_tx, mut routes) = mpsc::unbounded_channel();
@@ -274,10 +300,12 @@ async fn main() {
         for t in tasks {
             t.abort();
         }
+        drop(server);
     }
 
     let k = ks.iter().copied().filter(|k| *k <= 1000).max().unwrap_or(1000);
-    storm_and_bytes(k, grpc, admin).await;
+    let server = start_weir().await;
+    storm_and_bytes(k, server.grpc, server.admin).await;
 }
 
 /// Waits until `k` distinct clients reported on `rx`; returns each one's first report time.

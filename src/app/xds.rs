@@ -164,7 +164,7 @@ pub async fn serve(args: XdsArgs, rt: &Runtime) -> Result<()> {
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(ads.csds_service())
-            .add_service(ads.into_service())
+            .add_service(crate::xds::grpc::AdsService::new(ads))
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), grpc_shutdown)
             .await
     });

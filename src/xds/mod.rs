@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod cache;
 pub mod controller;
+pub mod grpc;
 pub mod infra_status;
 pub mod server;
 pub mod state;
