@@ -14,6 +14,8 @@ pub mod ir;
 pub mod model;
 pub mod operator;
 pub mod selection;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod translate;
 pub mod weight;
 pub mod xds;

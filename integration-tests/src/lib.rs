@@ -8,6 +8,7 @@ pub mod chart;
 pub mod gate;
 pub mod pod;
 pub mod weir_aws;
+pub mod weir_cmd;
 pub mod writelog;
 
 use std::net::{TcpListener, UdpSocket};

@@ -5,51 +5,19 @@
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use integration_tests::apiserver::{ApiServer, Options, Selector, WriteOp};
 use integration_tests::chart::{install_controller_identity, ChartIdentity, RELEASE_NAMESPACE};
-use integration_tests::{free_port, free_udp_tcp_port, http_get, metric, wait_for, weir_bin, Proc};
+use integration_tests::wait_for;
+use integration_tests::weir_cmd::{Weir, WeirCmd};
 use serde_json::{json, Value};
+use weir_core::testkit::{mk_ingress, mk_service, mk_slice, EndpointState};
 
 const CLUSTER: &str = "eu";
 const T: Duration = Duration::from_secs(30);
-
-fn ingress(name: &str, hosts: &[(&str, &str)], ip: &str) -> Value {
-    let rules: Vec<Value> = hosts
-        .iter()
-        .map(|(host, svc)| {
-            json!({"host": host, "http": {"paths": [{"path": "/", "pathType": "Prefix",
-                "backend": {"service": {"name": svc, "port": {"number": 80}}}}]}})
-        })
-        .collect();
-    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-           "metadata": {"name": name, "namespace": "default"},
-           "spec": {"rules": rules},
-           "status": {"loadBalancer": {"ingress": [{"ip": ip}]}}})
-}
-
-fn service(name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
-           "spec": {"ports": [{"port": 80}]}})
-}
-
-fn slice(service: &str, ready: bool) -> Value {
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-           "metadata": {"name": format!("{service}-1"), "namespace": "default",
-                        "labels": {"kubernetes.io/service-name": service}},
-           "addressType": "IPv4",
-           "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": ready}}]})
-}
-
-struct Controller {
-    proc: Proc,
-    metrics: String,
-    dns: SocketAddr,
-}
 
 /// The chart's identity for this test's values.
 fn identity(server: &ApiServer, set: Value) -> ChartIdentity {
@@ -66,39 +34,29 @@ fn assert_nothing_denied(server: &ApiServer, id: &ChartIdentity) {
     assert!(denied.is_empty(), "denied to {}: {denied:#?}", id.user);
 }
 
-fn controller(name: &str, server: &ApiServer, id: &ChartIdentity, dir: &Path, extra: &[&str]) -> Controller {
-    let kubeconfig = server.write_kubeconfig_for(dir, &id.token);
-    let metrics_port = free_port();
-    let dns: SocketAddr = format!("127.0.0.1:{}", free_udp_tcp_port()).parse().unwrap();
-    let mut cmd = Command::new(weir_bin());
-    cmd.env("KUBECONFIG", &kubeconfig)
-        .env("WEIR_LOG", "info,weir=debug")
+fn controller(name: &str, server: &ApiServer, id: &ChartIdentity, dir: &Path, extra: &[&str]) -> Weir {
+    WeirCmd::controller(CLUSTER)
+        .kubernetes(server, dir, &id.token)
         .env("POD_NAME", name)
-        .args(["controller", "--provider", "kubernetes", "--cluster-name", CLUSTER])
-        .args(["--backend-type", "sqlite", "--initial-weight", "100", "--weight-poll-interval", "200ms"])
-        .arg("--db")
-        .arg(dir.join("weir.db"))
-        .args(["--dns-provider", "embedded", "--dns-listen", &dns.to_string(), "--record-ttl", "5"])
-        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-        .args(extra);
-    let proc = Proc::spawn(name, &mut cmd, dir);
-    Controller { proc, metrics: format!("http://127.0.0.1:{metrics_port}"), dns }
+        .sqlite(&dir.join("weir.db"))
+        .embedded_dns()
+        .metrics()
+        .args(extra)
+        .spawn(name, dir)
 }
 
-impl Controller {
-    fn metrics(&self) -> String {
-        http_get(&format!("{}/metrics", self.metrics)).unwrap_or_default()
-    }
+/// An Ingress `default/name` routing each (host, Service) to port 80, behind a load balancer at `ip`.
+fn ingress(name: &str, hosts: &[(&str, &str)], ip: &str) -> Value {
+    hosts.iter().fold(mk_ingress("default", name), |i, (host, svc)| i.rule(host, svc, 80)).load_balancer(ip).json()
+}
 
-    fn record_weight(&self, host: &str) -> Option<f64> {
-        metric(&self.metrics(), "weir_record_weight", &[("host", host), ("cluster", CLUSTER)])
-    }
+fn service(name: &str) -> Value {
+    mk_service("default", name).port(80).json()
+}
 
-    fn wait_weight(&self, host: &str, want: Option<f64>) {
-        wait_for(&format!("{host} at weight {want:?} on {}", self.proc.name), T, || {
-            (self.record_weight(host) == want).then_some(())
-        });
-    }
+fn slice(service: &str, ready: bool) -> Value {
+    let state = if ready { EndpointState::Ready } else { EndpointState::NotReady };
+    mk_slice("default", service).endpoint("10.0.0.1", state).json()
 }
 
 /// The A records the embedded server answers for `host` (empty on NXDOMAIN or no data).
@@ -150,33 +108,34 @@ fn ingress_lifecycle_drives_records() {
     let c = controller("controller", &server, &id, dir.path(), &["--allow-all-zero"]);
 
     // Ingress with a load-balancer address → its records appear, and the DNS server answers.
-    c.wait_weight("a.example.com", Some(100.0));
-    c.wait_weight("b.example.com", Some(100.0));
-    let answer =
-        wait_for("an A answer for a.example.com", T, || query_a(c.dns, "a.example.com").filter(|a| !a.is_empty()));
+    c.wait_record_weight("a.example.com", CLUSTER, Some(100.0), T);
+    c.wait_record_weight("b.example.com", CLUSTER, Some(100.0), T);
+    let answer = wait_for("an A answer for a.example.com", T, || {
+        query_a(c.dns_addr(), "a.example.com").filter(|a| !a.is_empty())
+    });
     assert_eq!(answer, vec![Ipv4Addr::new(192, 0, 2, 10)]);
-    wait_for("readiness", T, || http_get(&format!("{}/readyz", c.metrics)));
+    wait_for("readiness", T, || c.get("/readyz"));
 
     // Annotate → the weight changes.
     merge(&server, &ing, "web", json!({"metadata": {"annotations": {"dns.adevinta.com/traffic-weight": "40"}}}));
-    c.wait_weight("a.example.com", Some(40.0));
-    c.wait_weight("b.example.com", Some(40.0));
+    c.wait_record_weight("a.example.com", CLUSTER, Some(40.0), T);
+    c.wait_record_weight("b.example.com", CLUSTER, Some(40.0), T);
 
     // svc-b's EndpointSlice loses its ready endpoint → weight 0 for b only.
     let rt = server.store().type_of(&slice("x", true)).unwrap();
     server.store().write(&rt, "default", "svc-b-1", WriteOp::Replace(slice("svc-b", false)), false).unwrap();
-    c.wait_weight("b.example.com", Some(0.0));
-    assert_eq!(c.record_weight("a.example.com"), Some(40.0), "a must keep its weight");
+    c.wait_record_weight("b.example.com", CLUSTER, Some(0.0), T);
+    assert_eq!(c.record_weight("a.example.com", CLUSTER), Some(40.0), "a must keep its weight");
 
     // Deleted while another finalizer holds it → no traffic; deleted for good → records gone.
     merge(&server, &ing, "web", json!({"metadata": {"finalizers": ["other.example.com/hold"]}}));
     let ing_rt = server.store().type_of(&ing).unwrap();
     server.store().delete(&ing_rt, "default", "web").unwrap();
-    c.wait_weight("a.example.com", Some(0.0));
+    c.wait_record_weight("a.example.com", CLUSTER, Some(0.0), T);
     merge(&server, &ing, "web", json!({"metadata": {"finalizers": null}}));
-    c.wait_weight("a.example.com", None);
-    c.wait_weight("b.example.com", None);
-    wait_for("a.example.com gone from DNS", T, || query_a(c.dns, "a.example.com").filter(|a| a.is_empty()));
+    c.wait_record_weight("a.example.com", CLUSTER, None, T);
+    c.wait_record_weight("b.example.com", CLUSTER, None, T);
+    wait_for("a.example.com gone from DNS", T, || query_a(c.dns_addr(), "a.example.com").filter(|a| a.is_empty()));
     assert_nothing_denied(&server, &id);
 }
 
@@ -192,7 +151,7 @@ fn refused_inputs_become_events_on_the_ingress() {
     seed(&server, ingress("ok", &[("b.example.com", "svc")], "192.0.2.11"));
     let id = identity(&server, json!({}));
     let c = controller("controller", &server, &id, dir.path(), &[]);
-    c.wait_weight("b.example.com", Some(100.0));
+    c.wait_record_weight("b.example.com", CLUSTER, Some(100.0), T);
 
     let events = server.store().type_of(&json!({"apiVersion": "events.k8s.io/v1", "kind": "Event"})).unwrap();
     let find = |reason: &str| {
@@ -213,8 +172,8 @@ fn refused_inputs_become_events_on_the_ingress() {
     );
     let guard = wait_for("an AllZeroGuard Event", T, || find("AllZeroGuard"));
     assert_eq!(guard["regarding"]["kind"], "Ingress");
-    assert_eq!(c.record_weight("b.example.com"), Some(100.0), "the guard keeps the published weight");
-    assert!(metric(&c.metrics(), "weir_invalid_input_total", &[("kind", "all_zero_guard")]).is_some_and(|v| v >= 1.0));
+    assert_eq!(c.record_weight("b.example.com", CLUSTER), Some(100.0), "the guard keeps the published weight");
+    assert!(c.metric("weir_invalid_input_total", &[("kind", "all_zero_guard")]).is_some_and(|v| v >= 1.0));
     assert_nothing_denied(&server, &id);
 }
 
@@ -239,12 +198,12 @@ fn leader_election_one_writer_and_takeover_after_kill() {
     ];
     let id = identity(&server, json!({}));
     let a = controller("a", &server, &id, dir.path(), &lease);
-    let leader_of = |c: &Controller| metric(&c.metrics(), "weir_leader", &[]);
+    let leader_of = |c: &Weir| c.metric("weir_leader", &[]);
     wait_for("a leads", T, || (leader_of(&a) == Some(1.0)).then_some(()));
-    a.wait_weight("a.example.com", Some(100.0));
+    a.wait_record_weight("a.example.com", CLUSTER, Some(100.0), T);
     let mut b = controller("b", &server, &id, dir.path(), &lease);
     // b is up and ready (caches warm) but does not write.
-    wait_for("b ready as a standby", T, || http_get(&format!("{}/readyz", b.metrics)));
+    wait_for("b ready as a standby", T, || b.get("/readyz"));
     assert_eq!(leader_of(&b), Some(0.0));
     // One Kubernetes client per process: the provider, the elector, the infra manager and the Events
     // sink share its connection pool (each logs when it builds one).
@@ -254,8 +213,8 @@ fn leader_election_one_writer_and_takeover_after_kill() {
     }
 
     merge(&server, &ing, "web", json!({"metadata": {"annotations": {"dns.adevinta.com/traffic-weight": "30"}}}));
-    a.wait_weight("a.example.com", Some(30.0));
-    assert_eq!(b.record_weight("a.example.com"), None, "the standby must not write");
+    a.wait_record_weight("a.example.com", CLUSTER, Some(30.0), T);
+    assert_eq!(b.record_weight("a.example.com", CLUSTER), None, "the standby must not write");
 
     // SIGKILL the leader: no release, so b takes over once the 3 s lease expires.
     let mut a = a;
@@ -266,8 +225,8 @@ fn leader_election_one_writer_and_takeover_after_kill() {
     assert!(took <= Duration::from_secs(3) + Duration::from_secs(2), "takeover took {took:?}");
     // b now writes: a change lands through it.
     merge(&server, &ing, "web", json!({"metadata": {"annotations": {"dns.adevinta.com/traffic-weight": "60"}}}));
-    b.wait_weight("a.example.com", Some(60.0));
-    let answer = wait_for("DNS still answers", T, || query_a(b.dns, "a.example.com").filter(|a| !a.is_empty()));
+    b.wait_record_weight("a.example.com", CLUSTER, Some(60.0), T);
+    let answer = wait_for("DNS still answers", T, || query_a(b.dns_addr(), "a.example.com").filter(|a| !a.is_empty()));
     assert_eq!(answer, vec![Ipv4Addr::new(192, 0, 2, 10)]);
 
     // A clean shutdown releases the lease.
@@ -287,17 +246,12 @@ fn dnsendpoint_mode_writes_external_dns_objects() {
     let ing = ingress("web", &[("a.example.com", "svc"), ("b.example.com", "svc")], "192.0.2.10");
     let uid = server.store().create_object(ing.clone()).unwrap()["metadata"]["uid"].clone();
     let id = identity(&server, json!({"controller": {"dnsProvider": "dnsendpoint"}}));
-    let kubeconfig = server.write_kubeconfig_for(dir.path(), &id.token);
-    let mut cmd = Command::new(weir_bin());
-    cmd.env("KUBECONFIG", &kubeconfig)
-        .env("WEIR_LOG", "info,weir=debug")
-        .args(["controller", "--provider", "kubernetes", "--cluster-name", CLUSTER])
-        .args(["--backend-type", "sqlite", "--initial-weight", "100", "--weight-poll-interval", "200ms"])
-        .arg("--db")
-        .arg(dir.path().join("weir.db"))
+    let _weir = WeirCmd::controller(CLUSTER)
+        .kubernetes(&server, dir.path(), &id.token)
+        .sqlite(&dir.path().join("weir.db"))
         .args(["--dns-provider", "dnsendpoint", "--allow-all-zero"])
-        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())]);
-    let _weir = Proc::spawn("weir", &mut cmd, dir.path());
+        .metrics()
+        .spawn("weir", dir.path());
 
     let rt =
         server.store().type_of(&json!({"apiVersion": "externaldns.k8s.io/v1alpha1", "kind": "DNSEndpoint"})).unwrap();
@@ -342,10 +296,9 @@ fn rbac_revoked_at_run_time_is_logged_counted_unready_and_keeps_records() {
     seed(&server, ingress("web", &[("a.example.com", "svc")], "192.0.2.10"));
     let id = identity(&server, json!({}));
     let mut c = controller("controller", &server, &id, dir.path(), &["--allow-all-zero"]);
-    c.wait_weight("a.example.com", Some(100.0));
-    wait_for("readiness", T, || http_get(&format!("{}/readyz", c.metrics)));
-    let denied_count =
-        |c: &Controller| metric(&c.metrics(), "weir_kube_watch_errors_total", &[("kind", "Ingress"), ("code", "403")]);
+    c.wait_record_weight("a.example.com", CLUSTER, Some(100.0), T);
+    wait_for("readiness", T, || c.get("/readyz"));
+    let denied_count = |c: &Weir| c.metric("weir_kube_watch_errors_total", &[("kind", "Ingress"), ("code", "403")]);
     assert_eq!(denied_count(&c), None);
 
     // Someone removes the controller's ClusterRoleBinding; the running watches end and restart.
@@ -353,7 +306,7 @@ fn rbac_revoked_at_run_time_is_logged_counted_unready_and_keeps_records() {
     server.store().delete(&crb, "", "weir").unwrap();
     server.close_watches();
     wait_for("the 403 counted", T, || denied_count(&c).filter(|v| *v >= 1.0));
-    wait_for("not ready", T, || http_get(&format!("{}/readyz", c.metrics)).is_none().then_some(()));
+    wait_for("not ready", T, || c.get("/readyz").is_none().then_some(()));
     let log = c.proc.log();
     assert!(
         log.contains("Kubernetes denied list/watch of ingresses (group \"networking.k8s.io\") at the cluster scope"),
@@ -361,8 +314,8 @@ fn rbac_revoked_at_run_time_is_logged_counted_unready_and_keeps_records() {
     );
     // What was published stays: the record and the DNS answer.
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(c.record_weight("a.example.com"), Some(100.0));
-    let answer = wait_for("DNS still answers", T, || query_a(c.dns, "a.example.com").filter(|a| !a.is_empty()));
+    assert_eq!(c.record_weight("a.example.com", CLUSTER), Some(100.0));
+    let answer = wait_for("DNS still answers", T, || query_a(c.dns_addr(), "a.example.com").filter(|a| !a.is_empty()));
     assert_eq!(answer, vec![Ipv4Addr::new(192, 0, 2, 10)]);
 
     // Granted again: ready again.
@@ -370,6 +323,6 @@ fn rbac_revoked_at_run_time_is_logged_counted_unready_and_keeps_records() {
     server.store().create_object(rendered).unwrap();
     // A resumed watch that works yields nothing until a change; the denial expires after 45 s at
     // most (the watcher retries within 30 s and a retry still denied would renew it).
-    wait_for("ready again", Duration::from_secs(90), || http_get(&format!("{}/readyz", c.metrics)));
+    wait_for("ready again", Duration::from_secs(90), || c.get("/readyz"));
     c.proc.terminate(Duration::from_secs(10));
 }

@@ -12,33 +12,20 @@ use weir::model::Snapshot;
 use weir::providers::kubernetes::{run, KubernetesConfig};
 use weir::providers::SnapshotRx;
 use weir::translate::{translate, TranslateConfig};
+use weir_core::testkit::{mk_ingress, mk_service, mk_slice, EndpointState};
 
+/// An Ingress `default/name` routing each (host, Service) to port 80, behind `lb.example.net`.
 fn ingress(name: &str, hosts: &[(&str, &str)]) -> Value {
-    let rules: Vec<Value> = hosts
-        .iter()
-        .map(|(host, svc)| {
-            json!({"host": host, "http": {"paths": [{"path": "/", "pathType": "Prefix",
-                "backend": {"service": {"name": svc, "port": {"number": 80}}}}]}})
-        })
-        .collect();
-    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-           "metadata": {"name": name, "namespace": "default"},
-           "spec": {"rules": rules},
-           "status": {"loadBalancer": {"ingress": [{"hostname": "lb.example.net"}]}}})
+    let ingress = hosts.iter().fold(mk_ingress("default", name), |i, (host, svc)| i.rule(host, svc, 80));
+    ingress.load_balancer("lb.example.net").json()
 }
 
 fn service(name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
-           "spec": {"ports": [{"port": 80}]}})
+    mk_service("default", name).port(80).json()
 }
 
-fn slice(service: &str, ready: bool, terminating: bool) -> Value {
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-           "metadata": {"name": format!("{service}-abc"), "namespace": "default",
-                        "labels": {"kubernetes.io/service-name": service}},
-           "addressType": "IPv4",
-           "endpoints": [{"addresses": ["10.0.0.1"],
-                          "conditions": {"ready": ready, "serving": ready || terminating, "terminating": terminating}}]})
+fn slice(service: &str, state: EndpointState) -> Value {
+    mk_slice("default", service).endpoint("10.0.0.1", state).json()
 }
 
 /// Seeds an object directly in the store (which keeps `status`, as a controller's /status write would).
@@ -79,8 +66,8 @@ async fn snapshots_follow_ingresses_services_and_endpoint_slices() {
     seed(&server, ingress("web", &[("a.example.com", "svc-a"), ("b.example.com", "svc-b")]));
     seed(&server, service("svc-a"));
     seed(&server, service("svc-b"));
-    seed(&server, slice("svc-a", true, false));
-    seed(&server, slice("svc-b", true, false));
+    seed(&server, slice("svc-a", EndpointState::Ready));
+    seed(&server, slice("svc-b", EndpointState::Ready));
     seed(
         &server,
         json!({"apiVersion": "weir.dev/v1alpha1", "kind": "TrafficInfra",
@@ -94,8 +81,11 @@ async fn snapshots_follow_ingresses_services_and_endpoint_slices() {
     until(&mut rx, "the TrafficInfra", |s| s.traffic_infras.len() == 1).await;
 
     // svc-b's only endpoint starts terminating: only b.example.com drains.
-    let rt = server.store().type_of(&slice("x", true, false)).unwrap();
-    server.store().write(&rt, "default", "svc-b-abc", WriteOp::Replace(slice("svc-b", false, true)), false).unwrap();
+    let rt = server.store().type_of(&slice("x", EndpointState::Ready)).unwrap();
+    server
+        .store()
+        .write(&rt, "default", "svc-b-1", WriteOp::Replace(slice("svc-b", EndpointState::Draining)), false)
+        .unwrap();
     let drained = until(&mut rx, "b drained", |s| weight(s, "b.example.com") == Some(0)).await;
     assert_eq!(weight(&drained, "a.example.com"), Some(100));
     assert!(drained.revision > first.revision);
