@@ -2,14 +2,16 @@
 //! versions, NACKs, unknown types, snapshot updates) through the sans-IO state machines.
 //! Checks: no panic; every response nonce is fresh; a response carries only resources of its type;
 //! after a NACK of version V of a type, V is not sent again for that type until another version of it
-//! has been sent (no rejected-config loop); a delta response never both adds and removes one name.
+//! has been sent (no rejected-config loop); a delta response never both adds and removes one name;
+//! under a names cap of 1–4 per type (the input's first byte), a request past it is refused with
+//! nothing sent and no event.
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use weir_core::xds::ads::{DeltaStream, Event, SotwStream};
+use weir_core::xds::ads::{DeltaStream, Event, SotwStream, Step};
 use weir_core::xds::model::{BackendEndpoint, EndpointHealth, ProxyConfig, ServiceBackend};
 use weir_core::xds::resources::{translate, ResourceType};
 use weir_core::xds::snapshot::XdsSnapshot;
@@ -29,7 +31,11 @@ fn snapshots() -> &'static [Arc<XdsSnapshot>] {
                 strategy: strategy.into(),
                 endpoints: eps
                     .iter()
-                    .map(|a| BackendEndpoint { address: a.parse().unwrap(), zone: None, health: EndpointHealth::Healthy })
+                    .map(|a| BackendEndpoint {
+                        address: a.parse().unwrap(),
+                        zone: None,
+                        health: EndpointHealth::Healthy,
+                    })
                     .collect(),
                 port: None,
             };
@@ -96,8 +102,9 @@ fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     let snaps = snapshots();
     let mut snap = snaps[0].clone();
-    let mut sotw = SotwStream::new();
-    let mut delta = DeltaStream::new();
+    let cap = 1 + usize::from(input.byte() % 4);
+    let mut sotw = SotwStream::new().with_max_names(cap);
+    let mut delta = DeltaStream::new().with_max_names(cap);
     let node = Some(Node { id: "n1".into(), ..Default::default() });
     // Nonces are fresh per stream.
     let (mut nonces, mut delta_nonces) = (BTreeSet::new(), BTreeSet::new());
@@ -129,6 +136,7 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let type_url = req.type_url.clone();
                 let step = sotw.handle_request(req, &snap);
+                check_refused(&step);
                 for event in &step.events {
                     if let Event::Nack { version, .. } = event {
                         // The machine names the version it had sent, which is what the client rejected.
@@ -150,6 +158,7 @@ fuzz_target!(|data: &[u8]| {
                     ..Default::default()
                 };
                 let d = delta.handle_request(req, &snap);
+                check_refused(&d);
                 check_delta(&d.responses, &mut delta_nonces);
                 continue;
             }
@@ -175,6 +184,12 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+fn check_refused<R>(step: &Step<R>) {
+    if let Some(refusal) = &step.refused {
+        assert!(step.responses.is_empty() && step.events.is_empty(), "{refusal}: a refused request had effects");
+    }
+}
 
 fn check_delta(responses: &[xdisc::DeltaDiscoveryResponse], nonces: &mut BTreeSet<String>) {
     for r in responses {

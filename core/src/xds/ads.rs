@@ -16,7 +16,12 @@
 //! - make before break: updates go out clusters, endpoints, listeners, routes (what is referred to
 //!   before what refers to it), and removals after every addition, in the reverse order. In SotW a
 //!   listener or cluster push that removes resources is sent twice: first with the leaving
-//!   resources kept, then, after the other types, without them.
+//!   resources kept, then, after the other types, without them;
+//! - what a client can make a stream hold is bounded: at most `max_names` names per type
+//!   ([`DEFAULT_MAX_NAMES_PER_TYPE`], `--xds-max-names-per-type`), every name, version and node
+//!   id at most [`MAX_CLIENT_NAME`] bytes, and of the node only its id and cluster are kept. A
+//!   request past a bound is not applied: the step carries a [`Refusal`] and the server ends the
+//!   stream (RESOURCE_EXHAUSTED).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -37,6 +42,83 @@ pub const MAX_NACK_MESSAGE: usize = 1024;
 /// Responses sent and not yet answered that a delta stream remembers; older ones are forgotten
 /// (their answers are then reported as stale), so a client that never answers costs a bounded amount.
 const MAX_PENDING: usize = 16;
+
+/// Longest resource name, initial resource version, node id or node cluster a client may send
+/// (weir's names are Kubernetes names and endpoint addresses, a few hundred bytes at most).
+pub const MAX_CLIENT_NAME: usize = 1024;
+
+/// Names one stream may subscribe to per type, by default (`--xds-max-names-per-type`). weir
+/// serves a few resources per planner Service and endpoint; a client asking for more is not one
+/// of its proxies.
+pub const DEFAULT_MAX_NAMES_PER_TYPE: usize = 10_000;
+
+/// A request that would take its stream past a bound. It is not applied; the server ends the
+/// stream with RESOURCE_EXHAUSTED and this as the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the {} subscription of this stream would hold {names} names; at most {max} per type", .ty.label())]
+    TooManyNames { ty: ResourceType, names: usize, max: usize },
+    #[error("a {what} of {len} bytes; at most {max}", max = MAX_CLIENT_NAME)]
+    TooLong { what: &'static str, len: usize },
+}
+
+impl Refusal {
+    /// The bound hit, as the `limit` label of `weir_xds_limits_hit_total`.
+    pub fn limit(&self) -> &'static str {
+        match self {
+            Refusal::TooManyNames { .. } => "names_per_type",
+            Refusal::TooLong { .. } => "name_length",
+        }
+    }
+}
+
+fn check_len(what: &'static str, text: &str) -> Result<(), Refusal> {
+    if text.len() > MAX_CLIENT_NAME {
+        return Err(Refusal::TooLong { what, len: text.len() });
+    }
+    Ok(())
+}
+
+/// The names cap of one stream (a newtype so that `Default` is the default cap, not 0).
+#[derive(Debug, Clone, Copy)]
+struct NameCap(usize);
+
+impl Default for NameCap {
+    fn default() -> Self {
+        Self(DEFAULT_MAX_NAMES_PER_TYPE)
+    }
+}
+
+impl NameCap {
+    fn check(self, ty: ResourceType, names: usize) -> Result<(), Refusal> {
+        if names > self.0 {
+            return Err(Refusal::TooManyNames { ty, names, max: self.0 });
+        }
+        Ok(())
+    }
+}
+
+/// The node as a stream keeps it: its id and cluster (all that status and CSDS read; a client's
+/// metadata may be megabytes).
+fn kept_node(node: &Node) -> Result<Node, Refusal> {
+    check_len("node id", &node.id)?;
+    check_len("node cluster", &node.cluster)?;
+    Ok(Node { id: node.id.clone(), cluster: node.cluster.clone(), ..Default::default() })
+}
+
+/// Keeps the first request's node. False (and `step.refused` set) when it is refused.
+fn keep_node<R>(kept: &mut Option<Node>, node: Option<&Node>, step: &mut Step<R>) -> bool {
+    if let (None, Some(node)) = (&kept, node) {
+        match kept_node(node) {
+            Ok(n) => *kept = Some(n),
+            Err(r) => {
+                step.refused = Some(r);
+                return false;
+            }
+        }
+    }
+    true
+}
 
 /// Something a client told us, for metrics, logs and the fleet's verdicts ([`super::snapshot::LastGood`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +151,8 @@ pub enum Event {
 pub struct Step<R> {
     pub responses: Vec<R>,
     pub events: Vec<Event>,
+    /// The request was past a bound and not applied: end the stream.
+    pub refused: Option<Refusal>,
 }
 
 /// Per type, what this client was last sent and what it said about it (for `/config_dump`,
@@ -252,11 +336,18 @@ pub struct SotwStream {
     /// New clusters whose endpoints the client has not been sent yet: listeners, routes and
     /// removals wait for them (see [`gated`]).
     waiting: BTreeSet<String>,
+    max_names: NameCap,
 }
 
 impl SotwStream {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// At most `max` names per type (instead of [`DEFAULT_MAX_NAMES_PER_TYPE`]).
+    pub fn with_max_names(mut self, max: usize) -> Self {
+        self.max_names = NameCap(max);
+        self
     }
 
     pub fn node(&self) -> Option<&Node> {
@@ -293,13 +384,20 @@ impl SotwStream {
         snap: &XdsSnapshot,
     ) -> Step<xdisc::DiscoveryResponse> {
         let mut step = Step::default();
-        if self.node.is_none() && req.node.is_some() {
-            self.node = req.node.clone();
+        if !keep_node(&mut self.node, req.node.as_ref(), &mut step) {
+            return step;
         }
         let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
             step.events.push(Event::UnknownType { type_url: req.type_url });
             return step;
         };
+        // The request's names are the whole subscription: checked before anything is applied.
+        let names: BTreeSet<String> = req.resource_names.into_iter().collect();
+        let checked = names.iter().filter(|n| *n != "*").try_for_each(|n| check_len("resource name", n));
+        if let Err(r) = checked.and_then(|()| self.max_names.check(ty, names.iter().filter(|n| *n != "*").count())) {
+            step.refused = Some(r);
+            return step;
+        }
         let first = !self.types.contains_key(&ty);
         let t = self.types.entry(ty).or_default();
         if !req.response_nonce.is_empty() {
@@ -321,7 +419,6 @@ impl SotwStream {
                 }
             }
         }
-        let names: BTreeSet<String> = req.resource_names.into_iter().collect();
         t.sub.wildcard =
             names.contains("*") || (names.is_empty() && ty.empty_means_wildcard() && (first || t.sub.wildcard));
         t.sub.names = names.into_iter().filter(|n| n != "*").collect();
@@ -510,6 +607,7 @@ pub struct DeltaStream {
     nonces: u64,
     /// As in [`SotwStream`]: new clusters whose endpoints the client has not been sent yet.
     waiting: BTreeSet<String>,
+    max_names: NameCap,
 }
 
 /// Which part of a delta type's difference a response carries.
@@ -523,6 +621,45 @@ enum Part {
 impl DeltaStream {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// At most `max` names per type (instead of [`DEFAULT_MAX_NAMES_PER_TYPE`]).
+    pub fn with_max_names(mut self, max: usize) -> Self {
+        self.max_names = NameCap(max);
+        self
+    }
+
+    /// Whether `req` keeps the subscription of its type and what the stream holds within the
+    /// bounds, computed before anything is applied.
+    fn check(&self, ty: ResourceType, req: &xdisc::DeltaDiscoveryRequest) -> Result<(), Refusal> {
+        let none = BTreeSet::new();
+        let held = match self.types.get(&ty) {
+            Some(t) => &t.sub.names,
+            None => {
+                // A first request may also say what the client already holds.
+                self.max_names.check(ty, req.initial_resource_versions.len())?;
+                for (name, version) in &req.initial_resource_versions {
+                    check_len("resource name", name)?;
+                    check_len("resource version", version)?;
+                }
+                &none
+            }
+        };
+        // Subscriptions apply before unsubscriptions (see `handle_request`).
+        let mut added = BTreeSet::new();
+        for n in &req.resource_names_subscribe {
+            if n != "*" && !held.contains(n) {
+                check_len("resource name", n)?;
+                added.insert(n.as_str());
+            }
+        }
+        let gone: BTreeSet<&str> = req
+            .resource_names_unsubscribe
+            .iter()
+            .map(String::as_str)
+            .filter(|n| held.contains(*n) || added.contains(n))
+            .collect();
+        self.max_names.check(ty, held.len() + added.len() - gone.len())
     }
 
     pub fn node(&self) -> Option<&Node> {
@@ -555,13 +692,17 @@ impl DeltaStream {
         snap: &XdsSnapshot,
     ) -> Step<xdisc::DeltaDiscoveryResponse> {
         let mut step = Step::default();
-        if self.node.is_none() && req.node.is_some() {
-            self.node = req.node.clone();
+        if !keep_node(&mut self.node, req.node.as_ref(), &mut step) {
+            return step;
         }
         let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
             step.events.push(Event::UnknownType { type_url: req.type_url });
             return step;
         };
+        if let Err(r) = self.check(ty, &req) {
+            step.refused = Some(r);
+            return step;
+        }
         let first = !self.types.contains_key(&ty);
         let t = self.types.entry(ty).or_default();
         if !req.response_nonce.is_empty() {
@@ -1143,6 +1284,80 @@ mod tests {
         let status = &st.status().types["cluster"];
         assert!(status.nack_message.as_ref().unwrap().len() <= MAX_NACK_MESSAGE);
         assert!(status.last_nack.as_ref().unwrap().message.len() <= MAX_NACK_MESSAGE);
+    }
+
+    #[test]
+    fn names_past_the_cap_are_refused_and_nothing_is_applied() {
+        let s = snap(&cfg(100, 0, &[]));
+        // SotW: a request's names are the whole subscription ("*" is not a name).
+        let mut st = SotwStream::new().with_max_names(2);
+        let step = st.handle_request(req(ResourceType::Cluster, &["d/p-blue", "b", "*"], "", ""), &s);
+        assert!(step.refused.is_none() && step.responses.len() == 1, "{step:?}");
+        let r1 = &step.responses[0];
+        let step = st.handle_request(req(ResourceType::Cluster, &["d/p-blue", "b", "c"], "", &r1.nonce), &s);
+        assert_eq!(step.refused, Some(Refusal::TooManyNames { ty: ResourceType::Cluster, names: 3, max: 2 }));
+        assert!(step.responses.is_empty() && step.events.is_empty(), "not even the ACK is applied: {step:?}");
+        assert_eq!(st.types[&ResourceType::Cluster].sub.names.len(), 2);
+        assert_eq!(st.status().types["cluster"].acked_version, None);
+        assert!(st.handle_request(req(ResourceType::Cluster, &["c", "c", "c"], "", ""), &s).refused.is_none());
+
+        // Delta: subscriptions add up over requests; unsubscriptions in the same request count.
+        let mut d = DeltaStream::new().with_max_names(2);
+        assert!(d.handle_request(dreq(ResourceType::Cluster, &["a"], &[], ""), &s).refused.is_none());
+        assert!(d.handle_request(dreq(ResourceType::Cluster, &["a", "b", "*"], &[], ""), &s).refused.is_none());
+        let step = d.handle_request(dreq(ResourceType::Cluster, &["c"], &[], ""), &s);
+        assert_eq!(step.refused, Some(Refusal::TooManyNames { ty: ResourceType::Cluster, names: 3, max: 2 }));
+        assert!(step.responses.is_empty());
+        assert_eq!(d.types[&ResourceType::Cluster].sub.names.len(), 2, "not applied");
+        assert!(
+            d.handle_request(dreq(ResourceType::Cluster, &["c"], &["a"], ""), &s).refused.is_none(),
+            "one in, one out"
+        );
+        assert!(d.handle_request(dreq(ResourceType::Cluster, &["x", "y"], &["x", "b", "c"], ""), &s).refused.is_none());
+        // Each type has its own cap.
+        assert!(d.handle_request(dreq(ResourceType::Listener, &["a", "b"], &[], ""), &s).refused.is_none());
+
+        // A first request that says it holds more than the cap.
+        let mut d = DeltaStream::new().with_max_names(2);
+        let mut first = dreq(ResourceType::Cluster, &[], &[], "");
+        first.initial_resource_versions = ["a", "b", "c"].iter().map(|n| (n.to_string(), "1".to_string())).collect();
+        let step = d.handle_request(first, &s);
+        assert_eq!(step.refused, Some(Refusal::TooManyNames { ty: ResourceType::Cluster, names: 3, max: 2 }));
+        assert!(!d.subscribes(ResourceType::Cluster));
+    }
+
+    #[test]
+    fn long_names_and_node_ids_are_refused_and_only_the_node_id_and_cluster_are_kept() {
+        let s = snap(&cfg(100, 0, &[]));
+        let long = "x".repeat(MAX_CLIENT_NAME + 1);
+        let too_long = |what| Some(Refusal::TooLong { what, len: MAX_CLIENT_NAME + 1 });
+        let mut st = SotwStream::new();
+        assert_eq!(
+            st.handle_request(req(ResourceType::Cluster, &[&long], "", ""), &s).refused,
+            too_long("resource name")
+        );
+        let mut d = DeltaStream::new();
+        assert_eq!(
+            d.handle_request(dreq(ResourceType::Cluster, &[&long], &[], ""), &s).refused,
+            too_long("resource name")
+        );
+        let mut first = dreq(ResourceType::Cluster, &[], &[], "");
+        first.initial_resource_versions = [("a".to_string(), long.clone())].into();
+        assert_eq!(d.handle_request(first, &s).refused, too_long("resource version"));
+        assert!(!d.subscribes(ResourceType::Cluster));
+
+        let mut r = req(ResourceType::Listener, &[], "", "");
+        r.node = Some(Node { id: long.clone(), ..Default::default() });
+        let mut st = SotwStream::new();
+        assert_eq!(st.handle_request(r, &s).refused, too_long("node id"));
+        assert!(st.node().is_none() && !st.subscribes(ResourceType::Listener));
+
+        let mut r = req(ResourceType::Listener, &[], "", "");
+        let node = Node { id: "n1".into(), cluster: "c1".into(), ..Default::default() };
+        r.node = Some(Node { user_agent_name: "x".repeat(100_000), ..node.clone() });
+        let mut st = SotwStream::new();
+        assert!(st.handle_request(r, &s).refused.is_none());
+        assert_eq!(st.node(), Some(&node));
     }
 
     #[test]
