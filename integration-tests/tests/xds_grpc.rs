@@ -96,7 +96,14 @@ fn proxyless_grpc_follows_weights_and_plannerip() {
     let metrics = http_get(&format!("{}/metrics", weir.admin)).unwrap();
     assert_eq!(metric(&metrics, "weir_xds_connected_clients", &[]), Some(1.0), "{metrics}");
     assert!(metric(&metrics, "weir_xds_pushes_total", &[("type", "route")]).unwrap_or(0.0) >= 4.0);
-    assert!(!metrics.lines().any(|l| l.starts_with("weir_xds_nacks_total")), "no NACKs expected: {metrics}");
+    // Every type's NACK counter is exposed from the start (at 0) and stays there.
+    for ty in ["cluster", "endpoint", "listener", "route"] {
+        assert_eq!(
+            metric(&metrics, "weir_xds_nacks_total", &[("type", ty)]),
+            Some(0.0),
+            "no {ty} NACK expected: {metrics}"
+        );
+    }
     assert_eq!(metric(&metrics, "weir_admin_requests_total", &[("path", "/traffic"), ("code", "401")]), Some(2.0));
 
     // Graceful shutdown: SIGTERM closes the streams and weir exits cleanly.

@@ -385,7 +385,12 @@ impl AdsServer {
                 }
             }
         });
-        ReceiverStream::new(rx).map(|item| *item)
+        // tonic's stream item is `Result<R, Status>`: its size is tonic's, not ours to box.
+        #[allow(clippy::result_large_err, clippy::boxed_local)]
+        fn unbox<R>(item: Box<Result<R, Status>>) -> Result<R, Status> {
+            *item
+        }
+        ReceiverStream::new(rx).map(unbox)
     }
 
     async fn run<P: Protocol>(
