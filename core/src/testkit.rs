@@ -30,6 +30,14 @@ fn insert(map: &mut Option<BTreeMap<String, String>>, key: &str, value: &str) {
     map.get_or_insert_with(BTreeMap::new).insert(key.into(), value.into());
 }
 
+/// `address` as a load balancer reports it: `(ip, None)` when it parses as an IP, else `(None, hostname)`.
+fn ip_or_hostname(address: &str) -> (Option<String>, Option<String>) {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(_) => (Some(address.into()), None),
+        Err(_) => (None, Some(address.into())),
+    }
+}
+
 fn to_json(object: &impl Serialize) -> Value {
     serde_json::to_value(object).expect("a Kubernetes object serialises")
 }
@@ -80,11 +88,8 @@ impl IngressBuilder {
 
     /// Adds a load-balancer address to `status`: an IP when `address` parses as one, else a hostname.
     pub fn load_balancer(mut self, address: &str) -> Self {
-        let entry = if address.parse::<std::net::IpAddr>().is_ok() {
-            IngressLoadBalancerIngress { ip: Some(address.into()), ..Default::default() }
-        } else {
-            IngressLoadBalancerIngress { hostname: Some(address.into()), ..Default::default() }
-        };
+        let (ip, hostname) = ip_or_hostname(address);
+        let entry = IngressLoadBalancerIngress { ip, hostname, ..Default::default() };
         let status = self.0.status.get_or_insert_with(IngressStatus::default);
         let lb = status.load_balancer.get_or_insert_with(IngressLoadBalancerStatus::default);
         lb.ingress.get_or_insert_with(Vec::new).push(entry);
@@ -131,11 +136,8 @@ impl ServiceBuilder {
     /// `type: LoadBalancer` with `address` (an IP, else a hostname) in `status`.
     pub fn load_balancer(mut self, address: &str) -> Self {
         self.0.spec.get_or_insert_with(ServiceSpec::default).type_ = Some("LoadBalancer".into());
-        let entry = if address.parse::<std::net::IpAddr>().is_ok() {
-            LoadBalancerIngress { ip: Some(address.into()), ..Default::default() }
-        } else {
-            LoadBalancerIngress { hostname: Some(address.into()), ..Default::default() }
-        };
+        let (ip, hostname) = ip_or_hostname(address);
+        let entry = LoadBalancerIngress { ip, hostname, ..Default::default() };
         let status = self.0.status.get_or_insert_with(ServiceStatus::default);
         let lb = status.load_balancer.get_or_insert_with(LoadBalancerStatus::default);
         lb.ingress.get_or_insert_with(Vec::new).push(entry);
