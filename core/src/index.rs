@@ -460,29 +460,13 @@ impl HostIndex {
                 deps.push(Dep::Service(key.clone()));
                 if let Some(ti) = svc.metadata.labels.as_ref().and_then(|l| l.get(TRAFFIC_INFRA_LABEL)) {
                     deps.push(Dep::TrafficInfraLabel(ti.clone()));
-                    let set = self.services_by_traffic_infra.entry(ti.clone()).or_default();
-                    if held {
-                        set.insert(key.clone());
-                    } else {
-                        set.remove(&key);
-                        if set.is_empty() {
-                            self.services_by_traffic_infra.remove(ti);
-                        }
-                    }
+                    track(&mut self.services_by_traffic_infra, ti.clone(), key.clone(), held);
                 }
             }
             Object::EndpointSlice(slice) => {
                 if let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
                     let service = (key.0.clone(), svc.clone());
-                    let set = self.slices_by_service.entry(service.clone()).or_default();
-                    if held {
-                        set.insert(key.clone());
-                    } else {
-                        set.remove(&key);
-                        if set.is_empty() {
-                            self.slices_by_service.remove(&service);
-                        }
-                    }
+                    track(&mut self.slices_by_service, service.clone(), key.clone(), held);
                     deps.push(Dep::Service(service));
                 }
             }
@@ -715,6 +699,18 @@ fn diff_kind<K: Held + Resource + serde::Serialize + Clone>(held: &Objects, new:
                     changes.push(apply(n));
                 }
             }
+        }
+    }
+}
+
+/// Adds `member` to `map[group]` while it is held, else removes it, dropping a group left empty.
+fn track<G: Eq + std::hash::Hash, M: Ord>(map: &mut HashMap<G, BTreeSet<M>>, group: G, member: M, held: bool) {
+    if held {
+        map.entry(group).or_default().insert(member);
+    } else if let Some(set) = map.get_mut(&group) {
+        set.remove(&member);
+        if set.is_empty() {
+            map.remove(&group);
         }
     }
 }

@@ -42,9 +42,30 @@ fn to_json(object: &impl Serialize) -> Value {
     serde_json::to_value(object).expect("a Kubernetes object serialises")
 }
 
+/// `label` and `annotation` for every builder: each edits the built object's metadata.
+pub trait WithMetadata: Sized {
+    fn metadata(&mut self) -> &mut ObjectMeta;
+
+    fn label(mut self, key: &str, value: &str) -> Self {
+        insert(&mut self.metadata().labels, key, value);
+        self
+    }
+
+    fn annotation(mut self, key: &str, value: &str) -> Self {
+        insert(&mut self.metadata().annotations, key, value);
+        self
+    }
+}
+
 /// An Ingress `namespace/name` with no rules, no annotations and no load-balancer address.
 pub fn mk_ingress(namespace: &str, name: &str) -> IngressBuilder {
     IngressBuilder(Ingress { metadata: meta(namespace, name), spec: Some(IngressSpec::default()), status: None })
+}
+
+impl WithMetadata for IngressBuilder {
+    fn metadata(&mut self) -> &mut ObjectMeta {
+        &mut self.0.metadata
+    }
 }
 
 pub struct IngressBuilder(Ingress);
@@ -68,16 +89,6 @@ impl IngressBuilder {
     /// A rule for `host` with no HTTP paths (a host weir publishes but that routes nowhere).
     pub fn bare_host(mut self, host: &str) -> Self {
         self.spec().rules.get_or_insert_with(Vec::new).push(IngressRule { host: Some(host.into()), http: None });
-        self
-    }
-
-    pub fn annotation(mut self, key: &str, value: &str) -> Self {
-        insert(&mut self.0.metadata.annotations, key, value);
-        self
-    }
-
-    pub fn label(mut self, key: &str, value: &str) -> Self {
-        insert(&mut self.0.metadata.labels, key, value);
         self
     }
 
@@ -114,22 +125,18 @@ pub fn mk_service(namespace: &str, name: &str) -> ServiceBuilder {
     ServiceBuilder(Service { metadata: meta(namespace, name), spec: Some(ServiceSpec::default()), status: None })
 }
 
+impl WithMetadata for ServiceBuilder {
+    fn metadata(&mut self) -> &mut ObjectMeta {
+        &mut self.0.metadata
+    }
+}
+
 pub struct ServiceBuilder(Service);
 
 impl ServiceBuilder {
     pub fn port(mut self, port: i32) -> Self {
         let spec = self.0.spec.get_or_insert_with(ServiceSpec::default);
         spec.ports.get_or_insert_with(Vec::new).push(ServicePort { port, ..Default::default() });
-        self
-    }
-
-    pub fn label(mut self, key: &str, value: &str) -> Self {
-        insert(&mut self.0.metadata.labels, key, value);
-        self
-    }
-
-    pub fn annotation(mut self, key: &str, value: &str) -> Self {
-        insert(&mut self.0.metadata.annotations, key, value);
         self
     }
 
@@ -196,6 +203,12 @@ pub fn mk_slice(namespace: &str, service: &str) -> SliceBuilder {
     SliceBuilder(EndpointSlice { metadata, address_type: "IPv4".into(), endpoints: Some(Vec::new()), ports: None })
 }
 
+impl WithMetadata for SliceBuilder {
+    fn metadata(&mut self) -> &mut ObjectMeta {
+        &mut self.0.metadata
+    }
+}
+
 pub struct SliceBuilder(EndpointSlice);
 
 impl SliceBuilder {
@@ -231,6 +244,12 @@ pub fn mk_traffic_infra(namespace: &str, name: &str) -> TrafficInfraBuilder {
     let mut ti = TrafficInfra::new(name, TrafficInfraSpec::default());
     ti.metadata.namespace = Some(namespace.into());
     TrafficInfraBuilder(ti)
+}
+
+impl WithMetadata for TrafficInfraBuilder {
+    fn metadata(&mut self) -> &mut ObjectMeta {
+        &mut self.0.metadata
+    }
 }
 
 pub struct TrafficInfraBuilder(TrafficInfra);
