@@ -193,8 +193,12 @@ fn streams_per_connection_in_all_and_names_per_type_are_capped() {
     wait_streams(&weir, 1.0);
     let dump: Value = serde_json::from_str(&http_get(&format!("{}/config_dump", weir.admin)).unwrap()).unwrap();
     let clients = dump["clients"].as_array().unwrap();
-    assert_eq!(clients.len(), 1, "only b2 is held: {dump}");
-    assert_eq!((clients[0]["node_id"].as_str(), clients[0]["delta"].as_bool()), (Some("caps"), Some(true)), "{dump}");
+    assert_eq!(clients.len(), 1, "only b2 is held: {clients:?}");
+    assert_eq!(
+        (clients[0]["node_id"].as_str(), clients[0]["delta"].as_bool()),
+        (Some("caps"), Some(true)),
+        "{clients:?}"
+    );
 
     // A proxyless gRPC client is served next to b2 (two streams of five).
     let mut client = Client::start("xds:///shop", Some(&grpc_bootstrap(dir.path(), weir.grpc_port, "proxyless")));
