@@ -6,20 +6,14 @@
 
 mod xds_support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use integration_tests::{free_port, http_get, metric, venv_bin, wait_for};
+use integration_tests::{free_port, http_get, metric, wait_for};
 use serde_json::{json, Value};
 use xds_support::*;
 
-/// `python/ads_client.py` on `weir xds`'s gRPC port, one JSON command at a time. Killed on drop.
-struct Ads {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
+/// `python/ads_client.py` on `weir xds`'s gRPC port.
+struct Ads(PyDriver);
 
 /// How a stream ended: its gRPC status code name and message.
 #[derive(Debug)]
@@ -42,26 +36,11 @@ impl Ended {
 
 impl Ads {
     fn start(grpc_port: u16) -> Ads {
-        let mut cmd = Command::new(venv_bin("python"));
-        cmd.arg(python_dir().join("ads_client.py")).arg(format!("127.0.0.1:{grpc_port}"));
-        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut c = Ads { child, stdin, stdout };
-        assert_eq!(c.read()["started"], true);
-        c
-    }
-
-    fn read(&mut self) -> Value {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("ads_client answered {line:?}: {e}"))
+        Ads(PyDriver::start("ads_client.py", &[&format!("127.0.0.1:{grpc_port}")], &[]))
     }
 
     fn ask(&mut self, cmd: Value) -> Value {
-        writeln!(self.stdin, "{cmd}").unwrap();
-        self.stdin.flush().unwrap();
-        self.read()
+        self.0.ask(cmd)
     }
 
     /// A new channel: its own HTTP/2 connection.
@@ -95,13 +74,6 @@ impl Ads {
 
     fn close(&mut self, name: &str) {
         assert_eq!(self.ask(json!({"close": name}))["closed"], true);
-    }
-}
-
-impl Drop for Ads {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
