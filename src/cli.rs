@@ -88,6 +88,34 @@ impl Default for FileLimitsArgs {
     }
 }
 
+/// The ADS server's bounds (see docs/xds.md, "Bounds").
+#[derive(Debug, Clone, Args)]
+pub struct XdsLimitsArgs {
+    /// Names one ADS stream may subscribe to per resource type; a request past it ends the stream
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "WEIR_XDS_MAX_NAMES_PER_TYPE", default_value_t = crate::xds::limits::XdsLimits::default().max_names_per_type,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub xds_max_names_per_type: u32,
+    /// ADS streams one connection may hold open; another is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "WEIR_XDS_MAX_STREAMS_PER_CONNECTION", default_value_t = crate::xds::limits::DEFAULT_MAX_STREAMS_PER_CONNECTION,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub xds_max_streams_per_connection: u32,
+    /// ADS streams the server holds open in all; another is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "WEIR_XDS_MAX_STREAMS", default_value_t = crate::xds::limits::DEFAULT_MAX_STREAMS,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub xds_max_streams: u32,
+}
+
+impl XdsLimitsArgs {
+    pub fn limits(&self) -> crate::xds::limits::XdsLimits {
+        crate::xds::limits::XdsLimits {
+            max_names_per_type: self.xds_max_names_per_type,
+            max_streams_per_connection: self.xds_max_streams_per_connection,
+            max_streams: self.xds_max_streams,
+        }
+    }
+}
+
 impl FileLimitsArgs {
     pub fn limits(&self) -> crate::providers::file::FileLimits {
         crate::providers::file::FileLimits {
@@ -417,6 +445,9 @@ pub struct LocalArgs {
     /// Admin API address of the xDS control plane (with --xds-name).
     #[arg(long, env = "WEIR_ADMIN_ADDR", value_parser = parse_listen_addr, default_value = "127.0.0.1:18080")]
     pub admin_addr: SocketAddr,
+    /// Bounds of the xDS control plane's ADS server (with --xds-name).
+    #[command(flatten)]
+    pub xds_limits: XdsLimitsArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -448,6 +479,8 @@ pub struct XdsArgs {
     #[arg(long, env = "WEIR_XDS_INITIAL_CONCURRENCY", default_value_t = crate::xds::server::DEFAULT_INITIAL_CONCURRENCY,
         value_parser = clap::value_parser!(u16).range(1..))]
     pub xds_initial_concurrency: u16,
+    #[command(flatten)]
+    pub xds_limits: XdsLimitsArgs,
     /// Serve every node id. By default only the TrafficInfra's `xds.nodeID` is served and another
     /// id gets PERMISSION_DENIED (counted in `weir_xds_rejected_nodes_total`); set this for a mixed
     /// fleet whose proxies have their own ids.

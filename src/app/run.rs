@@ -81,6 +81,7 @@ pub(crate) fn local_settings(args: LocalArgs) -> Result<(ControllerArgs, Option<
             x.grpc_addr = args.grpc_addr;
             x.admin_addr = args.admin_addr;
             x.state = Some(args.db);
+            x.xds_limits = args.xds_limits;
             Some(x)
         }
         None => None,

@@ -22,6 +22,7 @@ use crate::xds::admin::{Admin, AdminMetrics};
 use crate::xds::cache::new_cache;
 use crate::xds::controller::{View, XdsController};
 use crate::xds::infra_status::{InfraStatusWriter, RejectionObserver};
+use crate::xds::limits::StreamLimiter;
 use crate::xds::model::{traffic_infra, TrafficState, XdsSettings};
 use crate::xds::server::{AdsServer, Clients, NodePolicy, XdsMetrics};
 use crate::xds::state::{MemoryStore, SharedState, SqliteStore, StateStore};
@@ -107,10 +108,16 @@ pub async fn serve(args: XdsArgs, rt: &Runtime) -> Result<()> {
 
     let (writer, cache) = new_cache();
     let (view_tx, view_rx) = watch::channel(Arc::new(View::default()));
-    let (xds_metrics, admin_metrics, nodes) = {
+    let (xds_metrics, admin_metrics, nodes, limiter) = {
         let mut registry = rt.registry();
         let policy = NodePolicy { expected: node_rx, allow_any: args.allow_any_node_id, rejected: Default::default() };
-        (XdsMetrics::register(&mut registry), AdminMetrics::register(&mut registry), policy.register(&mut registry))
+        let limiter = StreamLimiter::new(args.xds_limits.limits()).register(&mut registry);
+        (
+            XdsMetrics::register(&mut registry),
+            AdminMetrics::register(&mut registry),
+            policy.register(&mut registry),
+            limiter,
+        )
     };
     let clients = Clients::default();
     let registry = rt.shared_registry();
@@ -135,7 +142,8 @@ pub async fn serve(args: XdsArgs, rt: &Runtime) -> Result<()> {
     tracing::info!(addr = %grpc.local_addr()?, name = %settings.name, "serving ADS (state of the world and delta) and CSDS");
     let mut ads =
         AdsServer::new(cache.clone(), xds_metrics, clients.clone(), shutdown.clone(), args.xds_initial_concurrency)
-            .with_node_policy(nodes);
+            .with_node_policy(nodes)
+            .with_limits(limiter);
     // With the Kubernetes provider, `weir xds` writes its part of the TrafficInfra's status and
     // records an Event per distinct rejected configuration.
     if args.provider.provider == ProviderKind::Kubernetes && !args.no_status {

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod controller;
 pub mod grpc;
 pub mod infra_status;
+pub mod limits;
 pub mod server;
 pub mod state;
 pub mod state_kube;

@@ -6,6 +6,9 @@
 //! A request that opens a type on a stream (an initial fetch) is answered only under one of at most
 //! `initial_concurrency` permits, so that a reconnect storm computes and sends a bounded number of
 //! initial snapshots at once; the rest queue (`weir_xds_initial_waiting`).
+//!
+//! Streams are bounded per connection and in all, and what one stream may subscribe to, by
+//! [`super::limits`].
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -38,6 +41,7 @@ use xds_api::pb::google::protobuf::Timestamp;
 
 use super::ads::{DeltaStream, Event, SotwStream, Step, StreamStatus};
 use super::cache::SnapshotCache;
+use super::limits::{StreamLimiter, StreamSlot, XdsLimits};
 use super::resources::ResourceType;
 use super::snapshot::XdsSnapshot;
 use crate::telemetry::clip;
@@ -301,6 +305,8 @@ enum StreamError {
     Draining,
     #[error("node id {got:?} is not {want:?}")]
     NodeRejected { got: String, want: String },
+    #[error("a bound was hit: {}", .0.message())]
+    Limit(Status),
 }
 
 impl StreamError {
@@ -313,6 +319,7 @@ impl StreamError {
                 "weir xDS serves node id {want:?} only (the TrafficInfra's xds.nodeID), not {got:?}; set node.id in the \
                  proxy's bootstrap, or run weir xds with --allow-any-node-id for a mixed fleet"
             ))),
+            StreamError::Limit(status) => Some(status),
         }
     }
 }
@@ -326,6 +333,7 @@ pub struct AdsServer {
     initial: Arc<Semaphore>,
     nodes: NodePolicy,
     observer: Option<Arc<dyn StreamObserver>>,
+    limiter: StreamLimiter,
 }
 
 impl AdsServer {
@@ -337,7 +345,22 @@ impl AdsServer {
         initial_concurrency: u16,
     ) -> Self {
         let initial = Arc::new(Semaphore::new(usize::from(initial_concurrency.max(1))));
-        Self { cache, metrics, clients, drain, initial, nodes: NodePolicy::any(), observer: None }
+        Self {
+            cache,
+            metrics,
+            clients,
+            drain,
+            initial,
+            nodes: NodePolicy::any(),
+            observer: None,
+            limiter: StreamLimiter::new(XdsLimits::default()),
+        }
+    }
+
+    /// Streams and subscriptions bounded by `limiter` (instead of the default [`XdsLimits`]).
+    pub fn with_limits(mut self, limiter: StreamLimiter) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     /// Serves only the node ids `nodes` allows.
@@ -365,6 +388,7 @@ impl AdsServer {
         &self,
         proto: P,
         inbound: Streaming<P::Req>,
+        slot: StreamSlot,
     ) -> impl Stream<Item = Result<P::Resp, Status>> + Send + 'static {
         // Boxed items: the channel allocates a block of 32 slots up front, 8 bytes each this way
         // instead of a whole response each (memory per idle stream, BENCHMARKS.md).
@@ -378,6 +402,7 @@ impl AdsServer {
             let result = server.run(machine, inbound, &tx).await;
             server.metrics.connected_clients.dec();
             server.clients.inner.lock().remove(&id);
+            drop(slot);
             if let Err(e) = result {
                 tracing::debug!(stream = id, error = %e, "ADS stream ended");
                 if let Some(status) = e.into_status() {
@@ -435,6 +460,10 @@ impl AdsServer {
             // Read after the wait: the verdicts may have changed meanwhile.
             let snap = updates.borrow().clone();
             let step = machine.lock().proto.handle_request(req, &snap);
+            if let Some(refusal) = &step.refused {
+                let node = machine.lock().proto.status().node_id;
+                return Err(StreamError::Limit(self.limiter.refuse(refusal, &node)));
+            }
             if !node_checked {
                 // The node comes with the first request; nothing is sent before it is checked.
                 let node = machine.lock().proto.status().node_id;
@@ -545,14 +574,18 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<xdisc::DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(Response::new(Box::pin(self.spawn(SotwStream::new(), request.into_inner()))))
+        let slot = self.limiter.admit(request.remote_addr())?;
+        let proto = SotwStream::new().with_max_names(self.limiter.max_names());
+        Ok(Response::new(Box::pin(self.spawn(proto, request.into_inner(), slot))))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<xdisc::DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(Response::new(Box::pin(self.spawn(DeltaStream::new(), request.into_inner()))))
+        let slot = self.limiter.admit(request.remote_addr())?;
+        let proto = DeltaStream::new().with_max_names(self.limiter.max_names());
+        Ok(Response::new(Box::pin(self.spawn(proto, request.into_inner(), slot))))
     }
 }
 

@@ -20,9 +20,8 @@
 //! - what a client can make a stream hold is bounded: at most `max_names` names per type
 //!   ([`DEFAULT_MAX_NAMES_PER_TYPE`]), every name, version and node id at most [`MAX_CLIENT_NAME`]
 //!   bytes, and of the node only its id and cluster are kept. A request past a bound is not
-//!   applied: the step carries a [`Refusal`]. (Ending the stream with RESOURCE_EXHAUSTED, a metric
-//!   and a flag for the cap are in `wip/caps-wip.mbox`, not yet on main: today the server drops
-//!   the refused request and the stream stays open.)
+//!   applied: the step carries a [`Refusal`], and the server ends the stream with
+//!   RESOURCE_EXHAUSTED (`weir::xds::limits`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -101,12 +101,52 @@ pub fn grpc_bootstrap(dir: &Path, grpc_port: u16, node: &str) -> PathBuf {
     path
 }
 
-/// The Python client, driven one JSON line at a time. Killed on drop.
-pub struct Client {
+/// A Python script of `integration-tests/python/`, driven one JSON line at a time: it prints
+/// `{"started": true}` first, then one line per command. Killed on drop.
+pub struct PyDriver {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
 }
+
+impl PyDriver {
+    pub fn start(script: &str, args: &[&str], env: &[(&str, &Path)]) -> PyDriver {
+        let mut cmd = Command::new(venv_bin("python"));
+        cmd.arg(python_dir().join(script)).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut d = PyDriver { child, stdin, stdout };
+        assert_eq!(d.read()["started"], true, "{script} did not start");
+        d
+    }
+
+    fn read(&mut self) -> Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("the client answered {line:?}: {e}"))
+    }
+
+    /// Sends `cmd` and returns the answer.
+    pub fn ask(&mut self, cmd: Value) -> Value {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+        self.read()
+    }
+}
+
+impl Drop for PyDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The proxyless gRPC client (`xds_client.py`).
+pub struct Client(PyDriver);
 
 #[derive(Debug, Default)]
 pub struct Tally {
@@ -126,29 +166,12 @@ impl Tally {
 
 impl Client {
     pub fn start(target: &str, bootstrap: Option<&Path>) -> Client {
-        let mut cmd = Command::new(venv_bin("python"));
-        cmd.arg(python_dir().join("xds_client.py")).arg(target);
-        if let Some(b) = bootstrap {
-            cmd.env("GRPC_XDS_BOOTSTRAP", b);
-        }
-        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut c = Client { child, stdin, stdout };
-        assert_eq!(c.read()["started"], true);
-        c
-    }
-
-    fn read(&mut self) -> Value {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("client answered {line:?}: {e}"))
+        let env: Vec<(&str, &Path)> = bootstrap.map(|b| ("GRPC_XDS_BOOTSTRAP", b)).into_iter().collect();
+        Client(PyDriver::start("xds_client.py", &[target], &env))
     }
 
     fn ask(&mut self, cmd: Value) -> Value {
-        writeln!(self.stdin, "{cmd}").unwrap();
-        self.stdin.flush().unwrap();
-        self.read()
+        self.0.ask(cmd)
     }
 
     pub fn wait_ready(&mut self) {
@@ -176,13 +199,6 @@ impl Client {
             v.as_object().unwrap().iter().map(|(k, n)| (k.clone(), n.as_u64().unwrap())).collect()
         };
         Tally { counts: map(&v["counts"]), errors: map(&v["errors"]) }
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
