@@ -9,7 +9,8 @@ use tokio::sync::{watch, Notify};
 
 use super::metrics::{labels, WeightMetrics};
 use super::RefusalSink;
-use crate::backends::{StoreError, StoredWeight, WeightRow, WeightStore};
+pub use crate::backends::min_serving_violation;
+use crate::backends::{DrainClaim, StoreError, StoredWeight, WeightRow, WeightStore, DRAIN_CLAIM_TTL_MS};
 use crate::ir::{InputKind, Refusal};
 use crate::model::ObjectRef;
 use crate::telemetry::InvalidInputs;
@@ -105,35 +106,6 @@ impl WeightTracker {
     }
 }
 
-/// `--min-serving-clusters`: why setting `cluster` from `before` to `after` is refused, if it is. A
-/// change that takes a serving cluster (DesiredWeight > 0) to 0 is refused when fewer than `min`
-/// clusters would then have DesiredWeight > 0. Pure; `rows` is the whole table (this cluster's row
-/// may show `before` or `after`: it is replaced by `after`).
-pub fn min_serving_violation(
-    rows: &[WeightRow],
-    cluster: &str,
-    before: Option<u8>,
-    after: u8,
-    min: usize,
-) -> Option<String> {
-    if min == 0 || after > 0 || before.unwrap_or(0) == 0 {
-        return None;
-    }
-    let serving: Vec<&str> = rows
-        .iter()
-        .filter(|r| r.cluster != cluster && r.desired.valid().is_some_and(|w| w > 0))
-        .map(|r| r.cluster.as_str())
-        .collect();
-    (serving.len() < min).then(|| {
-        format!(
-            "setting {cluster:?} to 0 would leave {} cluster(s) with DesiredWeight > 0 ({}), fewer than \
-             --min-serving-clusters {min}",
-            serving.len(),
-            if serving.is_empty() { "none".to_string() } else { serving.join(", ") }
-        )
-    })
-}
-
 pub struct WeightLoop {
     pub store: Arc<dyn WeightStore>,
     pub cluster: String,
@@ -159,19 +131,30 @@ pub struct WeightLoop {
 pub const WEIGHT_LOOP_BOUND: Duration = Duration::from_secs(180);
 
 impl WeightLoop {
-    /// Why the row's DesiredWeight must not be applied under the safety rules, if it must not. A
-    /// failed read of the table refuses too (fail safe: keep serving what is applied).
+    /// Why the row's DesiredWeight must not be applied now, if it must not. A DesiredWeight of 0 on a
+    /// cluster not at 0 yet needs a drain claim in the weight table first
+    /// ([`WeightStore::claim_drain`]: no other cluster draining at the same moment, and
+    /// `--min-serving-clusters` kept); it is renewed while the drain is under way. A failed store call
+    /// refuses too (fail safe: keep serving what is applied, ask again on the next poll).
     async fn safety_refusal(&self, row: &WeightRow) -> Option<String> {
-        let desired = row.desired.valid()?;
-        let before = row.current.valid();
-        if self.min_serving_clusters == 0 || desired > 0 || before.unwrap_or(0) == 0 {
+        if row.desired != StoredWeight::Valid(0) || row.current == StoredWeight::Valid(0) {
             return None;
         }
-        match self.store.list().await {
-            Ok(rows) => min_serving_violation(&rows, &self.cluster, before, desired, self.min_serving_clusters),
+        let now = crate::backends::now_ms();
+        if row.drain_until_ms.is_some_and(|until| until - now > DRAIN_CLAIM_TTL_MS / 2) {
+            return None; // this cluster's claim stands, with time to spare
+        }
+        match self.store.claim_drain(&self.cluster, self.min_serving_clusters, DRAIN_CLAIM_TTL_MS).await {
+            Ok(DrainClaim::Claimed) => {
+                if !row.draining_at(now) {
+                    tracing::info!(cluster = %self.cluster, "drain claimed in the weight table; taking the weight to 0");
+                }
+                None
+            }
+            Ok(DrainClaim::Refused(why)) => Some(why),
             Err(e) => {
-                self.store_error("list", &e);
-                Some(format!("the weight table could not be read to check --min-serving-clusters: {e}"))
+                self.store_error("claim_drain", &e);
+                Some(format!("the drain could not be claimed in the weight table: {e}"))
             }
         }
     }
@@ -274,7 +257,13 @@ impl WeightLoop {
                     self.metrics.current.get_or_create(&cluster_labels).set(c.into());
                 }
                 self.metrics.drift.get_or_create(&cluster_labels).set(obs.drift_seconds);
-                if let Some(signal) = obs.signal {
+                if let Some(mut signal) = obs.signal {
+                    // A drain claim left behind (DesiredWeight moved off 0 before the drain was
+                    // acknowledged) blocks the other clusters' drains until the next ack removes it:
+                    // ask for that ack even when CurrentWeight already says this weight.
+                    if row.drain_until_ms.is_some() && row.desired != StoredWeight::Valid(0) && signal.from_desired {
+                        signal.current = None;
+                    }
                     tx.send_if_modified(|old| {
                         if *old == Some(signal) {
                             return false;
