@@ -56,6 +56,11 @@ pub struct Observation {
 }
 
 impl WeightTracker {
+    /// The weight this process last told the DNS loop to apply, if any.
+    pub fn applied(&self) -> Option<u8> {
+        self.last.map(|s| s.weight)
+    }
+
     pub fn observe(&mut self, row: &WeightRow, now: Instant) -> Observation {
         self.observe_with(row, now, false)
     }
@@ -93,6 +98,10 @@ impl WeightTracker {
                 match (self.last, current) {
                     // Keep applying what was applied before; only refresh what we know of CurrentWeight.
                     (Some(last), _) => Some(WeightSignal { current, ..last }),
+                    // A refused drain in a process that has applied nothing yet: CurrentWeight 0 says
+                    // nothing of what is published now (a later weight may have been applied and not
+                    // acknowledged), and 0 is published only under a drain claim: apply nothing.
+                    (None, Some(0)) if refused => None,
                     // Nothing applied yet in this process: keep serving the acknowledged weight.
                     (None, Some(c)) => Some(WeightSignal { weight: c, from_desired: false, current }),
                     (None, None) => None,
@@ -104,6 +113,14 @@ impl WeightTracker {
         }
         Observation { signal, new_bad_value, new_refused_value, desired: row.desired.valid(), current, drift_seconds }
     }
+}
+
+/// Whether taking the row's DesiredWeight into force needs a drain claim first: DesiredWeight 0, and
+/// either a claim of this cluster is standing (renewed until the ack removes it) or this process has
+/// not itself applied 0 with CurrentWeight 0 acknowledged. Pure.
+pub fn drain_claim_needed(row: &WeightRow, applied: Option<u8>) -> bool {
+    row.desired == StoredWeight::Valid(0)
+        && (row.drain_until_ms.is_some() || !(applied == Some(0) && row.current == StoredWeight::Valid(0)))
 }
 
 pub struct WeightLoop {
@@ -136,8 +153,13 @@ impl WeightLoop {
     /// ([`WeightStore::claim_drain`]: no other cluster draining at the same moment, and
     /// `--min-serving-clusters` kept); it is renewed while the drain is under way. A failed store call
     /// refuses too (fail safe: keep serving what is applied, ask again on the next poll).
-    async fn safety_refusal(&self, row: &WeightRow) -> Option<String> {
-        if row.desired != StoredWeight::Valid(0) || row.current == StoredWeight::Valid(0) {
+    ///
+    /// The claim is needed whenever this process cannot know that 0 is already published:
+    /// CurrentWeight 0 alone does not say it (a later DesiredWeight may have been applied and not
+    /// acknowledged, here or by a previous leader), only "this process applied 0 and it was
+    /// acknowledged" does. A claim taken is renewed until the ack removes it.
+    async fn safety_refusal(&self, row: &WeightRow, applied: Option<u8>) -> Option<String> {
+        if !drain_claim_needed(row, applied) {
             return None;
         }
         let now = crate::backends::now_ms();
@@ -217,7 +239,7 @@ impl WeightLoop {
                         changed
                     });
                 }
-                let refusal = self.safety_refusal(&row).await;
+                let refusal = self.safety_refusal(&row, tracker.applied()).await;
                 let obs = tracker.observe_with(&row, Instant::now(), refusal.is_some());
                 self.metrics.row_invalid.get_or_create(&cluster_labels).set(i64::from(row.desired.valid().is_none()));
                 self.metrics
@@ -258,10 +280,11 @@ impl WeightLoop {
                 }
                 self.metrics.drift.get_or_create(&cluster_labels).set(obs.drift_seconds);
                 if let Some(mut signal) = obs.signal {
-                    // A drain claim left behind (DesiredWeight moved off 0 before the drain was
-                    // acknowledged) blocks the other clusters' drains until the next ack removes it:
-                    // ask for that ack even when CurrentWeight already says this weight.
-                    if row.drain_until_ms.is_some() && row.desired != StoredWeight::Valid(0) && signal.from_desired {
+                    // A drain claim blocks the other clusters' drains until an ack removes it (also
+                    // one left behind when DesiredWeight moved off 0 before the drain was
+                    // acknowledged, or taken while CurrentWeight already said 0): ask for that ack
+                    // even when CurrentWeight already says this weight.
+                    if row.drain_until_ms.is_some() && signal.from_desired {
                         signal.current = None;
                     }
                     tx.send_if_modified(|old| {
@@ -324,6 +347,34 @@ mod tests {
         assert_eq!(o.drift_seconds, 3.0, "drift keeps counting");
         let o = t.observe(&row(Invalid("abc".into()), Valid(40)), t0 + Duration::from_secs(4));
         assert_eq!(o.new_bad_value.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn a_drain_needs_a_claim_unless_this_process_applied_0_and_it_was_acknowledged() {
+        // CurrentWeight 0 from an old ack while a later weight may be published (the soak's all-zero
+        // episode): claimed first.
+        assert!(drain_claim_needed(&row(Valid(0), Valid(0)), None), "a new leader knows nothing");
+        assert!(drain_claim_needed(&row(Valid(0), Valid(0)), Some(60)), "60 applied, not acknowledged");
+        assert!(drain_claim_needed(&row(Valid(0), Valid(60)), Some(0)), "0 applied, not acknowledged");
+        assert!(!drain_claim_needed(&row(Valid(0), Valid(0)), Some(0)));
+        // A standing claim is renewed until the ack removes it.
+        let mut claimed = row(Valid(0), Valid(0));
+        claimed.drain_until_ms = Some(1);
+        assert!(drain_claim_needed(&claimed, Some(0)));
+        assert!(!drain_claim_needed(&row(Valid(30), Valid(0)), None));
+        assert!(!drain_claim_needed(&row(Invalid("x".into()), Valid(0)), None));
+    }
+
+    #[test]
+    fn a_refused_drain_in_a_new_process_applies_nothing_rather_than_current_weight_0() {
+        let mut t = WeightTracker::default();
+        let t0 = Instant::now();
+        assert_eq!(t.observe_with(&row(Valid(0), Valid(0)), t0, true).signal, None);
+        assert_eq!(t.applied(), None);
+        // CurrentWeight > 0 is kept serving, as before.
+        let mut t = WeightTracker::default();
+        let o = t.observe_with(&row(Valid(0), Valid(40)), t0, true);
+        assert_eq!(o.signal, Some(WeightSignal { weight: 40, from_desired: false, current: Some(40) }));
     }
 
     #[test]
