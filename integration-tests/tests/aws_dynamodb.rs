@@ -8,7 +8,7 @@ use std::time::Duration;
 use weir::aws::aws_sdk_dynamodb::types::AttributeValue;
 use weir::aws::Aws;
 use weir::backends::dynamodb::DynamoStore;
-use weir::backends::{AckOutcome, StoreError, StoredWeight, WeightStore};
+use weir::backends::{AckOutcome, DrainClaim, StoreError, StoredWeight, WeightStore};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
@@ -328,4 +328,63 @@ fn explicit_aws_region_wins_over_the_environment() {
     assert!(out.contains("only-in-us-east-1"), "{out}");
     let (ok, out, _) = list(&[]);
     assert!(!ok, "without --aws-region, AWS_REGION=eu-west-1 is used and has no table: {out}");
+}
+
+/// The drain claim is one `TransactWriteItems`: a second cluster is refused while the first drains,
+/// the ack removes the claim, a claim decided on a table read before another cluster's claim (or
+/// before a counted cluster left) is refused by the transaction's `ConditionCheck`, and an expired
+/// claim no longer blocks.
+#[test]
+fn drain_claims_are_conditional_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start(dir.path());
+    let rt = rt();
+    rt.block_on(async {
+        let client = dynamodb(&moto.endpoint()).await;
+        create_table(&client, TABLE).await;
+        let store = DynamoStore::new(client.clone(), TABLE, Aws::default());
+        let refused = |o: DrainClaim| match o {
+            DrainClaim::Refused(why) => why,
+            DrainClaim::Claimed => panic!("claimed"),
+        };
+        for c in ["eu", "us"] {
+            store.ensure(c, 50).await.unwrap();
+            store.set_desired(c, 0).await.unwrap();
+        }
+        assert_eq!(store.claim_drain("eu", 0, 30_000).await.unwrap(), DrainClaim::Claimed);
+        assert!(item_attr(&client, TABLE, "eu", "DrainUntil").await.starts_with("N:"));
+        let why = refused(store.claim_drain("us", 0, 30_000).await.unwrap());
+        assert!(why.contains("eu are draining at the same time"), "{why}");
+        assert_eq!(item_attr(&client, TABLE, "us", "DrainUntil").await, "-", "the loser wrote nothing");
+
+        // eu's ack removes its claim; us may then claim.
+        assert_eq!(store.ack("eu", 0).await.unwrap(), AckOutcome::Acknowledged);
+        assert_eq!(item_attr(&client, TABLE, "eu", "DrainUntil").await, "-");
+        let before_us = store.list().await.unwrap();
+        assert_eq!(store.claim_drain("us", 0, 30_000).await.unwrap(), DrainClaim::Claimed);
+        // eu decides on the table as it was before us claimed: the ConditionCheck on us refuses.
+        store.set_desired("eu", 50).await.unwrap();
+        store.ack("eu", 50).await.unwrap();
+        store.set_desired("eu", 0).await.unwrap();
+        let why = refused(store.claim_drain_on(&before_us, "eu", 0, 30_000).await.unwrap());
+        assert!(why.contains("changed while the drain was claimed"), "{why}");
+        assert_eq!(item_attr(&client, TABLE, "eu", "DrainUntil").await, "-");
+
+        // --min-serving-clusters 1 pins the cluster it counts: us back at 50, read, then us to 0.
+        store.set_desired("us", 50).await.unwrap();
+        store.ack("us", 50).await.unwrap();
+        let us_serving = store.list().await.unwrap();
+        store.set_desired("us", 0).await.unwrap();
+        let why = refused(store.claim_drain_on(&us_serving, "eu", 1, 30_000).await.unwrap());
+        assert!(why.contains("changed while the drain was claimed"), "{why}");
+        let why = refused(store.claim_drain("eu", 1, 30_000).await.unwrap());
+        assert!(why.contains("fewer than --min-serving-clusters 1"), "{why}");
+
+        // An expired claim (its holder died) no longer blocks; a cluster not at 0 gets none.
+        assert_eq!(store.claim_drain("us", 0, -1).await.unwrap(), DrainClaim::Claimed);
+        assert_eq!(store.claim_drain("eu", 0, 30_000).await.unwrap(), DrainClaim::Claimed);
+        store.set_desired("us", 40).await.unwrap();
+        refused(store.claim_drain("us", 0, 30_000).await.unwrap());
+        assert!(matches!(store.claim_drain("nowhere", 0, 30_000).await, Err(StoreError::NotFound(_))));
+    });
 }

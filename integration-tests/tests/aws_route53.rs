@@ -12,7 +12,7 @@ use weir::aws::aws_sdk_route53::types::{
     Change as R53Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
 };
 use weir::aws::{aws_sdk_dynamodb, aws_sdk_route53};
-use weir::dns::record::RecordSet;
+use weir::dns::record::{RecordSet, RecordType};
 
 const T: Duration = Duration::from_secs(90);
 
@@ -396,4 +396,63 @@ fn the_all_zero_guard_sees_the_other_clusters_fresh() {
     let eu_rec = traffic_of(&recs, "eu");
     assert_eq!(eu_rec[0].weight, 50, "the last non-zero weight of the name is kept");
     assert_eq!(e.attr("eu", "CurrentWeight"), "N:50", "not acknowledged while held back");
+}
+
+/// Both clusters asked to drain at once, with Route53 slowed by throttling so that their passes
+/// overlap: the drain claim in the table lets one drain; the other keeps serving at its weight (not
+/// acknowledged, its refusal counted) and no host is ever all zero. Bringing the first back lets the
+/// second drain.
+#[test]
+fn both_clusters_drained_at_once_keep_one_serving() {
+    let e = env();
+    let proxy = FaultProxy::start(e.moto.port, 0);
+    // A host held by the all-zero guard is planned again at the next resync.
+    let eu = e.controller("eu", 3, proxy.endpoint(), &["--resync-interval", "2s"], "weir-eu");
+    let us = e.controller("us", 3, proxy.endpoint(), &["--resync-interval", "2s"], "weir-us");
+    for c in ["eu", "us"] {
+        e.wait_published(c, 3, 50);
+        e.wait_acked(c, 50);
+    }
+    proxy.state.percent.store(40, Ordering::SeqCst);
+    e.set_desired("eu", 0);
+    e.set_desired("us", 0);
+    // No host is ever all zero: checked every 100 ms for 15 s under throttling, then without it
+    // until one cluster has acknowledged 0.
+    let no_host_all_zero = || {
+        let recs = e.records();
+        for host in (0..3).map(|i| format!("h{i}.example.com")) {
+            let weights: Vec<u8> = recs
+                .iter()
+                .filter(|r| r.key.name == host && r.key.rtype != RecordType::Txt)
+                .map(|r| r.weight)
+                .collect();
+            assert!(weights.iter().any(|w| *w > 0), "{host} is all zero: {weights:?}");
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        no_host_all_zero();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    proxy.state.percent.store(0, Ordering::SeqCst);
+    wait_for("one cluster acknowledged 0", T, || {
+        no_host_all_zero();
+        (e.attr("eu", "CurrentWeight") == "N:0" || e.attr("us", "CurrentWeight") == "N:0").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    no_host_all_zero();
+    let (winner, loser, loser_proc) =
+        if e.attr("eu", "CurrentWeight") == "N:0" { ("eu", "us", &us) } else { ("us", "eu", &eu) };
+    assert_eq!(e.attr(loser, "CurrentWeight"), "N:50", "the other is not acknowledged");
+    assert!(traffic_of(&e.records(), loser).iter().all(|r| r.weight == 50), "and keeps serving");
+    let body = loser_proc.metrics().unwrap();
+    let refusals = metric(&body, "weir_invalid_input_total", &[("kind", "min_serving_clusters")]).unwrap_or(0.0)
+        + metric(&body, "weir_invalid_input_total", &[("kind", "all_zero_guard")]).unwrap_or(0.0);
+    assert!(refusals >= 1.0, "the kept drain is counted:\n{body}");
+    // The operator brings the winner back: the loser drains and acknowledges 0.
+    e.set_desired(winner, 50);
+    e.wait_published(winner, 3, 50);
+    e.wait_published(loser, 3, 0);
+    e.wait_acked(loser, 0);
+    e.wait_acked(winner, 50);
 }

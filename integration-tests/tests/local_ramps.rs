@@ -283,6 +283,39 @@ fn min_serving_clusters_is_enforced_by_the_cli_and_the_controller() {
     assert!(!answers.is_empty(), "eu keeps answering");
 }
 
+/// Both clusters set to 0 in one SQLite write: one wins the drain claim and drains, the other keeps
+/// serving at its weight, is not acknowledged and counts the refusal. (That the second drains once
+/// the first is back is `aws_route53.rs::both_clusters_drained_at_once_keep_one_serving`: `weir
+/// local` has no resync, and a host held by the all-zero guard is planned again only on a change.)
+#[test]
+fn both_clusters_set_to_zero_at_once_keep_one_serving() {
+    let s = setup();
+    let eu = start(&s, "eu", &[]);
+    let us = start(&s, "us", &[]);
+    for c in ["eu", "us"] {
+        wait_row(&s.db, c, "at 100", Duration::from_secs(20), |r| r["CurrentWeight"] == 100);
+    }
+    let conn = rusqlite::Connection::open(&s.db).unwrap();
+    conn.execute("UPDATE weights SET desired_weight = 0", []).unwrap();
+    let winner = wait_for("one cluster drained", Duration::from_secs(20), || {
+        ["eu", "us"].into_iter().find(|c| row(&s.db, c)["CurrentWeight"] == 0)
+    });
+    let (loser, loser_proc) = if winner == "eu" { ("us", &us) } else { ("eu", &eu) };
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(row(&s.db, loser)["CurrentWeight"], 100, "the other is not acknowledged");
+    let published = |c: &str| -> i64 {
+        conn.query_row("SELECT weight FROM dns_records WHERE set_identifier = ?1 AND type != 'TXT'", [c], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!((published(winner), published(loser)), (0, 100), "one keeps serving");
+    let refused = ["min_serving_clusters", "all_zero_guard"]
+        .iter()
+        .filter_map(|k| loser_proc.metric("weir_invalid_input_total", &[("kind", k)]))
+        .sum::<f64>();
+    assert!(refused >= 1.0, "the kept drain is counted");
+    assert_eq!(row(&s.db, winner).get("DrainUntil"), None, "no claim left");
+}
+
 #[test]
 fn bad_ramp_input_is_refused_and_nothing_written() {
     let s = setup();

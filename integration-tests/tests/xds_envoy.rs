@@ -81,3 +81,64 @@ fn envoy_end_to_end(api_type: &str) {
     assert!(t.errors.is_empty(), "Envoy without weir: {t:?}");
     assert_share(&t, "green", 90.0);
 }
+
+/// Issue 11, finding 6, with a real Envoy: `plannerip` reaches an endpoint only while it can serve.
+/// Planner blue has three endpoints (three EndpointSlices, one port each): ready; terminating but
+/// still serving (a draining planner finishing its in-flight queries); neither ready nor serving.
+/// Green is at weight 0. Pins to the draining endpoint and to green land there; a pin to the
+/// endpoint that cannot serve never reaches it (before the fix, Envoy's panic mode sent it 40 of 40).
+#[test]
+fn envoy_pins_plannerip_only_to_endpoints_that_can_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let (blue, draining, down, green, listener) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let _backends =
+        start_backends(dir.path(), &[("blue", blue), ("draining", draining), ("down", down), ("green", green)]);
+    let slice = |service: &str, n: u32, port: u16, conditions: &str| {
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-{n}\n  \
+             namespace: default\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\n\
+             ports: [{{port: {port}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"], conditions: {conditions}}}]\n"
+        )
+    };
+    let mut text = planner_manifests(&[("blue", blue), ("green", green)], listener);
+    text.push_str(&slice("shop-planner-blue", 2, draining, "{ready: false, serving: true, terminating: true}"));
+    text.push_str(&slice("shop-planner-blue", 3, down, "{ready: false, serving: false, terminating: false}"));
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(manifests.join("planners.yaml"), text).unwrap();
+    let weir = start_weir("weir-xds", dir.path(), &manifests, &dir.path().join("state.db"), &[]);
+    let (code, _) = admin("POST", &format!("{}/traffic?blue=100&green=0", weir.admin), None);
+    assert_eq!(code, 200);
+
+    let (_envoy, envoy_admin) = start_envoy(dir.path(), "envoy-test", weir.grpc_port, "GRPC");
+    wait_envoy_ready(&envoy_admin);
+    let mut client = Client::start(&format!("127.0.0.1:{listener}"), None);
+    client.wait_ready();
+
+    // Unpinned: only the ready endpoint of the strategy with weight.
+    let t = client.call(300, None);
+    assert_eq!(t.counts.get("blue"), Some(&300), "unpinned: {t:?}");
+    // Pinned to the draining endpoint and to weight-0 green: they finish what they started.
+    let t = client.call(100, Some(&format!("127.0.0.1:{draining}")));
+    assert_eq!(t.counts.get("draining"), Some(&100), "pinned to the draining endpoint: {t:?}");
+    let t = client.call(100, Some(&format!("127.0.0.1:{green}")));
+    assert_eq!(t.counts.get("green"), Some(&100), "pinned to weight-0 green: {t:?}");
+    // Pinned to the endpoint that can serve nothing: it has no pin route; the call falls through to
+    // the weighted route, and no call ever reaches it.
+    let t = client.call(100, Some(&format!("127.0.0.1:{down}")));
+    assert_eq!(t.counts.get("down"), None, "an endpoint neither ready nor serving was reached: {t:?}");
+    assert_eq!(t.counts.get("blue"), Some(&100), "falls through to the weighted route: {t:?}");
+
+    // The draining endpoint stops serving: its pin goes, its pinned calls fall through too.
+    let text = std::fs::read_to_string(manifests.join("planners.yaml")).unwrap().replace(
+        "{ready: false, serving: true, terminating: true}",
+        "{ready: false, serving: false, terminating: true}",
+    );
+    let tmp = manifests.join(".planners.yaml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, manifests.join("planners.yaml")).unwrap();
+    wait_for("the draining endpoint's pin to go", Duration::from_secs(20), || {
+        let t = client.call(20, Some(&format!("127.0.0.1:{draining}")));
+        (t.counts.get("draining").is_none() && t.counts.get("blue") == Some(&20)).then_some(())
+    });
+}

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, ReturnValue, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
 
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use super::{AckOutcome, HistoryEntry, Plan, PlanWrite, StoreError, StoredWeight, WeightRow, WeightStore};
+use super::{AckOutcome, DrainClaim, HistoryEntry, Plan, PlanWrite, StoreError, StoredWeight, WeightRow, WeightStore};
 use crate::aws::{classify, describe, Aws, Outcome};
 
 pub const KEY: &str = "ClusterName";
@@ -26,6 +26,9 @@ pub const DESIRED: &str = "DesiredWeight";
 pub const CURRENT: &str = "CurrentWeight";
 /// The row's ramp or override, JSON ([`Plan`]).
 pub const PLAN: &str = "Plan";
+/// The row's drain claim: Unix milliseconds (N) until which this cluster may take its weight to 0
+/// ([`super::WeightStore::claim_drain`]); removed by the next ack.
+pub const DRAIN_UNTIL: &str = "DrainUntil";
 /// The hosts that block this cluster's ack (a string set; absent when none), for `weir weights list`.
 pub const HELD: &str = "HeldHosts";
 /// The history table's sort key: `<unix ms, 13 digits>-<random>`, so that entries sort by time and
@@ -113,6 +116,74 @@ impl DynamoStore {
             "STS GetCallerIdentity failed: the history names this process by a local name instead of its AWS identity"
         );
         None
+    }
+
+    /// [`WeightStore::claim_drain`] on `rows`, the table as read just before. One
+    /// `TransactWriteItems`: the claim on this cluster's row (DesiredWeight still 0) and a
+    /// `ConditionCheck` on every other row read (no live claim; DesiredWeight > 0 on those counted for
+    /// `--min-serving-clusters`), so that a table changed since the read refuses the claim.
+    /// DynamoDB transactions are serialisable: of two clusters claiming at once, the second's check
+    /// sees the first's claim, or the two conflict and both ask again on their next poll.
+    pub async fn claim_drain_on(
+        &self,
+        rows: &[WeightRow],
+        cluster: &str,
+        min_serving: usize,
+        ttl_ms: i64,
+    ) -> Result<DrainClaim, StoreError> {
+        if !rows.iter().any(|r| r.cluster == cluster) {
+            return Err(StoreError::NotFound(cluster.to_string()));
+        }
+        let now = super::now_ms();
+        let pinned = match super::drain_claim_check(rows, cluster, min_serving, now) {
+            Ok(pinned) => pinned,
+            Err(why) => return Ok(DrainClaim::Refused(why)),
+        };
+        let others: Vec<&WeightRow> = rows.iter().filter(|r| r.cluster != cluster).collect();
+        // TransactWriteItems takes at most 100 items.
+        if others.len() > 99 {
+            return Err(Self::error(
+                "claim_drain",
+                format!("{} other clusters: more than one transaction holds", others.len()),
+            ));
+        }
+        let build = |e: aws_sdk_dynamodb::error::BuildError| Self::error("claim_drain", e.to_string());
+        let claim = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(cluster)))
+            .update_expression("SET #du = :until")
+            .condition_expression("#d = :zero")
+            .expression_attribute_names("#du", DRAIN_UNTIL)
+            .expression_attribute_names("#d", DESIRED)
+            .expression_attribute_values(":until", AttributeValue::N((now + ttl_ms).to_string()))
+            .expression_attribute_values(":zero", number(0))
+            .build()
+            .map_err(build)?;
+        let mut req =
+            self.client.transact_write_items().transact_items(TransactWriteItem::builder().update(claim).build());
+        for other in others {
+            let mut check = ConditionCheck::builder()
+                .table_name(&self.table)
+                .set_key(Some(Self::key(&other.cluster)))
+                .expression_attribute_names("#du", DRAIN_UNTIL)
+                .expression_attribute_values(":now", AttributeValue::N(now.to_string()));
+            let mut condition = "(attribute_not_exists(#du) OR #du <= :now)".to_string();
+            if pinned.contains(&other.cluster) {
+                condition.push_str(" AND #d > :zero");
+                check = check.expression_attribute_names("#d", DESIRED).expression_attribute_values(":zero", number(0));
+            }
+            let check = check.condition_expression(condition).build().map_err(build)?;
+            req = req.transact_items(TransactWriteItem::builder().condition_check(check).build());
+        }
+        match self.aws.call("dynamodb", "TransactWriteItems", || req.clone().send()).await {
+            Ok(_) => Ok(DrainClaim::Claimed),
+            Err(e) if classify(&e) == Outcome::ConditionFailed => Ok(DrainClaim::Refused(format!(
+                "the weight table changed while the drain was claimed (another cluster claimed, or stopped \
+                 serving, or DesiredWeight moved: {}); asking again on the next poll",
+                describe(&e)
+            ))),
+            Err(e) => Err(Self::error("claim_drain", describe(&e))),
+        }
     }
 
     pub fn table(&self) -> &str {
@@ -205,6 +276,10 @@ fn parse_row(cluster: &str, item: &HashMap<String, AttributeValue>) -> WeightRow
                 None
             }
         },
+        _ => None,
+    };
+    row.drain_until_ms = match item.get(DRAIN_UNTIL) {
+        Some(AttributeValue::N(ms)) => ms.parse().ok(),
         _ => None,
     };
     row
@@ -300,9 +375,10 @@ impl WeightStore for DynamoStore {
         let update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(Self::key(cluster)))
-            .update_expression("SET #c = :w")
+            .update_expression("SET #c = :w REMOVE #du")
             .condition_expression("#d = :w")
             .expression_attribute_names("#c", CURRENT)
+            .expression_attribute_names("#du", DRAIN_UNTIL)
             .expression_attribute_names("#d", DESIRED)
             .expression_attribute_values(":w", number(applied))
             .build()
@@ -454,6 +530,11 @@ impl WeightStore for DynamoStore {
             aws: self.aws.clone(),
         };
         Some(tokio::spawn(follower.run(wake, shutdown)))
+    }
+
+    async fn claim_drain(&self, cluster: &str, min_serving: usize, ttl_ms: i64) -> Result<DrainClaim, StoreError> {
+        let rows = self.list().await?;
+        self.claim_drain_on(&rows, cluster, min_serving, ttl_ms).await
     }
 
     /// Records the held hosts on the cluster's own row (never creating one), or removes the attribute

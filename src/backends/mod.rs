@@ -98,12 +98,96 @@ pub struct WeightRow {
     /// by the cluster's leader; a finished ramp stays for `weir weights list` until the next change.
     #[serde(rename = "Plan", skip_serializing_if = "Option::is_none")]
     pub plan: Option<Plan>,
+    /// This cluster's drain claim: Unix milliseconds until which it holds the right to take its
+    /// weight to 0 (attribute/column `DrainUntil`; see [`WeightStore::claim_drain`]). Removed by the
+    /// next acknowledgement.
+    #[serde(rename = "DrainUntil", skip_serializing_if = "Option::is_none")]
+    pub drain_until_ms: Option<i64>,
 }
 
 impl WeightRow {
     pub fn new(cluster: impl Into<String>, desired: StoredWeight, current: StoredWeight) -> Self {
-        Self { cluster: cluster.into(), desired, current, plan: None }
+        Self { cluster: cluster.into(), desired, current, plan: None, drain_until_ms: None }
     }
+
+    /// Whether this row holds a drain claim that has not expired at `now_ms`.
+    pub fn draining_at(&self, now_ms: i64) -> bool {
+        self.drain_until_ms.is_some_and(|until| until > now_ms)
+    }
+}
+
+/// The clusters other than `cluster` whose DesiredWeight is > 0 (a row that is not a weight does not
+/// count), in table order.
+pub fn serving_others<'a>(rows: &'a [WeightRow], cluster: &str) -> Vec<&'a str> {
+    rows.iter()
+        .filter(|r| r.cluster != cluster && r.desired.valid().is_some_and(|w| w > 0))
+        .map(|r| r.cluster.as_str())
+        .collect()
+}
+
+/// `--min-serving-clusters`: why setting `cluster` from `before` to `after` is refused, if it is. A
+/// change that takes a serving cluster (DesiredWeight > 0) to 0 is refused when fewer than `min`
+/// clusters would then have DesiredWeight > 0. Pure; `rows` is the whole table (this cluster's row
+/// may show `before` or `after`: it is replaced by `after`).
+pub fn min_serving_violation(
+    rows: &[WeightRow],
+    cluster: &str,
+    before: Option<u8>,
+    after: u8,
+    min: usize,
+) -> Option<String> {
+    if min == 0 || after > 0 || before.unwrap_or(0) == 0 {
+        return None;
+    }
+    let serving = serving_others(rows, cluster);
+    (serving.len() < min).then(|| {
+        format!(
+            "setting {cluster:?} to 0 would leave {} cluster(s) with DesiredWeight > 0 ({}), fewer than \
+             --min-serving-clusters {min}",
+            serving.len(),
+            if serving.is_empty() { "none".to_string() } else { serving.join(", ") }
+        )
+    })
+}
+
+/// How long a drain claim lasts unless renewed. The weight loop renews it while the drain is under
+/// way (DesiredWeight 0, CurrentWeight not yet 0) once less than half is left; the claim of a
+/// cluster whose controllers all died expires after this.
+pub const DRAIN_CLAIM_TTL_MS: i64 = 30_000;
+
+/// What [`WeightStore::claim_drain`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrainClaim {
+    /// The claim is written: this cluster may take its weight to 0.
+    Claimed,
+    /// Not now, and why: keep serving the applied weight and ask again on the next poll.
+    Refused(String),
+}
+
+/// The rule a drain claim asserts on the whole table read at `now_ms`: no other cluster holds a live
+/// drain claim, and (with `min_serving` > 0) at least that many other clusters have DesiredWeight > 0.
+/// Ok: the other clusters counted as serving (the write pins them); Err: why not. Pure; the stores
+/// check it again inside the write (SQLite: in the same IMMEDIATE transaction; DynamoDB: as
+/// `ConditionCheck`s of one `TransactWriteItems`).
+pub fn drain_claim_check(
+    rows: &[WeightRow],
+    cluster: &str,
+    min_serving: usize,
+    now_ms: i64,
+) -> Result<Vec<String>, String> {
+    let draining: Vec<&str> =
+        rows.iter().filter(|r| r.cluster != cluster && r.draining_at(now_ms)).map(|r| r.cluster.as_str()).collect();
+    if !draining.is_empty() {
+        return Err(format!(
+            "cluster(s) {} are draining at the same time (a drain claim in the weight table); {cluster:?} \
+             keeps serving and asks again on its next poll",
+            draining.join(", ")
+        ));
+    }
+    if let Some(why) = min_serving_violation(rows, cluster, Some(1), 0, min_serving) {
+        return Err(why);
+    }
+    Ok(serving_others(rows, cluster).into_iter().take(min_serving).map(str::to_string).collect())
 }
 
 /// What the leader carries out for a cluster besides applying DesiredWeight.
@@ -323,7 +407,8 @@ pub trait WeightStore: Send + Sync {
     /// operator's row. Returns the row as it is afterwards.
     async fn ensure(&self, cluster: &str, initial: u8) -> Result<WeightRow, StoreError>;
 
-    /// `CurrentWeight := applied`, only if DesiredWeight is still `applied`.
+    /// `CurrentWeight := applied`, only if DesiredWeight is still `applied`; removes the row's drain
+    /// claim (CurrentWeight now says what is published).
     async fn ack(&self, cluster: &str, applied: u8) -> Result<AckOutcome, StoreError>;
 
     /// Sets DesiredWeight (conditionally on the row existing); returns the value it replaced.
@@ -367,6 +452,16 @@ pub trait WeightStore: Send + Sync {
     ) -> Option<tokio::task::JoinHandle<()>> {
         let _ = (cluster, wake, shutdown);
         None
+    }
+
+    /// Claims the right to take `cluster`'s weight to 0, so that two clusters never drain at once (the
+    /// all-zero guard of each would read the other's records before either changed them): written
+    /// only if [`drain_claim_check`] holds for the table at the moment of the write and DesiredWeight
+    /// is still 0; it lasts `ttl_ms` (renewed by asking again) and the next [`WeightStore::ack`]
+    /// removes it. Stores without other clusters' rows have nobody to race and always grant it.
+    async fn claim_drain(&self, cluster: &str, min_serving: usize, ttl_ms: i64) -> Result<DrainClaim, StoreError> {
+        let _ = (cluster, min_serving, ttl_ms);
+        Ok(DrainClaim::Claimed)
     }
 
     /// Records the hosts that hold this cluster's ack back (empty: none), for `weir weights list`.
@@ -496,6 +591,25 @@ mod tests {
         assert_eq!("dynamodb".parse(), Ok(BackendType::DynamoDb));
         assert_eq!("sqlite".parse(), Ok(BackendType::Sqlite));
         assert!("redis".parse::<BackendType>().is_err());
+    }
+
+    #[test]
+    fn a_drain_claim_needs_no_other_live_claim_and_the_minimum_serving() {
+        let row = |c: &str, d: u8, until: Option<i64>| {
+            let mut r = WeightRow::new(c, StoredWeight::Valid(d), StoredWeight::Valid(50));
+            r.drain_until_ms = until;
+            r
+        };
+        let rows = [row("eu", 0, None), row("us", 0, Some(2_000)), row("ap", 50, None)];
+        let why = drain_claim_check(&rows, "eu", 0, 1_000).unwrap_err();
+        assert!(why.contains("us are draining at the same time"), "{why}");
+        // Expired at 2,000: no longer blocks; min 1 pins ap, the one other cluster above 0.
+        assert_eq!(drain_claim_check(&rows, "eu", 1, 2_000), Ok(vec!["ap".to_string()]));
+        assert_eq!(drain_claim_check(&rows, "eu", 0, 2_000), Ok(vec![]));
+        let why = drain_claim_check(&rows, "eu", 2, 2_000).unwrap_err();
+        assert!(why.contains("fewer than --min-serving-clusters 2"), "{why}");
+        // Its own claim never blocks a cluster (a new leader renews it).
+        assert_eq!(drain_claim_check(&rows, "us", 0, 1_000), Ok(vec![]));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use super::{AckOutcome, HistoryEntry, Plan, PlanWrite, StoreError, StoredWeight, WeightRow, WeightStore};
+use super::{AckOutcome, DrainClaim, HistoryEntry, Plan, PlanWrite, StoreError, StoredWeight, WeightRow, WeightStore};
 
 const STORE: &str = "sqlite";
 
@@ -65,11 +65,12 @@ CREATE TABLE IF NOT EXISTS held_hosts (
     hosts TEXT NOT NULL
 )";
 
-/// Adds the `plan` column to a file made before plans existed.
+/// Adds the `plan` and `drain_until` columns to a file made before they existed.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let has_plan = conn.prepare("SELECT plan FROM weights LIMIT 0").is_ok();
-    if !has_plan {
-        conn.execute_batch("ALTER TABLE weights ADD COLUMN plan TEXT")?;
+    for (column, ty) in [("plan", "TEXT"), ("drain_until", "INTEGER")] {
+        if conn.prepare(&format!("SELECT {column} FROM weights LIMIT 0")).is_err() {
+            conn.execute_batch(&format!("ALTER TABLE weights ADD COLUMN {column} {ty}"))?;
+        }
     }
     Ok(())
 }
@@ -165,12 +166,16 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WeightRow> {
         },
         _ => None,
     };
+    row.drain_until_ms = match r.get_ref(4)? {
+        ValueRef::Integer(ms) => Some(ms),
+        _ => None,
+    };
     Ok(row)
 }
 
 fn read_row(conn: &Connection, cluster: &str) -> rusqlite::Result<Option<WeightRow>> {
     conn.query_row(
-        "SELECT cluster_name, desired_weight, current_weight, plan FROM weights WHERE cluster_name = ?1",
+        "SELECT cluster_name, desired_weight, current_weight, plan, drain_until FROM weights WHERE cluster_name = ?1",
         [cluster],
         row,
     )
@@ -188,7 +193,7 @@ fn insert_history(conn: &Connection, e: &HistoryEntry) -> rusqlite::Result<()> {
 
 fn read_all(conn: &Connection) -> rusqlite::Result<Vec<WeightRow>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT cluster_name, desired_weight, current_weight, plan FROM weights ORDER BY cluster_name",
+        "SELECT cluster_name, desired_weight, current_weight, plan, drain_until FROM weights ORDER BY cluster_name",
     )?;
     let rows = stmt.query_map([], row)?.collect();
     rows
@@ -276,8 +281,11 @@ impl WeightStore for SqliteStore {
             if row.desired != StoredWeight::Valid(applied) {
                 return Ok(AckOutcome::DesiredChanged);
             }
-            tx.execute("UPDATE weights SET current_weight = ?2 WHERE cluster_name = ?1", params![cluster, applied])
-                .map_err(sql("ack"))?;
+            tx.execute(
+                "UPDATE weights SET current_weight = ?2, drain_until = NULL WHERE cluster_name = ?1",
+                params![cluster, applied],
+            )
+            .map_err(sql("ack"))?;
             if row.current != StoredWeight::Valid(applied) {
                 let entry = HistoryEntry::new(
                     &cluster,
@@ -291,6 +299,31 @@ impl WeightStore for SqliteStore {
             }
             tx.commit().map_err(sql("ack"))?;
             Ok(AckOutcome::Acknowledged)
+        })
+        .await
+    }
+
+    /// One IMMEDIATE transaction: the write lock is taken before the table is read, so of two
+    /// processes claiming at once the second reads the first's claim.
+    async fn claim_drain(&self, cluster: &str, min_serving: usize, ttl_ms: i64) -> Result<DrainClaim, StoreError> {
+        let cluster = cluster.to_string();
+        self.blocking("claim_drain", move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("claim_drain"))?;
+            let rows = read_all(&tx).map_err(sql("claim_drain"))?;
+            let Some(own) = rows.iter().find(|r| r.cluster == cluster) else {
+                return Err(StoreError::NotFound(cluster));
+            };
+            if own.desired != StoredWeight::Valid(0) {
+                return Ok(DrainClaim::Refused(format!("DesiredWeight of {cluster:?} is no longer 0")));
+            }
+            let now = super::now_ms();
+            if let Err(why) = super::drain_claim_check(&rows, &cluster, min_serving, now) {
+                return Ok(DrainClaim::Refused(why));
+            }
+            tx.execute("UPDATE weights SET drain_until = ?2 WHERE cluster_name = ?1", params![cluster, now + ttl_ms])
+                .map_err(sql("claim_drain"))?;
+            tx.commit().map_err(sql("claim_drain"))?;
+            Ok(DrainClaim::Claimed)
         })
         .await
     }
@@ -526,6 +559,50 @@ mod tests {
         assert_eq!(s.set_desired("eu", 5).await.unwrap(), Some(StoredWeight::Invalid("150".into())));
         assert_eq!(s.get("eu").await.unwrap().unwrap().desired, StoredWeight::Valid(5));
         assert_eq!(s.get("us").await.unwrap(), None);
+    }
+
+    /// Two processes asking to drain at once: exactly one claim lands per round (IMMEDIATE
+    /// serialises them), an ack removes the claim, an expired claim no longer blocks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drain_claims_are_serialised_between_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (store(&dir).await, store(&dir).await);
+        for round in 0..20 {
+            for (s, c) in [(&a, "eu"), (&b, "us")] {
+                s.ensure(c, 50).await.unwrap();
+                s.set_desired(c, 50).await.unwrap();
+                s.ack(c, 50).await.unwrap(); // removes any claim
+                s.set_desired(c, 0).await.unwrap();
+            }
+            let (x, y) = tokio::join!(a.claim_drain("eu", 0, 30_000), b.claim_drain("us", 0, 30_000));
+            let (x, y) = (x.unwrap(), y.unwrap());
+            let loser = match (&x, &y) {
+                (DrainClaim::Claimed, DrainClaim::Refused(why)) => ("us", why),
+                (DrainClaim::Refused(why), DrainClaim::Claimed) => ("eu", why),
+                other => panic!("round {round}: exactly one claim must land: {other:?}"),
+            };
+            assert!(loser.1.contains("draining at the same time"), "{}", loser.1);
+            assert_eq!(a.get(loser.0).await.unwrap().unwrap().drain_until_ms, None, "the loser wrote nothing");
+        }
+        // The winner acknowledges 0: its claim goes, and the other may claim (its all-zero guard then
+        // reads the winner's records at 0 and holds that second drain).
+        let rows = a.list().await.unwrap();
+        let winner = rows.iter().find(|r| r.drain_until_ms.is_some()).unwrap().cluster.clone();
+        let other = if winner == "eu" { "us" } else { "eu" };
+        assert_eq!(a.ack(&winner, 0).await.unwrap(), AckOutcome::Acknowledged);
+        assert_eq!(a.get(&winner).await.unwrap().unwrap().drain_until_ms, None);
+        assert_eq!(b.claim_drain(other, 0, 30_000).await.unwrap(), DrainClaim::Claimed);
+        // While `other` drains, the first may not start another drain.
+        a.set_desired(&winner, 50).await.unwrap();
+        a.ack(&winner, 50).await.unwrap();
+        a.set_desired(&winner, 0).await.unwrap();
+        assert!(matches!(a.claim_drain(&winner, 0, 30_000).await.unwrap(), DrainClaim::Refused(_)));
+        // An expired claim (its holder died) no longer blocks.
+        assert_eq!(b.claim_drain(other, 0, -1).await.unwrap(), DrainClaim::Claimed);
+        assert_eq!(a.claim_drain(&winner, 0, 30_000).await.unwrap(), DrainClaim::Claimed);
+        // A cluster no longer asked to go to 0 gets no claim.
+        b.set_desired(other, 40).await.unwrap();
+        assert!(matches!(b.claim_drain(other, 0, 30_000).await.unwrap(), DrainClaim::Refused(_)));
     }
 
     /// Two stores on one file are two processes: each sees the other's writes, and concurrent

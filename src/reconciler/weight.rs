@@ -9,7 +9,8 @@ use tokio::sync::{watch, Notify};
 
 use super::metrics::{labels, WeightMetrics};
 use super::RefusalSink;
-use crate::backends::{StoreError, StoredWeight, WeightRow, WeightStore};
+pub use crate::backends::min_serving_violation;
+use crate::backends::{DrainClaim, StoreError, StoredWeight, WeightRow, WeightStore, DRAIN_CLAIM_TTL_MS};
 use crate::ir::{InputKind, Refusal};
 use crate::model::ObjectRef;
 use crate::telemetry::InvalidInputs;
@@ -55,6 +56,11 @@ pub struct Observation {
 }
 
 impl WeightTracker {
+    /// The weight this process last told the DNS loop to apply, if any.
+    pub fn applied(&self) -> Option<u8> {
+        self.last.map(|s| s.weight)
+    }
+
     pub fn observe(&mut self, row: &WeightRow, now: Instant) -> Observation {
         self.observe_with(row, now, false)
     }
@@ -92,6 +98,10 @@ impl WeightTracker {
                 match (self.last, current) {
                     // Keep applying what was applied before; only refresh what we know of CurrentWeight.
                     (Some(last), _) => Some(WeightSignal { current, ..last }),
+                    // A refused drain in a process that has applied nothing yet: CurrentWeight 0 says
+                    // nothing of what is published now (a later weight may have been applied and not
+                    // acknowledged), and 0 is published only under a drain claim: apply nothing.
+                    (None, Some(0)) if refused => None,
                     // Nothing applied yet in this process: keep serving the acknowledged weight.
                     (None, Some(c)) => Some(WeightSignal { weight: c, from_desired: false, current }),
                     (None, None) => None,
@@ -105,33 +115,12 @@ impl WeightTracker {
     }
 }
 
-/// `--min-serving-clusters`: why setting `cluster` from `before` to `after` is refused, if it is. A
-/// change that takes a serving cluster (DesiredWeight > 0) to 0 is refused when fewer than `min`
-/// clusters would then have DesiredWeight > 0. Pure; `rows` is the whole table (this cluster's row
-/// may show `before` or `after`: it is replaced by `after`).
-pub fn min_serving_violation(
-    rows: &[WeightRow],
-    cluster: &str,
-    before: Option<u8>,
-    after: u8,
-    min: usize,
-) -> Option<String> {
-    if min == 0 || after > 0 || before.unwrap_or(0) == 0 {
-        return None;
-    }
-    let serving: Vec<&str> = rows
-        .iter()
-        .filter(|r| r.cluster != cluster && r.desired.valid().is_some_and(|w| w > 0))
-        .map(|r| r.cluster.as_str())
-        .collect();
-    (serving.len() < min).then(|| {
-        format!(
-            "setting {cluster:?} to 0 would leave {} cluster(s) with DesiredWeight > 0 ({}), fewer than \
-             --min-serving-clusters {min}",
-            serving.len(),
-            if serving.is_empty() { "none".to_string() } else { serving.join(", ") }
-        )
-    })
+/// Whether taking the row's DesiredWeight into force needs a drain claim first: DesiredWeight 0, and
+/// either a claim of this cluster is standing (renewed until the ack removes it) or this process has
+/// not itself applied 0 with CurrentWeight 0 acknowledged. Pure.
+pub fn drain_claim_needed(row: &WeightRow, applied: Option<u8>) -> bool {
+    row.desired == StoredWeight::Valid(0)
+        && (row.drain_until_ms.is_some() || !(applied == Some(0) && row.current == StoredWeight::Valid(0)))
 }
 
 pub struct WeightLoop {
@@ -159,19 +148,35 @@ pub struct WeightLoop {
 pub const WEIGHT_LOOP_BOUND: Duration = Duration::from_secs(180);
 
 impl WeightLoop {
-    /// Why the row's DesiredWeight must not be applied under the safety rules, if it must not. A
-    /// failed read of the table refuses too (fail safe: keep serving what is applied).
-    async fn safety_refusal(&self, row: &WeightRow) -> Option<String> {
-        let desired = row.desired.valid()?;
-        let before = row.current.valid();
-        if self.min_serving_clusters == 0 || desired > 0 || before.unwrap_or(0) == 0 {
+    /// Why the row's DesiredWeight must not be applied now, if it must not. A DesiredWeight of 0 on a
+    /// cluster not at 0 yet needs a drain claim in the weight table first
+    /// ([`WeightStore::claim_drain`]: no other cluster draining at the same moment, and
+    /// `--min-serving-clusters` kept); it is renewed while the drain is under way. A failed store call
+    /// refuses too (fail safe: keep serving what is applied, ask again on the next poll).
+    ///
+    /// The claim is needed whenever this process cannot know that 0 is already published:
+    /// CurrentWeight 0 alone does not say it (a later DesiredWeight may have been applied and not
+    /// acknowledged, here or by a previous leader), only "this process applied 0 and it was
+    /// acknowledged" does. A claim taken is renewed until the ack removes it.
+    async fn safety_refusal(&self, row: &WeightRow, applied: Option<u8>) -> Option<String> {
+        if !drain_claim_needed(row, applied) {
             return None;
         }
-        match self.store.list().await {
-            Ok(rows) => min_serving_violation(&rows, &self.cluster, before, desired, self.min_serving_clusters),
+        let now = crate::backends::now_ms();
+        if row.drain_until_ms.is_some_and(|until| until - now > DRAIN_CLAIM_TTL_MS / 2) {
+            return None; // this cluster's claim stands, with time to spare
+        }
+        match self.store.claim_drain(&self.cluster, self.min_serving_clusters, DRAIN_CLAIM_TTL_MS).await {
+            Ok(DrainClaim::Claimed) => {
+                if !row.draining_at(now) {
+                    tracing::info!(cluster = %self.cluster, "drain claimed in the weight table; taking the weight to 0");
+                }
+                None
+            }
+            Ok(DrainClaim::Refused(why)) => Some(why),
             Err(e) => {
-                self.store_error("list", &e);
-                Some(format!("the weight table could not be read to check --min-serving-clusters: {e}"))
+                self.store_error("claim_drain", &e);
+                Some(format!("the drain could not be claimed in the weight table: {e}"))
             }
         }
     }
@@ -234,7 +239,7 @@ impl WeightLoop {
                         changed
                     });
                 }
-                let refusal = self.safety_refusal(&row).await;
+                let refusal = self.safety_refusal(&row, tracker.applied()).await;
                 let obs = tracker.observe_with(&row, Instant::now(), refusal.is_some());
                 self.metrics.row_invalid.get_or_create(&cluster_labels).set(i64::from(row.desired.valid().is_none()));
                 self.metrics
@@ -274,7 +279,14 @@ impl WeightLoop {
                     self.metrics.current.get_or_create(&cluster_labels).set(c.into());
                 }
                 self.metrics.drift.get_or_create(&cluster_labels).set(obs.drift_seconds);
-                if let Some(signal) = obs.signal {
+                if let Some(mut signal) = obs.signal {
+                    // A drain claim blocks the other clusters' drains until an ack removes it (also
+                    // one left behind when DesiredWeight moved off 0 before the drain was
+                    // acknowledged, or taken while CurrentWeight already said 0): ask for that ack
+                    // even when CurrentWeight already says this weight.
+                    if row.drain_until_ms.is_some() && signal.from_desired {
+                        signal.current = None;
+                    }
                     tx.send_if_modified(|old| {
                         if *old == Some(signal) {
                             return false;
@@ -335,6 +347,34 @@ mod tests {
         assert_eq!(o.drift_seconds, 3.0, "drift keeps counting");
         let o = t.observe(&row(Invalid("abc".into()), Valid(40)), t0 + Duration::from_secs(4));
         assert_eq!(o.new_bad_value.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn a_drain_needs_a_claim_unless_this_process_applied_0_and_it_was_acknowledged() {
+        // CurrentWeight 0 from an old ack while a later weight may be published (the soak's all-zero
+        // episode): claimed first.
+        assert!(drain_claim_needed(&row(Valid(0), Valid(0)), None), "a new leader knows nothing");
+        assert!(drain_claim_needed(&row(Valid(0), Valid(0)), Some(60)), "60 applied, not acknowledged");
+        assert!(drain_claim_needed(&row(Valid(0), Valid(60)), Some(0)), "0 applied, not acknowledged");
+        assert!(!drain_claim_needed(&row(Valid(0), Valid(0)), Some(0)));
+        // A standing claim is renewed until the ack removes it.
+        let mut claimed = row(Valid(0), Valid(0));
+        claimed.drain_until_ms = Some(1);
+        assert!(drain_claim_needed(&claimed, Some(0)));
+        assert!(!drain_claim_needed(&row(Valid(30), Valid(0)), None));
+        assert!(!drain_claim_needed(&row(Invalid("x".into()), Valid(0)), None));
+    }
+
+    #[test]
+    fn a_refused_drain_in_a_new_process_applies_nothing_rather_than_current_weight_0() {
+        let mut t = WeightTracker::default();
+        let t0 = Instant::now();
+        assert_eq!(t.observe_with(&row(Valid(0), Valid(0)), t0, true).signal, None);
+        assert_eq!(t.applied(), None);
+        // CurrentWeight > 0 is kept serving, as before.
+        let mut t = WeightTracker::default();
+        let o = t.observe_with(&row(Valid(0), Valid(40)), t0, true);
+        assert_eq!(o.signal, Some(WeightSignal { weight: 40, from_desired: false, current: Some(40) }));
     }
 
     #[test]

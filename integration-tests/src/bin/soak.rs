@@ -3,15 +3,16 @@
 //! of the run faults are injected at random: 30% of AWS calls throttled (`Throttling`, and
 //! `PriorRequestNotComplete` on record changes), SIGKILL of a cluster's leader just after a
 //! DesiredWeight edit (mid-apply), the API server hanging one replica's requests, and DesiredWeight
-//! edits every ~1.5 s (acks then meet changed rows: DynamoDB condition failures). It asserts
-//! continuously that no host's records are all zero and that an acknowledged CurrentWeight matches
-//! the published records; at the end, that no two replicas of a cluster ever wrote in the same term
-//! (from their JSON logs), and that, once faults stop, both clusters converge within a bound.
-//! No Ingress carries a bad annotation: a held host is another issue's subject (finding 3).
+//! edits every ~1.5 s (acks then meet changed rows: DynamoDB condition failures), every sixth edit
+//! both clusters to 0 at once (the drain claim must keep one serving), and now and then a weight
+//! annotation that is not a weight on one cluster's host h0 for a few seconds (the host is held at
+//! its published weight, and the cluster must not acknowledge meanwhile). It asserts continuously
+//! that no host's records are all zero and that an acknowledged CurrentWeight matches every
+//! published record (the held host's included); at the end, that no two replicas of a cluster ever
+//! wrote in the same term (from their JSON logs), and that, once faults stop, both clusters converge
+//! within a bound.
 //!
-//! `WEIR_TEST_VENV=/work/main/.venv cargo run -p integration-tests --bin soak -- --duration 60s [--seed N] [--both-zero]`
-//! (`--both-zero` lets both clusters' DesiredWeight be 0 at once, which the all-zero guard does not
-//! yet hold against two clusters draining concurrently.)
+//! `WEIR_TEST_VENV=/work/main/.venv cargo run -p integration-tests --bin soak -- --duration 60s [--seed N]`
 //! Exits 1 on any violation; prints its figures.
 
 use std::collections::BTreeMap;
@@ -36,6 +37,8 @@ const HOSTS: usize = 4;
 const WEIGHTS: [u8; 6] = [0, 10, 30, 50, 70, 100];
 /// After the faults stop, both clusters must converge within this.
 const CONVERGENCE_BOUND: Duration = Duration::from_secs(30);
+/// How long after h0's bad annotation is written the controller must have read it and finished any
+/// pass begun before (manifest poll 1 s, settle 250 ms, a pass slowed by throttling).
 /// The final, fault-free part of the run.
 const QUIET: Duration = Duration::from_secs(20);
 
@@ -123,6 +126,27 @@ fn parse_duration(s: &str) -> Duration {
     }
 }
 
+/// The cluster's manifests; with `bad_h0`, Ingress h0 carries a weight annotation that is not a
+/// weight (weir then holds h0 at its published weight and withholds the ack).
+fn write_cluster_manifests(dir: &Path, cluster: &str, bad_h0: bool) {
+    let dir = dir.join(cluster);
+    write_manifests(&dir, HOSTS, &format!("{cluster}-lb.example.net"));
+    if bad_h0 {
+        let path = dir.join("manifests.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let plain = "  name: h0\n  namespace: web\n";
+        assert!(text.contains(plain), "write_manifests changed its layout");
+        let text = text.replacen(
+            plain,
+            &format!("{plain}  annotations: {{dns.adevinta.com/traffic-weight: \"not-a-weight\"}}\n"),
+            1,
+        );
+        let tmp = dir.join(".manifests.yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(tmp, path).unwrap();
+    }
+}
+
 /// Each host's traffic weight per cluster.
 fn weights_by_host(records: &[RecordSet]) -> BTreeMap<String, BTreeMap<String, u8>> {
     let mut out: BTreeMap<String, BTreeMap<String, u8>> = BTreeMap::new();
@@ -141,7 +165,6 @@ fn main() {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
     });
     let mut rng = Rng(seed);
-    let both_zero = args.iter().any(|a| a == "--both-zero");
     let faulty = duration.saturating_sub(QUIET).max(Duration::from_secs(10));
     println!("soak: {duration:?} ({faulty:?} with faults), seed {seed}");
 
@@ -158,7 +181,7 @@ fn main() {
         (r53, DynamoStore::new(ddb, TABLE, Aws::default()), zone)
     });
     for c in CLUSTERS {
-        write_manifests(&dir.join(c), HOSTS, &format!("{c}-lb.example.net"));
+        write_cluster_manifests(&dir, c, false);
     }
     let soak = Soak {
         dir: dir.clone(),
@@ -181,11 +204,16 @@ fn main() {
     let mut desired_history: BTreeMap<&str, Vec<(Instant, u8)>> = BTreeMap::new();
     let mut last_current: BTreeMap<&str, Option<u8>> = BTreeMap::new();
     let (mut kills, mut hangs, mut edits, mut checks) = (0u32, 0u32, 0u32, 0u32);
+    let (mut both_zero_edits, mut holds, mut both_zero_seen) = (0u32, 0u32, 0u32);
+    // The cluster whose h0 carries the bad annotation, since and until when.
+    let mut held: Option<(&str, Instant, Instant)> = None;
+    let mut acks_while_held = 0u32;
     let mut hung: Option<(String, Instant)> = None;
     let mut dead: Vec<(usize, Instant)> = Vec::new();
     let started = Instant::now();
     let mut next_edit = started + Duration::from_secs(3);
     let mut next_fault = started + Duration::from_secs(5);
+    let mut next_hold = started + Duration::from_secs(8);
     let mut quiet_at: Option<Instant> = None;
     let mut converged_after: Option<Duration> = None;
     let final_weights: BTreeMap<&str, u8> = BTreeMap::from([("eu", 70), ("us", 30)]);
@@ -203,6 +231,9 @@ fn main() {
             for (i, _) in dead.drain(..) {
                 soak.spawn(&mut replicas[i]);
             }
+            if let Some((c, _, _)) = held.take() {
+                write_cluster_manifests(&dir, c, false);
+            }
             for (c, w) in &final_weights {
                 rt.block_on(store.set_desired(c, *w)).unwrap();
                 desired_history.entry(c).or_default().push((Instant::now(), *w));
@@ -211,18 +242,18 @@ fn main() {
         }
         if in_faults && now >= next_edit {
             let c = CLUSTERS[rng.below(2)];
-            let mut w = WEIGHTS[rng.below(WEIGHTS.len())];
-            // Both clusters drained at once races the all-zero guard between clusters (a known gap,
-            // see docs/testing.md); `--both-zero` keeps it in.
-            let other_zero =
-                desired_history.iter().filter(|(k, _)| **k != c).any(|(_, h)| h.last().is_some_and(|(_, w)| *w == 0));
-            if w == 0 && other_zero && !both_zero {
-                w = 50;
+            let w = WEIGHTS[rng.below(WEIGHTS.len())];
+            // Every sixth edit asks both clusters to drain at once: the drain claim in the weight
+            // table must keep one of them serving.
+            let both = rng.below(6) == 0;
+            let targets: Vec<(&str, u8)> = if both { CLUSTERS.iter().map(|c| (*c, 0)).collect() } else { vec![(c, w)] };
+            for (c, w) in targets {
+                if rt.block_on(store.set_desired(c, w)).is_ok() {
+                    desired_history.entry(c).or_default().push((Instant::now(), w));
+                    edits += 1;
+                }
             }
-            if rt.block_on(store.set_desired(c, w)).is_ok() {
-                desired_history.entry(c).or_default().push((Instant::now(), w));
-                edits += 1;
-            }
+            both_zero_edits += u32::from(both);
             next_edit = now + Duration::from_millis(1000 + rng.below(1000) as u64);
             // Sometimes kill that cluster's leader right away: it is likely mid-apply.
             if now >= next_fault && rng.below(2) == 0 {
@@ -245,6 +276,21 @@ fn main() {
                 hangs += 1;
             }
             next_fault = now + Duration::from_secs(2 + rng.below(3) as u64);
+        }
+        // Now and then one cluster's h0 gets a bad weight annotation for 6-9 s.
+        match held {
+            Some((c, _, until)) if now >= until => {
+                write_cluster_manifests(&dir, c, false);
+                held = None;
+                next_hold = now + Duration::from_secs(4 + rng.below(6) as u64);
+            }
+            None if in_faults && now >= next_hold => {
+                let c = CLUSTERS[rng.below(2)];
+                write_cluster_manifests(&dir, c, true);
+                held = Some((c, now, now + Duration::from_millis(6000 + rng.below(3000) as u64)));
+                holds += 1;
+            }
+            _ => {}
         }
         if let Some((token, since)) = &hung {
             if since.elapsed() > Duration::from_secs(5) {
@@ -271,6 +317,9 @@ fn main() {
         });
         checks += 1;
         let by_host = weights_by_host(&records);
+        if CLUSTERS.iter().all(|c| desired_history.get(c).and_then(|h| h.last()).is_some_and(|(_, w)| *w == 0)) {
+            both_zero_seen += 1;
+        }
         for (host, clusters) in &by_host {
             if clusters.values().all(|w| *w == 0) {
                 violations.push(format!("{host} is all zero: {clusters:?}"));
@@ -283,6 +332,13 @@ fn main() {
             });
             let previous = last_current.insert(c, current).flatten();
             let Some(acked) = current.filter(|w| Some(*w) != previous) else { continue };
+            // An ack while h0's bad annotation is on is counted, and checked like every ack below:
+            // h0 is held at its published weight, so an ack of another weight finds h0 off it. (A
+            // deadline after the annotation was written flagged true acks on a loaded machine: the
+            // controller reads the manifest when it reads it; what must hold is the records.)
+            if held.is_some_and(|(h, _, _)| h == c) && acked > 0 {
+                acks_while_held += 1;
+            }
             // Newly acknowledged: every host of c must be at the acked weight, or at a DesiredWeight
             // set after the acked value was last set (already being applied).
             let history = desired_history.get(c).cloned().unwrap_or_default();
@@ -321,6 +377,7 @@ fn main() {
     }
     let mut writes = 0;
     let mut passes = 0;
+    let mut claims_refused = 0;
     for c in CLUSTERS {
         let logs: Vec<_> = replicas
             .iter()
@@ -333,7 +390,9 @@ fn main() {
         }
         for r in replicas.iter().filter(|r| r.cluster == c) {
             for p in &r.logs {
-                passes += std::fs::read_to_string(p).unwrap_or_default().matches("applying DNS plan").count();
+                let log = std::fs::read_to_string(p).unwrap_or_default();
+                passes += log.matches("applying DNS plan").count();
+                claims_refused += log.matches("are draining at the same time").count();
             }
         }
     }
@@ -342,8 +401,11 @@ fn main() {
     }
     println!(
         "soak figures: seed {seed}; AWS calls refused by the proxy {} of {}; leader kills {kills}; API hangs {hangs}; \
-         DesiredWeight edits {edits}; invariant checks {checks}; DNS passes that wrote {passes}; writes (DNS batches + \
-         acks) {writes}; convergence after faults stopped {:?}; violations {}",
+         DesiredWeight edits {edits} ({both_zero_edits} of both clusters to 0 at once; both at 0 in {both_zero_seen} \
+         checks); drains refused for a concurrent drain claim {claims_refused}; bad-annotation holds {holds} (new acks \
+         of the held cluster {acks_while_held}, each checked against the records); \
+         invariant checks {checks}; DNS passes that wrote {passes}; writes (DNS batches + acks) {writes}; \
+         convergence after faults stopped {:?}; violations {}",
         proxy.faults(),
         proxy.faults() + proxy.state.forwarded.load(Ordering::SeqCst),
         converged_after,
