@@ -120,6 +120,10 @@ pub struct SelectionArgs {
     /// React to Ingresses whose load-balancer status is not filled, with a placeholder target.
     #[arg(long, env = "WEIR_DEV_MODE")]
     pub dev_mode: bool,
+    /// `DOMAIN=NS[,NS...]`: hosts at or under DOMAIN may be claimed only by objects in these
+    /// namespaces (repeatable; the longest matching domain counts). Hosts under none: any namespace.
+    #[arg(long = "host-namespaces", env = "WEIR_HOST_NAMESPACES", value_delimiter = ';')]
+    pub host_namespaces: Vec<crate::selection::HostNamespaces>,
 }
 
 /// The weight store.

@@ -126,6 +126,8 @@ pub async fn serve(args: XdsArgs, rt: &Runtime) -> Result<()> {
         last_good_policies: Default::default(),
         policy_refusals: Default::default(),
         heartbeat: liveness.heartbeat("xDS snapshots", std::time::Duration::from_secs(60)),
+        invalid: invalid.clone(),
+        service_refusals: Default::default(),
     };
     tasks.push(tokio::spawn(controller.run(snapshots, shared.subscribe(), shutdown.clone())));
 

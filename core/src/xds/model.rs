@@ -11,7 +11,8 @@ use kube_core::ResourceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::crd::TrafficDefaults;
-use crate::model::Snapshot;
+use crate::ir::{InputKind, Refusal};
+use crate::model::{ObjectRef, Snapshot};
 
 /// Label that enrols a Service into the traffic configuration of that name.
 pub const TRAFFIC_INFRA_LABEL: &str = "weir.dev/traffic-infra";
@@ -146,32 +147,104 @@ pub enum ServiceSource {
 }
 
 /// Every service selected by flags, the TrafficInfra, labels and the admin API, minus the ones
-/// removed through the admin API: `namespace/name` → where it came from.
+/// removed through the admin API and those outside the allowed namespaces ([`namespace_allowed`]):
+/// `namespace/name` → where it came from.
 pub fn selected_services(
     snapshot: &Snapshot,
     settings: &XdsSettings,
     state: &TrafficState,
 ) -> BTreeMap<String, ServiceSource> {
-    let mut out = BTreeMap::new();
+    select(snapshot, settings, state).selected
+}
+
+/// The services [`selected_services`] leaves out because of their namespace, one refusal each (on
+/// the Service, `kind` `namespace`).
+pub fn refused_services(snapshot: &Snapshot, settings: &XdsSettings, state: &TrafficState) -> Vec<Refusal> {
+    select(snapshot, settings, state).refused
+}
+
+struct Selection {
+    selected: BTreeMap<String, ServiceSource>,
+    refused: Vec<Refusal>,
+}
+
+fn select(snapshot: &Snapshot, settings: &XdsSettings, state: &TrafficState) -> Selection {
+    let mut all = BTreeMap::new();
     for s in &settings.services {
-        out.entry(settings.qualify(s)).or_insert(ServiceSource::Flag);
+        all.entry(settings.qualify(s)).or_insert(ServiceSource::Flag);
     }
     if let Some(ti) = traffic_infra(snapshot, settings) {
         for s in &ti.spec.xds.discovery.services {
-            out.entry(settings.qualify(s)).or_insert(ServiceSource::TrafficInfra);
+            all.entry(settings.qualify(s)).or_insert(ServiceSource::TrafficInfra);
         }
     }
     for svc in &snapshot.services {
         if svc.labels().get(TRAFFIC_INFRA_LABEL) == Some(&settings.name) {
             let key = format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any());
-            out.entry(key).or_insert(ServiceSource::Label);
+            all.entry(key).or_insert(ServiceSource::Label);
         }
     }
     for s in &state.registered {
-        out.entry(s.clone()).or_insert(ServiceSource::Api);
+        all.entry(s.clone()).or_insert(ServiceSource::Api);
     }
-    out.retain(|k, _| !state.deregistered.contains(k));
+    all.retain(|k, _| !state.deregistered.contains(k));
+    let mut out = Selection { selected: BTreeMap::new(), refused: Vec::new() };
+    for (key, source) in all {
+        let (namespace, name) = key.split_once('/').unwrap_or(("", key.as_str()));
+        if namespace_allowed(snapshot, settings, namespace) {
+            out.selected.insert(key, source);
+        } else {
+            out.refused.push(Refusal {
+                object: ObjectRef::new("Service", namespace, name),
+                kind: InputKind::Namespace,
+                reason: REASON_NAMESPACE_NOT_ALLOWED.into(),
+                message: format!(
+                    "{}; it gets no traffic (selected {})",
+                    namespace_refusal(snapshot, settings, &key),
+                    source.describe()
+                ),
+            });
+        }
+    }
     out
+}
+
+/// The Event reason of a planner Service refused for its namespace.
+pub const REASON_NAMESPACE_NOT_ALLOWED: &str = "ServiceNamespaceNotAllowed";
+
+/// Whether traffic configuration `settings` may route to a Service in `namespace`: its own
+/// namespace, or one its TrafficInfra lists in `spec.xds.discovery.allowedNamespaces` (`*`: any).
+pub fn namespace_allowed(snapshot: &Snapshot, settings: &XdsSettings, namespace: &str) -> bool {
+    namespace == settings.namespace
+        || traffic_infra(snapshot, settings)
+            .is_some_and(|ti| ti.spec.xds.discovery.allowed_namespaces.iter().any(|n| n == "*" || n == namespace))
+}
+
+/// Why `namespace/name` may not be routed to (the admin API's 400 and the refusal say the same).
+pub fn namespace_refusal(snapshot: &Snapshot, settings: &XdsSettings, service: &str) -> String {
+    let namespace = service.split_once('/').map_or("", |(ns, _)| ns);
+    let mut allowed = vec![settings.namespace.clone()];
+    if let Some(ti) = traffic_infra(snapshot, settings) {
+        allowed.extend(ti.spec.xds.discovery.allowed_namespaces.iter().cloned());
+    }
+    format!(
+        "Service {service} is in namespace {namespace:?}, outside the namespaces traffic configuration {}/{} may route \
+         to ({}); list the namespace in the TrafficInfra's spec.xds.discovery.allowedNamespaces to allow it",
+        settings.namespace,
+        settings.name,
+        allowed.join(", ")
+    )
+}
+
+impl ServiceSource {
+    fn describe(self) -> &'static str {
+        match self {
+            ServiceSource::Flag => "by a --service flag",
+            ServiceSource::TrafficInfra => "by spec.xds.discovery.services",
+            ServiceSource::Label => "by its weir.dev/traffic-infra label",
+            ServiceSource::Api => "through the admin API",
+        }
+    }
 }
 
 /// The TrafficInfra named like this configuration, if the snapshot has one.
@@ -364,5 +437,42 @@ mod tests {
         let strategies: Vec<_> = cfg.services.iter().map(|s| s.strategy.as_str()).collect();
         assert_eq!(strategies, vec!["canary", "blue"]);
         assert_eq!(cfg.listener_port, 8080);
+    }
+
+    #[test]
+    fn services_outside_the_allowed_namespaces_are_refused() {
+        let mut snap = Snapshot::default();
+        snap.services.push(mk_service("default", "shop-planner-blue", &[(TRAFFIC_INFRA_LABEL, "shop")]));
+        snap.services.push(mk_service("attacker", "evil-blue", &[(TRAFFIC_INFRA_LABEL, "shop")]));
+        snap.services.push(mk_service("partner", "partner-green", &[]));
+        let mut settings = settings();
+        settings.services.push("partner/partner-green".into());
+        let mut state = TrafficState::initial(&TrafficDefaults::default());
+        state.registered.insert("attacker/evil-canary".into());
+        let keys =
+            |snap: &Snapshot, s: &TrafficState| selected_services(snap, &settings, s).into_keys().collect::<Vec<_>>();
+        assert_eq!(keys(&snap, &state), vec!["default/shop-planner-blue"]);
+        let refused = refused_services(&snap, &settings, &state);
+        let objects: Vec<String> = refused.iter().map(|r| r.object.to_string()).collect();
+        assert_eq!(
+            objects,
+            ["Service attacker/evil-blue", "Service attacker/evil-canary", "Service partner/partner-green"]
+        );
+        assert!(refused.iter().all(|r| r.kind == InputKind::Namespace && r.reason == REASON_NAMESPACE_NOT_ALLOWED));
+        assert!(refused[0].message.contains("by its weir.dev/traffic-infra label"), "{}", refused[0].message);
+        // The built configuration (what Envoy gets) has the allowed service only.
+        let cfg = build(&snap, &settings, &state);
+        assert_eq!(cfg.services.iter().map(|s| s.cluster_name()).collect::<Vec<_>>(), ["default/shop-planner-blue"]);
+
+        // The TrafficInfra's allow-list lets a namespace in; `*` lets every one in.
+        let mut ti = crate::crd::TrafficInfra::new("shop", Default::default());
+        ti.metadata.namespace = Some("default".into());
+        ti.spec.xds.discovery.allowed_namespaces = vec!["partner".into()];
+        snap.traffic_infras.push(ti);
+        assert_eq!(keys(&snap, &state), vec!["default/shop-planner-blue", "partner/partner-green"]);
+        assert_eq!(refused_services(&snap, &settings, &state).len(), 2);
+        snap.traffic_infras[0].spec.xds.discovery.allowed_namespaces = vec!["*".into()];
+        assert_eq!(keys(&snap, &state).len(), 4);
+        assert!(refused_services(&snap, &settings, &state).is_empty());
     }
 }
