@@ -439,6 +439,13 @@ pub struct XdsArgs {
     /// Planner services to route to (besides labelled and registered ones); repeatable.
     #[arg(long = "service", env = "WEIR_XDS_SERVICES", value_delimiter = ',')]
     pub services: Vec<String>,
+    /// With `--provider kubernetes`: also watch Services and EndpointSlices in this namespace
+    /// (repeatable; `*`: every namespace, at the cluster scope). Needs list and watch of services
+    /// and endpointslices there. Only Services in namespaces the TrafficInfra allows
+    /// (`spec.xds.discovery.allowedNamespaces`) get traffic; the operator passes one per entry.
+    #[arg(long = "watch-namespace", env = "WEIR_XDS_WATCH_NAMESPACES", value_delimiter = ',',
+        value_parser = parse_watch_namespace)]
+    pub watch_namespaces: Vec<String>,
     /// File where admin-API weights and registered services are kept (local mode).
     #[arg(long, env = "WEIR_XDS_STATE")]
     pub state: Option<PathBuf>,
@@ -461,6 +468,15 @@ pub struct XdsArgs {
     /// `ConfigAccepted`) or its Events. Only meaningful with `--provider kubernetes`.
     #[arg(long, env = "WEIR_NO_STATUS")]
     pub no_status: bool,
+}
+
+/// `--watch-namespace`: a namespace name, or `*`.
+fn parse_watch_namespace(s: &str) -> Result<String, String> {
+    if s == "*" || crate::selection::is_namespace_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not a namespace name (lowercase letters, digits and '-', at most 63) or '*'"))
+    }
 }
 
 #[derive(Debug, Clone, Args)]

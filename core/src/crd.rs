@@ -319,6 +319,8 @@ pub struct DiscoverySpec {
     /// Namespaces besides the TrafficInfra's own that planner Services may come from (`*`: any).
     /// A Service selected in another namespace (by label, `services`, a `--service` flag or the
     /// admin API) gets no traffic and is refused (`weir_invalid_input_total{kind="namespace"}`).
+    /// `weir xds` watches each (`--watch-namespace`) once that namespace grants its ServiceAccount
+    /// list and watch of services and endpointslices; the operator grants nothing there.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_namespaces: Vec<String>,
 }

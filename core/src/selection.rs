@@ -117,18 +117,21 @@ impl FromStr for HostNamespaces {
         let (domain, list) = s.split_once('=').ok_or_else(malformed)?;
         let domain: BindingDomain = domain.parse().map_err(|_| malformed())?;
         let namespaces: BTreeSet<String> = list.split(',').map(|n| n.trim().to_string()).collect();
-        let is_namespace = |n: &str| {
-            !n.is_empty()
-                && n.len() <= 63
-                && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !n.starts_with('-')
-                && !n.ends_with('-')
-        };
-        if domain.as_str().is_empty() || !namespaces.iter().all(|n| is_namespace(n)) {
+        if domain.as_str().is_empty() || !namespaces.iter().all(|n| is_namespace_name(n)) {
             return Err(malformed());
         }
         Ok(Self { domain, namespaces })
     }
+}
+
+/// Whether `n` can name a Kubernetes namespace (an RFC 1123 label: at most 63 lowercase letters,
+/// digits and `-`, not starting or ending with `-`).
+pub fn is_namespace_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !n.starts_with('-')
+        && !n.ends_with('-')
 }
 
 impl HostNamespaces {

@@ -680,7 +680,12 @@ fn traffic_links(snapshot: &Snapshot, live: &LiveStrategyWeights) -> HashMap<(St
             }
             (None, None) => (TrafficState::initial(&ti.spec.traffic_defaults), StrategyWeightsSource::TrafficDefaults),
         };
-        let settings = XdsSettings { name: name.clone(), namespace: namespace.clone(), services: Vec::new() };
+        let settings = XdsSettings {
+            name: name.clone(),
+            namespace: namespace.clone(),
+            services: Vec::new(),
+            ..Default::default()
+        };
         let proxy = xds_model::build(snapshot, &settings, &state);
         let mut ready_endpoints: BTreeMap<String, usize> = state.weights.keys().map(|k| (k.clone(), 0)).collect();
         for svc in &proxy.services {

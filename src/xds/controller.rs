@@ -109,12 +109,13 @@ impl XdsController {
         self.readiness.set(true);
     }
 
-    /// Logs and counts each Service refused for its namespace once, when it appears.
+    /// Logs and counts each refusal of the service selection (a Service for its namespace, an allowed
+    /// namespace not watched) once, when it appears.
     fn log_service_refusals(&mut self, refused: &[crate::ir::Refusal]) {
         let now: std::collections::BTreeSet<_> = refused.iter().cloned().collect();
         for r in now.difference(&self.service_refusals) {
             self.invalid.inc(r.kind);
-            tracing::warn!(object = %r.object, reason = %r.reason, "planner Service refused: {}", r.message);
+            tracing::warn!(object = %r.object, reason = %r.reason, "{} refused: {}", r.object, r.message);
         }
         self.service_refusals = now;
     }

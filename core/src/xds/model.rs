@@ -111,6 +111,11 @@ pub struct XdsSettings {
     pub namespace: String,
     /// `--service` flags: `name` (in `namespace`) or `namespace/name`.
     pub services: Vec<String>,
+    /// The namespaces whose Services this process sees: `None` for every one (the file provider, or
+    /// a cluster-scope watch); with `--provider kubernetes`, its own and each `--watch-namespace`.
+    /// A namespace the TrafficInfra allows but that is not seen is refused on the TrafficInfra
+    /// ([`REASON_ALLOWED_NAMESPACE_NOT_WATCHED`]) rather than left silently empty.
+    pub watched_namespaces: Option<BTreeSet<String>>,
 }
 
 impl XdsSettings {
@@ -158,7 +163,8 @@ pub fn selected_services(
 }
 
 /// The services [`selected_services`] leaves out because of their namespace, one refusal each (on
-/// the Service, `kind` `namespace`).
+/// the Service, `kind` `namespace`), after one on the TrafficInfra per allowed namespace this
+/// process does not watch.
 pub fn refused_services(snapshot: &Snapshot, settings: &XdsSettings, state: &TrafficState) -> Vec<Refusal> {
     select(snapshot, settings, state).refused
 }
@@ -188,7 +194,7 @@ fn select(snapshot: &Snapshot, settings: &XdsSettings, state: &TrafficState) -> 
         all.entry(s.clone()).or_insert(ServiceSource::Api);
     }
     all.retain(|k, _| !state.deregistered.contains(k));
-    let mut out = Selection { selected: BTreeMap::new(), refused: Vec::new() };
+    let mut out = Selection { selected: BTreeMap::new(), refused: unwatched_allowed_namespaces(snapshot, settings) };
     for (key, source) in all {
         let (namespace, name) = key.split_once('/').unwrap_or(("", key.as_str()));
         if namespace_allowed(snapshot, settings, namespace) {
@@ -211,6 +217,45 @@ fn select(snapshot: &Snapshot, settings: &XdsSettings, state: &TrafficState) -> 
 
 /// The Event reason of a planner Service refused for its namespace.
 pub const REASON_NAMESPACE_NOT_ALLOWED: &str = "ServiceNamespaceNotAllowed";
+/// The reason of a namespace `spec.xds.discovery.allowedNamespaces` lists but this process does not
+/// watch ([`XdsSettings::watched_namespaces`]): its Services cannot be seen.
+pub const REASON_ALLOWED_NAMESPACE_NOT_WATCHED: &str = "AllowedNamespaceNotWatched";
+
+/// One refusal on the TrafficInfra per allowed namespace this process does not watch (`*` when it
+/// watches a list of namespaces): without it, an allowed namespace would look merely empty.
+fn unwatched_allowed_namespaces(snapshot: &Snapshot, settings: &XdsSettings) -> Vec<Refusal> {
+    let (Some(watched), Some(ti)) = (&settings.watched_namespaces, traffic_infra(snapshot, settings)) else {
+        return Vec::new();
+    };
+    let listed: Vec<&str> = watched.iter().map(String::as_str).collect();
+    ti.spec
+        .xds
+        .discovery
+        .allowed_namespaces
+        .iter()
+        .filter(|n| !watched.contains(*n))
+        .map(|n| Refusal {
+            object: ObjectRef::new("TrafficInfra", &settings.namespace, &settings.name),
+            kind: InputKind::Namespace,
+            reason: REASON_ALLOWED_NAMESPACE_NOT_WATCHED.into(),
+            message: if n == "*" {
+                format!(
+                    "spec.xds.discovery.allowedNamespaces allows every namespace (\"*\"), but this weir xds watches \
+                     Services only in {}; start it with --watch-namespace '*' (and a ClusterRole to list and watch \
+                     services and endpointslices) to see the others",
+                    listed.join(", ")
+                )
+            } else {
+                format!(
+                    "spec.xds.discovery.allowedNamespaces allows namespace {n:?}, but this weir xds watches Services \
+                     only in {}; none of {n:?} is seen: start it with --watch-namespace {n} and grant its \
+                     ServiceAccount list and watch of services and endpointslices in {n:?}",
+                    listed.join(", ")
+                )
+            },
+        })
+        .collect()
+}
 
 /// Whether traffic configuration `settings` may route to a Service in `namespace`: its own
 /// namespace, or one its TrafficInfra lists in `spec.xds.discovery.allowedNamespaces` (`*`: any).
@@ -381,7 +426,12 @@ mod tests {
     }
 
     fn settings() -> XdsSettings {
-        XdsSettings { name: "shop".into(), namespace: "default".into(), services: vec!["shop-planner-blue".into()] }
+        XdsSettings {
+            name: "shop".into(),
+            namespace: "default".into(),
+            services: vec!["shop-planner-blue".into()],
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -474,5 +524,32 @@ mod tests {
         snap.traffic_infras[0].spec.xds.discovery.allowed_namespaces = vec!["*".into()];
         assert_eq!(keys(&snap, &state).len(), 4);
         assert!(refused_services(&snap, &settings, &state).is_empty());
+    }
+
+    #[test]
+    fn an_allowed_namespace_that_is_not_watched_is_refused_on_the_traffic_infra() {
+        let mut snap = Snapshot::default();
+        let mut ti = crate::crd::TrafficInfra::new("shop", Default::default());
+        ti.metadata.namespace = Some("default".into());
+        ti.spec.xds.discovery.allowed_namespaces = vec!["partner".into(), "other".into()];
+        snap.traffic_infras.push(ti);
+        let state = TrafficState::initial(&TrafficDefaults::default());
+        let refused = |snap: &Snapshot, watched: Option<&[&str]>| {
+            let settings = XdsSettings {
+                watched_namespaces: watched.map(|w| w.iter().map(|n| n.to_string()).collect()),
+                ..settings()
+            };
+            refused_services(snap, &settings, &state)
+        };
+        // Every namespace seen (the file provider, a cluster-scope watch): nothing to say.
+        assert!(refused(&snap, None).is_empty());
+        let r = refused(&snap, Some(&["default", "partner"]));
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].object, ObjectRef::new("TrafficInfra", "default", "shop"));
+        assert_eq!((r[0].kind, r[0].reason.as_str()), (InputKind::Namespace, REASON_ALLOWED_NAMESPACE_NOT_WATCHED));
+        assert!(r[0].message.contains("--watch-namespace other"), "{}", r[0].message);
+        assert!(refused(&snap, Some(&["default", "other", "partner"])).is_empty());
+        snap.traffic_infras[0].spec.xds.discovery.allowed_namespaces = vec!["*".into()];
+        assert!(refused(&snap, Some(&["default"]))[0].message.contains("--watch-namespace '*'"));
     }
 }
