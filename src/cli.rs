@@ -148,6 +148,10 @@ pub struct SelectionArgs {
     /// React to Ingresses whose load-balancer status is not filled, with a placeholder target.
     #[arg(long, env = "WEIR_DEV_MODE")]
     pub dev_mode: bool,
+    /// `DOMAIN=NS[,NS...]`: hosts at or under DOMAIN may be claimed only by objects in these
+    /// namespaces (repeatable; the longest matching domain counts). Hosts under none: any namespace.
+    #[arg(long = "host-namespaces", env = "WEIR_HOST_NAMESPACES", value_delimiter = ';')]
+    pub host_namespaces: Vec<crate::selection::HostNamespaces>,
 }
 
 /// The weight store.
@@ -466,6 +470,13 @@ pub struct XdsArgs {
     /// Planner services to route to (besides labelled and registered ones); repeatable.
     #[arg(long = "service", env = "WEIR_XDS_SERVICES", value_delimiter = ',')]
     pub services: Vec<String>,
+    /// With `--provider kubernetes`: also watch Services and EndpointSlices in this namespace
+    /// (repeatable; `*`: every namespace, at the cluster scope). Needs list and watch of services
+    /// and endpointslices there. Only Services in namespaces the TrafficInfra allows
+    /// (`spec.xds.discovery.allowedNamespaces`) get traffic; the operator passes one per entry.
+    #[arg(long = "watch-namespace", env = "WEIR_XDS_WATCH_NAMESPACES", value_delimiter = ',',
+        value_parser = parse_watch_namespace)]
+    pub watch_namespaces: Vec<String>,
     /// File where admin-API weights and registered services are kept (local mode).
     #[arg(long, env = "WEIR_XDS_STATE")]
     pub state: Option<PathBuf>,
@@ -490,6 +501,15 @@ pub struct XdsArgs {
     /// `ConfigAccepted`) or its Events. Only meaningful with `--provider kubernetes`.
     #[arg(long, env = "WEIR_NO_STATUS")]
     pub no_status: bool,
+}
+
+/// `--watch-namespace`: a namespace name, or `*`.
+fn parse_watch_namespace(s: &str) -> Result<String, String> {
+    if s == "*" || crate::selection::is_namespace_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not a namespace name (lowercase letters, digits and '-', at most 63) or '*'"))
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -207,9 +207,18 @@ impl InvalidInputs {
         );
         // Expose 0 for the common kinds from the start, so that alerts and tests see the increase.
         use crate::ir::InputKind::*;
-        for kind in
-            [Annotation, Weight, Manifest, Target, Conflict, AllZeroGuard, Ownership, MinServingClusters, NoZone]
-        {
+        for kind in [
+            Annotation,
+            Weight,
+            Manifest,
+            Target,
+            Conflict,
+            AllZeroGuard,
+            Ownership,
+            MinServingClusters,
+            NoZone,
+            Namespace,
+        ] {
             let _ = me.0.get_or_create(&vec![("kind".to_string(), kind.label().to_string())]);
         }
         me

@@ -44,6 +44,46 @@ fn adopt_txt_prefix_and_suffix_together_fail_at_startup() {
     );
 }
 
+#[test]
+fn a_malformed_host_namespaces_flag_fails_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = weir()
+        .args(["plan", "--cluster-name", "eu", "--provider", "file", "--manifests"])
+        .arg(dir.path())
+        .args(["--backend-type", "sqlite", "--dns-provider", "embedded", "--db"])
+        .arg(dir.path().join("w.db"))
+        .args(["--host-namespaces", "shop.example.com"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("DOMAIN=NAMESPACE"), "{stderr}");
+}
+
+#[test]
+fn a_bad_watch_namespace_fails_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["Shop", "a/b", "shop-"] {
+        let out = weir()
+            .args(["xds", "--name", "shop", "--provider", "kubernetes", "--watch-namespace", bad])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("is not a namespace name"), "{bad}: {stderr}");
+    }
+    // The file provider reads every namespace: the flag would mean nothing there.
+    let out = weir()
+        .args(["xds", "--name", "shop", "--provider", "file", "--manifests"])
+        .arg(dir.path())
+        .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--watch-namespace", "partner"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--watch-namespace applies to --provider kubernetes only"), "{stderr}");
+}
+
 /// Every flag README.md and docs/*.md give a `weir <command>` (in code, commands continued with `\`
 /// included) is in that command's `--help`.
 #[test]

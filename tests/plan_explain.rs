@@ -45,6 +45,40 @@ fn plan_prints_the_changes_and_makes_none() {
 }
 
 #[test]
+fn plan_maps_ownership_ids_back_and_host_namespaces_refuse_claims() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("weir.db");
+    let plan = weir(&["plan"], &db);
+    // Every TXT the plan writes holds an id, not the Ingress; `object_ids` maps each back.
+    let txt_values: Vec<&str> = plan["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|h| h["changes"].as_array().unwrap().iter())
+        .filter(|c| c["record"]["type"] == "TXT")
+        .map(|c| c["record"]["values"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(txt_values.len(), 3);
+    for v in &txt_values {
+        assert!(v.starts_with("heritage=weir,weir/owner=eu,weir/id=") && !v.contains("ingress/"), "{v}");
+    }
+    let ids = plan["object_ids"].as_object().unwrap();
+    assert_eq!(ids.len(), 2, "two Ingresses (shop/shop has two hosts): {ids:?}");
+    assert!(ids.values().any(|o| *o == serde_json::json!({"kind": "Ingress", "namespace": "api", "name": "api"})));
+
+    // api.example.com reserved for another namespace: not planned, refused on its Ingress.
+    let fenced = weir(&["plan", "--host-namespaces", "api.example.com=payments"], &db);
+    let hosts: Vec<&str> = fenced["hosts"].as_array().unwrap().iter().map(|h| h["host"].as_str().unwrap()).collect();
+    assert_eq!(hosts, ["checkout.example.com", "www.example.com"]);
+    let refused = &fenced["input_refusals"].as_array().unwrap()[0];
+    assert_eq!(refused["reason"], "HostNamespaceNotAllowed", "{refused}");
+    assert_eq!(refused["kind"], "namespace", "{refused}");
+    let e = weir(&["explain", "api.example.com", "--host-namespaces", "api.example.com=payments"], &db);
+    assert_eq!(e["managed"], false);
+    assert_eq!(e["refusals"][0]["object"], serde_json::json!({"kind": "Ingress", "namespace": "api", "name": "api"}));
+}
+
+#[test]
 fn explain_shows_every_factor_and_the_shares() {
     let tmp = tempfile::tempdir().unwrap();
     let e = weir(&["explain", "API.example.com"], &tmp.path().join("weir.db"));

@@ -51,6 +51,9 @@ fn run_case(input: &Path) -> String {
     if let Some(p) = h.get("annotation-prefix") {
         cfg.annotation_prefix = p.clone();
     }
+    if let Some(r) = h.get("host-namespaces") {
+        cfg.host_namespaces = r.split(';').map(|r| r.parse().unwrap()).collect();
+    }
     cfg.dev_mode = h.get("dev-mode").is_some_and(|v| v == "true");
     let weights: Vec<u8> = h
         .get("cluster-weight")

@@ -316,6 +316,13 @@ pub struct DiscoverySpec {
     /// Planner Services to watch and route to, besides those labelled `weir.dev/traffic-infra`.
     #[serde(default)]
     pub services: Vec<String>,
+    /// Namespaces besides the TrafficInfra's own that planner Services may come from (`*`: any).
+    /// A Service selected in another namespace (by label, `services`, a `--service` flag or the
+    /// admin API) gets no traffic and is refused (`weir_invalid_input_total{kind="namespace"}`).
+    /// `weir xds` watches each (`--watch-namespace`) once that namespace grants its ServiceAccount
+    /// list and watch of services and endpointslices; the operator grants nothing there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_namespaces: Vec<String>,
 }
 
 /// The Envoy fleet that `weir xds` configures.
@@ -945,7 +952,7 @@ mod tests {
                 },
                 resources: XdsResources { cpu: "200m".into(), memory: "256Mi".into() },
                 ports: XdsPorts { grpc: 18000, admin: 18080 },
-                discovery: DiscoverySpec { services: vec![] },
+                discovery: DiscoverySpec { services: vec![], allowed_namespaces: vec![] },
                 poll_interval: 5,
                 node_id: "envoy-proxy".into(),
             },

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::dns::record::{Ownership, RecordSet};
+use crate::dns::record::{txt_mark, Ownership, RecordSet, RecordType, TxtMark};
 use crate::ir::{DesiredState, Refusal, StrategyWeightsSource, Targets};
 use crate::model::ObjectRef;
 use crate::selection::normalize_host;
@@ -23,13 +23,16 @@ pub struct Explanation {
     pub factors: Option<ExplainedFactors>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub targets: Option<Targets>,
-    /// Refusals about the object that publishes the host.
+    /// Refusals about the object that publishes the host, and refused claims on the host.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub refusals: Vec<Refusal>,
     /// Every cluster with a record for the host, this one first.
     pub clusters: Vec<ClusterShare>,
     /// `Σ W` over the clusters.
     pub total_weight: u32,
+    /// The ownership TXT records published for the host, each with the object it names when known.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ownership: Vec<OwnershipMark>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
     /// The TrafficInfra the host is linked to (its Ingress's backend is `{name}-envoy`).
@@ -44,6 +47,22 @@ pub struct Explanation {
     /// Ready endpoints in this cluster per strategy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strategy_ready_endpoints: Option<BTreeMap<String, usize>>,
+}
+
+/// One cluster's ownership TXT for the host: its opaque id and the object the id stands for.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OwnershipMark {
+    pub cluster: String,
+    /// The opaque id (absent in an old-format value, which names the object itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The object: for this cluster's id, the desired object with that id; for an old-format value,
+    /// the one it names. Another cluster's id is resolved by that cluster's `weir explain`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<ObjectRef>,
+    /// An old-format value (`weir/resource=KIND/NS/NAME`); the next pass rewrites this cluster's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub old_format: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -200,8 +219,35 @@ pub fn explain(
         }
     }
 
+    // Ownership TXT records: this cluster's ids are resolved against its desired objects.
+    let known: Vec<&ObjectRef> =
+        state.dns.iter().map(|i| &i.source).chain(state.refusals.iter().map(|r| &r.object)).collect();
+    let txt_name = owner.txt_name(&host);
+    let mut ownership: Vec<OwnershipMark> = published
+        .iter()
+        .filter(|r| r.key.name == txt_name && r.key.rtype == RecordType::Txt)
+        .filter_map(|r| {
+            let cluster = r.key.set_identifier.clone();
+            Some(match txt_mark(&r.values)? {
+                TxtMark::Id(id) => OwnershipMark {
+                    object: if cluster == owner.cluster {
+                        owner.object_of(&r.values, known.iter().copied())
+                    } else {
+                        None
+                    },
+                    cluster,
+                    id: Some(id),
+                    old_format: false,
+                },
+                TxtMark::Legacy(object) => OwnershipMark { cluster, id: None, object: Some(object), old_format: true },
+            })
+        })
+        .collect();
+    ownership.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+
     Explanation {
         host: host.clone(),
+        ownership,
         cluster: owner.cluster.clone(),
         managed: intent.is_some(),
         source: intent.map(|i| i.source.clone()),
@@ -213,9 +259,18 @@ pub fn explain(
             record_weight: i.weight,
         }),
         targets: intent.map(|i| i.targets.clone()),
-        refusals: intent
-            .map(|i| state.refusals.iter().filter(|r| r.object == i.source).cloned().collect())
-            .unwrap_or_default(),
+        // About the object that publishes the host (not about another of its hosts), and every
+        // refused claim on the host (a conflict, a namespace --host-namespaces does not allow),
+        // managed or not.
+        refusals: state
+            .refusals
+            .iter()
+            .filter(|r| match r.claimed_host() {
+                Some(h) => h == host,
+                None => intent.is_some_and(|i| r.object == i.source),
+            })
+            .cloned()
+            .collect(),
         clusters,
         total_weight: total,
         notes,
@@ -274,7 +329,7 @@ impl Explanation {
             let _ = writeln!(s, "targets   {}", if all.is_empty() { "(none yet)".into() } else { all.join(", ") });
         }
         for r in &self.refusals {
-            let _ = writeln!(s, "refused   [{}] {}", r.reason, r.message);
+            let _ = writeln!(s, "refused   {} [{}] {}", r.object, r.reason, r.message);
         }
         let _ = writeln!(s, "\n{:<20} {:>6} {:>8}  from", "CLUSTER", "W", "SHARE");
         for c in &self.clusters {
@@ -305,6 +360,16 @@ impl Explanation {
             _ => {
                 let _ = writeln!(s, "strategy weights: (not linked to a TrafficInfra)");
             }
+        }
+        for m in &self.ownership {
+            let what = match (&m.id, &m.object) {
+                (Some(id), Some(o)) => format!("id {id} = {o}"),
+                (Some(id), None) if m.cluster == self.cluster => format!("id {id} (no object of this cluster has it)"),
+                (Some(id), None) => format!("id {id} (resolved by that cluster's weir explain)"),
+                (None, Some(o)) => format!("{o} (old format, names the object; rewritten with an id on the next pass)"),
+                (None, None) => "?".to_string(),
+            };
+            let _ = writeln!(s, "owner     {} {what}", m.cluster);
         }
         for n in &self.notes {
             let _ = writeln!(s, "note: {n}");
@@ -358,6 +423,71 @@ mod tests {
         assert!(e.to_text().contains("not linked to a TrafficInfra"));
         assert_eq!(e.clusters[1].share, 0.75);
         assert!(e.to_text().contains("W  = H × ceil(C × A / 100) = 25"));
+    }
+
+    #[test]
+    fn refused_claims_on_the_host_are_shown_managed_or_not() {
+        let owner = Ownership::new("eu");
+        let snapshot = crate::model::Snapshot {
+            ingresses: ["attacker", "shop"]
+                .iter()
+                .map(|ns| {
+                    serde_json::from_value(serde_json::json!({
+                        "metadata": {"name": "web", "namespace": ns},
+                        "spec": {"rules": [{"host": "a.example.com"}, {"host": "b.example.com"}]},
+                        "status": {"loadBalancer": {"ingress": [{"hostname": format!("lb-{ns}.example.net")}]}},
+                    }))
+                    .unwrap()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let cfg = crate::translate::TranslateConfig {
+            host_namespaces: vec!["a.example.com=shop".parse().unwrap(), "b.example.com=other".parse().unwrap()],
+            ..Default::default()
+        };
+        let st = crate::translate::translate(&snapshot, 100, &cfg);
+        let e = explain("a.example.com", &st, &[], &owner, false);
+        assert_eq!(e.source, Some(ObjectRef::new("Ingress", "shop", "web")));
+        assert_eq!(e.refusals.len(), 1, "{:?}", e.refusals);
+        assert_eq!(e.refusals[0].object, ObjectRef::new("Ingress", "attacker", "web"));
+        let text = e.to_text();
+        assert!(text.contains("refused   Ingress attacker/web [HostNamespaceNotAllowed] host a.example.com"), "{text}");
+        // No namespace may claim b.example.com here: not managed, and both refusals say why.
+        let e = explain("b.example.com", &st, &[], &owner, false);
+        assert!(!e.managed);
+        assert_eq!(e.refusals.len(), 2, "{:?}", e.refusals);
+    }
+
+    #[test]
+    fn ownership_ids_are_mapped_back_to_their_object() {
+        let owner = Ownership::new("eu");
+        let st = state(Some(25));
+        let txt = |cluster: &str, value: String| RecordSet {
+            key: RecordKey {
+                name: owner.txt_name("a.example.com"),
+                rtype: RecordType::Txt,
+                set_identifier: cluster.into(),
+            },
+            weight: 1,
+            ttl: 60,
+            values: vec![value],
+            health_check_id: None,
+            alias: None,
+        };
+        let web = ObjectRef::new("Ingress", "shop", "web");
+        let published = [
+            rec("eu", 25),
+            txt("eu", owner.txt_value(&web)),
+            txt("us", Ownership::new("us").txt_value(&web)),
+            txt("ap", "heritage=weir,weir/owner=ap,weir/resource=ingress/shop/web".into()),
+        ];
+        let e = explain("a.example.com", &st, &published, &owner, false);
+        let marks: Vec<(&str, Option<&ObjectRef>, bool)> =
+            e.ownership.iter().map(|m| (m.cluster.as_str(), m.object.as_ref(), m.old_format)).collect();
+        assert_eq!(marks, [("ap", Some(&web), true), ("eu", Some(&web), false), ("us", None, false)]);
+        let text = e.to_text();
+        assert!(text.contains(&format!("owner     eu id {} = Ingress shop/web", owner.object_id(&web))), "{text}");
     }
 
     #[test]

@@ -112,6 +112,16 @@ pub struct Refusal {
     pub message: String,
 }
 
+impl Refusal {
+    /// The host this refuses a claim on: the translator's refusals about one host (a conflict,
+    /// `--host-namespaces`, an invalid or unpublishable host) start their message with `host HOST`.
+    pub fn claimed_host(&self) -> Option<&str> {
+        let rest = self.message.strip_prefix("host ")?;
+        let (host, _) = rest.split_once(' ')?;
+        Some(host.trim_end_matches(':').trim_matches('"'))
+    }
+}
+
 /// The kinds of input that can be refused; the `kind` label of `weir_invalid_input_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -143,6 +153,10 @@ pub enum InputKind {
     Permission,
     /// A host in none of the hosted zones weir manages.
     NoZone,
+    /// An object outside the namespaces allowed for it: a planner Service outside its TrafficInfra's
+    /// namespace and `spec.xds.discovery.allowedNamespaces`, a host claimed from a namespace
+    /// `--host-namespaces` does not allow for its domain.
+    Namespace,
 }
 
 impl InputKind {
@@ -160,6 +174,7 @@ impl InputKind {
             InputKind::MinServingClusters => "min_serving_clusters",
             InputKind::Permission => "permission",
             InputKind::NoZone => "no_zone",
+            InputKind::Namespace => "namespace",
         }
     }
 }

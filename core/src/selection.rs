@@ -1,6 +1,7 @@
-//! Which Ingresses and hosts weir manages: `--binding-domain` and `--annotation-filter`.
+//! Which Ingresses and hosts weir manages: `--binding-domain`, `--annotation-filter` and
+//! `--host-namespaces`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -11,6 +12,11 @@ pub enum SelectionError {
     EmptyFilterKey(String),
     #[error("binding domain {0:?} is not a valid DNS name")]
     BadDomain(String),
+    #[error(
+        "host namespaces {0:?} must be of the form DOMAIN=NAMESPACE[,NAMESPACE...] (a DNS domain, then one or \
+         more namespace names)"
+    )]
+    MalformedHostNamespaces(String),
 }
 
 /// A DNS domain matched on a label boundary: `api.example.com` and `example.com` are in
@@ -94,9 +100,71 @@ impl AnnotationFilter {
     }
 }
 
+/// `--host-namespaces DOMAIN=NS[,NS...]`: a host at or under `DOMAIN` (on a label boundary) may be
+/// claimed only by objects (Ingresses, Gateway API routes, LoadBalancer Services) in these
+/// namespaces. A host under several rules follows the one with the longest domain; a host under none
+/// may be claimed from any namespace (the oldest claim wins, as without the flag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostNamespaces {
+    pub domain: BindingDomain,
+    pub namespaces: BTreeSet<String>,
+}
+
+impl FromStr for HostNamespaces {
+    type Err = SelectionError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let malformed = || SelectionError::MalformedHostNamespaces(s.to_string());
+        let (domain, list) = s.split_once('=').ok_or_else(malformed)?;
+        let domain: BindingDomain = domain.parse().map_err(|_| malformed())?;
+        let namespaces: BTreeSet<String> = list.split(',').map(|n| n.trim().to_string()).collect();
+        if domain.as_str().is_empty() || !namespaces.iter().all(|n| is_namespace_name(n)) {
+            return Err(malformed());
+        }
+        Ok(Self { domain, namespaces })
+    }
+}
+
+/// Whether `n` can name a Kubernetes namespace (an RFC 1123 label: at most 63 lowercase letters,
+/// digits and `-`, not starting or ending with `-`).
+pub fn is_namespace_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !n.starts_with('-')
+        && !n.ends_with('-')
+}
+
+impl HostNamespaces {
+    /// The rule `host` follows: the one with the longest domain containing it.
+    pub fn rule_for<'a>(rules: &'a [HostNamespaces], host: &str) -> Option<&'a HostNamespaces> {
+        rules.iter().filter(|r| r.domain.contains(host)).max_by_key(|r| r.domain.as_str().len())
+    }
+
+    /// `DOMAIN=NS,NS` as given.
+    pub fn describe(&self) -> String {
+        format!("{}={}", self.domain.as_str(), self.namespaces.iter().cloned().collect::<Vec<_>>().join(","))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_namespaces_follow_the_longest_domain() {
+        let rules: Vec<HostNamespaces> =
+            ["example.com=infra", "Shop.Example.com.=shop, payments"].iter().map(|r| r.parse().unwrap()).collect();
+        assert_eq!(rules[1].namespaces, BTreeSet::from(["payments".to_string(), "shop".to_string()]));
+        let ns = |host: &str| HostNamespaces::rule_for(&rules, host).map(HostNamespaces::describe);
+        assert_eq!(ns("api.shop.example.com").as_deref(), Some("shop.example.com=payments,shop"));
+        assert_eq!(ns("shop.example.com").as_deref(), Some("shop.example.com=payments,shop"));
+        assert_eq!(ns("*.shop.example.com").as_deref(), Some("shop.example.com=payments,shop"));
+        assert_eq!(ns("badshop.example.com").as_deref(), Some("example.com=infra"));
+        assert_eq!(ns("example.org"), None);
+        for bad in ["example.com", "=shop", "example.com=", "example.com=Shop", "example.com=a,,b", "ex ample.com=a"] {
+            assert!(bad.parse::<HostNamespaces>().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn binding_domain_matches_on_label_boundary() {

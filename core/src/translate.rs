@@ -12,7 +12,7 @@ use crate::gateway::{intersect_hostnames, listener_accepts, Gateway, RouteView};
 
 use crate::ir::{DesiredState, DnsIntent, Factors, InputKind, Refusal, StrategyWeightsSource, Targets, TrafficLink};
 use crate::model::{ObjectRef, Snapshot};
-use crate::selection::{is_dns_name, normalize_host, AnnotationFilter, BindingDomain};
+use crate::selection::{is_dns_name, normalize_host, AnnotationFilter, BindingDomain, HostNamespaces};
 use crate::weight::{compose, parse_annotation_weight, DEFAULT_ANNOTATION_WEIGHT};
 use crate::xds::model::{self as xds_model, EndpointHealth, TrafficState, XdsSettings};
 
@@ -28,6 +28,8 @@ pub struct TranslateConfig {
     pub annotation_prefix: String,
     /// React to Ingresses with no load-balancer status, using a placeholder target.
     pub dev_mode: bool,
+    /// `--host-namespaces`: which namespaces may claim the hosts of a domain (empty: any).
+    pub host_namespaces: Vec<HostNamespaces>,
 }
 
 impl Default for TranslateConfig {
@@ -37,6 +39,7 @@ impl Default for TranslateConfig {
             annotation_filters: Vec::new(),
             annotation_prefix: DEFAULT_ANNOTATION_PREFIX.to_string(),
             dev_mode: false,
+            host_namespaces: Vec::new(),
         }
     }
 }
@@ -173,6 +176,7 @@ pub fn translate_hosts(
     ingress_claims(snapshot, cfg, &endpoints, &mut claims, &mut refusals);
     route_claims(snapshot, cfg, &endpoints, &mut claims, &mut refusals);
     service_claims(snapshot, cfg, &endpoints, &mut claims, &mut refusals);
+    refuse_disallowed_namespaces(cfg, &mut claims, &mut refusals);
     if let Some(only) = only {
         claims.retain(|(host, _)| only.contains(host));
     }
@@ -253,6 +257,41 @@ pub fn translate_hosts(
     refusals.dedup();
     DesiredState { dns, refusals }
 }
+
+/// `--host-namespaces`: a claim from a namespace its host's domain does not allow is refused before
+/// the oldest claim is chosen, so that it can neither win the host nor block an allowed claim.
+fn refuse_disallowed_namespaces(
+    cfg: &TranslateConfig,
+    claims: &mut Vec<(String, HostClaim)>,
+    refusals: &mut Vec<Refusal>,
+) {
+    if cfg.host_namespaces.is_empty() {
+        return;
+    }
+    claims.retain(|(host, claim)| {
+        let Some(rule) = HostNamespaces::rule_for(&cfg.host_namespaces, host) else { return true };
+        if rule.namespaces.contains(&claim.source.namespace) {
+            return true;
+        }
+        refusals.push(Refusal {
+            object: claim.source.clone(),
+            kind: InputKind::Namespace,
+            reason: REASON_HOST_NAMESPACE.into(),
+            message: format!(
+                "host {host} may be claimed only from namespace(s) {} (--host-namespaces {}); this {} in namespace \
+                 {:?} is ignored for it; publish the host from an allowed namespace or change the flag",
+                rule.namespaces.iter().cloned().collect::<Vec<_>>().join(", "),
+                rule.describe(),
+                claim.source.kind,
+                claim.source.namespace
+            ),
+        });
+        false
+    });
+}
+
+/// The Event reason of a host claim refused by `--host-namespaces`.
+pub const REASON_HOST_NAMESPACE: &str = "HostNamespaceNotAllowed";
 
 /// The `<prefix>/traffic-weight` annotation of an object: `None` when absent, `Some(None)` when
 /// present but not a weight (refused: the published record is kept), else `Some(Some(A))`.
@@ -641,7 +680,12 @@ fn traffic_links(snapshot: &Snapshot, live: &LiveStrategyWeights) -> HashMap<(St
             }
             (None, None) => (TrafficState::initial(&ti.spec.traffic_defaults), StrategyWeightsSource::TrafficDefaults),
         };
-        let settings = XdsSettings { name: name.clone(), namespace: namespace.clone(), services: Vec::new() };
+        let settings = XdsSettings {
+            name: name.clone(),
+            namespace: namespace.clone(),
+            services: Vec::new(),
+            ..Default::default()
+        };
         let proxy = xds_model::build(snapshot, &settings, &state);
         let mut ready_endpoints: BTreeMap<String, usize> = state.weights.keys().map(|k| (k.clone(), 0)).collect();
         for svc in &proxy.services {

@@ -76,6 +76,11 @@ impl WeirCmd {
         self
     }
 
+    /// Runs it to completion (a one-shot command: `plan`, `explain`): (exit success, stdout, stderr).
+    pub fn output(mut self) -> (bool, String, String) {
+        crate::run(&mut self.cmd)
+    }
+
     /// Starts it; its log goes to `log_dir/NAME.log` (printed if the test panics).
     pub fn spawn(mut self, name: &str, log_dir: &Path) -> Weir {
         let proc = Proc::spawn(name, &mut self.cmd, log_dir);

@@ -228,6 +228,33 @@ fn records_weir_does_not_own_are_never_changed() {
     assert_eq!(eu_at("h2.example.com"), 1, "only the foreign TXT");
 }
 
+/// Records an older weir published (its ownership TXT naming the Ingress) are still this
+/// cluster's: the controller takes them over, rewrites the TXT with the opaque id, and `weir
+/// explain` maps the id back to the Ingress.
+#[test]
+fn an_old_format_ownership_txt_is_still_ours_and_rewritten_with_the_id() {
+    let e = env();
+    e.put_foreign("h0.example.com", "eu", RrType::Cname, 10, "eu-lb.example.net");
+    let old_txt = "\"heritage=weir,weir/owner=eu,weir/resource=ingress/web/h0\"";
+    e.put_foreign("_weir.h0.example.com", "eu", RrType::Txt, 1, old_txt);
+    let eu = e.controller("eu", 2, e.moto.endpoint(), &[], "weir-eu");
+    let recs = e.wait_published("eu", 2, 50);
+    wait_for("every TXT rewritten with an id", T, || {
+        let recs = e.records();
+        txt_of(&recs, "eu")
+            .iter()
+            .all(|r| r.values.iter().all(|v| v.contains("weir/id=") && !v.contains("weir/resource")))
+            .then_some(())
+    });
+    assert!(traffic_of(&recs, "eu").iter().all(|r| r.values == ["eu-lb.example.net"]));
+    let body = eu.metrics().unwrap();
+    let refused = metric(&body, "weir_invalid_input_total", &[("kind", "ownership")]);
+    assert_eq!(refused, Some(0.0), "taken over, not refused");
+    let (ok, out, err) = e.oneshot("explain", &["h0.example.com"]);
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| l.starts_with("owner     eu id ") && l.ends_with("= Ingress web/h0")), "{out}");
+}
+
 #[test]
 fn throttling_is_retried_and_nothing_is_lost() {
     let e = env();

@@ -29,7 +29,7 @@ fn rec(name: &str, rtype: RecordType, weight: u8, value: &str) -> RecordSet {
 }
 
 fn host_changes(owner: &Ownership, host: &str, weight: u8) -> Vec<Change> {
-    let txt = format!("heritage=weir,weir/owner={},weir/resource=ingress/web/{host}", owner.cluster);
+    let txt = owner.txt_value(&weir::model::ObjectRef::new("Ingress", "web", host));
     vec![
         Change::Upsert { record: rec(&owner.txt_name(host), RecordType::Txt, 1, &txt), previous: None },
         Change::Upsert { record: rec(host, RecordType::Cname, weight, "eu-lb.example.net"), previous: None },

@@ -281,6 +281,8 @@ fn all_features_values_render_valid_objects() {
     for want in [
         "--annotation-filter=team=web",
         "--annotation-filter=tier=frontend",
+        "--host-namespaces=shop.example.com=shop,payments",
+        "--host-namespaces=example.com=infra",
         "--dns-provider=dnsendpoint",
         "--allow-all-zero",
         "--db=/data/weir.db",

@@ -177,6 +177,60 @@ fn refused_inputs_become_events_on_the_ingress() {
     assert_nothing_denied(&server, &id);
 }
 
+/// `--host-namespaces` (issue 11, finding 2): a host reserved for namespace `shop` goes to shop's
+/// Ingress although an Ingress in `attacker` claims it too and would win without the flag (the
+/// oldest claim, then namespace/name); the attacker's Ingress gets an Event naming it. The
+/// ownership TXT names neither namespace nor Ingress, and `weir explain` maps its id back.
+#[test]
+fn a_host_is_claimed_only_from_the_namespaces_its_domain_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ApiServer::start_background(Options::default());
+    for (ns, ip) in [("attacker", "192.0.2.66"), ("shop", "192.0.2.10")] {
+        seed(&server, mk_service(ns, "web").port(80).json());
+        seed(&server, mk_slice(ns, "web").endpoint("10.0.0.1", EndpointState::Ready).json());
+        seed(&server, mk_ingress(ns, "storefront").rule("shop.example.com", "web", 80).load_balancer(ip).json());
+    }
+    let id = identity(&server, json!({}));
+    let fence = ["--host-namespaces", "example.com=shop"];
+    let c = controller("controller", &server, &id, dir.path(), &fence);
+    c.wait_record_weight("shop.example.com", CLUSTER, Some(100.0), T);
+    let answer = wait_for("an A answer", T, || query_a(c.dns_addr(), "shop.example.com").filter(|a| !a.is_empty()));
+    assert_eq!(answer, vec![Ipv4Addr::new(192, 0, 2, 10)], "shop's load balancer, not the attacker's");
+
+    let events = server.store().type_of(&json!({"apiVersion": "events.k8s.io/v1", "kind": "Event"})).unwrap();
+    let refused = wait_for("a HostNamespaceNotAllowed Event in attacker", T, || {
+        let (items, _) = server.store().list(&events, Some("attacker"), &Selector::default());
+        items.into_iter().find(|e| e["reason"] == "HostNamespaceNotAllowed")
+    });
+    assert_eq!(refused["regarding"]["kind"], "Ingress");
+    assert_eq!(refused["regarding"]["name"], "storefront");
+    let note = refused["note"].as_str().unwrap();
+    assert!(note.contains("shop.example.com") && note.contains("example.com=shop"), "{note}");
+    let (shop_events, _) = server.store().list(&events, Some("shop"), &Selector::default());
+    assert!(shop_events.iter().all(|e| e["reason"] != "HostNamespaceNotAllowed"), "{shop_events:?}");
+    assert!(c.metric("weir_invalid_input_total", &[("kind", "namespace")]).is_some_and(|v| v >= 1.0));
+
+    // The ownership TXT, read over DNS: this cluster's mark and an opaque id, no namespace or name.
+    let txt = c.dns().query("_weir.shop.example.com.", RecordType::TXT).unwrap();
+    assert_eq!(txt.len(), 1, "{txt:?}");
+    let id_value = txt[0].strip_prefix("heritage=weir,weir/owner=eu,weir/id=").unwrap_or_else(|| panic!("{txt:?}"));
+    assert!(!txt[0].contains("shop/") && !txt[0].contains("storefront") && !txt[0].contains("ingress"), "{txt:?}");
+
+    // `weir explain` (same cluster, flags and zone) maps the id back to shop's Ingress and shows the
+    // refused claim.
+    let (ok, out, err) = WeirCmd::new("explain")
+        .args(["shop.example.com", "--cluster-name", CLUSTER])
+        .kubernetes(&server, dir.path(), &id.token)
+        .args(["--backend-type", "sqlite", "--dns-provider", "embedded", "--db"])
+        .arg(dir.path().join("weir.db"))
+        .args(fence)
+        .output();
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("owner     eu id {id_value} = Ingress shop/storefront")), "{out}");
+    assert!(out.contains("refused   Ingress attacker/storefront [HostNamespaceNotAllowed]"), "{out}");
+    assert_nothing_denied(&server, &id);
+}
+
 #[test]
 fn leader_election_one_writer_and_takeover_after_kill() {
     let dir = tempfile::tempdir().unwrap();

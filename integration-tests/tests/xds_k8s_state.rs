@@ -160,11 +160,22 @@ async fn concurrent_writers_lose_no_update() {
 }
 
 fn replica(kubeconfig: &std::path::Path, log_dir: &std::path::Path, admin: u16, name: &str) -> Proc {
+    replica_with(kubeconfig, log_dir, admin, name, &[])
+}
+
+fn replica_with(
+    kubeconfig: &std::path::Path,
+    log_dir: &std::path::Path,
+    admin: u16,
+    name: &str,
+    extra: &[&str],
+) -> Proc {
     let mut cmd = Command::new(weir_bin());
     cmd.env("KUBECONFIG", kubeconfig)
         .args(["xds", "--provider", "kubernetes", "--name", "shop", "--namespace", "shop"])
         .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--admin-addr", &format!("127.0.0.1:{admin}")]);
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .args(extra);
     Proc::spawn(name, &mut cmd, log_dir)
 }
 
@@ -273,4 +284,101 @@ fn an_endpoint_change_the_watch_missed_is_served_after_the_poll_interval() {
     );
     assert!(changed.unwrap_or(0.0) >= 1.0, "{metrics}");
     assert_nothing_denied(&server);
+}
+
+/// `spec.xds.discovery.allowedNamespaces` with `--provider kubernetes` (issue 11, finding 2): the
+/// xDS ServiceAccount's Role covers only its own namespace, so an allowed namespace is watched only
+/// when `weir xds` is told to (`--watch-namespace`, which the operator passes) and granted there.
+/// Not watched: refused on the TrafficInfra (AllowedNamespaceNotWatched), not silently empty.
+/// Watched but not granted: no first snapshot, the denial logged with its namespace. Granted: the
+/// partner's Service is served; the attacker's, watched but not allowed, is refused.
+#[test]
+fn an_allowed_namespace_is_watched_only_when_told_and_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ApiServer::start_background(Options::default());
+    let token = operator_made_identity(&server);
+    let kubeconfig = server.write_kubeconfig_for(dir.path(), &token);
+    let planner = |ns: &str, name: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns,
+            "labels": {"weir.dev/traffic-infra": "shop"}}, "spec": {"ports": [{"port": 9000}]}})
+    };
+    for obj in [
+        serde_json::json!({"apiVersion": "weir.dev/v1alpha1", "kind": "TrafficInfra",
+            "metadata": {"name": "shop", "namespace": "shop"},
+            "spec": {"xds": {"discovery": {"allowedNamespaces": ["partner"]}}}}),
+        planner("shop", "shop-planner-blue"),
+        planner("partner", "partner-green"),
+        planner("attacker", "evil-blue"),
+    ] {
+        server.store().create_object(obj).unwrap();
+    }
+    let get = |admin: u16, path: &str| -> Option<serde_json::Value> {
+        serde_json::from_str(&http_get(&format!("http://127.0.0.1:{admin}{path}"))?).ok()
+    };
+    let refused = |dump: &serde_json::Value| -> Vec<(String, String)> {
+        dump["refused_services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (r["object"]["namespace"].as_str().unwrap().to_string(), r["reason"].as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+
+    // Not told to watch partner: its Service is not seen, and the TrafficInfra is refused for it.
+    let admin = free_port();
+    let mut xds = replica(&kubeconfig, dir.path(), admin, "xds-own-namespace");
+    let services = wait_for("the own namespace served", Duration::from_secs(30), || get(admin, "/services"));
+    assert!(services.to_string().contains("shop/shop-planner-blue"), "{services}");
+    assert!(!services.to_string().contains("partner/"), "{services}");
+    let dump = get(admin, "/config_dump").unwrap();
+    assert_eq!(refused(&dump), [("shop".to_string(), "AllowedNamespaceNotWatched".to_string())], "{dump}");
+    let metrics = http_get(&format!("http://127.0.0.1:{admin}/metrics")).unwrap();
+    assert_eq!(integration_tests::metric(&metrics, "weir_invalid_input_total", &[("kind", "namespace")]), Some(1.0));
+    assert!(xds.log().contains("--watch-namespace partner"), "the refusal says what to do");
+    xds.kill();
+
+    // Told to watch partner and attacker, granted in neither: nothing is served yet, and the log
+    // names the namespace whose list was denied.
+    let admin = free_port();
+    let xds = replica_with(
+        &kubeconfig,
+        dir.path(),
+        admin,
+        "xds-watching",
+        &["--watch-namespace", "partner", "--watch-namespace", "attacker"],
+    );
+    wait_for("the denial in partner logged", Duration::from_secs(30), || {
+        let log = xds.log();
+        (log.contains("denied list/watch of services") && log.contains("in namespace partner")).then_some(())
+    });
+    assert!(get(admin, "/services").is_none(), "no snapshot is served without the partner namespace's Services");
+
+    // The owners of partner and attacker grant the xDS ServiceAccount read of their planners.
+    for ns in ["partner", "attacker"] {
+        for obj in [
+            serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": "shop-xds-planners", "namespace": ns},
+                "rules": [{"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]},
+                          {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}]}),
+            serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "shop-xds-planners", "namespace": ns},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "shop-xds-planners"},
+                "subjects": [{"kind": "ServiceAccount", "name": "shop-xds", "namespace": "shop"}]}),
+        ] {
+            server.store().create_object(obj).unwrap();
+        }
+    }
+    let services = wait_for("partner/partner-green served", Duration::from_secs(60), || {
+        get(admin, "/services").filter(|s| s.to_string().contains("partner/partner-green"))
+    });
+    assert!(services.to_string().contains("shop/shop-planner-blue"), "{services}");
+    assert!(!services.to_string().contains("attacker/"), "watched is not allowed: {services}");
+    let dump = get(admin, "/config_dump").unwrap();
+    assert_eq!(refused(&dump), [("attacker".to_string(), "ServiceNamespaceNotAllowed".to_string())], "{dump}");
+    let metrics = http_get(&format!("http://127.0.0.1:{admin}/metrics")).unwrap();
+    let denied =
+        integration_tests::metric(&metrics, "weir_kube_watch_errors_total", &[("kind", "Service"), ("code", "403")]);
+    assert!(denied.unwrap_or(0.0) >= 1.0, "{metrics}");
 }

@@ -187,6 +187,7 @@ pub fn pipeline_config(cluster: &ClusterArgs, dns: &DnsArgs) -> PipelineConfig {
             annotation_filters: s.annotation_filters.clone(),
             annotation_prefix: s.annotation_prefix.clone(),
             dev_mode: s.dev_mode,
+            host_namespaces: s.host_namespaces.clone(),
         },
         owner: Ownership { cluster: cluster.cluster_name.clone(), txt_prefix: dns.txt_prefix.clone() },
         records: RecordOptions { ttl: dns.record_ttl(), health_check_id: dns.aws_health_check_id.clone() },

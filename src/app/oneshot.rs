@@ -1,6 +1,7 @@
 //! `weir plan` and `weir explain HOST`: one pass of the pipeline that reads everything and writes
 //! nothing.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use super::factories::{open_dns_provider, open_weight_store, pipeline_config, st
 use crate::backends::StoredWeight;
 use crate::cli::{ClusterArgs, DnsArgs, ExplainArgs, OutputFormat, PlanArgs, ProviderArgs, StoreArgs};
 use crate::dns::plan::{Change, Plan};
-use crate::dns::record::{DesiredRecords, RecordSet};
+use crate::dns::record::{DesiredRecords, Ownership, RecordSet};
 use crate::dns::zoned::ZonedPlan;
 use crate::dns::zones::ZoneInfo;
 use crate::ir::DesiredState;
@@ -124,6 +125,9 @@ struct PlanOutput<'a> {
     plan: &'a Plan,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     input_refusals: &'a [crate::ir::Refusal],
+    /// The object each ownership id in the plan's TXT values stands for.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    object_ids: BTreeMap<String, crate::model::ObjectRef>,
     /// Per hosted zone (Route53); absent for a provider without zones.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     zones: Vec<ZonePlanOutput<'a>>,
@@ -147,7 +151,9 @@ pub async fn plan_command(args: PlanArgs) -> Result<()> {
         .iter()
         .filter_map(|z| z.info.as_ref().map(|zone| ZonePlanOutput { zone, plan: &z.plan }))
         .collect();
+    let object_ids = object_ids(&plan, &pass.state, &pass.config.owner);
     let out = PlanOutput {
+        object_ids,
         cluster: &pass.config.owner.cluster,
         cluster_weight: pass.weight,
         note: pass.weight_note.as_deref(),
@@ -160,6 +166,25 @@ pub async fn plan_command(args: PlanArgs) -> Result<()> {
         OutputFormat::Table => print!("{}", plan_table(&out)),
     }
     Ok(())
+}
+
+/// id → object for every ownership id in the plan's TXT values that this cluster's objects have.
+fn object_ids(plan: &Plan, state: &DesiredState, owner: &Ownership) -> BTreeMap<String, crate::model::ObjectRef> {
+    let mut out = BTreeMap::new();
+    for change in plan.changes() {
+        let previous = match change {
+            Change::Upsert { previous: Some(p), .. } => Some(p),
+            _ => None,
+        };
+        for r in std::iter::once(change.record()).chain(previous) {
+            if let Some(crate::dns::record::TxtMark::Id(id)) = crate::dns::record::txt_mark(&r.values) {
+                if let Some(object) = owner.object_of(&r.values, state.dns.iter().map(|i| &i.source)) {
+                    out.insert(id, object);
+                }
+            }
+        }
+    }
+    out
 }
 
 fn plan_table(out: &PlanOutput<'_>) -> String {
@@ -184,6 +209,9 @@ fn plan_table(out: &PlanOutput<'_>) -> String {
             a.external_owner,
             a.registry_txt.join(", ")
         );
+    }
+    for (id, object) in &out.object_ids {
+        let _ = writeln!(s, "ownership id {id} = {object}");
     }
     for r in out.input_refusals.iter().chain(out.plan.refusals.iter()) {
         let _ = writeln!(s, "refused: {} [{}] {}", r.object, r.reason, r.message);

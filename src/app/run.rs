@@ -57,6 +57,7 @@ pub(crate) fn local_settings(args: LocalArgs) -> Result<(ControllerArgs, Option<
         annotation_filters: args.annotation_filters,
         annotation_prefix: args.annotation_prefix,
         dev_mode: args.dev_mode,
+        host_namespaces: Vec::new(),
     };
     c.provider.manifests = Some(args.manifests);
     c.provider.manifests_poll_interval = args.manifests_poll_interval;

@@ -43,10 +43,24 @@ pub async fn serve(args: XdsArgs, rt: &Runtime) -> Result<()> {
     let readiness = Readiness::default();
     let liveness = crate::telemetry::Liveness::default();
     let http_metrics = rt.http.clone();
-    let settings = XdsSettings { name: args.name.clone(), namespace: args.namespace.clone(), services: args.services };
+    let kubernetes = args.provider.provider == ProviderKind::Kubernetes;
+    anyhow::ensure!(
+        kubernetes || args.watch_namespaces.is_empty(),
+        "--watch-namespace applies to --provider kubernetes only (the file provider reads every namespace)"
+    );
+    // Which namespaces' Services are seen: every one with the file provider or `*`.
+    let watched_namespaces = (kubernetes && !args.watch_namespaces.iter().any(|n| n == "*"))
+        .then(|| std::iter::once(args.namespace.clone()).chain(args.watch_namespaces.iter().cloned()).collect());
+    let settings = XdsSettings {
+        name: args.name.clone(),
+        namespace: args.namespace.clone(),
+        services: args.services,
+        watched_namespaces,
+    };
 
-    // Only its own namespace, and only what it translates: the operator's namespaced Role suffices.
-    let scope = crate::providers::kubernetes::WatchScope::xds(&settings.namespace);
+    // Its own namespace (plus the Services and EndpointSlices of each --watch-namespace), and only
+    // what it translates: the operator's namespaced Role suffices for its own.
+    let scope = crate::providers::kubernetes::WatchScope::xds(&settings.namespace, &args.watch_namespaces);
     // The TrafficInfra's `xds.pollInterval` (its default until the TrafficInfra is read) is the
     // period of the full EndpointSlice re-list beside the watch.
     let (relist_tx, relist_rx) =
@@ -133,6 +147,8 @@ pub async fn serve(args: XdsArgs, rt: &Runtime) -> Result<()> {
         last_good_policies: Default::default(),
         policy_refusals: Default::default(),
         heartbeat: liveness.heartbeat("xDS snapshots", std::time::Duration::from_secs(60)),
+        invalid: invalid.clone(),
+        service_refusals: Default::default(),
     };
     tasks.push(tokio::spawn(controller.run(snapshots, shared.subscribe(), shutdown.clone())));
 

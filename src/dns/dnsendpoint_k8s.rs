@@ -18,7 +18,7 @@ use kube::{Client, ResourceExt};
 use super::dnsendpoint::{
     api_resource, dns_endpoint, DnsEndpointSpec, PROP_ALIAS, PROP_EVALUATE_TARGET_HEALTH, PROP_TARGET_ZONE,
 };
-use super::plan::{source_of, Change};
+use super::plan::Change;
 use super::record::{AliasTarget, DesiredRecords, Ownership, RecordKey, RecordSet, RecordType, TXT_WEIGHT};
 use super::route53_alias::{use_aliases, AliasOptions};
 use super::{validate, ApplyReport, DnsError, DnsProvider};
@@ -34,6 +34,9 @@ pub struct DnsEndpointDns {
     owner: Ownership,
     alias: AliasOptions,
     fence: Fence,
+    /// The object of each desired host, from the last `prepare` (the ownership TXT in a change holds
+    /// only an id): where `apply` puts a host's records.
+    sources: parking_lot::Mutex<BTreeMap<String, ObjectRef>>,
 }
 
 /// Records per DNSEndpoint (namespace, name = the Ingress's).
@@ -42,7 +45,7 @@ type Objects = BTreeMap<(String, String), BTreeMap<RecordKey, RecordSet>>;
 impl DnsEndpointDns {
     /// A provider that always writes (no leader election); see [`Self::with_fence`].
     pub fn new(client: Client, owner: Ownership, alias: AliasOptions) -> Self {
-        Self { client, owner, alias, fence: Fence::always() }
+        Self { client, owner, alias, fence: Fence::always(), sources: Default::default() }
     }
 
     /// Writes each DNSEndpoint only while `fence` is open.
@@ -153,16 +156,24 @@ fn ownership_txt(owner: &Ownership, host: &str, source: &ObjectRef, ttl: u32) ->
     }
 }
 
-/// Applies record changes to the per-Ingress groups; returns the objects touched. Pure.
-pub fn regroup(objects: &mut Objects, changes: &[Change], owner: &Ownership) -> BTreeSet<(String, String)> {
+/// Applies record changes to the per-Ingress groups; returns the objects touched. `sources` is the
+/// object of each desired host. Pure.
+pub fn regroup(
+    objects: &mut Objects,
+    changes: &[Change],
+    owner: &Ownership,
+    sources: &BTreeMap<String, ObjectRef>,
+) -> BTreeSet<(String, String)> {
     let mut touched = BTreeSet::new();
-    // Where each host goes: an ownership TXT in the plan names its (possibly new) source.
+    // Where each host goes: a host whose ownership TXT the plan writes goes to its (possibly new)
+    // source.
     let mut moves: BTreeMap<String, (String, String)> = BTreeMap::new();
     for change in changes {
         if let Change::Upsert { record, .. } = change {
             if record.key.rtype == RecordType::Txt {
-                if let (Some(host), Some(src)) = (owner.host_of_txt(&record.key.name), source_of(&record.values)) {
-                    moves.insert(host.to_string(), (src.namespace, src.name));
+                let host = owner.host_of_txt(&record.key.name);
+                if let Some((host, src)) = host.and_then(|h| Some((h, sources.get(h)?))) {
+                    moves.insert(host.to_string(), (src.namespace.clone(), src.name.clone()));
                 }
             }
         }
@@ -197,6 +208,7 @@ impl DnsProvider for DnsEndpointDns {
     /// Targets that are AWS load balancers become ALIAS endpoints, as external-dns would make them.
     async fn prepare(&self, desired: &mut DesiredRecords) {
         use_aliases(desired, self.alias, |_| false);
+        *self.sources.lock() = desired.sources.clone();
     }
 
     async fn current(&self, _hosts: &BTreeSet<String>, owner: &Ownership) -> Result<Vec<RecordSet>, DnsError> {
@@ -244,7 +256,8 @@ impl DnsProvider for DnsEndpointDns {
             }
         };
         let before = objects.clone();
-        let touched = regroup(&mut objects, &changes, owner);
+        let sources = self.sources.lock().clone();
+        let touched = regroup(&mut objects, &changes, owner, &sources);
         let mut failed_objects: BTreeMap<(String, String), String> = BTreeMap::new();
         for key in &touched {
             let records = objects.get(key).cloned().unwrap_or_default();
@@ -324,7 +337,8 @@ mod tests {
             Change::Delete { record: rec("x.example.com", 100) },
             Change::Delete { record: txt(&owner, "x.example.com", "web", "a") },
         ];
-        let touched = regroup(&mut objects, &changes, &owner);
+        let sources = BTreeMap::from([("b.example.com".to_string(), ObjectRef::new("Ingress", "web", "b"))]);
+        let touched = regroup(&mut objects, &changes, &owner, &sources);
         assert_eq!(
             touched,
             BTreeSet::from([("web".to_string(), "a".to_string()), ("web".to_string(), "b".to_string())])

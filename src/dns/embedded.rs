@@ -360,15 +360,14 @@ mod tests {
     }
 
     fn txt(owner: &Ownership, host: &str) -> RecordSet {
-        let mut t = mk(
-            &owner.txt_name(host),
-            RecordType::Txt,
-            &owner.cluster,
-            1,
-            &[&format!("heritage=weir,weir/owner={},weir/resource=ingress/default/{host}", owner.cluster)],
-        );
-        t.weight = 1;
-        t
+        let value = owner.txt_value(&crate::model::ObjectRef::new("Ingress", "default", host));
+        mk(&owner.txt_name(host), RecordType::Txt, &owner.cluster, 1, &[&value])
+    }
+
+    /// An ownership TXT as weir wrote it before the opaque id: still the cluster's.
+    fn old_format_txt(owner: &Ownership, host: &str) -> RecordSet {
+        let value = format!("heritage=weir,weir/owner={},weir/resource=ingress/default/{host}", owner.cluster);
+        mk(&owner.txt_name(host), RecordType::Txt, &owner.cluster, 1, &[&value])
     }
 
     fn zone() -> (tempfile::TempDir, EmbeddedDns) {
@@ -386,29 +385,33 @@ mod tests {
         let a_us = mk("api.example.com", RecordType::A, "us", 30, &["10.1.0.1"]);
         let old_eu = mk("old.example.com", RecordType::Cname, "eu", 100, &["lb.eu.example.net"]);
         let other = mk("unrelated.example.com", RecordType::A, "us", 5, &["10.9.9.9"]);
+        let legacy_eu = mk("legacy.example.com", RecordType::Cname, "eu", 100, &["lb.eu.example.net"]);
         let report = dns
             .apply(vec![
                 vec![upsert(&a_eu), upsert(&txt(&eu, "api.example.com"))],
                 vec![upsert(&a_us), upsert(&txt(&us, "api.example.com")), upsert(&other)],
                 vec![upsert(&old_eu), upsert(&txt(&eu, "old.example.com"))],
+                vec![upsert(&legacy_eu), upsert(&old_format_txt(&eu, "legacy.example.com"))],
             ])
             .await;
         assert!(report.is_complete(), "{:?}", report.failed);
-        assert_eq!(report.applied.len(), 7);
+        assert_eq!(report.applied.len(), 9);
 
         let hosts = BTreeSet::from(["api.example.com".to_string()]);
         let current = dns.current(&hosts, &eu).await.unwrap();
         let keys: Vec<String> = current.iter().map(|r| r.key.to_string()).collect();
-        // Every cluster's records at the asked host and its TXT name, plus what eu owns elsewhere;
-        // nothing of unrelated names.
+        // Every cluster's records at the asked host and its TXT name, plus what eu owns elsewhere
+        // (marked by an id, or in the old format); nothing of unrelated names.
         assert_eq!(
             keys,
             [
                 "_weir.api.example.com TXT [eu]",
                 "_weir.api.example.com TXT [us]",
+                "_weir.legacy.example.com TXT [eu]",
                 "_weir.old.example.com TXT [eu]",
                 "api.example.com A [eu]",
                 "api.example.com A [us]",
+                "legacy.example.com CNAME [eu]",
                 "old.example.com CNAME [eu]",
             ]
         );
@@ -427,7 +430,7 @@ mod tests {
         assert!(dns.apply(vec![vec![upsert(&a_eu2)]]).await.is_complete());
         let all = dns.zone().all().await.unwrap();
         assert_eq!(all.iter().find(|r| r.key == a_eu.key).unwrap().weight, 0);
-        assert_eq!(all.len(), 7);
+        assert_eq!(all.len(), 9);
     }
 
     #[tokio::test]

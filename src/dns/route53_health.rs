@@ -281,13 +281,7 @@ impl HealthChecks {
         }
         if !failed_hosts.is_empty() {
             for host in &failed_hosts {
-                let txt = owner.txt_name(host);
-                let source = desired
-                    .records
-                    .iter()
-                    .find(|r| r.key.name == txt)
-                    .and_then(|r| crate::dns::plan::source_of(&r.values))
-                    .unwrap_or_else(|| crate::model::ObjectRef::new("Ingress", "", host));
+                let source = desired.source_of(host);
                 let weight = desired.records.iter().find(|r| r.key.name == *host).map(|r| r.weight);
                 desired.keep.insert(host.clone(), Hold { source, weight, reason: HoldReason::Incomplete });
             }

@@ -75,7 +75,7 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// HTTP status (`403`: RBAC denies it; alert on it). Process-wide: one provider per process.
 static WATCH_ERRORS: std::sync::LazyLock<Family<Vec<(String, String)>, Counter>> =
     std::sync::LazyLock::new(Family::default);
-/// Kinds whose list or watch was denied (403), and when last: while one was denied within
+/// Watches (`KIND SCOPE`) whose list or watch was denied (403), and when last: while one was denied within
 /// [`DENIED_FOR`], the process is not ready. A resumed watch that works again yields no event until
 /// something changes, so a denial also expires: the watcher retries at least every 30 s (its
 /// backoff's cap), and a retry still denied renews it.
@@ -155,19 +155,35 @@ pub struct WatchScope {
     /// The Gateway API kinds the API server serves (found by discovery at start), and Namespaces
     /// for their `allowedRoutes` selectors.
     pub gateway_api: bool,
+    /// Further namespaces whose Services and EndpointSlices are watched (`weir xds
+    /// --watch-namespace`; `*`: those two kinds at the cluster scope). Each is its own watch, so a
+    /// denied one is logged with its namespace.
+    pub service_namespaces: Vec<String>,
 }
 
 impl Default for WatchScope {
     fn default() -> Self {
-        Self { namespace: None, ingresses: true, namespace_configs: true, gateway_api: true }
+        Self {
+            namespace: None,
+            ingresses: true,
+            namespace_configs: true,
+            gateway_api: true,
+            service_namespaces: Vec::new(),
+        }
     }
 }
 
 impl WatchScope {
     /// What `weir xds` needs: Services, EndpointSlices, TrafficInfras and BackendTrafficPolicies in
-    /// `namespace`.
-    pub fn xds(namespace: &str) -> Self {
-        Self { namespace: Some(namespace.to_string()), ingresses: false, namespace_configs: false, gateway_api: false }
+    /// `namespace`, and Services and EndpointSlices in `service_namespaces` too.
+    pub fn xds(namespace: &str, service_namespaces: &[String]) -> Self {
+        Self {
+            namespace: Some(namespace.to_string()),
+            ingresses: false,
+            namespace_configs: false,
+            gateway_api: false,
+            service_namespaces: service_namespaces.iter().filter(|n| *n != namespace).cloned().collect(),
+        }
     }
 }
 
@@ -175,8 +191,9 @@ impl WatchScope {
 #[derive(Clone)]
 struct Caches {
     ingresses: Store<Ingress>,
-    services: Store<Service>,
-    endpoint_slices: Store<EndpointSlice>,
+    /// One store per watched namespace (one in all, except for `weir xds --watch-namespace`).
+    services: Vec<Store<Service>>,
+    endpoint_slices: Vec<Store<EndpointSlice>>,
     traffic_infras: Store<TrafficInfra>,
     backend_traffic_policies: Store<BackendTrafficPolicy>,
     namespace_configs: Store<NamespaceConfig>,
@@ -196,11 +213,18 @@ impl Caches {
         {
             s.state().iter().map(|o| (**o).clone()).collect()
         }
+        fn all<K>(stores: &[Store<K>]) -> Vec<K>
+        where
+            K: Resource + Clone + 'static,
+            K::DynamicType: std::hash::Hash + Eq + Clone,
+        {
+            stores.iter().flat_map(owned).collect()
+        }
         let mut snapshot = Snapshot {
             revision,
             ingresses: owned(&self.ingresses),
-            services: owned(&self.services),
-            endpoint_slices: owned(&self.endpoint_slices),
+            services: all(&self.services),
+            endpoint_slices: all(&self.endpoint_slices),
             traffic_infras: owned(&self.traffic_infras),
             backend_traffic_policies: owned(&self.backend_traffic_policies),
             namespace_configs: owned(&self.namespace_configs),
@@ -245,6 +269,36 @@ where
     reflect_api(api, where_, changed, relist)
 }
 
+/// [`reflect`] for the kinds `weir xds --watch-namespace` widens (Services, EndpointSlices): the
+/// scope's namespace and each of `scope.service_namespaces`, one watch each; with `*` among them,
+/// one watch at the cluster scope.
+fn reflect_services<K>(
+    client: &Client,
+    scope: &WatchScope,
+    changed: Arc<Notify>,
+    relist: Option<tokio::sync::watch::Receiver<Duration>>,
+) -> Vec<Store<K>>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    if scope.service_namespaces.iter().any(|n| n == "*") {
+        let api = Api::<K>::all(client.clone());
+        return vec![reflect_api(api, "at the cluster scope".into(), changed, relist)];
+    }
+    let mut stores = vec![reflect(client, scope, true, changed.clone(), relist.clone())];
+    for ns in &scope.service_namespaces {
+        let api = Api::<K>::namespaced(client.clone(), ns);
+        stores.push(reflect_api(api, format!("in namespace {ns}"), changed.clone(), relist.clone()));
+    }
+    stores
+}
+
 /// [`reflect`] on a given API (any scope).
 fn reflect_api<K>(
     api: Api<K>,
@@ -265,6 +319,8 @@ where
         .modify(strip)
         .default_backoff();
     let store = reader.clone();
+    // One watch of a kind may be denied while another (in another namespace) works.
+    let denied_key = format!("{kind} {where_}");
     tokio::spawn(async move {
         let mut failing = false;
         let mut stream = std::pin::pin!(stream);
@@ -298,7 +354,7 @@ where
                         tracing::info!(%kind, "watch recovered");
                         failing = false;
                     }
-                    DENIED.lock().remove(kind.as_ref() as &str);
+                    DENIED.lock().remove(&denied_key);
                     changed.notify_one();
                 }
                 Err(e) => {
@@ -310,7 +366,7 @@ where
                     WATCH_ERRORS.get_or_create(&labels).inc();
                     if code == Some(403) {
                         // RBAC changed under us (or was never granted): say exactly what is missing.
-                        if DENIED.lock().insert(kind.to_string(), std::time::Instant::now()).is_none() {
+                        if DENIED.lock().insert(denied_key.clone(), std::time::Instant::now()).is_none() {
                             tracing::error!(%kind, verb = "list/watch", resource = %plural, group = %group, scope = %where_, error = %e,
                                 "Kubernetes denied list/watch of {plural} (group {group:?}) {where_}: not ready until it is granted; what is published stays");
                         }
@@ -442,8 +498,8 @@ pub async fn run(client: Client, config: KubernetesConfig, tx: SnapshotTx) -> Re
     }
     let caches = Caches {
         ingresses: reflect(&client, scope, scope.ingresses, changed.clone(), None),
-        services: reflect(&client, scope, true, changed.clone(), None),
-        endpoint_slices: reflect(&client, scope, true, changed.clone(), config.endpoint_relist.clone()),
+        services: reflect_services(&client, scope, changed.clone(), None),
+        endpoint_slices: reflect_services(&client, scope, changed.clone(), config.endpoint_relist.clone()),
         traffic_infras: reflect(&client, scope, true, changed.clone(), None),
         backend_traffic_policies: reflect(&client, scope, true, changed.clone(), None),
         namespace_configs: reflect(&client, scope, scope.namespace_configs, changed.clone(), None),
@@ -460,8 +516,14 @@ pub async fn run(client: Client, config: KubernetesConfig, tx: SnapshotTx) -> Re
     if scope.ingresses {
         caches.ingresses.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("Ingress"))?;
     }
-    caches.services.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("Service"))?;
-    caches.endpoint_slices.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("EndpointSlice"))?;
+    // Every watched namespace too: a namespace whose list is denied keeps the first snapshot (and
+    // readiness) back, with an error naming it, rather than serving without its Services.
+    for store in &caches.services {
+        store.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("Service"))?;
+    }
+    for store in &caches.endpoint_slices {
+        store.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("EndpointSlice"))?;
+    }
     // Every served host source is filled before the first snapshot, so that none of its records is
     // removed for looking absent.
     if gateway_kinds.gateways {

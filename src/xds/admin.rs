@@ -19,7 +19,9 @@ use tokio::sync::watch;
 
 use super::cache::SnapshotCache;
 use super::controller::View;
-use super::model::{find_service, ProxyConfig, ServiceSource, TrafficState, XdsSettings};
+use super::model::{
+    find_service, namespace_allowed, namespace_refusal, ProxyConfig, ServiceSource, TrafficState, XdsSettings,
+};
 use super::resources::{exact_weight_total, ResourceType};
 use super::server::Clients;
 use super::state::{SharedState, StateError};
@@ -246,6 +248,12 @@ async fn put_service(
     a.authorize(&headers)?;
     let service = service_param(&a.settings, &params).map_err(|e| a.refuse("PUT /services", e))?;
     let view = a.view();
+    // The namespace first: whether a Service exists elsewhere is not told.
+    let namespace = service.split_once('/').map_or("", |(ns, _)| ns);
+    if !namespace_allowed(&view.snapshot, &a.settings, namespace) {
+        let msg = namespace_refusal(&view.snapshot, &a.settings, &clip(&service));
+        return Err(a.refuse("PUT /services", bad(msg)));
+    }
     if find_service(&view.snapshot, &service).is_none() {
         return Err(a.refuse("PUT /services", bad(format!("unknown service {:?}: no such Service", clip(&service)))));
     }
@@ -317,6 +325,7 @@ async fn config_dump(State(a): State<Admin>, headers: HeaderMap) -> Result<Respo
         "state_store": a.state.describe(),
         "traffic": view.state,
         "services": view.services,
+        "refused_services": view.refused,
         "config": view.config,
         "versions": versions,
         "resources": snap.to_json(),

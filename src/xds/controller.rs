@@ -22,6 +22,8 @@ pub struct View {
     pub state: TrafficState,
     pub config: ProxyConfig,
     pub services: Vec<ServiceView>,
+    /// Selected services left out for their namespace (`model::refused_services`).
+    pub refused: Vec<crate::ir::Refusal>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -62,7 +64,8 @@ pub fn compute(snapshot: Arc<Snapshot>, settings: &XdsSettings, state: TrafficSt
             }
         })
         .collect();
-    View { snapshot, state, config, services }
+    let refused = model::refused_services(&snapshot, settings, &state);
+    View { snapshot, state, config, services, refused }
 }
 
 pub struct XdsController {
@@ -76,6 +79,10 @@ pub struct XdsController {
     pub policy_refusals: std::collections::BTreeSet<crate::ir::Refusal>,
     /// Liveness: beats on every step and while waiting for a change.
     pub heartbeat: crate::telemetry::Heartbeat,
+    /// `weir_invalid_input_total`: a Service refused for its namespace counts once when it appears.
+    pub invalid: crate::telemetry::InvalidInputs,
+    /// Services refused in the last step, so that each is logged and counted once.
+    pub service_refusals: std::collections::BTreeSet<crate::ir::Refusal>,
 }
 
 impl XdsController {
@@ -86,6 +93,7 @@ impl XdsController {
             None => snapshot,
         };
         let view = compute(snapshot, &self.settings, state);
+        self.log_service_refusals(&view.refused);
         let changed = self.writer.publish(translate(&view.config));
         if !changed.is_empty() {
             let types: Vec<&str> = changed.iter().map(|t| t.label()).collect();
@@ -99,6 +107,17 @@ impl XdsController {
         }
         self.view.send_replace(Arc::new(view));
         self.readiness.set(true);
+    }
+
+    /// Logs and counts each refusal of the service selection (a Service for its namespace, an allowed
+    /// namespace not watched) once, when it appears.
+    fn log_service_refusals(&mut self, refused: &[crate::ir::Refusal]) {
+        let now: std::collections::BTreeSet<_> = refused.iter().cloned().collect();
+        for r in now.difference(&self.service_refusals) {
+            self.invalid.inc(r.kind);
+            tracing::warn!(object = %r.object, reason = %r.reason, "{} refused: {}", r.object, r.message);
+        }
+        self.service_refusals = now;
     }
 
     /// Logs each BackendTrafficPolicy refusal once, when it appears (with the file provider there

@@ -251,11 +251,7 @@ pub fn plan(desired: &DesiredRecords, current: &[RecordSet], owner: &Ownership, 
         let adopting = desired.adopt.get(host).filter(|_| has_our_records && !view.owned);
         if has_our_records && !view.owned && adopting.is_none() {
             if !records.is_empty() {
-                let source = records
-                    .iter()
-                    .find(|r| r.key.rtype == RecordType::Txt)
-                    .and_then(|r| source_of(&r.values))
-                    .unwrap_or_else(|| ObjectRef::new("Ingress", "", host));
+                let source = desired.source_of(host);
                 plan.refusals.push(Refusal {
                     object: source,
                     kind: InputKind::Ownership,
@@ -284,8 +280,7 @@ pub fn plan(desired: &DesiredRecords, current: &[RecordSet], owner: &Ownership, 
                 if let Some(w) = published.filter(|w| *w > 0) {
                     if others_zero {
                         plan.refusals.push(Refusal {
-                            object: source_of(&txt_values(records))
-                                .unwrap_or_else(|| ObjectRef::new("Ingress", "", host)),
+                            object: desired.source_of(host),
                             kind: InputKind::AllZeroGuard,
                             reason: "AllZeroGuard".into(),
                             message: format!(
@@ -357,26 +352,6 @@ struct HostView<'a> {
     /// An ownership TXT of this cluster exists.
     owned: bool,
     foreign_txt: bool,
-}
-
-fn txt_values(records: &[&RecordSet]) -> Vec<String> {
-    records.iter().filter(|r| r.key.rtype == RecordType::Txt).flat_map(|r| r.values.iter().cloned()).collect()
-}
-
-/// The source object named in an ownership TXT value (`weir/resource=ingress/ns/name`).
-pub fn source_of(values: &[String]) -> Option<ObjectRef> {
-    values.iter().flat_map(|v| v.split(',')).find_map(|field| {
-        let path = field.strip_prefix("weir/resource=")?;
-        let mut parts = path.splitn(3, '/');
-        let kind = parts.next()?;
-        let namespace = parts.next()?;
-        let name = parts.next()?;
-        let kind = match kind {
-            "ingress" => "Ingress",
-            other => other,
-        };
-        Some(ObjectRef::new(kind, namespace, name))
-    })
 }
 
 #[cfg(test)]
@@ -451,6 +426,23 @@ mod tests {
         let again = plan(&d, &now, &owner(), false);
         assert!(again.is_empty(), "{again:?}");
         assert!(again.batches(BatchLimits::ROUTE53).is_empty(), "an empty plan makes no write calls");
+    }
+
+    #[test]
+    fn an_old_format_ownership_txt_is_ours_and_rewritten_with_the_id() {
+        let d = desired(vec![intent("a.example.com", Some(50), cname("lb.eu.example.net"))]);
+        let mut current = applied(&[], &plan(&d, &[], &owner(), false));
+        let txt = current.iter_mut().find(|r| r.key.rtype == RecordType::Txt).unwrap();
+        let new_value = txt.values[0].clone();
+        // What weir wrote before the id: the namespace and name in the clear.
+        txt.values = vec!["heritage=weir,weir/owner=eu,weir/resource=ingress/shop/web".into()];
+        let p = plan(&d, &current, &owner(), false);
+        assert!(p.refusals.is_empty(), "still ours: {:?}", p.refusals);
+        let changes: Vec<&Change> = p.changes().collect();
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].record().key.rtype, RecordType::Txt);
+        assert_eq!(changes[0].record().values, [new_value]);
+        assert!(plan(&d, &applied(&current, &p), &owner(), false).is_empty());
     }
 
     #[test]

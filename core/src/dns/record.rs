@@ -124,12 +124,41 @@ impl Ownership {
         txt_name.strip_prefix(&self.txt_prefix)
     }
 
-    /// The ownership text: who owns the records of a host, and which object they come from.
+    /// The ownership text: who owns the records of a host, and an opaque id of the object they
+    /// come from ([`Self::object_id`]); `weir explain` and `weir plan` map the id back.
     pub fn txt_value(&self, source: &ObjectRef) -> String {
-        format!("{HERITAGE},weir/owner={},weir/resource={}", self.cluster, source.to_path())
+        format!("{HERITAGE},weir/owner={},{OBJECT_ID_FIELD}{}", self.cluster, self.object_id(source))
     }
 
-    /// Whether a TXT record marks this cluster as owner.
+    /// The opaque id an ownership TXT holds for `source`: 16 hex digits of SHA-256 over this
+    /// cluster's name and the object's `kind/namespace/name`. Stable (the same object always gets the
+    /// same id, so a pass rewrites nothing), and it names no namespace or object. It is a pseudonym,
+    /// not a secret: whoever guesses an object's namespace and name can confirm the guess.
+    /// Published, so it must not change: a test pins one id.
+    pub fn object_id(&self, source: &ObjectRef) -> String {
+        let path = source.to_path();
+        crate::xds::snapshot::version_of(
+            [("weir-owner-id", self.cluster.as_str()), ("object", path.as_str())].into_iter(),
+        )
+    }
+
+    /// The object an ownership TXT of this cluster names: an id is looked up among `known` (the
+    /// objects of this cluster's desired state); an old-format value (`weir/resource=KIND/NS/NAME`,
+    /// written before the id) names it itself.
+    pub fn object_of<'a>(
+        &self,
+        values: &[String],
+        known: impl IntoIterator<Item = &'a ObjectRef>,
+    ) -> Option<ObjectRef> {
+        match txt_mark(values)? {
+            TxtMark::Legacy(object) => Some(object),
+            TxtMark::Id(id) => known.into_iter().find(|o| self.object_id(o) == id).cloned(),
+        }
+    }
+
+    /// Whether a TXT record marks this cluster as owner. The mark is `heritage=weir` then
+    /// `weir/owner=CLUSTER`, in both the id format and the old one (which still counts as ours: the
+    /// next pass rewrites it with the id).
     pub fn is_owner_txt(&self, record: &RecordSet) -> bool {
         record.key.rtype == RecordType::Txt
             && record.key.set_identifier == self.cluster
@@ -138,6 +167,39 @@ impl Ownership {
                 fields.next() == Some(HERITAGE) && fields.any(|f| f == format!("weir/owner={}", self.cluster))
             })
     }
+}
+
+/// The field of an ownership TXT value that holds the object id.
+pub const OBJECT_ID_FIELD: &str = "weir/id=";
+/// The field of an old-format ownership TXT value that named the object (`kind/namespace/name`).
+pub const LEGACY_RESOURCE_FIELD: &str = "weir/resource=";
+
+/// What an ownership TXT value says about its object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxtMark {
+    /// The opaque id ([`Ownership::object_id`]).
+    Id(String),
+    /// An old-format value's `weir/resource=KIND/NS/NAME`.
+    Legacy(ObjectRef),
+}
+
+/// The object mark of an ownership TXT value, either format.
+pub fn txt_mark(values: &[String]) -> Option<TxtMark> {
+    values.iter().flat_map(|v| v.split(',')).find_map(|field| {
+        if let Some(id) = field.strip_prefix(OBJECT_ID_FIELD) {
+            return Some(TxtMark::Id(id.to_string()));
+        }
+        let path = field.strip_prefix(LEGACY_RESOURCE_FIELD)?;
+        let mut parts = path.splitn(3, '/');
+        let kind = parts.next()?;
+        let namespace = parts.next()?;
+        let name = parts.next()?;
+        let kind = match kind {
+            "ingress" => "Ingress",
+            other => other,
+        };
+        Some(TxtMark::Legacy(ObjectRef::new(kind, namespace, name)))
+    })
 }
 
 /// Per-record settings that are not in the intent.
@@ -193,16 +255,25 @@ pub struct DesiredRecords {
     pub keep: BTreeMap<String, Hold>,
     /// Every managed host (to tell a removed host from a kept one).
     pub hosts: BTreeSet<String>,
+    /// The object each managed host comes from (its ownership TXT holds only an id of it).
+    pub sources: BTreeMap<String, ObjectRef>,
     /// Hosts whose records this cluster takes over from external-dns (`--adopt-owner`), found once
     /// the published records are read ([`super::adopt::adoptable`]).
     pub adopt: BTreeMap<String, super::adopt::Adoption>,
 }
 
 impl DesiredRecords {
+    /// The object `host` comes from (for a refusal about it); an Ingress named like the host when
+    /// it is not known.
+    pub fn source_of(&self, host: &str) -> ObjectRef {
+        self.sources.get(host).cloned().unwrap_or_else(|| ObjectRef::new("Ingress", "", host))
+    }
+
     pub fn build(state: &DesiredState, owner: &Ownership, opts: &RecordOptions) -> Self {
         let mut out = DesiredRecords::default();
         for intent in &state.dns {
             out.hosts.insert(intent.host.clone());
+            out.sources.insert(intent.host.clone(), intent.source.clone());
             match intent.weight {
                 Some(weight) if !intent.targets.is_empty() => {
                     out.records.extend(records_for(intent, weight, owner, opts));
@@ -254,4 +325,50 @@ pub fn records_for(intent: &DnsIntent, weight: u8, owner: &Ownership, opts: &Rec
         r.values.sort();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn txt(owner: &Ownership, value: &str) -> RecordSet {
+        RecordSet {
+            key: RecordKey {
+                name: owner.txt_name("shop.example.com"),
+                rtype: RecordType::Txt,
+                set_identifier: "eu".into(),
+            },
+            weight: TXT_WEIGHT,
+            ttl: 60,
+            values: vec![value.into()],
+            health_check_id: None,
+            alias: None,
+        }
+    }
+
+    #[test]
+    fn the_ownership_txt_holds_an_opaque_id_and_old_values_stay_ours() {
+        let owner = Ownership::new("eu");
+        let web = ObjectRef::new("Ingress", "shop", "web");
+        let value = owner.txt_value(&web);
+        // Pinned: the id is published, a change would rewrite every ownership TXT.
+        assert_eq!(value, "heritage=weir,weir/owner=eu,weir/id=d05d7391c131b118");
+        assert!(!value.contains("shop") && !value.contains("web") && !value.contains("ingress"), "{value}");
+        assert_ne!(owner.object_id(&web), Ownership::new("us").object_id(&web), "per cluster");
+        assert_ne!(owner.object_id(&web), owner.object_id(&ObjectRef::new("Ingress", "shop", "www")));
+
+        // Both formats mark this cluster's records.
+        let legacy = "heritage=weir,weir/owner=eu,weir/resource=ingress/shop/web";
+        assert!(owner.is_owner_txt(&txt(&owner, &value)));
+        assert!(owner.is_owner_txt(&txt(&owner, legacy)));
+        assert!(!owner.is_owner_txt(&txt(&owner, "heritage=weir,weir/owner=us,weir/id=0123456789abcdef")));
+        assert!(!owner.is_owner_txt(&txt(&owner, "heritage=external-dns,external-dns/owner=eu")));
+
+        // Mapping back: an id among the known objects, an old value by itself.
+        let other = ObjectRef::new("Service", "shop", "envoy");
+        assert_eq!(owner.object_of(std::slice::from_ref(&value), [&other, &web]), Some(web.clone()));
+        assert_eq!(owner.object_of(&[value], [&other]), None);
+        assert_eq!(owner.object_of(&[legacy.into()], []), Some(web));
+        assert_eq!(txt_mark(&["heritage=weir".into()]), None);
+    }
 }

@@ -82,6 +82,9 @@ pub fn split(desired: &DesiredRecords, state: &DesiredState, zones: &[ZoneInfo],
         }
         for &i in &home {
             per_zone[i].hosts.insert(host.clone());
+            if let Some(source) = desired.sources.get(host) {
+                per_zone[i].sources.insert(host.clone(), source.clone());
+            }
             if let Some(hold) = desired.keep.get(host) {
                 per_zone[i].keep.insert(host.clone(), hold.clone());
             }

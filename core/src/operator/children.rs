@@ -384,6 +384,12 @@ pub fn children(ti: &TrafficInfra, ns_config: &NamespaceConfig) -> Children {
         xds_args.push("--service".into());
         xds_args.push(svc.clone());
     }
+    // Planner Services of the allowed namespaces are watched there; the Role below covers only this
+    // namespace, so each allowed namespace's owner grants the list and watch (docs/kubernetes.md).
+    for allowed in xds.discovery.allowed_namespaces.iter().filter(|n| **n != ns) {
+        xds_args.push("--watch-namespace".into());
+        xds_args.push(allowed.clone());
+    }
     let xds_container = Container {
         name: "xds".into(),
         image: Some(xds.image.reference()),

@@ -607,7 +607,8 @@ mod tests {
             let snap = load(&text);
             let epoch = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
             let res = crate::operator::policy::resolve(&snap, &epoch);
-            let settings = XdsSettings { name: "shop".into(), namespace: "shop".into(), services: vec![] };
+            let settings =
+                XdsSettings { name: "shop".into(), namespace: "shop".into(), services: vec![], ..Default::default() };
             let cfg = build(&snap, &settings, &TrafficState::initial(&Default::default()));
             let out = serde_json::json!({
                 "conditions": serde_json::to_value(&res).unwrap()["conditions"],
@@ -676,7 +677,8 @@ spec:
   loadBalancing: {type: maglev, sessionAffinity: {type: sourceIp}}
 ";
         let snap = load(yaml);
-        let settings = XdsSettings { name: "shop".into(), namespace: "default".into(), services: vec![] };
+        let settings =
+            XdsSettings { name: "shop".into(), namespace: "default".into(), services: vec![], ..Default::default() };
         let state = TrafficState::initial(&Default::default());
         let cfg = build(&snap, &settings, &state);
         let res = translate(&cfg);

@@ -185,3 +185,17 @@ fn renamed_and_unknown_fields_are_reported() {
         ]
     );
 }
+
+/// `spec.xds.discovery.allowedNamespaces` reaches `weir xds` as one `--watch-namespace` per other
+/// namespace; the Role stays in the TrafficInfra's namespace (the allowed namespace grants).
+#[test]
+fn allowed_namespaces_become_watch_namespace_flags() {
+    let (mut ti, _) = load("traffic-infra-production.yaml");
+    let own = ti.metadata.namespace.clone().unwrap();
+    ti.spec.xds.discovery.allowed_namespaces = vec!["partner".into(), own.clone()];
+    let c = super::children::children(&ti, &NamespaceConfig::new("default", Default::default()));
+    let args = c.xds_deployment.spec.template.spec.as_ref().unwrap().containers[0].args.clone().unwrap().join(" ");
+    assert!(args.ends_with("--watch-namespace partner"), "{args}");
+    assert_eq!(args.matches("--watch-namespace").count(), 1, "not its own namespace: {args}");
+    assert_eq!(c.role.metadata.namespace.as_deref(), Some(own.as_str()));
+}

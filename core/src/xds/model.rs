@@ -11,7 +11,8 @@ use kube_core::ResourceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::crd::TrafficDefaults;
-use crate::model::Snapshot;
+use crate::ir::{InputKind, Refusal};
+use crate::model::{ObjectRef, Snapshot};
 
 /// Label that enrols a Service into the traffic configuration of that name.
 pub const TRAFFIC_INFRA_LABEL: &str = "weir.dev/traffic-infra";
@@ -110,6 +111,11 @@ pub struct XdsSettings {
     pub namespace: String,
     /// `--service` flags: `name` (in `namespace`) or `namespace/name`.
     pub services: Vec<String>,
+    /// The namespaces whose Services this process sees: `None` for every one (the file provider, or
+    /// a cluster-scope watch); with `--provider kubernetes`, its own and each `--watch-namespace`.
+    /// A namespace the TrafficInfra allows but that is not seen is refused on the TrafficInfra
+    /// ([`REASON_ALLOWED_NAMESPACE_NOT_WATCHED`]) rather than left silently empty.
+    pub watched_namespaces: Option<BTreeSet<String>>,
 }
 
 impl XdsSettings {
@@ -146,32 +152,144 @@ pub enum ServiceSource {
 }
 
 /// Every service selected by flags, the TrafficInfra, labels and the admin API, minus the ones
-/// removed through the admin API: `namespace/name` → where it came from.
+/// removed through the admin API and those outside the allowed namespaces ([`namespace_allowed`]):
+/// `namespace/name` → where it came from.
 pub fn selected_services(
     snapshot: &Snapshot,
     settings: &XdsSettings,
     state: &TrafficState,
 ) -> BTreeMap<String, ServiceSource> {
-    let mut out = BTreeMap::new();
+    select(snapshot, settings, state).selected
+}
+
+/// The services [`selected_services`] leaves out because of their namespace, one refusal each (on
+/// the Service, `kind` `namespace`), after one on the TrafficInfra per allowed namespace this
+/// process does not watch.
+pub fn refused_services(snapshot: &Snapshot, settings: &XdsSettings, state: &TrafficState) -> Vec<Refusal> {
+    select(snapshot, settings, state).refused
+}
+
+struct Selection {
+    selected: BTreeMap<String, ServiceSource>,
+    refused: Vec<Refusal>,
+}
+
+fn select(snapshot: &Snapshot, settings: &XdsSettings, state: &TrafficState) -> Selection {
+    let mut all = BTreeMap::new();
     for s in &settings.services {
-        out.entry(settings.qualify(s)).or_insert(ServiceSource::Flag);
+        all.entry(settings.qualify(s)).or_insert(ServiceSource::Flag);
     }
     if let Some(ti) = traffic_infra(snapshot, settings) {
         for s in &ti.spec.xds.discovery.services {
-            out.entry(settings.qualify(s)).or_insert(ServiceSource::TrafficInfra);
+            all.entry(settings.qualify(s)).or_insert(ServiceSource::TrafficInfra);
         }
     }
     for svc in &snapshot.services {
         if svc.labels().get(TRAFFIC_INFRA_LABEL) == Some(&settings.name) {
             let key = format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any());
-            out.entry(key).or_insert(ServiceSource::Label);
+            all.entry(key).or_insert(ServiceSource::Label);
         }
     }
     for s in &state.registered {
-        out.entry(s.clone()).or_insert(ServiceSource::Api);
+        all.entry(s.clone()).or_insert(ServiceSource::Api);
     }
-    out.retain(|k, _| !state.deregistered.contains(k));
+    all.retain(|k, _| !state.deregistered.contains(k));
+    let mut out = Selection { selected: BTreeMap::new(), refused: unwatched_allowed_namespaces(snapshot, settings) };
+    for (key, source) in all {
+        let (namespace, name) = key.split_once('/').unwrap_or(("", key.as_str()));
+        if namespace_allowed(snapshot, settings, namespace) {
+            out.selected.insert(key, source);
+        } else {
+            out.refused.push(Refusal {
+                object: ObjectRef::new("Service", namespace, name),
+                kind: InputKind::Namespace,
+                reason: REASON_NAMESPACE_NOT_ALLOWED.into(),
+                message: format!(
+                    "{}; it gets no traffic (selected {})",
+                    namespace_refusal(snapshot, settings, &key),
+                    source.describe()
+                ),
+            });
+        }
+    }
     out
+}
+
+/// The Event reason of a planner Service refused for its namespace.
+pub const REASON_NAMESPACE_NOT_ALLOWED: &str = "ServiceNamespaceNotAllowed";
+/// The reason of a namespace `spec.xds.discovery.allowedNamespaces` lists but this process does not
+/// watch ([`XdsSettings::watched_namespaces`]): its Services cannot be seen.
+pub const REASON_ALLOWED_NAMESPACE_NOT_WATCHED: &str = "AllowedNamespaceNotWatched";
+
+/// One refusal on the TrafficInfra per allowed namespace this process does not watch (`*` when it
+/// watches a list of namespaces): without it, an allowed namespace would look merely empty.
+fn unwatched_allowed_namespaces(snapshot: &Snapshot, settings: &XdsSettings) -> Vec<Refusal> {
+    let (Some(watched), Some(ti)) = (&settings.watched_namespaces, traffic_infra(snapshot, settings)) else {
+        return Vec::new();
+    };
+    let listed: Vec<&str> = watched.iter().map(String::as_str).collect();
+    ti.spec
+        .xds
+        .discovery
+        .allowed_namespaces
+        .iter()
+        .filter(|n| !watched.contains(*n))
+        .map(|n| Refusal {
+            object: ObjectRef::new("TrafficInfra", &settings.namespace, &settings.name),
+            kind: InputKind::Namespace,
+            reason: REASON_ALLOWED_NAMESPACE_NOT_WATCHED.into(),
+            message: if n == "*" {
+                format!(
+                    "spec.xds.discovery.allowedNamespaces allows every namespace (\"*\"), but this weir xds watches \
+                     Services only in {}; start it with --watch-namespace '*' (and a ClusterRole to list and watch \
+                     services and endpointslices) to see the others",
+                    listed.join(", ")
+                )
+            } else {
+                format!(
+                    "spec.xds.discovery.allowedNamespaces allows namespace {n:?}, but this weir xds watches Services \
+                     only in {}; none of {n:?} is seen: start it with --watch-namespace {n} and grant its \
+                     ServiceAccount list and watch of services and endpointslices in {n:?}",
+                    listed.join(", ")
+                )
+            },
+        })
+        .collect()
+}
+
+/// Whether traffic configuration `settings` may route to a Service in `namespace`: its own
+/// namespace, or one its TrafficInfra lists in `spec.xds.discovery.allowedNamespaces` (`*`: any).
+pub fn namespace_allowed(snapshot: &Snapshot, settings: &XdsSettings, namespace: &str) -> bool {
+    namespace == settings.namespace
+        || traffic_infra(snapshot, settings)
+            .is_some_and(|ti| ti.spec.xds.discovery.allowed_namespaces.iter().any(|n| n == "*" || n == namespace))
+}
+
+/// Why `namespace/name` may not be routed to (the admin API's 400 and the refusal say the same).
+pub fn namespace_refusal(snapshot: &Snapshot, settings: &XdsSettings, service: &str) -> String {
+    let namespace = service.split_once('/').map_or("", |(ns, _)| ns);
+    let mut allowed = vec![settings.namespace.clone()];
+    if let Some(ti) = traffic_infra(snapshot, settings) {
+        allowed.extend(ti.spec.xds.discovery.allowed_namespaces.iter().cloned());
+    }
+    format!(
+        "Service {service} is in namespace {namespace:?}, outside the namespaces traffic configuration {}/{} may route \
+         to ({}); list the namespace in the TrafficInfra's spec.xds.discovery.allowedNamespaces to allow it",
+        settings.namespace,
+        settings.name,
+        allowed.join(", ")
+    )
+}
+
+impl ServiceSource {
+    fn describe(self) -> &'static str {
+        match self {
+            ServiceSource::Flag => "by a --service flag",
+            ServiceSource::TrafficInfra => "by spec.xds.discovery.services",
+            ServiceSource::Label => "by its weir.dev/traffic-infra label",
+            ServiceSource::Api => "through the admin API",
+        }
+    }
 }
 
 /// The TrafficInfra named like this configuration, if the snapshot has one.
@@ -308,7 +426,12 @@ mod tests {
     }
 
     fn settings() -> XdsSettings {
-        XdsSettings { name: "shop".into(), namespace: "default".into(), services: vec!["shop-planner-blue".into()] }
+        XdsSettings {
+            name: "shop".into(),
+            namespace: "default".into(),
+            services: vec!["shop-planner-blue".into()],
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -364,5 +487,69 @@ mod tests {
         let strategies: Vec<_> = cfg.services.iter().map(|s| s.strategy.as_str()).collect();
         assert_eq!(strategies, vec!["canary", "blue"]);
         assert_eq!(cfg.listener_port, 8080);
+    }
+
+    #[test]
+    fn services_outside_the_allowed_namespaces_are_refused() {
+        let mut snap = Snapshot::default();
+        snap.services.push(mk_service("default", "shop-planner-blue", &[(TRAFFIC_INFRA_LABEL, "shop")]));
+        snap.services.push(mk_service("attacker", "evil-blue", &[(TRAFFIC_INFRA_LABEL, "shop")]));
+        snap.services.push(mk_service("partner", "partner-green", &[]));
+        let mut settings = settings();
+        settings.services.push("partner/partner-green".into());
+        let mut state = TrafficState::initial(&TrafficDefaults::default());
+        state.registered.insert("attacker/evil-canary".into());
+        let keys =
+            |snap: &Snapshot, s: &TrafficState| selected_services(snap, &settings, s).into_keys().collect::<Vec<_>>();
+        assert_eq!(keys(&snap, &state), vec!["default/shop-planner-blue"]);
+        let refused = refused_services(&snap, &settings, &state);
+        let objects: Vec<String> = refused.iter().map(|r| r.object.to_string()).collect();
+        assert_eq!(
+            objects,
+            ["Service attacker/evil-blue", "Service attacker/evil-canary", "Service partner/partner-green"]
+        );
+        assert!(refused.iter().all(|r| r.kind == InputKind::Namespace && r.reason == REASON_NAMESPACE_NOT_ALLOWED));
+        assert!(refused[0].message.contains("by its weir.dev/traffic-infra label"), "{}", refused[0].message);
+        // The built configuration (what Envoy gets) has the allowed service only.
+        let cfg = build(&snap, &settings, &state);
+        assert_eq!(cfg.services.iter().map(|s| s.cluster_name()).collect::<Vec<_>>(), ["default/shop-planner-blue"]);
+
+        // The TrafficInfra's allow-list lets a namespace in; `*` lets every one in.
+        let mut ti = crate::crd::TrafficInfra::new("shop", Default::default());
+        ti.metadata.namespace = Some("default".into());
+        ti.spec.xds.discovery.allowed_namespaces = vec!["partner".into()];
+        snap.traffic_infras.push(ti);
+        assert_eq!(keys(&snap, &state), vec!["default/shop-planner-blue", "partner/partner-green"]);
+        assert_eq!(refused_services(&snap, &settings, &state).len(), 2);
+        snap.traffic_infras[0].spec.xds.discovery.allowed_namespaces = vec!["*".into()];
+        assert_eq!(keys(&snap, &state).len(), 4);
+        assert!(refused_services(&snap, &settings, &state).is_empty());
+    }
+
+    #[test]
+    fn an_allowed_namespace_that_is_not_watched_is_refused_on_the_traffic_infra() {
+        let mut snap = Snapshot::default();
+        let mut ti = crate::crd::TrafficInfra::new("shop", Default::default());
+        ti.metadata.namespace = Some("default".into());
+        ti.spec.xds.discovery.allowed_namespaces = vec!["partner".into(), "other".into()];
+        snap.traffic_infras.push(ti);
+        let state = TrafficState::initial(&TrafficDefaults::default());
+        let refused = |snap: &Snapshot, watched: Option<&[&str]>| {
+            let settings = XdsSettings {
+                watched_namespaces: watched.map(|w| w.iter().map(|n| n.to_string()).collect()),
+                ..settings()
+            };
+            refused_services(snap, &settings, &state)
+        };
+        // Every namespace seen (the file provider, a cluster-scope watch): nothing to say.
+        assert!(refused(&snap, None).is_empty());
+        let r = refused(&snap, Some(&["default", "partner"]));
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].object, ObjectRef::new("TrafficInfra", "default", "shop"));
+        assert_eq!((r[0].kind, r[0].reason.as_str()), (InputKind::Namespace, REASON_ALLOWED_NAMESPACE_NOT_WATCHED));
+        assert!(r[0].message.contains("--watch-namespace other"), "{}", r[0].message);
+        assert!(refused(&snap, Some(&["default", "other", "partner"])).is_empty());
+        snap.traffic_infras[0].spec.xds.discovery.allowed_namespaces = vec!["*".into()];
+        assert!(refused(&snap, Some(&["default"]))[0].message.contains("--watch-namespace '*'"));
     }
 }
