@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::reflector::{self, Store};
@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use super::SnapshotTx;
-use crate::crd::{BackendTrafficPolicy, NamespaceConfig, TrafficInfra};
+use crate::crd::{BackendTrafficPolicy, NamespaceConfig, TrafficInfra, VirtualService};
 use crate::gateway::{Gateway, GrpcRoute, HttpRoute, TlsRoute};
 use crate::model::Snapshot;
 
@@ -155,19 +155,27 @@ pub struct WatchScope {
     /// The Gateway API kinds the API server serves (found by discovery at start), and Namespaces
     /// for their `allowedRoutes` selectors.
     pub gateway_api: bool,
+    /// l7mp VirtualServices and the Pods their selectors pick (`weir xds` only).
+    pub virtual_services: bool,
 }
 
 impl Default for WatchScope {
     fn default() -> Self {
-        Self { namespace: None, ingresses: true, namespace_configs: true, gateway_api: true }
+        Self { namespace: None, ingresses: true, namespace_configs: true, gateway_api: true, virtual_services: false }
     }
 }
 
 impl WatchScope {
-    /// What `weir xds` needs: Services, EndpointSlices, TrafficInfras and BackendTrafficPolicies in
-    /// `namespace`.
+    /// What `weir xds` needs: Services, EndpointSlices, TrafficInfras, BackendTrafficPolicies,
+    /// VirtualServices and Pods in `namespace`.
     pub fn xds(namespace: &str) -> Self {
-        Self { namespace: Some(namespace.to_string()), ingresses: false, namespace_configs: false, gateway_api: false }
+        Self {
+            namespace: Some(namespace.to_string()),
+            ingresses: false,
+            namespace_configs: false,
+            gateway_api: false,
+            virtual_services: true,
+        }
     }
 }
 
@@ -185,6 +193,8 @@ struct Caches {
     grpc_routes: Store<GrpcRoute>,
     tls_routes: Store<TlsRoute>,
     namespaces: Store<Namespace>,
+    virtual_services: Store<VirtualService>,
+    pods: Store<Pod>,
 }
 
 impl Caches {
@@ -209,6 +219,8 @@ impl Caches {
             grpc_routes: owned(&self.grpc_routes),
             tls_routes: owned(&self.tls_routes),
             namespaces: owned(&self.namespaces),
+            virtual_services: owned(&self.virtual_services),
+            pods: owned(&self.pods),
         };
         snapshot.normalize();
         snapshot
@@ -456,6 +468,8 @@ pub async fn run(client: Client, config: KubernetesConfig, tx: SnapshotTx) -> Re
         } else {
             reflector::store::<Namespace>().0
         },
+        virtual_services: reflect(&client, scope, scope.virtual_services, changed.clone(), None),
+        pods: reflect(&client, scope, scope.virtual_services, changed.clone(), None),
     };
     if scope.ingresses {
         caches.ingresses.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("Ingress"))?;

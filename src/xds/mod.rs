@@ -15,5 +15,6 @@ pub mod infra_status;
 pub mod server;
 pub mod state;
 pub mod state_kube;
+pub mod vs_status;
 
-pub use weir_core::xds::{ads, model, rejections, resources, snapshot};
+pub use weir_core::xds::{ads, model, rejections, resources, snapshot, virtual_service};

@@ -183,6 +183,9 @@ pub struct NackStatus {
 pub struct StreamStatus {
     pub node_id: String,
     pub node_cluster: String,
+    /// The node's `metadata.labels` (what VirtualService selectors match).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     pub delta: bool,
     pub types: BTreeMap<&'static str, TypeStatus>,
 }
@@ -191,6 +194,7 @@ fn node_status(node: &Option<Node>, delta: bool) -> StreamStatus {
     StreamStatus {
         node_id: node.as_ref().map(|n| n.id.clone()).unwrap_or_default(),
         node_cluster: node.as_ref().map(|n| n.cluster.clone()).unwrap_or_default(),
+        labels: super::virtual_service::node_labels(node.as_ref()),
         delta,
         types: BTreeMap::new(),
     }
@@ -263,23 +267,27 @@ fn client_config<'a>(
 struct Subscription {
     wildcard: bool,
     names: BTreeSet<String>,
+    /// The client's node labels: a resource with an audience ([`Resource::visible_to`]) is
+    /// selected only when they match.
+    labels: BTreeMap<String, String>,
 }
 
 impl Subscription {
     /// The resources of `set` this subscription covers, in name order.
     fn select<'a>(&self, set: &'a TypeSet) -> Vec<&'a Resource> {
+        let visible = |r: &&Resource| r.visible_to(&self.labels);
         if self.wildcard {
             let mut out: BTreeMap<&str, &Resource> =
-                set.iter().filter(|r| r.wildcard).map(|r| (r.name.as_str(), r)).collect();
+                set.iter().filter(|r| r.wildcard).filter(visible).map(|r| (r.name.as_str(), r)).collect();
             for name in &self.names {
-                if let Some(r) = set.get(name) {
+                if let Some(r) = set.get(name).filter(visible) {
                     out.insert(r.name.as_str(), r);
                 }
             }
             return out.into_values().collect();
         }
         // BTreeSet order is name order.
-        self.names.iter().filter_map(|n| set.get(n)).collect()
+        self.names.iter().filter_map(|n| set.get(n)).filter(visible).collect()
     }
 }
 
@@ -401,6 +409,9 @@ impl SotwStream {
         }
         let first = !self.types.contains_key(&ty);
         let t = self.types.entry(ty).or_default();
+        if first {
+            t.sub.labels = super::virtual_service::node_labels(self.node.as_ref());
+        }
         if !req.response_nonce.is_empty() {
             if t.last_nonce.as_deref() != Some(req.response_nonce.as_str()) {
                 step.events.push(Event::StaleNonce { ty, nonce: req.response_nonce });
@@ -706,6 +717,9 @@ impl DeltaStream {
         }
         let first = !self.types.contains_key(&ty);
         let t = self.types.entry(ty).or_default();
+        if first {
+            t.sub.labels = super::virtual_service::node_labels(self.node.as_ref());
+        }
         if !req.response_nonce.is_empty() {
             // In delta a request also carries subscription changes, so a stale nonce only skips
             // the ACK/NACK bookkeeping.
