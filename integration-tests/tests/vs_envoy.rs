@@ -401,8 +401,14 @@ fn kubernetes_provider_serves_pod_selectors_and_writes_conditions() {
             "status": {"phase": "Running", "podIP": "127.0.0.1",
                        "conditions": [{"type": "Ready", "status": ready}]}})
     };
-    server.store().create_object(pod("worker-1", serde_json::json!({"app": "worker"}), "True")).unwrap();
-    server.store().create_object(pod("other-1", serde_json::json!({"app": "other"}), "True")).unwrap();
+    let pods = server.store().find_type("", "v1", "pods").unwrap();
+    for (name, app) in [("worker-1", "worker"), ("other-1", "other")] {
+        let p = pod(name, serde_json::json!({"app": app}), "True");
+        server.store().create_object(p.clone()).unwrap();
+        // Pods have a status subresource: their IP and readiness are written through it.
+        let status = serde_json::json!({"status": p["status"].clone()});
+        server.store().write(&pods, "shop", name, integration_tests::apiserver::WriteOp::Merge(status), true).unwrap();
+    }
     let mut vs = yaml_to_json(&virtual_service("ingress", "app: envoy-ingress", &p, true, Some("shop")));
     // One more listener whose cluster is by pod selector (EDS).
     let selector_port = free_udp_tcp_port();

@@ -116,7 +116,7 @@ impl XdsController {
         let objects: Vec<_> = raw
             .virtual_services
             .iter()
-            .filter(|v| v.metadata.namespace.as_deref().unwrap_or_default() == self.settings.namespace)
+            .filter(|v| v.metadata.namespace.as_deref().is_none_or(|n| n == self.settings.namespace))
             .cloned()
             .collect();
         // What to say about each: the served resolution, and each edit refused as invalid (its

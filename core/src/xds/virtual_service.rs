@@ -323,7 +323,9 @@ pub fn resolve(snapshot: &Snapshot, namespace: Option<&str>, reserved: &Reserved
     let mut vss: Vec<&VirtualService> = snapshot
         .virtual_services
         .iter()
-        .filter(|v| namespace.is_none_or(|ns| v.namespace().unwrap_or_default() == ns))
+        // A manifest without a namespace (file provider) is in weir xds's namespace, as `kubectl
+        // apply` would put it in the default one.
+        .filter(|v| namespace.is_none_or(|ns| v.namespace().is_none_or(|n| n == ns)))
         .collect();
     vss.sort_by_key(|v| {
         (v.metadata.creation_timestamp.as_ref().map(|t| t.0), v.namespace().unwrap_or_default(), v.name_any())
