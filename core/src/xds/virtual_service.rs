@@ -656,6 +656,9 @@ struct UdpProxyConfig {
 impl prost::Name for UdpProxyConfig {
     const NAME: &'static str = "UdpProxyConfig";
     const PACKAGE: &'static str = "envoy.extensions.filters.udp.udp_proxy.v3";
+    fn type_url() -> String {
+        format!("type.googleapis.com/{}", Self::full_name())
+    }
 }
 
 /// `UdpProxyConfig.HashPolicy` with its `key` (field 2 of the oneof).
@@ -675,6 +678,9 @@ struct UdpRoute {
 impl prost::Name for UdpRoute {
     const NAME: &'static str = "Route";
     const PACKAGE: &'static str = "envoy.extensions.filters.udp.udp_proxy.v3";
+    fn type_url() -> String {
+        format!("type.googleapis.com/{}", Self::full_name())
+    }
 }
 
 /// `envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy`: the fields weir sets.
@@ -691,6 +697,9 @@ struct TcpProxy {
 impl prost::Name for TcpProxy {
     const NAME: &'static str = "TcpProxy";
     const PACKAGE: &'static str = "envoy.extensions.filters.network.tcp_proxy.v3";
+    fn type_url() -> String {
+        format!("type.googleapis.com/{}", Self::full_name())
+    }
 }
 
 /// The conditions of one VirtualService: `Accepted` (from `res`) and, when `matched` is known,
