@@ -677,6 +677,8 @@ status:
                 Object::GrpcRoute(_) => "GRPCRoute",
                 Object::TlsRoute(_) => "TLSRoute",
                 Object::Namespace(_) => "Namespace",
+                Object::VirtualService(_) => "VirtualService",
+                Object::Pod(_) => "Pod",
             })
             .collect();
         assert_eq!(kinds, ["Ingress", "Service", "EndpointSlice", "TrafficInfra"]);
