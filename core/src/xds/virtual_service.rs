@@ -15,7 +15,8 @@
 //!   ClusterLoadAssignment lists the matching pods' IPs (pod readiness → health). A strictdns
 //!   cluster that mixes both lists the pods' IPs inline.
 //! - `health_check` → one TCP health check every `interval` ms (also when the cluster has no
-//!   traffic) connecting to each endpoint's `health_check_port`.
+//!   traffic) connecting to each endpoint's `health_check_port`. No panic mode (threshold 0): an
+//!   endpoint failing its check, or an unready pod, gets nothing even when none is healthy.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -611,6 +612,12 @@ fn cluster(
         name: c.name.clone(),
         connect_timeout: Some(Duration { seconds: 1, nanos: 0 }),
         lb_policy: if c.hash_key.is_some() { LbPolicy::RingHash } else { LbPolicy::RoundRobin } as i32,
+        // An endpoint that fails its health check or whose pod is not ready gets nothing, even when
+        // no endpoint is healthy (Envoy's panic mode would send to all of them).
+        common_lb_config: Some(xcluster::cluster::CommonLbConfig {
+            healthy_panic_threshold: Some(xds_api::pb::envoy::r#type::v3::Percent { value: 0.0 }),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     if let Some(interval) = c.health_interval_ms {
