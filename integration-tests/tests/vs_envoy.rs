@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use integration_tests::{free_port, free_udp_tcp_port, http_get, venv_bin, wait_for, weir_bin, Proc};
+use integration_tests::{
+    free_listener_port, free_port, free_udp_tcp_port, http_get, venv_bin, wait_for, weir_bin, Proc,
+};
 use xds_support::*;
 
 /// Echo servers `name=port[,health_port]`; waits for "ready".
@@ -115,10 +117,10 @@ impl Ports {
             dead: free_udp_tcp_port(),
             // Nothing ever listens here.
             dead_hc: free_port(),
-            hash: (0..keys).map(|_| free_udp_tcp_port()).collect(),
-            hc: free_udp_tcp_port(),
-            dns: free_udp_tcp_port(),
-            tcp: free_udp_tcp_port(),
+            hash: (0..keys).map(|_| free_listener_port()).collect(),
+            hc: free_listener_port(),
+            dns: free_listener_port(),
+            tcp: free_listener_port(),
         }
     }
 }
@@ -298,6 +300,28 @@ fn file_provider_udp_tcp_hashing_health_checks_dns_and_selectors_on_a_real_envoy
     });
     assert!(!listeners(&ingress).contains("clash-l"));
     assert_eq!(udp_tally(p.hc, 20), BTreeMap::from([("echo0".to_string(), 20)]));
+
+    // A third one reusing a cluster name of the first on a free port: refused (not last-writer-wins),
+    // the first's cluster keeps its endpoint.
+    let port = free_listener_port();
+    std::fs::write(
+        manifests.join("dup.yaml"),
+        format!(
+            "apiVersion: servicemesh.l7mp.io/v1\nkind: VirtualService\nmetadata: {{name: dup, creationTimestamp: \
+             '2100-01-01T00:00:00Z'}}\nspec:\n  selector: {{app: envoy-ingress}}\n  listeners:\n  - name: dup-l\n    udp: \
+             {{port: {port}, cluster: {{name: ingress-dns-c, endpoints: [{{name: x, host: {{address: 127.0.0.1}}, port: {}}}]}}}}\n",
+            p.dead
+        ),
+    )
+    .unwrap();
+    wait_for("the name clash to be refused", Duration::from_secs(10), || {
+        let log = weir.proc.log();
+        (log.contains("reason=NameConflict") && log.contains("cluster name \"ingress-dns-c\" is already taken by"))
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!listeners(&ingress).contains("dup-l"));
+    assert_eq!(udp_ask(p.dns, "still").as_deref(), Some("echo1"), "the first VirtualService's cluster");
 }
 
 /// The control case of the health check: without `health_check` the dead endpoint does get
@@ -411,7 +435,7 @@ fn kubernetes_provider_serves_pod_selectors_and_writes_conditions() {
     }
     let mut vs = yaml_to_json(&virtual_service("ingress", "app: envoy-ingress", &p, true, Some("shop")));
     // One more listener whose cluster is by pod selector (EDS).
-    let selector_port = free_udp_tcp_port();
+    let selector_port = free_listener_port();
     vs["spec"]["listeners"].as_array_mut().unwrap().push(serde_json::json!({
         "name": "ingress-pods-l",
         "udp": {"port": selector_port, "cluster": {"name": "ingress-pods-c", "hash_key": "callid",
@@ -476,6 +500,31 @@ fn kubernetes_provider_serves_pod_selectors_and_writes_conditions() {
     let (status, reason, message) =
         wait_for("clash refused", Duration::from_secs(20), || accepted("clash").filter(|a| a.0 == "False"));
     assert_eq!((status.as_str(), reason.as_str()), ("False", "PortConflict"), "{message}");
+    // A later VirtualService reusing a listener name on a free port: NameConflict.
+    let dup = yaml_to_json(&format!(
+        "apiVersion: servicemesh.l7mp.io/v1\nkind: VirtualService\nmetadata: {{name: dup, namespace: shop}}\nspec:\n  \
+         selector: {{app: envoy-ingress}}\n  listeners:\n  - name: ingress-hc-l\n    udp: {{port: {}, cluster: {{name: dup-c, \
+         endpoints: [{{name: x, host: {{address: 127.0.0.1}}, port: 1}}]}}}}\n",
+        free_listener_port()
+    ));
+    server.store().create_object(dup).unwrap();
+    let (status, reason, message) =
+        wait_for("dup refused", Duration::from_secs(20), || accepted("dup").filter(|a| a.0 == "False"));
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "NameConflict"), "{message}");
+    assert!(message.contains("listener name \"ingress-hc-l\" is already taken by"), "{message}");
+    // Envoy never saw the refused ones; the first keeps serving.
+    let got = listeners(&ingress);
+    assert!(!got.contains("bad-l") && !got.contains("clash-l") && !got.contains("nobody-l"), "{got:?}");
+    assert!(!http_get(&format!("{ingress}/config_dump")).unwrap().contains("dup-c"));
+    assert_eq!(udp_tally(p.hc, 20), BTreeMap::from([("echo0".to_string(), 20)]));
     // A worker pod turning unready leaves the pod-selector cluster without a healthy endpoint.
+    let unready = serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}});
+    server
+        .store()
+        .write(&pods, "shop", "worker-1", integration_tests::apiserver::WriteOp::Merge(unready), true)
+        .unwrap();
+    wait_for("the unready pod's endpoint to stop answering", Duration::from_secs(20), || {
+        udp_ask(selector_port, "after-unready").is_none().then_some(())
+    });
     drop(weir);
 }
