@@ -12,10 +12,15 @@ fn crd_prints_every_crd_as_one_yaml_stream() {
     let out = weir().arg("crd").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
-    for name in ["trafficinfras.weir.dev", "namespaceconfigs.weir.dev", "backendtrafficpolicies.weir.dev"] {
+    for name in [
+        "trafficinfras.weir.dev",
+        "namespaceconfigs.weir.dev",
+        "backendtrafficpolicies.weir.dev",
+        "virtualservices.servicemesh.l7mp.io",
+    ] {
         assert!(text.contains(&format!("name: {name}")), "missing {name}");
     }
-    assert_eq!(text.matches("\n---\n").count() + usize::from(text.starts_with("---\n")), 3);
+    assert_eq!(text.matches("\n---\n").count() + usize::from(text.starts_with("---\n")), 4);
 }
 
 #[test]

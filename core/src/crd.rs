@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 
 mod backend_traffic_policy;
 pub use backend_traffic_policy::*;
+mod virtual_service;
+pub use virtual_service::*;
 
 pub const GROUP: &str = "weir.dev";
 pub const VERSION: &str = "v1alpha1";
@@ -751,10 +753,10 @@ fn unknown_in(v: &serde_json::Value, s: &serde_json::Value, path: &str, out: &mu
     }
 }
 
-/// The three CRDs, in the order `weir crd` prints them.
+/// The CRDs, in the order `weir crd` prints them: weir's three, then the l7mp VirtualService.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     use kube_core::CustomResourceExt;
-    vec![TrafficInfra::crd(), NamespaceConfig::crd(), BackendTrafficPolicy::crd()]
+    vec![TrafficInfra::crd(), NamespaceConfig::crd(), BackendTrafficPolicy::crd(), VirtualService::crd()]
 }
 
 /// All CRDs as one multi-document YAML, as `weir crd` prints it and the chart ships it.
@@ -776,7 +778,15 @@ mod tests {
     fn names_are_the_published_interface() {
         let crds = crds();
         let names: Vec<_> = crds.iter().map(|c| c.metadata.name.clone().unwrap()).collect();
-        assert_eq!(names, ["trafficinfras.weir.dev", "namespaceconfigs.weir.dev", "backendtrafficpolicies.weir.dev"]);
+        assert_eq!(
+            names,
+            [
+                "trafficinfras.weir.dev",
+                "namespaceconfigs.weir.dev",
+                "backendtrafficpolicies.weir.dev",
+                "virtualservices.servicemesh.l7mp.io"
+            ]
+        );
         assert_eq!(crds[0].spec.names.short_names.as_deref(), Some(&["ti".to_string()][..]));
         // `kubectl get ti` shows the weights in force.
         let columns: Vec<(String, String)> = crds[0].spec.versions[0]
@@ -789,9 +799,11 @@ mod tests {
             assert!(columns.contains(&(want.0.into(), want.1.into())), "{columns:?}");
         }
         for crd in &crds {
-            assert_eq!(crd.spec.group, GROUP);
+            let (group, version) =
+                if crd.spec.names.kind == "VirtualService" { (VS_GROUP, "v1") } else { (GROUP, VERSION) };
+            assert_eq!(crd.spec.group, group);
             assert_eq!(crd.spec.versions.len(), 1);
-            assert_eq!(crd.spec.versions[0].name, VERSION);
+            assert_eq!(crd.spec.versions[0].name, version);
             assert_eq!(crd.spec.scope, "Namespaced");
         }
     }

@@ -6,13 +6,13 @@
 use std::fmt;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube_core::ResourceExt;
 use serde::{Deserialize, Serialize};
 
-use crate::crd::{BackendTrafficPolicy, NamespaceConfig, TrafficInfra};
+use crate::crd::{BackendTrafficPolicy, NamespaceConfig, TrafficInfra, VirtualService};
 use crate::gateway::{Gateway, GrpcRoute, HttpRoute, TlsRoute};
 
 /// Everything weir reads from the outside world at one instant. Cheap to share behind an `Arc`;
@@ -34,6 +34,10 @@ pub struct Snapshot {
     pub tls_routes: Vec<TlsRoute>,
     /// Namespaces, for `allowedRoutes.namespaces.from: Selector` (read only with the Gateway API).
     pub namespaces: Vec<Namespace>,
+    /// l7mp VirtualServices (read by `weir xds` only).
+    pub virtual_services: Vec<VirtualService>,
+    /// Pods, for VirtualService endpoints by `host.selector` (read by `weir xds` only).
+    pub pods: Vec<Pod>,
 }
 
 impl Snapshot {
@@ -54,6 +58,8 @@ impl Snapshot {
         by_key(&mut self.grpc_routes);
         by_key(&mut self.tls_routes);
         by_key(&mut self.namespaces);
+        by_key(&mut self.virtual_services);
+        by_key(&mut self.pods);
     }
 
     /// Adds (a copy of) one object to the list of its kind (call [`Snapshot::normalize`] after the last).

@@ -6,3 +6,4 @@ pub mod model;
 pub mod rejections;
 pub mod resources;
 pub mod snapshot;
+pub mod virtual_service;

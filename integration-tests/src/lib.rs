@@ -106,6 +106,22 @@ pub fn free_udp_tcp_port() -> u16 {
     }
 }
 
+/// A port free for UDP and TCP on every address (what Envoy binds a listener on, `0.0.0.0`), below
+/// the kernel's ephemeral range (32768 and up on Linux), and never returned before. For listeners
+/// bound while clients open hundreds of short-lived UDP sockets: a port from the ephemeral range
+/// (as [`free_udp_tcp_port`] gives) may be taken by one of them before Envoy binds it.
+pub fn free_listener_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() && UdpSocket::bind(("0.0.0.0", port)).is_ok() && claim(port) {
+            return port;
+        }
+    }
+}
+
 /// A child process killed (SIGKILL) and reaped when dropped; its stderr goes to a log file that is
 /// printed if the test panics while it is alive.
 pub struct Proc {

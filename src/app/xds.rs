@@ -122,7 +122,7 @@ pub async fn serve(args: XdsArgs, rt: &Runtime) -> Result<()> {
 
     let (writer, cache) = new_cache();
     let (view_tx, view_rx) = watch::channel(Arc::new(View::default()));
-    let (xds_metrics, admin_metrics, nodes, limiter) = {
+    let (xds_metrics, admin_metrics, nodes, limiter, vs_unmatched) = {
         let mut registry = rt.registry();
         let policy = NodePolicy { expected: node_rx, allow_any: args.allow_any_node_id, rejected: Default::default() };
         let limiter = StreamLimiter::new(args.xds_limits.limits()).register(&mut registry);
@@ -131,6 +131,7 @@ pub async fn serve(args: XdsArgs, rt: &Runtime) -> Result<()> {
             AdminMetrics::register(&mut registry),
             policy.register(&mut registry),
             limiter,
+            crate::xds::vs_status::VsReporter::register_gauge(&mut registry),
         )
     };
     let clients = Clients::default();
@@ -146,6 +147,7 @@ pub async fn serve(args: XdsArgs, rt: &Runtime) -> Result<()> {
         readiness: readiness.clone(),
         last_good_policies: Default::default(),
         policy_refusals: Default::default(),
+        last_good_virtual_services: Default::default(),
         heartbeat: liveness.heartbeat("xDS snapshots", std::time::Duration::from_secs(60)),
         invalid: invalid.clone(),
         service_refusals: Default::default(),
@@ -183,6 +185,21 @@ pub async fn serve(args: XdsArgs, rt: &Runtime) -> Result<()> {
         };
         tasks.push(tokio::spawn(writer.run(shutdown.clone())));
     }
+    // VirtualService refusals and selectors matching no Envoy: logged and counted; with Kubernetes,
+    // written as their conditions.
+    let vs_client = if args.provider.provider == ProviderKind::Kubernetes && !args.no_status {
+        Some(crate::providers::kubernetes::client().await.context("connecting to Kubernetes for the status")?)
+    } else {
+        None
+    };
+    let reporter = crate::xds::vs_status::VsReporter {
+        view: view_rx.clone(),
+        clients: clients.clone(),
+        invalid: invalid.clone(),
+        unmatched: vs_unmatched,
+        client: vs_client,
+    };
+    tasks.push(tokio::spawn(reporter.run(shutdown.clone())));
     let grpc_shutdown = wait_shutdown(shutdown.clone());
     let grpc_task = tokio::spawn(async move {
         tonic::transport::Server::builder()

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use serde::de::DeserializeOwned;
@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::SnapshotTx;
-use crate::crd::{BackendTrafficPolicy, NamespaceConfig, TrafficInfra};
+use crate::crd::{BackendTrafficPolicy, NamespaceConfig, TrafficInfra, VirtualService};
 use crate::gateway::{Gateway, GrpcRoute, HttpRoute, TlsRoute};
 use crate::ir::InputKind;
 use crate::model::Snapshot;
@@ -40,6 +40,8 @@ pub enum Object {
     GrpcRoute(Box<GrpcRoute>),
     TlsRoute(Box<TlsRoute>),
     Namespace(Box<Namespace>),
+    VirtualService(Box<VirtualService>),
+    Pod(Box<Pod>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -199,6 +201,7 @@ fn parse_value(
         ("weir.dev/v1alpha1", "TrafficInfra") => Some(<TrafficInfra as kube::CustomResourceExt>::crd()),
         ("weir.dev/v1alpha1", "BackendTrafficPolicy") => Some(<BackendTrafficPolicy as kube::CustomResourceExt>::crd()),
         ("weir.dev/v1alpha1", "NamespaceConfig") => Some(<NamespaceConfig as kube::CustomResourceExt>::crd()),
+        (crate::crd::VS_API_VERSION, "VirtualService") => Some(<VirtualService as kube::CustomResourceExt>::crd()),
         _ => None,
     };
     if let Some(crd) = weir_crd {
@@ -246,6 +249,10 @@ fn parse_value(
             Object::TlsRoute(typed(value, &api_version, &kind, document)?)
         }
         ("v1", "Namespace") => Object::Namespace(typed(value, &api_version, &kind, document)?),
+        (crate::crd::VS_API_VERSION, "VirtualService") => {
+            Object::VirtualService(typed(value, &api_version, &kind, document)?)
+        }
+        ("v1", "Pod") => Object::Pod(typed(value, &api_version, &kind, document)?),
         ("v1", "List") => {
             let items = match map.get("items") {
                 None | Some(serde_yaml::Value::Null) => return Ok(()),
@@ -282,6 +289,8 @@ pub fn snapshot_of<'a>(objects: impl IntoIterator<Item = &'a Object>, revision: 
             Object::GrpcRoute(o) => s.grpc_routes.push((**o).clone()),
             Object::TlsRoute(o) => s.tls_routes.push((**o).clone()),
             Object::Namespace(o) => s.namespaces.push((**o).clone()),
+            Object::VirtualService(o) => s.virtual_services.push((**o).clone()),
+            Object::Pod(o) => s.pods.push((**o).clone()),
         }
     }
     s.normalize();
@@ -668,6 +677,8 @@ status:
                 Object::GrpcRoute(_) => "GRPCRoute",
                 Object::TlsRoute(_) => "TLSRoute",
                 Object::Namespace(_) => "Namespace",
+                Object::VirtualService(_) => "VirtualService",
+                Object::Pod(_) => "Pod",
             })
             .collect();
         assert_eq!(kinds, ["Ingress", "Service", "EndpointSlice", "TrafficInfra"]);

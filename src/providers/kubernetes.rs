@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::reflector::{self, Store};
@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use super::SnapshotTx;
-use crate::crd::{BackendTrafficPolicy, NamespaceConfig, TrafficInfra};
+use crate::crd::{BackendTrafficPolicy, NamespaceConfig, TrafficInfra, VirtualService};
 use crate::gateway::{Gateway, GrpcRoute, HttpRoute, TlsRoute};
 use crate::model::Snapshot;
 
@@ -159,6 +159,8 @@ pub struct WatchScope {
     /// --watch-namespace`; `*`: those two kinds at the cluster scope). Each is its own watch, so a
     /// denied one is logged with its namespace.
     pub service_namespaces: Vec<String>,
+    /// l7mp VirtualServices and the Pods their selectors pick (`weir xds` only).
+    pub virtual_services: bool,
 }
 
 impl Default for WatchScope {
@@ -169,13 +171,15 @@ impl Default for WatchScope {
             namespace_configs: true,
             gateway_api: true,
             service_namespaces: Vec::new(),
+            virtual_services: false,
         }
     }
 }
 
 impl WatchScope {
-    /// What `weir xds` needs: Services, EndpointSlices, TrafficInfras and BackendTrafficPolicies in
-    /// `namespace`, and Services and EndpointSlices in `service_namespaces` too.
+    /// What `weir xds` needs: Services, EndpointSlices, TrafficInfras, BackendTrafficPolicies,
+    /// VirtualServices and Pods in `namespace`, and Services and EndpointSlices in
+    /// `service_namespaces` too.
     pub fn xds(namespace: &str, service_namespaces: &[String]) -> Self {
         Self {
             namespace: Some(namespace.to_string()),
@@ -183,6 +187,7 @@ impl WatchScope {
             namespace_configs: false,
             gateway_api: false,
             service_namespaces: service_namespaces.iter().filter(|n| *n != namespace).cloned().collect(),
+            virtual_services: true,
         }
     }
 }
@@ -202,6 +207,8 @@ struct Caches {
     grpc_routes: Store<GrpcRoute>,
     tls_routes: Store<TlsRoute>,
     namespaces: Store<Namespace>,
+    virtual_services: Store<VirtualService>,
+    pods: Store<Pod>,
 }
 
 impl Caches {
@@ -233,6 +240,8 @@ impl Caches {
             grpc_routes: owned(&self.grpc_routes),
             tls_routes: owned(&self.tls_routes),
             namespaces: owned(&self.namespaces),
+            virtual_services: owned(&self.virtual_services),
+            pods: owned(&self.pods),
         };
         snapshot.normalize();
         snapshot
@@ -512,6 +521,8 @@ pub async fn run(client: Client, config: KubernetesConfig, tx: SnapshotTx) -> Re
         } else {
             reflector::store::<Namespace>().0
         },
+        virtual_services: reflect(&client, scope, scope.virtual_services, changed.clone(), None),
+        pods: reflect(&client, scope, scope.virtual_services, changed.clone(), None),
     };
     if scope.ingresses {
         caches.ingresses.wait_until_ready().await.map_err(|_| KubernetesError::NeverSynced("Ingress"))?;

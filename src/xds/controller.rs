@@ -24,6 +24,15 @@ pub struct View {
     pub services: Vec<ServiceView>,
     /// Selected services left out for their namespace (`model::refused_services`).
     pub refused: Vec<crate::ir::Refusal>,
+    /// The VirtualServices as read (before any last-good replacement) and their resolution.
+    pub virtual_services: Arc<VsView>,
+}
+
+/// The VirtualServices of one snapshot as read, and what became of each.
+#[derive(Debug, Clone, Default)]
+pub struct VsView {
+    pub objects: Vec<crate::crd::VirtualService>,
+    pub resolution: crate::xds::virtual_service::Resolution,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -65,7 +74,7 @@ pub fn compute(snapshot: Arc<Snapshot>, settings: &XdsSettings, state: TrafficSt
         })
         .collect();
     let refused = model::refused_services(&snapshot, settings, &state);
-    View { snapshot, state, config, services, refused }
+    View { snapshot, state, config, services, refused, virtual_services: Default::default() }
 }
 
 pub struct XdsController {
@@ -77,6 +86,8 @@ pub struct XdsController {
     pub last_good_policies: BTreeMap<crate::model::ObjectRef, crate::crd::BackendTrafficPolicy>,
     /// Policies refused in the last snapshot, so that each refusal is logged once.
     pub policy_refusals: std::collections::BTreeSet<crate::ir::Refusal>,
+    /// The last valid version of each VirtualService: served while an edit is invalid.
+    pub last_good_virtual_services: BTreeMap<crate::model::ObjectRef, crate::crd::VirtualService>,
     /// Liveness: beats on every step and while waiting for a change.
     pub heartbeat: crate::telemetry::Heartbeat,
     /// `weir_invalid_input_total`: a Service refused for its namespace counts once when it appears.
@@ -87,20 +98,50 @@ pub struct XdsController {
 
 impl XdsController {
     fn step(&mut self, snapshot: Arc<Snapshot>, state: TrafficState) {
+        use crate::xds::virtual_service as vs;
         self.log_policy_refusals(&snapshot);
+        let raw = snapshot.clone();
         let snapshot = match crate::operator::policy::with_last_good(&snapshot, &mut self.last_good_policies) {
             Some(kept) => Arc::new(kept),
             None => snapshot,
         };
-        let view = compute(snapshot, &self.settings, state);
+        let snapshot = match vs::with_last_good(&snapshot, &mut self.last_good_virtual_services) {
+            Some(kept) => Arc::new(kept),
+            None => snapshot,
+        };
+        let mut view = compute(snapshot, &self.settings, state);
         self.log_service_refusals(&view.refused);
-        let changed = self.writer.publish(translate(&view.config));
+        let mut resources = translate(&view.config);
+        // VirtualServices may take neither weir's own names nor its Envoy listener's port.
+        let reserved = vs::Reserved {
+            names: resources.by_type.values().flat_map(|m| m.keys().cloned()).collect(),
+            tcp_port: Some(view.config.listener_port),
+        };
+        let ns = Some(self.settings.namespace.as_str());
+        let served = vs::resolve(&view.snapshot, ns, &reserved);
+        resources.extend_new(vs::translate(&served, &view.snapshot.pods));
+        let vs_listeners = served.accepted.iter().map(|p| p.listeners.len()).sum::<usize>();
+        let objects: Vec<_> = raw
+            .virtual_services
+            .iter()
+            .filter(|v| v.metadata.namespace.as_deref().is_none_or(|n| n == self.settings.namespace))
+            .cloned()
+            .collect();
+        // What to say about each: the served resolution, and each edit refused as invalid (its
+        // last valid version, if any, is what is served).
+        let mut resolution = served;
+        resolution
+            .refused
+            .extend(vs::resolve(&raw, ns, &reserved).refused.into_iter().filter(|r| r.reason == vs::REASON_INVALID));
+        view.virtual_services = Arc::new(VsView { objects, resolution });
+        let changed = self.writer.publish(resources);
         if !changed.is_empty() {
             let types: Vec<&str> = changed.iter().map(|t| t.label()).collect();
             tracing::info!(
                 revision = view.state.revision,
                 weights = ?view.state.weights,
                 services = view.config.services.len(),
+                virtual_service_listeners = vs_listeners,
                 changed = ?types,
                 "xDS snapshot published"
             );

@@ -16,5 +16,6 @@ pub mod limits;
 pub mod server;
 pub mod state;
 pub mod state_kube;
+pub mod vs_status;
 
-pub use weir_core::xds::{ads, model, rejections, resources, snapshot};
+pub use weir_core::xds::{ads, model, rejections, resources, snapshot, virtual_service};

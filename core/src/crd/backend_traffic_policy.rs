@@ -662,7 +662,7 @@ pub struct PolicyStatus {
 /// Makes `names` required in an object schema, and drops their serde defaults from it: serde fills
 /// them so that a missing one reaches `validate` (a condition naming the field), while the API
 /// server refuses it outright.
-fn require(schema: &mut schemars::Schema, names: &[&str]) {
+pub(super) fn require(schema: &mut schemars::Schema, names: &[&str]) {
     let Some(obj) = schema.as_object_mut() else { return };
     if let Some(props) = obj.get_mut("properties").and_then(|p| p.as_object_mut()) {
         for name in names {

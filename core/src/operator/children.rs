@@ -206,6 +206,8 @@ pub struct BootstrapParams {
     pub admin_port: u16,
     /// The probe listener (all interfaces): `/ready` only.
     pub probe_port: u16,
+    /// `node.metadata.labels`: the Envoy pods' labels, which VirtualService selectors match.
+    pub node_labels: BTreeMap<String, String>,
 }
 
 impl BootstrapParams {
@@ -221,6 +223,7 @@ impl BootstrapParams {
             admin_address: "127.0.0.1".into(),
             admin_port: port(ti.spec.envoy.ports.admin),
             probe_port: ENVOY_PROBE_PORT,
+            node_labels: labels(&name, "envoy"),
         }
     }
 }
@@ -233,7 +236,11 @@ fn port(p: i32) -> u16 {
 /// clusters fetched over one ADS gRPC stream from `weir xds`.
 pub fn bootstrap_yaml(p: &BootstrapParams) -> String {
     let bootstrap = serde_json::json!({
-        "node": { "id": p.node_id, "cluster": p.node_cluster },
+        "node": {
+            "id": p.node_id,
+            "cluster": p.node_cluster,
+            "metadata": { crate::xds::virtual_service::NODE_LABELS_KEY: p.node_labels },
+        },
         "admin": {
             "address": { "socket_address": { "address": p.admin_address, "port_value": p.admin_port } },
         },
@@ -580,6 +587,10 @@ fn xds_rules(ti_name: &str, names: &ChildNames) -> Vec<PolicyRule> {
         rule("", &["services"], &["list", "watch"], &[]),
         rule("discovery.k8s.io", &["endpointslices"], &["list", "watch"], &[]),
         rule(GROUP, &["trafficinfras", "backendtrafficpolicies"], &["list", "watch"], &[]),
+        // l7mp VirtualServices, their conditions, and the pods their `host.selector`s pick.
+        rule(crate::crd::VS_GROUP, &["virtualservices"], &["list", "watch"], &[]),
+        rule(crate::crd::VS_GROUP, &["virtualservices/status"], &["patch"], &[]),
+        rule("", &["pods"], &["list", "watch"], &[]),
         rule("", &["configmaps"], &["get", "patch"], &[&names.xds_state]),
         // Read-merge-write of its status part (`trafficWeights`, `discoveredServices`,
         // `ConfigAccepted`); `get` also gives the uid its Events name.

@@ -423,10 +423,10 @@ pub struct Integrations {
 pub use crate::duration::parse_duration;
 
 /// Collects every problem of one spec, each naming its field and the rule.
-struct Problems(Vec<String>);
+pub(crate) struct Problems(pub(crate) Vec<String>);
 
 impl Problems {
-    fn push(&mut self, field: &str, rule: impl std::fmt::Display) {
+    pub(crate) fn push(&mut self, field: &str, rule: impl std::fmt::Display) {
         self.0.push(format!("{field} {rule}"));
     }
 
@@ -459,7 +459,7 @@ impl Problems {
     }
 
     /// An integer in `min..=max`.
-    fn range(&mut self, field: &str, v: i64, min: i64, max: i64) -> u32 {
+    pub(crate) fn range(&mut self, field: &str, v: i64, min: i64, max: i64) -> u32 {
         if v < min || v > max {
             self.push(field, format_args!("{v}: must be between {min} and {max}"));
         }
@@ -470,7 +470,7 @@ impl Problems {
         self.push(field, format_args!("is required {when}"));
     }
 
-    fn name(&mut self, field: &str, v: &str) {
+    pub(crate) fn name(&mut self, field: &str, v: &str) {
         if v.is_empty() {
             self.push(field, "is required and may not be empty");
         } else if !v.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c)) {
@@ -478,7 +478,7 @@ impl Problems {
         }
     }
 
-    fn one_of<'a>(&mut self, field: &str, v: &str, known: &[&'a str]) -> Option<&'a str> {
+    pub(crate) fn one_of<'a>(&mut self, field: &str, v: &str, known: &[&'a str]) -> Option<&'a str> {
         let found = known.iter().find(|k| **k == v).copied();
         if found.is_none() {
             if v.is_empty() {

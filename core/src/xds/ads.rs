@@ -19,7 +19,8 @@
 //!   resources kept, then, after the other types, without them;
 //! - what a client can make a stream hold is bounded: at most `max_names` names per type
 //!   ([`DEFAULT_MAX_NAMES_PER_TYPE`]), every name, version and node id at most [`MAX_CLIENT_NAME`]
-//!   bytes, and of the node only its id and cluster are kept. A request past a bound is not
+//!   bytes, and of the node only its id, its cluster and its labels (`metadata.labels`, at most
+//!   [`MAX_NODE_LABELS`], what VirtualService selectors match) are kept. A request past a bound is not
 //!   applied: the step carries a [`Refusal`], and the server ends the stream with
 //!   RESOURCE_EXHAUSTED (`weir::xds::limits`).
 
@@ -47,6 +48,10 @@ const MAX_PENDING: usize = 16;
 /// (weir's names are Kubernetes names and endpoint addresses, a few hundred bytes at most).
 pub const MAX_CLIENT_NAME: usize = 1024;
 
+/// Node labels (`metadata.labels`, string values) one stream keeps at most; a node with more is
+/// refused (Kubernetes pods carry a few dozen at most).
+pub const MAX_NODE_LABELS: usize = 64;
+
 /// Names one stream may subscribe to per type, by default (`--xds-max-names-per-type`). weir
 /// serves a few resources per planner Service and endpoint; a client asking for more is not one
 /// of its proxies.
@@ -60,6 +65,8 @@ pub enum Refusal {
     TooManyNames { ty: ResourceType, names: usize, max: usize },
     #[error("a {what} of {len} bytes; at most {max}", max = MAX_CLIENT_NAME)]
     TooLong { what: &'static str, len: usize },
+    #[error("a node with {labels} labels (metadata.labels); at most {max}", max = MAX_NODE_LABELS)]
+    TooManyLabels { labels: usize },
 }
 
 impl Refusal {
@@ -68,6 +75,7 @@ impl Refusal {
         match self {
             Refusal::TooManyNames { .. } => "names_per_type",
             Refusal::TooLong { .. } => "name_length",
+            Refusal::TooManyLabels { .. } => "node_labels",
         }
     }
 }
@@ -99,18 +107,34 @@ impl NameCap {
 }
 
 /// The node as a stream keeps it: its id and cluster (all that status and CSDS read; a client's
-/// metadata may be megabytes).
-fn kept_node(node: &Node) -> Result<Node, Refusal> {
+/// metadata may be megabytes), and apart its labels.
+fn kept_node(node: &Node) -> Result<(Node, BTreeMap<String, String>), Refusal> {
     check_len("node id", &node.id)?;
     check_len("node cluster", &node.cluster)?;
-    Ok(Node { id: node.id.clone(), cluster: node.cluster.clone(), ..Default::default() })
+    let labels = super::virtual_service::node_labels(Some(node));
+    if labels.len() > MAX_NODE_LABELS {
+        return Err(Refusal::TooManyLabels { labels: labels.len() });
+    }
+    for (k, v) in &labels {
+        check_len("node label key", k)?;
+        check_len("node label value", v)?;
+    }
+    Ok((Node { id: node.id.clone(), cluster: node.cluster.clone(), ..Default::default() }, labels))
 }
 
-/// Keeps the first request's node. False (and `step.refused` set) when it is refused.
-fn keep_node<R>(kept: &mut Option<Node>, node: Option<&Node>, step: &mut Step<R>) -> bool {
+/// Keeps the first request's node and its labels. False (and `step.refused` set) when it is refused.
+fn keep_node<R>(
+    kept: &mut Option<Node>,
+    labels: &mut BTreeMap<String, String>,
+    node: Option<&Node>,
+    step: &mut Step<R>,
+) -> bool {
     if let (None, Some(node)) = (&kept, node) {
         match kept_node(node) {
-            Ok(n) => *kept = Some(n),
+            Ok((n, l)) => {
+                *kept = Some(n);
+                *labels = l;
+            }
             Err(r) => {
                 step.refused = Some(r);
                 return false;
@@ -182,14 +206,18 @@ pub struct NackStatus {
 pub struct StreamStatus {
     pub node_id: String,
     pub node_cluster: String,
+    /// The node's `metadata.labels` (what VirtualService selectors match).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     pub delta: bool,
     pub types: BTreeMap<&'static str, TypeStatus>,
 }
 
-fn node_status(node: &Option<Node>, delta: bool) -> StreamStatus {
+fn node_status(node: &Option<Node>, labels: &BTreeMap<String, String>, delta: bool) -> StreamStatus {
     StreamStatus {
         node_id: node.as_ref().map(|n| n.id.clone()).unwrap_or_default(),
         node_cluster: node.as_ref().map(|n| n.cluster.clone()).unwrap_or_default(),
+        labels: labels.clone(),
         delta,
         types: BTreeMap::new(),
     }
@@ -262,23 +290,27 @@ fn client_config<'a>(
 struct Subscription {
     wildcard: bool,
     names: BTreeSet<String>,
+    /// The client's node labels: a resource with an audience ([`Resource::visible_to`]) is
+    /// selected only when they match.
+    labels: BTreeMap<String, String>,
 }
 
 impl Subscription {
     /// The resources of `set` this subscription covers, in name order.
     fn select<'a>(&self, set: &'a TypeSet) -> Vec<&'a Resource> {
+        let visible = |r: &&Resource| r.visible_to(&self.labels);
         if self.wildcard {
             let mut out: BTreeMap<&str, &Resource> =
-                set.iter().filter(|r| r.wildcard).map(|r| (r.name.as_str(), r)).collect();
+                set.iter().filter(|r| r.wildcard).filter(visible).map(|r| (r.name.as_str(), r)).collect();
             for name in &self.names {
-                if let Some(r) = set.get(name) {
+                if let Some(r) = set.get(name).filter(visible) {
                     out.insert(r.name.as_str(), r);
                 }
             }
             return out.into_values().collect();
         }
         // BTreeSet order is name order.
-        self.names.iter().filter_map(|n| set.get(n)).collect()
+        self.names.iter().filter_map(|n| set.get(n)).filter(visible).collect()
     }
 }
 
@@ -331,6 +363,8 @@ impl SotwType {
 #[derive(Debug, Default)]
 pub struct SotwStream {
     node: Option<Node>,
+    /// The node's `metadata.labels` (kept apart from `node`).
+    labels: BTreeMap<String, String>,
     types: BTreeMap<ResourceType, SotwType>,
     nonces: u64,
     /// New clusters whose endpoints the client has not been sent yet: listeners, routes and
@@ -360,7 +394,7 @@ impl SotwStream {
     }
 
     pub fn status(&self) -> StreamStatus {
-        let mut s = node_status(&self.node, false);
+        let mut s = node_status(&self.node, &self.labels, false);
         s.types = self.types.iter().map(|(ty, t)| (ty.label(), t.status.clone())).collect();
         s
     }
@@ -384,7 +418,7 @@ impl SotwStream {
         snap: &XdsSnapshot,
     ) -> Step<xdisc::DiscoveryResponse> {
         let mut step = Step::default();
-        if !keep_node(&mut self.node, req.node.as_ref(), &mut step) {
+        if !keep_node(&mut self.node, &mut self.labels, req.node.as_ref(), &mut step) {
             return step;
         }
         let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
@@ -400,6 +434,9 @@ impl SotwStream {
         }
         let first = !self.types.contains_key(&ty);
         let t = self.types.entry(ty).or_default();
+        if first {
+            t.sub.labels = self.labels.clone();
+        }
         if !req.response_nonce.is_empty() {
             if t.last_nonce.as_deref() != Some(req.response_nonce.as_str()) {
                 step.events.push(Event::StaleNonce { ty, nonce: req.response_nonce });
@@ -603,6 +640,8 @@ struct DeltaType {
 #[derive(Debug, Default)]
 pub struct DeltaStream {
     node: Option<Node>,
+    /// As in [`SotwStream`]: the node's labels.
+    labels: BTreeMap<String, String>,
     types: BTreeMap<ResourceType, DeltaType>,
     nonces: u64,
     /// As in [`SotwStream`]: new clusters whose endpoints the client has not been sent yet.
@@ -671,7 +710,7 @@ impl DeltaStream {
     }
 
     pub fn status(&self) -> StreamStatus {
-        let mut s = node_status(&self.node, true);
+        let mut s = node_status(&self.node, &self.labels, true);
         s.types = self.types.iter().map(|(ty, t)| (ty.label(), t.status.clone())).collect();
         s
     }
@@ -692,7 +731,7 @@ impl DeltaStream {
         snap: &XdsSnapshot,
     ) -> Step<xdisc::DeltaDiscoveryResponse> {
         let mut step = Step::default();
-        if !keep_node(&mut self.node, req.node.as_ref(), &mut step) {
+        if !keep_node(&mut self.node, &mut self.labels, req.node.as_ref(), &mut step) {
             return step;
         }
         let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
@@ -705,6 +744,9 @@ impl DeltaStream {
         }
         let first = !self.types.contains_key(&ty);
         let t = self.types.entry(ty).or_default();
+        if first {
+            t.sub.labels = self.labels.clone();
+        }
         if !req.response_nonce.is_empty() {
             // In delta a request also carries subscription changes, so a stale nonce only skips
             // the ACK/NACK bookkeeping.
@@ -1327,7 +1369,7 @@ mod tests {
     }
 
     #[test]
-    fn long_names_and_node_ids_are_refused_and_only_the_node_id_and_cluster_are_kept() {
+    fn long_names_and_node_ids_are_refused_and_only_the_node_id_cluster_and_labels_are_kept() {
         let s = snap(&cfg(100, 0, &[]));
         let long = "x".repeat(MAX_CLIENT_NAME + 1);
         let too_long = |what| Some(Refusal::TooLong { what, len: MAX_CLIENT_NAME + 1 });
@@ -1358,6 +1400,29 @@ mod tests {
         let mut st = SotwStream::new();
         assert!(st.handle_request(r, &s).refused.is_none());
         assert_eq!(st.node(), Some(&node));
+
+        // Its labels are kept apart (what VirtualService selectors match), at most MAX_NODE_LABELS.
+        use xds_api::pb::google::protobuf::{value::Kind, Struct, Value};
+        let labelled = |n: usize, value: &str| {
+            let labels =
+                (0..n).map(|i| (format!("l{i}"), Value { kind: Some(Kind::StringValue(value.to_string())) })).collect();
+            let labels = Value { kind: Some(Kind::StructValue(Struct { fields: labels })) };
+            let metadata = Struct { fields: [("labels".to_string(), labels)].into() };
+            let mut r = req(ResourceType::Listener, &[], "", "");
+            r.node = Some(Node { metadata: Some(metadata), ..node.clone() });
+            r
+        };
+        let mut st = SotwStream::new();
+        assert!(st.handle_request(labelled(MAX_NODE_LABELS, "v"), &s).refused.is_none());
+        assert_eq!(st.node(), Some(&node));
+        assert_eq!(st.status().labels.len(), MAX_NODE_LABELS);
+        let mut st = SotwStream::new();
+        let refused = st.handle_request(labelled(MAX_NODE_LABELS + 1, "v"), &s).refused;
+        assert_eq!(refused, Some(Refusal::TooManyLabels { labels: MAX_NODE_LABELS + 1 }));
+        let mut d = DeltaStream::new();
+        let mut r = dreq(ResourceType::Listener, &[], &[], "");
+        r.node = labelled(1, &long).node;
+        assert_eq!(d.handle_request(r, &s).refused, too_long("node label value"));
     }
 
     #[test]

@@ -101,15 +101,18 @@ pub struct Resource {
     pub version: String,
     /// Sent to wildcard subscribers. The `api_listener` is not: Envoy must never see it in LDS.
     pub wildcard: bool,
+    /// The node labels a client must have to be sent it (a VirtualService's `spec.selector`);
+    /// `None`: every client.
+    pub audience: Option<std::sync::Arc<BTreeMap<String, String>>>,
 }
 
 impl Resource {
-    fn new<M: prost::Name>(name: String, msg: &M, wildcard: bool) -> Self {
+    pub(super) fn new<M: prost::Name>(name: String, msg: &M, wildcard: bool) -> Self {
         Self::encoded(name, M::type_url(), msg.encode_to_vec(), wildcard)
     }
 
     /// A cluster, encoded by [`crate::operator::envoy::encode_cluster`] (named health checks).
-    fn cluster(name: String, cluster: &xcluster::Cluster) -> Self {
+    pub(super) fn cluster(name: String, cluster: &xcluster::Cluster) -> Self {
         Self::encoded(
             name,
             <xcluster::Cluster as prost::Name>::type_url(),
@@ -121,7 +124,18 @@ impl Resource {
     fn encoded(name: String, type_url: String, value: Vec<u8>, wildcard: bool) -> Self {
         use sha2::Digest;
         let version = hex::encode(&sha2::Sha256::digest(&value)[..8]);
-        Self { name, body: Any { type_url, value }, version, wildcard }
+        Self { name, body: Any { type_url, value }, version, wildcard, audience: None }
+    }
+
+    /// Only for the clients whose node labels match `selector`.
+    pub(super) fn for_nodes(mut self, selector: &std::sync::Arc<BTreeMap<String, String>>) -> Self {
+        self.audience = Some(selector.clone());
+        self
+    }
+
+    /// Whether a client with node `labels` may be sent it.
+    pub fn visible_to(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.audience.as_ref().is_none_or(|sel| super::virtual_service::matches(sel, labels))
     }
 }
 
@@ -132,8 +146,18 @@ pub struct Resources {
 }
 
 impl Resources {
-    fn insert(&mut self, ty: ResourceType, r: Resource) {
+    pub(super) fn insert(&mut self, ty: ResourceType, r: Resource) {
         self.by_type.entry(ty).or_default().insert(r.name.clone(), r);
+    }
+
+    /// Adds every resource of `other` whose name this set does not have yet (its own win).
+    pub fn extend_new(&mut self, other: Resources) {
+        for (ty, items) in other.by_type {
+            let mine = self.by_type.entry(ty).or_default();
+            for (name, r) in items {
+                mine.entry(name).or_insert(r);
+            }
+        }
     }
 
     pub fn of(&self, ty: ResourceType) -> impl Iterator<Item = &Resource> {
@@ -206,7 +230,7 @@ pub fn translate(cfg: &ProxyConfig) -> Resources {
     out
 }
 
-fn ads() -> xcore::ConfigSource {
+pub(super) fn ads() -> xcore::ConfigSource {
     xcore::ConfigSource {
         resource_api_version: xcore::ApiVersion::V3 as i32,
         config_source_specifier: Some(xcore::config_source::ConfigSourceSpecifier::Ads(
@@ -520,7 +544,7 @@ fn load_assignment(cluster: &str, endpoints: &[BackendEndpoint]) -> xendpoint::C
     xendpoint::ClusterLoadAssignment { cluster_name: cluster.to_string(), endpoints: localities, ..Default::default() }
 }
 
-fn health(h: EndpointHealth) -> xcore::HealthStatus {
+pub(super) fn health(h: EndpointHealth) -> xcore::HealthStatus {
     match h {
         EndpointHealth::Healthy => xcore::HealthStatus::Healthy,
         EndpointHealth::Draining => xcore::HealthStatus::Draining,

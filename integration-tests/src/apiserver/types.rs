@@ -74,6 +74,8 @@ impl ResourceType {
             Self::new("weir.dev", "v1alpha1", "trafficinfras", "TrafficInfra", true, true),
             Self::new("weir.dev", "v1alpha1", "backendtrafficpolicies", "BackendTrafficPolicy", true, true),
             Self::new("weir.dev", "v1alpha1", "namespaceconfigs", "NamespaceConfig", true, false),
+            // The l7mp VirtualService, which `weir crd` installs with weir's own.
+            Self::new("servicemesh.l7mp.io", "v1", "virtualservices", "VirtualService", true, true),
         ]
     }
 
