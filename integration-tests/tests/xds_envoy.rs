@@ -139,6 +139,6 @@ fn envoy_pins_plannerip_only_to_endpoints_that_can_serve() {
     std::fs::rename(&tmp, manifests.join("planners.yaml")).unwrap();
     wait_for("the draining endpoint's pin to go", Duration::from_secs(20), || {
         let t = client.call(20, Some(&format!("127.0.0.1:{draining}")));
-        (t.counts.get("draining").is_none() && t.counts.get("blue") == Some(&20)).then_some(())
+        (!t.counts.contains_key("draining") && t.counts.get("blue") == Some(&20)).then_some(())
     });
 }

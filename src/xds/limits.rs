@@ -44,7 +44,7 @@ impl Default for XdsLimits {
 }
 
 /// The `limit` label's values: the server's bounds, then the state machines' ([`Refusal::limit`]).
-const LIMITS: [&str; 4] = ["streams", "streams_per_connection", "names_per_type", "name_length"];
+const LIMITS: [&str; 5] = ["streams", "streams_per_connection", "names_per_type", "name_length", "node_labels"];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitLabel {
@@ -141,7 +141,7 @@ impl StreamLimiter {
             "ended an ADS stream: its request went past a bound");
         let flag = match refusal {
             Refusal::TooManyNames { .. } => " (--xds-max-names-per-type)",
-            Refusal::TooLong { .. } => "",
+            Refusal::TooLong { .. } | Refusal::TooManyLabels { .. } => "",
         };
         Status::resource_exhausted(format!("weir xDS: {refusal}{flag}; the stream is closed"))
     }
