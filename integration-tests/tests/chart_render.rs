@@ -199,7 +199,7 @@ fn default_values_render_valid_least_privilege_objects() {
     }
     assert!(!kinds.iter().any(|k| k.starts_with("ServiceMonitor") || k.starts_with("PrometheusRule")));
     assert!(!kinds.iter().any(|k| k.starts_with("ValidatingWebhookConfiguration")), "the webhook is off by default");
-    assert_eq!(r.crds.len(), 3, "the three weir.dev CRDs ship in crds/");
+    assert_eq!(r.crds.len(), 4, "the three weir.dev CRDs and the l7mp VirtualService ship in crds/");
 
     let d = deployment(&r);
     let pod = d.spec.template.spec.as_ref().unwrap();

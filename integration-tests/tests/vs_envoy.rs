@@ -496,6 +496,9 @@ fn kubernetes_provider_serves_pod_selectors_and_writes_conditions() {
          endpoints: [{{name: x, host: {{address: 127.0.0.1}}, port: 1}}]}}}}\n",
         p.hc
     ));
+    // "Older" is by creationTimestamp, which has whole seconds (as in Kubernetes), then by name: in
+    // the same second as the holder, `clash` would sort first and win. Start a new second.
+    std::thread::sleep(Duration::from_millis(1100));
     server.store().create_object(clash).unwrap();
     let (status, reason, message) =
         wait_for("clash refused", Duration::from_secs(20), || accepted("clash").filter(|a| a.0 == "False"));

@@ -332,8 +332,12 @@ fn an_allowed_namespace_is_watched_only_when_told_and_granted() {
     let services = wait_for("the own namespace served", Duration::from_secs(30), || get(admin, "/services"));
     assert!(services.to_string().contains("shop/shop-planner-blue"), "{services}");
     assert!(!services.to_string().contains("partner/"), "{services}");
-    let dump = get(admin, "/config_dump").unwrap();
-    assert_eq!(refused(&dump), [("shop".to_string(), "AllowedNamespaceNotWatched".to_string())], "{dump}");
+    // The TrafficInfra may arrive in a later snapshot than the Services: wait for the refusal.
+    let want = [("shop".to_string(), "AllowedNamespaceNotWatched".to_string())];
+    wait_for("the TrafficInfra refused for partner", Duration::from_secs(20), || {
+        let dump = get(admin, "/config_dump")?;
+        (refused(&dump) == want).then_some(())
+    });
     let metrics = http_get(&format!("http://127.0.0.1:{admin}/metrics")).unwrap();
     assert_eq!(integration_tests::metric(&metrics, "weir_invalid_input_total", &[("kind", "namespace")]), Some(1.0));
     assert!(xds.log().contains("--watch-namespace partner"), "the refusal says what to do");
