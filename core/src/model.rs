@@ -213,6 +213,37 @@ impl Object {
     }
 }
 
+/// Last-good replacement for one kind of a snapshot: each object that is `valid` is kept (and
+/// remembered in `last_good`), each invalid one is replaced by its last valid version (or left out
+/// if it never had one), and objects that are gone are forgotten (deleting one does remove it).
+/// `None` when nothing was replaced: the snapshot can be used as it is.
+pub fn keep_last_good<K>(
+    objects: &[K],
+    last_good: &mut std::collections::BTreeMap<ObjectRef, K>,
+    valid: impl Fn(&K) -> bool,
+) -> Option<Vec<K>>
+where
+    K: kube_core::Resource<DynamicType = ()> + Clone,
+{
+    let present: std::collections::BTreeSet<ObjectRef> = objects.iter().map(ObjectRef::of).collect();
+    last_good.retain(|k, _| present.contains(k));
+    let mut replaced = false;
+    let kept = objects
+        .iter()
+        .filter_map(|object| {
+            let me = ObjectRef::of(object);
+            if valid(object) {
+                last_good.insert(me, object.clone());
+                Some(object.clone())
+            } else {
+                replaced = true;
+                last_good.get(&me).cloned()
+            }
+        })
+        .collect();
+    replaced.then_some(kept)
+}
+
 /// Names one object for logs, Events, TXT ownership records and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ObjectRef {

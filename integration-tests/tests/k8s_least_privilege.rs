@@ -98,6 +98,12 @@ fn run_operator_made_xds(server: &ApiServer, dir: &Path) -> String {
         .send()
         .unwrap();
     assert!(resp.status().is_success());
+    // The status patch (trafficinfras/status) follows the change asynchronously: wait for it, so
+    // that the permission is used before weir xds stops.
+    wait_for("the TrafficInfra's status to show the new weights", T, || {
+        let ti = get(server, "weir.dev", "trafficinfras", "shop", "edge")?;
+        (ti["status"]["trafficWeights"]["blue"] == 50).then_some(())
+    });
     xds.terminate(Duration::from_secs(10));
     format!("system:serviceaccount:shop:{sa}")
 }

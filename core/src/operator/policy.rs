@@ -1083,24 +1083,9 @@ pub fn with_last_good(
     snapshot: &Snapshot,
     last_good: &mut BTreeMap<ObjectRef, BackendTrafficPolicy>,
 ) -> Option<Snapshot> {
-    let present: BTreeSet<ObjectRef> = snapshot.backend_traffic_policies.iter().map(ObjectRef::of).collect();
-    last_good.retain(|k, _| present.contains(k));
-    let mut replaced = false;
-    let policies = snapshot
-        .backend_traffic_policies
-        .iter()
-        .filter_map(|btp| {
-            let me = ObjectRef::of(btp);
-            if validate(&btp.spec).is_ok() {
-                last_good.insert(me, btp.clone());
-                Some(btp.clone())
-            } else {
-                replaced = true;
-                last_good.get(&me).cloned()
-            }
-        })
-        .collect();
-    replaced.then(|| Snapshot { backend_traffic_policies: policies, ..snapshot.clone() })
+    let policies =
+        crate::model::keep_last_good(&snapshot.backend_traffic_policies, last_good, |p| validate(&p.spec).is_ok())?;
+    Some(Snapshot { backend_traffic_policies: policies, ..snapshot.clone() })
 }
 
 /// The accepted policies of TrafficInfra `namespace/name`. Pure: conditions are not needed here,

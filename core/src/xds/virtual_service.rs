@@ -404,24 +404,8 @@ pub fn resolve(snapshot: &Snapshot, namespace: Option<&str>, reserved: &Reserved
 /// (gone when it never had one), and `last_good` updated (forgetting deleted objects). `None` when
 /// nothing was replaced.
 pub fn with_last_good(snapshot: &Snapshot, last_good: &mut BTreeMap<ObjectRef, VirtualService>) -> Option<Snapshot> {
-    let present: BTreeSet<ObjectRef> = snapshot.virtual_services.iter().map(ObjectRef::of).collect();
-    last_good.retain(|k, _| present.contains(k));
-    let mut replaced = false;
-    let kept = snapshot
-        .virtual_services
-        .iter()
-        .filter_map(|vs| {
-            let me = ObjectRef::of(vs);
-            if validate(&vs.spec).is_ok() {
-                last_good.insert(me, vs.clone());
-                Some(vs.clone())
-            } else {
-                replaced = true;
-                last_good.get(&me).cloned()
-            }
-        })
-        .collect();
-    replaced.then(|| Snapshot { virtual_services: kept, ..snapshot.clone() })
+    let kept = crate::model::keep_last_good(&snapshot.virtual_services, last_good, |v| validate(&v.spec).is_ok())?;
+    Some(Snapshot { virtual_services: kept, ..snapshot.clone() })
 }
 
 /// The pods of `namespace` matching `selector` that have an IP, as endpoints on `port`: ready →
