@@ -357,22 +357,7 @@ fn operator_made_identity(server: &integration_tests::apiserver::ApiServer) -> S
         "metadata": {"name": "shop", "namespace": "shop", "uid": "test-uid"}, "spec": {}}))
     .unwrap();
     let c = children(&ti, &weir::crd::NamespaceConfig::new("default", Default::default()));
-    for obj in [
-        serde_json::to_value(&c.service_account).unwrap(),
-        serde_json::to_value(&c.role).unwrap(),
-        serde_json::to_value(&c.role_binding).unwrap(),
-        serde_json::to_value(&c.xds_state).unwrap(),
-    ] {
-        let mut obj = obj;
-        obj["metadata"].as_object_mut().unwrap().remove("ownerReferences");
-        let kind = obj["kind"].clone();
-        obj["apiVersion"] = match kind.as_str() {
-            Some("Role") | Some("RoleBinding") => "rbac.authorization.k8s.io/v1".into(),
-            _ => "v1".into(),
-        };
-        server.store().create_object(obj).unwrap();
-    }
-    server.service_account_token("shop", c.service_account.metadata.name.as_deref().unwrap())
+    integration_tests::apiserver::store_xds_identity(server, &c)
 }
 
 fn yaml_to_json(yaml: &str) -> serde_json::Value {

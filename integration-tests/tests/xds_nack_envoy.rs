@@ -61,22 +61,7 @@ fn rejected_then_accepted(api_type: &str) {
     let mut nc = NamespaceConfig::new("default", Default::default());
     nc.metadata.namespace = Some("shop".into());
     let kids = children::children(&typed, &nc);
-    for obj in [
-        serde_json::to_value(&kids.service_account).unwrap(),
-        serde_json::to_value(&kids.role).unwrap(),
-        serde_json::to_value(&kids.role_binding).unwrap(),
-        serde_json::to_value(&kids.xds_state).unwrap(),
-    ] {
-        let mut obj = obj;
-        // Not owned by the stored TrafficInfra's uid here; the garbage collector would remove them.
-        obj["metadata"].as_object_mut().unwrap().remove("ownerReferences");
-        let kind = obj["kind"].clone();
-        obj["apiVersion"] = match kind.as_str() {
-            Some("Role") | Some("RoleBinding") => "rbac.authorization.k8s.io/v1".into(),
-            _ => "v1".into(),
-        };
-        server.store().create_object(obj).unwrap();
-    }
+    let sa_token = integration_tests::apiserver::store_xds_identity(&server, &kids);
     for (strategy, port) in [("blue", blue), ("green", green)] {
         let name = format!("edge-planner-{strategy}");
         server
@@ -95,7 +80,6 @@ fn rejected_then_accepted(api_type: &str) {
     }
 
     let (grpc, admin) = (free_port(), free_port());
-    let sa_token = server.service_account_token("shop", "edge-xds");
     let mut cmd = Command::new(weir_bin());
     cmd.env("KUBECONFIG", server.write_kubeconfig_for(dir.path(), &sa_token))
         .env("POD_NAME", "edge-xds-0")

@@ -1121,21 +1121,8 @@ fn condition(
     message: String,
     now: &Time,
 ) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    let since = btp
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_ && c.status == status))
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.clone());
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: btp.metadata.generation,
-        last_transition_time: since,
-    }
+    let previous = btp.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+    super::status::condition(previous, type_, ok, reason, message, btp.metadata.generation, now)
 }
 
 // Maps keyed by ObjectRef serialise as lists: YAML complex keys are hard to read.

@@ -52,6 +52,33 @@ pub fn merge_operator_part(current: &TrafficInfraStatus, ours: &TrafficInfraStat
     merged
 }
 
+/// A condition of type `type_` (`True` when `ok`) whose `lastTransitionTime` is that of the
+/// same-typed condition in `previous` while its status holds, else `now` (Kubernetes API
+/// conventions). The one rule for every kind whose conditions weir writes.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
 /// `weir xds`'s part over `current`: the weights in force, the services it routes to, and (when
 /// given) its `ConfigAccepted` condition, whose `lastTransitionTime` is kept while its status does
 /// not change. Every other field and condition stays as in `current`.
@@ -198,21 +225,7 @@ pub fn compute(ti: &TrafficInfra, outcome: &Outcome, observed: Observed<'_>, now
     let ours = conds
         .into_iter()
         .map(|(type_, ok, reason, message)| {
-            let status_text = if ok { "True" } else { "False" };
-            let since = previous
-                .conditions
-                .iter()
-                .find(|c| c.type_ == type_ && c.status == status_text)
-                .map(|c| c.last_transition_time.clone())
-                .unwrap_or_else(|| now.clone());
-            Condition {
-                type_: type_.into(),
-                status: status_text.into(),
-                reason,
-                message,
-                observed_generation: generation,
-                last_transition_time: since,
-            }
+            condition(&previous.conditions, type_, ok, &reason, message, generation, now)
         })
         .collect();
     status.conditions = ours;

@@ -697,22 +697,9 @@ impl prost::Name for TcpProxy {
 /// `EnvoyMatched`. Transition times are kept from `vs`'s stored status while a status holds.
 pub fn conditions(vs: &VirtualService, res: &Resolution, matched: Option<bool>, now: &Time) -> Vec<Condition> {
     let me = ObjectRef::of(vs);
+    let previous = vs.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
     let cond = |type_: &str, ok: bool, reason: &str, message: String| {
-        let status = if ok { "True" } else { "False" };
-        let since = vs
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_ && c.status == status))
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| now.clone());
-        Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: reason.into(),
-            message,
-            observed_generation: vs.metadata.generation,
-            last_transition_time: since,
-        }
+        crate::operator::status::condition(previous, type_, ok, reason, message, vs.metadata.generation, now)
     };
     let mut out = Vec::new();
     if let Some(r) = res.refused.iter().find(|r| r.object == me) {

@@ -739,3 +739,27 @@ fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Value {
 
 #[cfg(test)]
 mod tests;
+
+/// Stores the identity the operator gives `weir xds` (its ServiceAccount, Role and RoleBinding, and
+/// the empty state ConfigMap), as the operator's own code makes them for `children`'s TrafficInfra,
+/// and returns a token of that ServiceAccount. No TrafficInfra owns them here: their owner
+/// references are dropped, or the garbage collector would remove them.
+pub fn store_xds_identity(server: &ApiServer, children: &weir_core::operator::children::Children) -> String {
+    for obj in [
+        serde_json::to_value(&children.service_account).unwrap(),
+        serde_json::to_value(&children.role).unwrap(),
+        serde_json::to_value(&children.role_binding).unwrap(),
+        serde_json::to_value(&children.xds_state).unwrap(),
+    ] {
+        let mut obj = obj;
+        obj["metadata"].as_object_mut().unwrap().remove("ownerReferences");
+        let kind = obj["kind"].clone();
+        obj["apiVersion"] = match kind.as_str() {
+            Some("Role") | Some("RoleBinding") => "rbac.authorization.k8s.io/v1".into(),
+            _ => "v1".into(),
+        };
+        server.store().create_object(obj).unwrap();
+    }
+    let namespace = children.service_account.metadata.namespace.as_deref().unwrap();
+    server.service_account_token(namespace, children.service_account.metadata.name.as_deref().unwrap())
+}
