@@ -1,6 +1,12 @@
 //! The DNS reconcile loop: on a new snapshot, a new weight, or every resync interval, translate →
 //! desired records → read what is published → plan → apply → acknowledge the weight. The decisions are
 //! in the pure core (`translate`, `dns::plan`); this loop does the I/O and the bookkeeping.
+//!
+//! Translation is incremental ([`HostIndex`]): a new snapshot is diffed against the objects of the
+//! last one and only the hosts a changed object affects are translated again. A snapshot that changes
+//! no host's intent starts no pass (once the last pass left nothing to retry), so an idle controller
+//! does no work between resyncs; the resync translates everything from scratch and checks the index
+//! against it (`weir_index_divergence_total`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -14,10 +20,11 @@ use super::weight::{WeightRx, WeightSignal};
 use super::{PipelineConfig, RefusalSink};
 use crate::backends::{AckOutcome, StoreError, WeightStore};
 use crate::dns::plan::{BatchLimits, Change, Plan};
-use crate::dns::record::{Ownership, RecordKey, RecordSet, RecordType};
+use crate::dns::record::{DesiredRecords, Ownership, RecordKey, RecordSet, RecordType};
 use crate::dns::zoned::ZonedDns;
 use crate::dns::{ApplyReport, DnsError, DnsProvider};
-use crate::ir::{InputKind, Refusal};
+use crate::index::HostIndex;
+use crate::ir::{DesiredState, InputKind, Refusal};
 use crate::model::Snapshot;
 use crate::providers::SnapshotRx;
 use crate::telemetry::{InvalidInputs, Readiness};
@@ -57,6 +64,8 @@ pub enum PassOutcome {
     NoWeight,
     /// Everything desired was written (or already there); the weight was acknowledged if it could be.
     Done { changes: usize },
+    /// No host changed since a pass that left nothing to retry: no pass was needed.
+    Unchanged,
     /// Something failed; retry soon.
     Failed(PassError),
 }
@@ -121,6 +130,13 @@ pub struct Bookkeeping {
     held_hosts: BTreeSet<String>,
     /// The held hosts last recorded in the store (`None`: not yet this leadership).
     stored_held: Option<BTreeSet<String>>,
+    /// The incremental translation of this term's snapshots (built by the first pass).
+    index: Option<HostIndex>,
+    /// When the index was last checked against a translation from scratch (the resync).
+    verified_at: Option<Instant>,
+    /// The last pass left nothing to retry: it succeeded and no acknowledgement is pending. Until
+    /// then every wake-up is a pass, even when no host changed.
+    settled: bool,
 }
 
 impl DnsLoop {
@@ -166,7 +182,8 @@ impl DnsLoop {
                 }
                 _ => {
                     retry = RETRY_MIN;
-                    self.resync
+                    // Until the resync is due: passes that found nothing to do do not push it back.
+                    book.verified_at.map_or(self.resync, |at| self.resync.saturating_sub(at.elapsed()))
                 }
             };
             self.heartbeat
@@ -189,7 +206,11 @@ impl DnsLoop {
             return PassOutcome::NoWeight;
         };
         let started = Instant::now();
-        let outcome = self.pass_inner(snapshot, signal, book).await;
+        let Some((state, desired)) = self.desired(snapshot, signal.weight, book) else {
+            return PassOutcome::Unchanged;
+        };
+        let outcome = self.pass_inner(snapshot, signal, state, desired, book).await;
+        book.settled = matches!(outcome, PassOutcome::Done { .. }) && !signal.ack_pending();
         self.metrics.duration.observe(started.elapsed().as_secs_f64());
         let result = match &outcome {
             PassOutcome::Failed(e) => {
@@ -205,9 +226,56 @@ impl DnsLoop {
         outcome
     }
 
-    async fn pass_inner(&self, snapshot: &Snapshot, signal: WeightSignal, book: &mut Bookkeeping) -> PassOutcome {
+    /// The desired state of `snapshot` at `weight`, through the index; `None` when no host changed
+    /// since a pass that left nothing to retry and no resync is due (there is nothing to do).
+    fn desired(
+        &self,
+        snapshot: &Snapshot,
+        weight: u8,
+        book: &mut Bookkeeping,
+    ) -> Option<(DesiredState, DesiredRecords)> {
+        if book.index.is_none() {
+            // Built from the first snapshot, it is a translation from scratch: the resync is due later.
+            book.verified_at = Some(Instant::now());
+        }
+        let index = book.index.get_or_insert_with(|| HostIndex::new(self.config.translate.clone(), weight));
+        index.set_cluster_weight(weight);
+        // Object by object (by resourceVersion where there is one): the revision alone does not say
+        // what changed, and a snapshot's revision is not unique across providers.
+        index.sync(snapshot);
+        index.flush();
+        let changed = index.take_changed();
+        let resync_due = book.verified_at.is_none_or(|at| at.elapsed() >= self.resync);
+        if changed.is_empty() && book.settled && !resync_due {
+            return None;
+        }
+        if resync_due {
+            let verified = index.verify();
+            if verified.hosts_differing > 0 || verified.refusals_differ {
+                // A bug in the index: the state from scratch replaced it; say so, loudly.
+                self.metrics.index_divergence.inc();
+                tracing::error!(
+                    hosts = verified.hosts_differing,
+                    refusals_differ = verified.refusals_differ,
+                    "the incremental index differed from a translation from scratch; rebuilt it"
+                );
+            }
+            book.verified_at = Some(Instant::now());
+        }
+        let state = index.state();
+        let records = DesiredRecords::build(&state, &self.config.owner, &self.config.records);
+        Some((state, records))
+    }
+
+    async fn pass_inner(
+        &self,
+        snapshot: &Snapshot,
+        signal: WeightSignal,
+        state: DesiredState,
+        desired: DesiredRecords,
+        book: &mut Bookkeeping,
+    ) -> PassOutcome {
         let owner = &self.config.owner;
-        let (state, desired) = self.config.desired(snapshot, signal.weight);
         // Per zone: provider-specific completion (Route53: health checks, ALIAS), read, adopt, plan.
         let zoned = match self.dns.plan(&desired, &state, owner, self.config.allow_all_zero, &[]).await {
             Ok(z) => z,
@@ -245,7 +313,7 @@ impl DnsLoop {
         if let Some((_, first)) = report.failed.into_iter().next() {
             return PassOutcome::Failed(PassError::Apply { failed, total: plan.len(), first });
         }
-        if signal.from_desired && signal.current != Some(signal.weight) && plan.reaches_desired_weights() {
+        if signal.ack_pending() && plan.reaches_desired_weights() {
             if let Err(source) = self.fence.check() {
                 return PassOutcome::Failed(PassError::AckFenced { weight: signal.weight, source });
             }
@@ -471,17 +539,61 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn a_snapshot_that_changes_no_host_starts_no_pass_until_the_resync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut l, store, _) = setup(dir.path()).await;
+        store.ensure("eu", 50).await.unwrap();
+        let mut book = Bookkeeping::default();
+        let s = snapshot("50");
+        let acked = WeightSignal { weight: 50, from_desired: true, current: Some(50) };
+        assert!(matches!(l.pass(&s, Some(acked), &mut book).await, PassOutcome::Done { changes: 2 }));
+
+        // A record deleted behind weir's back, then a snapshot whose change touches no host.
+        let provider = l.dns.zones[0].provider.clone();
+        let hosts = BTreeSet::from(["www.example.com".to_string()]);
+        let ours = provider.current(&hosts, &l.config.owner).await.unwrap();
+        let traffic = ours.iter().find(|r| r.key.rtype.is_traffic()).unwrap().clone();
+        assert!(provider.apply(vec![vec![Change::Delete { record: traffic }]]).await.is_complete());
+        let mut unrelated = s.clone();
+        unrelated.revision = 2;
+        let mut other = k8s_openapi::api::core::v1::Service::default();
+        other.metadata.name = Some("other".into());
+        other.metadata.namespace = Some("shop".into());
+        unrelated.services.push(other);
+        assert!(matches!(l.pass(&unrelated, Some(acked), &mut book).await, PassOutcome::Unchanged));
+        assert_eq!(provider.current(&hosts, &l.config.owner).await.unwrap().len(), 1, "not repaired yet");
+
+        // A host's weight changes: a pass, which also repairs what it reads.
+        let changed = WeightSignal { weight: 40, current: Some(50), ..acked };
+        assert!(matches!(l.pass(&unrelated, Some(changed), &mut book).await, PassOutcome::Done { changes: 1 }));
+        assert!(matches!(l.pass(&unrelated, Some(changed), &mut book).await, PassOutcome::Done { changes: 0 }));
+        let settled = WeightSignal { current: Some(40), ..changed };
+        assert!(matches!(l.pass(&unrelated, Some(settled), &mut book).await, PassOutcome::Done { changes: 0 }));
+        assert!(matches!(l.pass(&unrelated, Some(settled), &mut book).await, PassOutcome::Unchanged));
+
+        // The resync: a pass even with nothing changed, repairing the deleted record.
+        let traffic = provider.current(&hosts, &l.config.owner).await.unwrap();
+        let traffic = traffic.iter().find(|r| r.key.rtype.is_traffic()).unwrap().clone();
+        assert!(provider.apply(vec![vec![Change::Delete { record: traffic }]]).await.is_complete());
+        l.resync = Duration::ZERO;
+        assert!(matches!(l.pass(&unrelated, Some(settled), &mut book).await, PassOutcome::Done { changes: 1 }));
+        assert_eq!(l.metrics.index_divergence.get(), 0, "the index agreed with a translation from scratch");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn refusals_are_counted_once_per_occurrence_and_keep_the_record() {
         let dir = tempfile::tempdir().unwrap();
-        let (l, store, invalid) = setup(dir.path()).await;
+        let (mut l, store, invalid) = setup(dir.path()).await;
         store.ensure("eu", 100).await.unwrap();
         let signal = Some(WeightSignal { weight: 100, from_desired: true, current: Some(100) });
         let mut book = Bookkeeping::default();
         l.pass(&snapshot("30"), signal, &mut book).await;
         let bad = snapshot("abc");
-        for _ in 0..3 {
-            assert!(matches!(l.pass(&bad, signal, &mut book).await, PassOutcome::Done { changes: 0 }));
-        }
+        assert!(matches!(l.pass(&bad, signal, &mut book).await, PassOutcome::Done { changes: 0 }));
+        // Nothing changed since: no pass, until a resync (which must not count it again either).
+        assert!(matches!(l.pass(&bad, signal, &mut book).await, PassOutcome::Unchanged));
+        l.resync = Duration::ZERO;
+        assert!(matches!(l.pass(&bad, signal, &mut book).await, PassOutcome::Done { changes: 0 }));
         assert_eq!(invalid.get(InputKind::Annotation), 1, "counted once while it lasts");
         let host = labels(&[("host", "www.example.com"), ("cluster", "eu")]);
         assert_eq!(l.metrics.record_weight.get_or_create(&host).get(), 30, "the published record is kept");

@@ -82,6 +82,9 @@ pub struct ReconcileMetrics {
     /// `weir_ack_blocked_hosts{cluster}`: hosts held off the weight derived from the cluster weight;
     /// while above 0 the weight is not acknowledged.
     pub ack_blocked: Family<Labels, Gauge>,
+    /// `weir_index_divergence_total`: resyncs that found the incremental index differing from a
+    /// translation from scratch (a bug; the index is rebuilt).
+    pub index_divergence: Counter,
 }
 
 impl Default for ReconcileMetrics {
@@ -92,6 +95,7 @@ impl Default for ReconcileMetrics {
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             changes: Family::default(),
             ack_blocked: Family::default(),
+            index_divergence: Counter::default(),
         }
     }
 }
@@ -119,6 +123,12 @@ impl ReconcileMetrics {
             "Hosts held off the weight derived from the cluster weight (bad annotation, no load-balancer \
              address, no health check); while above 0 the cluster weight is not acknowledged",
             m.ack_blocked.clone(),
+        );
+        registry.register(
+            "weir_index_divergence",
+            "Resyncs that found the incremental index differing from a translation from scratch (a bug: the \
+             index was rebuilt from its objects)",
+            m.index_divergence.clone(),
         );
         m
     }
@@ -165,6 +175,7 @@ mod tests {
                 "# TYPE weir_reconcile_duration_seconds histogram",
                 "# TYPE weir_dns_changes counter",
                 "# TYPE weir_ack_blocked_hosts gauge",
+                "# TYPE weir_index_divergence counter",
             ],
             "{text}"
         );
@@ -198,6 +209,7 @@ mod tests {
             "weir_dns_changes_total{action=\"UPSERT\"} 1",
             "weir_dns_changes_total{action=\"DELETE\"} 0",
             "weir_ack_blocked_hosts{cluster=\"eu\"} 1",
+            "weir_index_divergence_total 0",
         ];
         want.sort();
         assert_eq!(samples, want, "{text}");

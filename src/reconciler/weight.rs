@@ -30,6 +30,13 @@ pub struct WeightSignal {
     pub current: Option<u8>,
 }
 
+impl WeightSignal {
+    /// Whether applying `weight` is to be acknowledged (CurrentWeight := DesiredWeight) and is not yet.
+    pub fn ack_pending(&self) -> bool {
+        self.from_desired && self.current != Some(self.weight)
+    }
+}
+
 pub type WeightTx = watch::Sender<Option<WeightSignal>>;
 pub type WeightRx = watch::Receiver<Option<WeightSignal>>;
 
