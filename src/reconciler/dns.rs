@@ -21,6 +21,8 @@ use crate::ir::{InputKind, Refusal};
 use crate::model::Snapshot;
 use crate::providers::SnapshotRx;
 use crate::telemetry::{InvalidInputs, Readiness};
+use crate::translate::LiveStrategyWeights;
+use crate::xds::live::LiveWeights;
 
 /// Retry delays after a failed pass (the resync interval still applies when it is shorter).
 const RETRY_MIN: Duration = Duration::from_millis(500);
@@ -45,6 +47,9 @@ pub struct DnsLoop {
     pub fence: Fence,
     /// Liveness: beats every pass and while waiting; stale when one pass outlives its bound.
     pub heartbeat: crate::telemetry::Heartbeat,
+    /// The strategy weights `weir xds` has in force, read every pass from the source `weir plan` and
+    /// `weir explain` read them from ([`crate::app::factories::open_live_weights`]).
+    pub live_weights: Arc<dyn LiveWeights>,
 }
 
 /// How long one DNS pass (every batch and its retries, the ack) may take before `/healthz` fails.
@@ -121,6 +126,8 @@ pub struct Bookkeeping {
     held_hosts: BTreeSet<String>,
     /// The held hosts last recorded in the store (`None`: not yet this leadership).
     stored_held: Option<BTreeSet<String>>,
+    /// Whether the last read of the live strategy weights failed (logged once per failure spell).
+    live_weights_failing: bool,
 }
 
 impl DnsLoop {
@@ -207,7 +214,8 @@ impl DnsLoop {
 
     async fn pass_inner(&self, snapshot: &Snapshot, signal: WeightSignal, book: &mut Bookkeeping) -> PassOutcome {
         let owner = &self.config.owner;
-        let (state, desired) = self.config.desired(snapshot, signal.weight);
+        let live = self.read_live_weights(snapshot, book).await;
+        let (state, desired) = self.config.desired(snapshot, signal.weight, &live);
         // Per zone: provider-specific completion (Route53: health checks, ALIAS), read, adopt, plan.
         let zoned = match self.dns.plan(&desired, &state, owner, self.config.allow_all_zero, &[]).await {
             Ok(z) => z,
@@ -262,6 +270,28 @@ impl DnsLoop {
             }
         }
         PassOutcome::Done { changes: report.applied.len() }
+    }
+
+    /// The live strategy weights. When they cannot be read, every TrafficInfra falls back to its
+    /// `status.trafficWeights` / `spec.trafficDefaults` and the lenient drain rule (a host is drained
+    /// only when no strategy at all has a ready endpoint): never more draining than with the weights,
+    /// and the DNS stays managed through an outage of the state's store. Logged when the failure
+    /// starts and when it ends.
+    async fn read_live_weights(&self, snapshot: &Snapshot, book: &mut Bookkeeping) -> LiveStrategyWeights {
+        match self.live_weights.read(snapshot).await {
+            Ok(live) => {
+                if std::mem::take(&mut book.live_weights_failing) {
+                    tracing::info!(source = %self.live_weights.describe(), "live strategy weights readable again");
+                }
+                live
+            }
+            Err(error) => {
+                if !std::mem::replace(&mut book.live_weights_failing, true) {
+                    tracing::warn!(source = %self.live_weights.describe(), %error, "cannot read the strategy weights of weir xds; using status.trafficWeights / spec.trafficDefaults, which drain a linked host only when no strategy has a ready endpoint");
+                }
+                LiveStrategyWeights::new()
+            }
+        }
     }
 
     /// Applies batch by batch, checking the fence right before each one: a pass that outlives the
@@ -431,6 +461,7 @@ mod tests {
             leader: watch::channel(true).1,
             fence: Fence::always(),
             heartbeat: crate::telemetry::Heartbeat::detached(),
+            live_weights: Arc::new(crate::xds::live::NoLiveWeights),
         };
         (l, store, invalid)
     }
