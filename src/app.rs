@@ -19,7 +19,7 @@ pub fn run(cli: Cli) -> Result<()> {
             print!("{}", crate::crd::crds_yaml()?);
             Ok(())
         }
-        Command::Controller(args) => runtime()?.block_on(run::controller(args)),
+        Command::Controller(args) => runtime()?.block_on(run::controller(*args)),
         Command::Xds(args) => runtime()?.block_on(xds::xds(args)),
         Command::Local(args) => runtime()?.block_on(run::local(args)),
         Command::Weights(args) => {

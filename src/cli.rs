@@ -31,7 +31,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The per-cluster controller: publishes this cluster's weighted DNS records.
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// The in-cluster xDS control plane and its admin API.
     Xds(XdsArgs),
     /// Everything in one process on the embedded default: file provider, SQLite store, embedded DNS.
@@ -355,6 +355,8 @@ pub struct ControllerArgs {
     pub dns: DnsArgs,
     #[command(flatten)]
     pub leader: LeaderArgs,
+    #[command(flatten)]
+    pub xds_state: XdsStateArgs,
     /// Prometheus metrics, /healthz and /readyz.
     #[arg(long, env = "WEIR_METRICS_ADDR", value_parser = parse_listen_addr, default_value = ":8080")]
     pub metrics_addr: SocketAddr,
@@ -427,9 +429,10 @@ pub struct LocalArgs {
     /// Prefix of weir's annotations; the weight is `<prefix>/traffic-weight`.
     #[arg(long, env = "WEIR_ANNOTATION_PREFIX", default_value = crate::translate::DEFAULT_ANNOTATION_PREFIX)]
     pub annotation_prefix: String,
-    /// TTL of the published records (short, so that `dig` shows a change at once).
-    #[arg(long, env = "WEIR_RECORD_TTL", default_value_t = EMBEDDED_RECORD_TTL)]
-    pub record_ttl: u32,
+    /// TTL of the published records: the embedded zone's default, 5 (short, so that `dig` shows a
+    /// change at once), as `weir plan` / `weir explain` on the same --db assume.
+    #[arg(long, env = "WEIR_RECORD_TTL")]
+    pub record_ttl: Option<u32>,
     /// Allow publishing the last non-zero weight of a name as 0 (answers are then split equally).
     #[arg(long, env = "WEIR_ALLOW_ALL_ZERO")]
     pub allow_all_zero: bool,
@@ -662,12 +665,23 @@ pub struct ExplainArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub dns: DnsArgs,
-    /// The state file of `weir xds --state`: strategy weights set through its admin API are shown
-    /// instead of the TrafficInfra's `spec.trafficDefaults`.
-    #[arg(long, env = "WEIR_XDS_STATE")]
-    pub xds_state: Option<PathBuf>,
+    #[command(flatten)]
+    pub xds_state: XdsStateArgs,
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+}
+
+/// Where the controller, `weir plan` and `weir explain` read the strategy weights `weir xds` has in
+/// force: the same source for the three ([`crate::app::factories::open_live_weights`]), so that they
+/// translate with the same weights and apply the same drain rule.
+#[derive(Debug, Clone, Default, Args)]
+pub struct XdsStateArgs {
+    /// The state file of `weir xds --state` (SQLite): its strategy weights are used instead of the
+    /// TrafficInfra's `status.trafficWeights` / `spec.trafficDefaults`. Unset: with `--provider
+    /// kubernetes`, each TrafficInfra's `{name}-xds-state` ConfigMap; with the file provider and the
+    /// SQLite weight store, its `--db` (where `weir local` keeps it); else none.
+    #[arg(long, env = "WEIR_XDS_STATE")]
+    pub xds_state: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -680,6 +694,8 @@ pub struct PlanArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub dns: DnsArgs,
+    #[command(flatten)]
+    pub xds_state: XdsStateArgs,
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }

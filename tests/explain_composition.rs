@@ -260,3 +260,183 @@ fn a_missing_xds_state_file_is_an_error() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("nope.db"), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!missing.exists(), "explain must not create the state file");
 }
+
+/// Two more hosts beside the linked `www.example.com`: one whose Service is ready (A = 30) and one
+/// whose Service has no ready endpoint (H = 0 by the plain rule).
+const MORE_HOSTS: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: api
+  namespace: shop
+  annotations: {dns.adevinta.com/traffic-weight: "30"}
+spec:
+  rules:
+    - host: api.example.com
+      http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: api, port: {number: 80}}}}]}
+status: {loadBalancer: {ingress: [{hostname: lb.eu.example.net}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api-1, namespace: shop, labels: {kubernetes.io/service-name: api}}
+addressType: IPv4
+endpoints: [{addresses: [10.0.4.1], conditions: {ready: true}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: down, namespace: shop}
+spec:
+  rules:
+    - host: down.example.com
+      http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: down, port: {number: 80}}}}]}
+status: {loadBalancer: {ingress: [{hostname: lb.eu.example.net}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: down-1, namespace: shop, labels: {kubernetes.io/service-name: down}}
+addressType: IPv4
+endpoints: [{addresses: [10.0.5.1], conditions: {ready: false}}]
+"#;
+
+const HOSTS: [&str; 3] = ["api.example.com", "down.example.com", "www.example.com"];
+
+/// `weir plan --output json` on the test's files (eu, embedded zone in weir.db).
+fn plan_json(dir: &Path) -> Value {
+    let out = ok(weir(&[
+        "plan",
+        "--cluster-name",
+        "eu",
+        "--provider",
+        "file",
+        "--manifests",
+        dir.join("manifests").to_str().unwrap(),
+        "--backend-type",
+        "sqlite",
+        "--db",
+        dir.join("weir.db").to_str().unwrap(),
+        "--dns-provider",
+        "embedded",
+        "--output",
+        "json",
+    ]));
+    serde_json::from_str(&out).unwrap()
+}
+
+/// host → weight of the CNAME record the plan upserts for cluster eu.
+fn planned_weights(plan: &Value) -> std::collections::BTreeMap<String, u64> {
+    plan["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|h| h["changes"].as_array().unwrap().iter())
+        .filter(|c| c["action"] == "UPSERT" && c["record"]["type"] == "CNAME" && c["record"]["set_identifier"] == "eu")
+        .map(|c| (c["record"]["name"].as_str().unwrap().to_string(), c["record"]["weight"].as_u64().unwrap()))
+        .collect()
+}
+
+/// host → weight of the CNAME record cluster eu has published in the embedded zone.
+fn published_weights(db: &Path) -> std::collections::BTreeMap<String, u64> {
+    rt().block_on(async {
+        let dns = EmbeddedDns::new(EmbeddedZone::open(db).await.unwrap());
+        let hosts = HOSTS.iter().map(|h| h.to_string()).collect();
+        let records = dns.current(&hosts, &weir::dns::record::Ownership::new("eu")).await.unwrap();
+        records
+            .iter()
+            .filter(|r| r.key.set_identifier == "eu" && r.key.rtype == RecordType::Cname)
+            .map(|r| (r.key.name.clone(), u64::from(r.weight)))
+            .collect()
+    })
+}
+
+/// Runs `weir local` (the controller on the embedded default) on the test's files until its first
+/// pass has published everything (/readyz answers 200), then stops it.
+fn run_local_until_ready(dir: &Path) {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    let free_port = || TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics_port = free_port();
+    let log_path = dir.join("local.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("WEIR_")) {
+        cmd.env_remove(k);
+    }
+    let mut local = cmd
+        .args(["local", "--cluster-name", "eu", "--manifests", dir.join("manifests").to_str().unwrap()])
+        .args(["--db", dir.join("weir.db").to_str().unwrap()])
+        .args(["--dns-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let ready = || -> Option<()> {
+        let mut s = TcpStream::connect(("127.0.0.1", metrics_port)).ok()?;
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).ok()?;
+        resp.starts_with("HTTP/1.1 200").then_some(())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ready().is_none() {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        assert!(local.try_wait().unwrap().is_none(), "weir local exited:\n{log}");
+        assert!(Instant::now() < deadline, "weir local never became ready:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    local.kill().unwrap();
+    local.wait().unwrap();
+}
+
+/// Explain = controller: on the same inputs (manifests, weight row, the xDS state `weir local`'s xDS
+/// half keeps in `--db`), `weir plan` and `weir explain` say per host what the controller then
+/// publishes, with the drain rule of live weights (all traffic to green, which has no ready
+/// endpoint: `www` gets W = 0, not the 25 that `spec.trafficDefaults` would give); afterwards `weir
+/// plan` on the converged database has nothing to change.
+#[test]
+fn the_controller_publishes_what_plan_and_explain_show_with_the_live_weights() {
+    let dir = setup();
+    std::fs::write(dir.path().join("manifests/more.yaml"), MORE_HOSTS).unwrap();
+    let db = dir.path().join("weir.db");
+    write_xds_state(&db, &[("blue", 0), ("green", 100)]);
+
+    let planned = planned_weights(&plan_json(dir.path()));
+    let want: std::collections::BTreeMap<String, u64> =
+        [("api.example.com", 15), ("down.example.com", 0), ("www.example.com", 0)]
+            .into_iter()
+            .map(|(h, w)| (h.to_string(), w))
+            .collect();
+    assert_eq!(planned, want, "C = 50; api A = 30; down has no ready endpoint; www drained by the live weights");
+    for host in HOSTS {
+        let e: Value = serde_json::from_str(&ok(weir(&[
+            "explain",
+            host,
+            "--cluster-name",
+            "eu",
+            "--provider",
+            "file",
+            "--manifests",
+            dir.path().join("manifests").to_str().unwrap(),
+            "--backend-type",
+            "sqlite",
+            "--db",
+            db.to_str().unwrap(),
+            "--dns-provider",
+            "embedded",
+            "--output",
+            "json",
+        ])))
+        .unwrap();
+        assert_eq!(e["factors"]["record_weight"].as_u64(), Some(want[host]), "{host}: {e:#}");
+        if host == "www.example.com" {
+            assert_eq!(e["strategy_weights_from"], "xds_state", "explain reads --db as the controller does: {e:#}");
+        }
+    }
+
+    run_local_until_ready(dir.path());
+    assert_eq!(published_weights(&db), want, "the controller publishes what plan and explain showed");
+    let after = plan_json(dir.path());
+    assert_eq!(after["hosts"], serde_json::json!([]), "converged, yet plan would change: {after:#}");
+}

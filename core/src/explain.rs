@@ -207,8 +207,9 @@ pub fn explain(
         }
         if link.weights_from != StrategyWeightsSource::XdsState {
             notes.push(format!(
-                "strategy weights are {}'s {}; weights set through weir xds's admin API are shown with \
-                 --xds-state PATH",
+                "strategy weights are {}'s {}: no xDS state was found for it (its {{name}}-xds-state \
+                 ConfigMap, --xds-state PATH, or the SQLite --db), so the host is drained only when no strategy \
+                 has a ready endpoint; the controller reads the same source",
                 link.traffic_infra,
                 if link.weights_from == StrategyWeightsSource::Status {
                     "status.trafficWeights"

@@ -13,6 +13,7 @@ pub mod index;
 pub mod ir;
 pub mod model;
 pub mod operator;
+pub mod pipeline;
 pub mod selection;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

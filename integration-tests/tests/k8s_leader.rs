@@ -189,6 +189,7 @@ async fn shutdown_drains_the_in_flight_pass_before_releasing_the_lease() {
         leader: leader.clone(),
         fence: fence.clone(),
         heartbeat: weir::telemetry::Heartbeat::detached(),
+        live_weights: Arc::new(weir::xds::live::NoLiveWeights),
     };
     let dns_task = tokio::spawn(async move {
         dns_loop.run(snapshots, weights, stop_rx).await;

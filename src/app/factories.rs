@@ -8,8 +8,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::runtime::Runtime;
-use crate::backends::{open_store, StoreConfig, WeightStore};
-use crate::cli::{ClusterArgs, DnsArgs, DnsProviderKind, ProviderArgs, ProviderKind, StoreArgs};
+use crate::backends::{open_store, BackendType, StoreConfig, WeightStore};
+use crate::cli::{ClusterArgs, DnsArgs, DnsProviderKind, ProviderArgs, ProviderKind, StoreArgs, XdsStateArgs};
 use crate::dns::embedded::{EmbeddedDns, EmbeddedZone};
 use crate::dns::record::{Ownership, RecordOptions};
 use crate::dns::route53::{HealthCheckSettings, Route53Dns, Route53Options, ZoneRef, ZoneSelection};
@@ -21,6 +21,7 @@ use crate::providers::SnapshotRx;
 use crate::reconciler::leader::Fence;
 use crate::reconciler::PipelineConfig;
 use crate::translate::TranslateConfig;
+use crate::xds::live::{ConfigMapLiveWeights, LiveWeights, NoLiveWeights, SqliteLiveWeights};
 
 /// Starts the configured input provider. Returns once the first snapshot is in the channel, with the
 /// task that keeps it current until `shutdown`.
@@ -193,6 +194,26 @@ pub fn pipeline_config(cluster: &ClusterArgs, dns: &DnsArgs) -> PipelineConfig {
         records: RecordOptions { ttl: dns.record_ttl(), health_check_id: dns.aws_health_check_id.clone() },
         allow_all_zero: dns.allow_all_zero,
     }
+}
+
+/// Where the live strategy weights come from, for the controller's DNS loop, `weir plan` and
+/// `weir explain` alike: `--xds-state FILE` (it must exist); else, with the Kubernetes provider, each
+/// TrafficInfra's `{name}-xds-state` ConfigMap; else, with the file provider and the SQLite weight
+/// store, its `--db` when the file exists (`weir local`'s xDS half keeps its state there); else none.
+/// Call it after the weight store is opened (the controller's store creates `--db`).
+pub async fn open_live_weights(
+    provider: &ProviderArgs,
+    store: &StoreArgs,
+    xds: &XdsStateArgs,
+    rt: &Runtime,
+) -> Result<Arc<dyn LiveWeights>> {
+    let sqlite_db = store.db.as_ref().filter(|db| store.backend_type == BackendType::Sqlite && db.is_file());
+    Ok(match (&xds.xds_state, provider.provider, sqlite_db) {
+        (Some(path), _, _) => Arc::new(SqliteLiveWeights::open(path)?),
+        (None, ProviderKind::Kubernetes, _) => Arc::new(ConfigMapLiveWeights::new(rt.kube("the xDS state").await?)),
+        (None, ProviderKind::File, Some(db)) => Arc::new(SqliteLiveWeights::open(db)?),
+        (None, ProviderKind::File, None) => Arc::new(NoLiveWeights),
+    })
 }
 
 /// A channel that flips to true on SIGINT or SIGTERM.

@@ -3,27 +3,23 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::factories::{open_dns_provider, open_weight_store, pipeline_config, start_provider};
+use super::factories::{open_dns_provider, open_live_weights, open_weight_store, pipeline_config, start_provider};
 use crate::backends::StoredWeight;
-use crate::cli::{ClusterArgs, DnsArgs, ExplainArgs, OutputFormat, PlanArgs, ProviderArgs, StoreArgs};
+use crate::cli::{ClusterArgs, DnsArgs, ExplainArgs, OutputFormat, PlanArgs, ProviderArgs, StoreArgs, XdsStateArgs};
 use crate::dns::plan::{Change, Plan};
-use crate::dns::record::{DesiredRecords, Ownership, RecordSet};
+use crate::dns::record::{Ownership, RecordSet};
 use crate::dns::zoned::ZonedPlan;
 use crate::dns::zones::ZoneInfo;
 use crate::ir::DesiredState;
 use crate::model::Snapshot;
 use crate::reconciler::explain::explain;
 use crate::reconciler::PipelineConfig;
-use crate::translate::{translate_with, LiveStrategyWeights};
-use crate::xds::state::{SqliteStore as XdsStateStore, StateStore as _};
-use kube::ResourceExt;
 
 /// What one read-only pass saw.
 struct Pass {
@@ -42,7 +38,7 @@ async fn read_pass(
     store_args: &StoreArgs,
     dns: &DnsArgs,
     extra_host: Option<&str>,
-    xds_state: Option<&Path>,
+    xds_state: &XdsStateArgs,
 ) -> Result<Pass> {
     // Stopped once the first snapshot is read.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -77,12 +73,13 @@ async fn read_pass(
     let dns_parts =
         open_dns_provider(dns, store_args, cluster, &crate::reconciler::leader::Fence::closed(), &rt).await?;
     let config = pipeline_config(cluster, dns);
-    let live = match xds_state {
-        Some(path) => read_strategy_weights(path, &snapshot).await?,
-        None => LiveStrategyWeights::new(),
-    };
-    let state = translate_with(&snapshot, weight, &config.translate, &live);
-    let desired = DesiredRecords::build(&state, &config.owner, &config.records);
+    // The same source and the same function as the controller's DNS loop.
+    let live = open_live_weights(provider, store_args, xds_state, &rt)
+        .await?
+        .read(&snapshot)
+        .await
+        .context("reading the strategy weights of weir xds")?;
+    let (state, desired) = config.desired(&snapshot, weight, &live);
     // What the controller would attach (Route53 health checks), looked up without creating anything.
     if let Some(r53) = &dns_parts.route53 {
         r53.read_only();
@@ -95,23 +92,6 @@ async fn read_pass(
         },
     )?;
     Ok(Pass { config, weight, weight_note, state, zoned, route53: dns_parts.route53 })
-}
-
-/// The strategy weights `weir xds --state PATH` keeps, for every TrafficInfra of the snapshot that has
-/// a row there (row name `namespace/name`). Read only: nothing is written.
-async fn read_strategy_weights(path: &Path, snapshot: &Snapshot) -> Result<LiveStrategyWeights> {
-    if !path.is_file() {
-        bail!("--xds-state {}: no such file (the state file of weir xds --state)", path.display());
-    }
-    let mut live = LiveStrategyWeights::new();
-    for ti in &snapshot.traffic_infras {
-        let key = format!("{}/{}", ti.namespace().unwrap_or_default(), ti.name_any());
-        let store = XdsStateStore::open(path, &key)?;
-        if let Some(state) = store.read().await? {
-            live.insert(key, state);
-        }
-    }
-    Ok(live)
 }
 
 #[derive(Serialize)]
@@ -141,7 +121,7 @@ struct ZonePlanOutput<'a> {
 }
 
 pub async fn plan_command(args: PlanArgs) -> Result<()> {
-    let pass = read_pass(&args.cluster, &args.provider, &args.store, &args.dns, None, None).await?;
+    let pass = read_pass(&args.cluster, &args.provider, &args.store, &args.dns, None, &args.xds_state).await?;
     let plan = pass.zoned.merged();
     let input_refusals: Vec<crate::ir::Refusal> =
         pass.state.refusals.iter().chain(&pass.zoned.no_zone).cloned().collect();
@@ -249,8 +229,7 @@ fn changes_table(s: &mut String, plan: &Plan) {
 
 pub async fn explain_command(args: ExplainArgs) -> Result<()> {
     let pass =
-        read_pass(&args.cluster, &args.provider, &args.store, &args.dns, Some(&args.host), args.xds_state.as_deref())
-            .await?;
+        read_pass(&args.cluster, &args.provider, &args.store, &args.dns, Some(&args.host), &args.xds_state).await?;
     let host = crate::selection::normalize_host(&args.host);
     // The records of the zone(s) that take the host; a host in no zone is refused, and says so.
     let homes: Vec<&crate::dns::zoned::ZonePlan> =

@@ -65,7 +65,8 @@ pub(crate) fn local_settings(args: LocalArgs) -> Result<(ControllerArgs, Option<
     c.store.db = Some(args.db.clone());
     c.store.initial_weight = args.initial_weight;
     c.dns.dns_listen = Some(args.dns_listen);
-    c.dns.record_ttl = Some(args.record_ttl);
+    // Unset: the embedded provider's default (DnsArgs::record_ttl), the rule `weir plan` uses too.
+    c.dns.record_ttl = args.record_ttl;
     c.dns.allow_all_zero = args.allow_all_zero;
     c.dns.server = args.dns_server;
     c.metrics_addr = args.metrics_addr;
@@ -212,7 +213,10 @@ async fn run(args: ControllerArgs, dns_listen: Option<SocketAddr>, rt: &Runtime)
         },
         heartbeat: weight_beat,
     };
+    let live_weights = super::factories::open_live_weights(&args.provider, &args.store, &args.xds_state, rt).await?;
+    tracing::info!(source = %live_weights.describe(), "strategy weights of weir xds");
     let dns_loop = DnsLoop {
+        live_weights,
         config: pipeline_config(&args.cluster, &args.dns),
         dns: dns.dns,
         store,
@@ -289,8 +293,6 @@ mod tests {
             "embedded",
             "--dns-listen",
             "127.0.0.1:5353",
-            "--record-ttl",
-            "5",
             "--metrics-addr",
             "127.0.0.1:8080",
             "--resync-interval",
@@ -299,6 +301,12 @@ mod tests {
             unreachable!()
         };
         assert_eq!(format!("{controller:#?}"), format!("{want:#?}"));
+        // One TTL rule: what local publishes is what `weir plan` on its database expects.
+        let Command::Plan(plan) = parse(&["weir", "plan", "--cluster-name", "eu", "--dns-provider", "embedded"]) else {
+            unreachable!()
+        };
+        assert_eq!(controller.dns.record_ttl(), crate::cli::EMBEDDED_RECORD_TTL);
+        assert_eq!(plan.dns.record_ttl(), controller.dns.record_ttl());
         let Command::Xds(want) = parse(&[
             "weir",
             "xds",

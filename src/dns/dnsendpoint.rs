@@ -245,7 +245,7 @@ endpoints: [{addresses: [10.0.0.1], conditions: {ready: true}}]
             records: RecordOptions { ttl: 30, health_check_id: Some("hc-9".into()) },
             allow_all_zero: false,
         };
-        let (state, records) = cfg.desired(&snapshot, 50);
+        let (state, records) = cfg.desired(&snapshot, 50, &Default::default());
         let objs = dns_endpoints(&state, &records, &snapshot.ingresses);
         // The Ingress without a load balancer has no records yet, hence no object.
         assert_eq!(objs.len(), 1);

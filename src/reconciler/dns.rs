@@ -28,6 +28,8 @@ use crate::ir::{DesiredState, InputKind, Refusal};
 use crate::model::Snapshot;
 use crate::providers::SnapshotRx;
 use crate::telemetry::{InvalidInputs, Readiness};
+use crate::translate::LiveStrategyWeights;
+use crate::xds::live::LiveWeights;
 
 /// Retry delays after a failed pass (the resync interval still applies when it is shorter).
 const RETRY_MIN: Duration = Duration::from_millis(500);
@@ -52,6 +54,9 @@ pub struct DnsLoop {
     pub fence: Fence,
     /// Liveness: beats every pass and while waiting; stale when one pass outlives its bound.
     pub heartbeat: crate::telemetry::Heartbeat,
+    /// The strategy weights `weir xds` has in force, read every pass from the source `weir plan` and
+    /// `weir explain` read them from ([`crate::app::factories::open_live_weights`]).
+    pub live_weights: Arc<dyn LiveWeights>,
 }
 
 /// How long one DNS pass (every batch and its retries, the ack) may take before `/healthz` fails.
@@ -137,6 +142,8 @@ pub struct Bookkeeping {
     /// The last pass left nothing to retry: it succeeded and no acknowledgement is pending. Until
     /// then every wake-up is a pass, even when no host changed.
     settled: bool,
+    /// Whether the last read of the live strategy weights failed (logged once per failure spell).
+    live_weights_failing: bool,
 }
 
 impl DnsLoop {
@@ -206,7 +213,8 @@ impl DnsLoop {
             return PassOutcome::NoWeight;
         };
         let started = Instant::now();
-        let Some((state, desired)) = self.desired(snapshot, signal.weight, book) else {
+        let live = self.read_live_weights(snapshot, book).await;
+        let Some((state, desired)) = self.desired(snapshot, signal.weight, live, book) else {
             return PassOutcome::Unchanged;
         };
         let outcome = self.pass_inner(snapshot, signal, state, desired, book).await;
@@ -232,6 +240,7 @@ impl DnsLoop {
         &self,
         snapshot: &Snapshot,
         weight: u8,
+        live: LiveStrategyWeights,
         book: &mut Bookkeeping,
     ) -> Option<(DesiredState, DesiredRecords)> {
         if book.index.is_none() {
@@ -240,6 +249,7 @@ impl DnsLoop {
         }
         let index = book.index.get_or_insert_with(|| HostIndex::new(self.config.translate.clone(), weight));
         index.set_cluster_weight(weight);
+        index.set_live_weights(live);
         // Object by object (by resourceVersion where there is one): the revision alone does not say
         // what changed, and a snapshot's revision is not unique across providers.
         index.sync(snapshot);
@@ -330,6 +340,28 @@ impl DnsLoop {
             }
         }
         PassOutcome::Done { changes: report.applied.len() }
+    }
+
+    /// The live strategy weights. When they cannot be read, every TrafficInfra falls back to its
+    /// `status.trafficWeights` / `spec.trafficDefaults` and the lenient drain rule (a host is drained
+    /// only when no strategy at all has a ready endpoint): never more draining than with the weights,
+    /// and the DNS stays managed through an outage of the state's store. Logged when the failure
+    /// starts and when it ends.
+    async fn read_live_weights(&self, snapshot: &Snapshot, book: &mut Bookkeeping) -> LiveStrategyWeights {
+        match self.live_weights.read(snapshot).await {
+            Ok(live) => {
+                if std::mem::take(&mut book.live_weights_failing) {
+                    tracing::info!(source = %self.live_weights.describe(), "live strategy weights readable again");
+                }
+                live
+            }
+            Err(error) => {
+                if !std::mem::replace(&mut book.live_weights_failing, true) {
+                    tracing::warn!(source = %self.live_weights.describe(), %error, "cannot read the strategy weights of weir xds; using status.trafficWeights / spec.trafficDefaults, which drain a linked host only when no strategy has a ready endpoint");
+                }
+                LiveStrategyWeights::new()
+            }
+        }
     }
 
     /// Applies batch by batch, checking the fence right before each one: a pass that outlives the
@@ -499,6 +531,7 @@ mod tests {
             leader: watch::channel(true).1,
             fence: Fence::always(),
             heartbeat: crate::telemetry::Heartbeat::detached(),
+            live_weights: Arc::new(crate::xds::live::NoLiveWeights),
         };
         (l, store, invalid)
     }

@@ -12,28 +12,11 @@ pub mod weight;
 
 pub use weir_core::explain;
 
-use crate::dns::record::{DesiredRecords, Ownership, RecordOptions};
-use crate::ir::{DesiredState, Refusal};
-use crate::model::Snapshot;
-use crate::translate::{translate, TranslateConfig};
+use crate::ir::Refusal;
 
-/// Everything the pure part of a pass needs besides its inputs; all from flags.
-#[derive(Debug, Clone)]
-pub struct PipelineConfig {
-    pub translate: TranslateConfig,
-    pub owner: Ownership,
-    pub records: RecordOptions,
-    pub allow_all_zero: bool,
-}
-
-impl PipelineConfig {
-    /// Snapshot + cluster weight → desired state and the records this cluster wants. Pure.
-    pub fn desired(&self, snapshot: &Snapshot, cluster_weight: u8) -> (DesiredState, DesiredRecords) {
-        let state = translate(snapshot, cluster_weight, &self.translate);
-        let records = DesiredRecords::build(&state, &self.owner, &self.records);
-        (state, records)
-    }
-}
+/// The pure part of a pass (in the core): the DNS loop and `weir plan` / `weir explain` call its
+/// [`PipelineConfig::desired`] on the same inputs.
+pub use weir_core::pipeline::PipelineConfig;
 
 /// Where refused inputs go besides the log and `weir_invalid_input_total` (the Kubernetes provider
 /// turns them into Events). Called once per distinct refusal occurrence, not on every pass.

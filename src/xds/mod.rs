@@ -13,6 +13,7 @@ pub mod controller;
 pub mod grpc;
 pub mod infra_status;
 pub mod limits;
+pub mod live;
 pub mod server;
 pub mod state;
 pub mod state_kube;

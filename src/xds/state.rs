@@ -29,6 +29,8 @@ pub enum StateError {
     CorruptObject { object: String, source: serde_json::Error },
     #[error("state store: gave up after {0} conflicting writes")]
     Contended(u32),
+    #[error("xDS state {0}: no such file (the state file of weir xds --state)")]
+    Missing(PathBuf),
 }
 
 #[async_trait]
@@ -142,6 +144,36 @@ impl StateStore for SqliteStore {
     fn describe(&self) -> String {
         format!("sqlite {}", self.path.display())
     }
+}
+
+/// Every row of the SQLite state file `path`, keyed by configuration name (`namespace/name`), read
+/// without writing anything: a file without the table (a weight store `weir xds` never used) has
+/// none. For the readers that are not `weir xds`: the DNS controller, `weir plan`, `weir explain`
+/// ([`super::live`]).
+pub fn read_all_sqlite(path: &Path) -> Result<std::collections::BTreeMap<String, TrafficState>, StateError> {
+    let err = |source| StateError::Sqlite { path: path.to_path_buf(), source };
+    let conn = crate::backends::sqlite::connect(path, false).map_err(err)?;
+    let has_table: bool = conn
+        .query_row("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'xds_state')", [], |r| {
+            r.get(0)
+        })
+        .map_err(err)?;
+    if !has_table {
+        return Ok(Default::default());
+    }
+    let mut stmt = conn.prepare("SELECT name, body FROM xds_state").map_err(err)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    rows.into_iter()
+        .map(|(name, body)| {
+            serde_json::from_str(&body)
+                .map(|state| (name, state))
+                .map_err(|source| StateError::Corrupt { path: path.to_path_buf(), source })
+        })
+        .collect()
 }
 
 /// The state every part of the process reads, kept in step with the store.

@@ -61,7 +61,7 @@ async fn reconcile(p: &Route53Dns, m: &AwsMetrics, snap: &Snapshot, weight: u8) 
     let ok = |op| m.count_outcome("route53", Some(op), Outcome::Success);
     let all = |op| m.count("route53", Some(op));
     let (r0, w0, a0) = (all("ListResourceRecordSets"), ok("ChangeResourceRecordSets"), all("ChangeResourceRecordSets"));
-    let (_, mut desired) = cfg.desired(snap, weight);
+    let (_, mut desired) = cfg.desired(snap, weight, &Default::default());
     p.prepare(&mut desired).await;
     let current = p.current(&desired.hosts, &cfg.owner).await.unwrap();
     let plan = plan(&desired, &current, &cfg.owner, false);
