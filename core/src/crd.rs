@@ -267,6 +267,40 @@ mod tests {
         validate(&good, &policy).unwrap();
     }
 
+    /// `Default` of every struct with defaulted fields is what serde makes of `{}` (and so what the
+    /// OpenAPI defaults say): one value per default, whichever way an object is built.
+    #[test]
+    fn default_is_what_serde_makes_of_an_empty_object() {
+        fn check<T: Default + PartialEq + std::fmt::Debug + serde::de::DeserializeOwned>(name: &str) {
+            let parsed: T = serde_json::from_str("{}").unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(parsed, T::default(), "{name}");
+        }
+        check::<TrafficInfraSpec>("TrafficInfraSpec");
+        check::<XdsSpec>("XdsSpec");
+        check::<XdsImage>("XdsImage");
+        check::<XdsResources>("XdsResources");
+        check::<XdsPorts>("XdsPorts");
+        check::<EnvoySpec>("EnvoySpec");
+        check::<EnvoyImage>("EnvoyImage");
+        check::<EnvoyResources>("EnvoyResources");
+        check::<EnvoyPorts>("EnvoyPorts");
+        check::<HpaSpec>("HpaSpec");
+        check::<EnvoyServiceSpec>("EnvoyServiceSpec");
+        check::<TrafficDefaults>("TrafficDefaults");
+        check::<Dns>("Dns");
+        check::<Protocols>("Protocols");
+        check::<CircuitBreaker>("CircuitBreaker");
+        check::<KeepAliveProbes>("KeepAliveProbes");
+        check::<RetryStrategy>("RetryStrategy");
+        check::<StaticRetryLimit>("StaticRetryLimit");
+        check::<RetryBudget>("RetryBudget");
+        check::<ActiveCheck>("ActiveCheck");
+        check::<OutlierDetection>("OutlierDetection");
+        check::<Consecutive5xx>("Consecutive5xx");
+        check::<FailurePercentage>("FailurePercentage");
+        check::<VsCluster>("VsCluster");
+    }
+
     /// A policy with every field of the proposal passes the schema the API server enforces.
     #[test]
     fn policy_with_every_field_passes_the_schema() {

@@ -178,7 +178,7 @@ pub struct TrafficInfraSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct XdsSpec {
-    #[serde(default = "two")]
+    #[serde(default = "xds_replicas")]
     #[schemars(range(min = 0, max = 100))]
     pub replicas: i32,
     #[serde(default)]
@@ -191,7 +191,7 @@ pub struct XdsSpec {
     pub discovery: DiscoverySpec,
     /// Seconds between `weir xds`'s full re-lists of the EndpointSlices it routes to: a fallback
     /// beside the watch, so that an endpoint change the watch missed is served within this period.
-    #[serde(default = "five")]
+    #[serde(default = "xds_poll_interval")]
     #[schemars(range(min = 1, max = 3600))]
     pub poll_interval: i32,
     /// The Envoy node id: in the bootstrap the operator writes, and the only node id `weir xds`
@@ -205,12 +205,12 @@ pub struct XdsSpec {
 impl Default for XdsSpec {
     fn default() -> Self {
         Self {
-            replicas: 2,
+            replicas: xds_replicas(),
             image: XdsImage::default(),
             resources: XdsResources::default(),
             ports: XdsPorts::default(),
             discovery: DiscoverySpec::default(),
-            poll_interval: 5,
+            poll_interval: xds_poll_interval(),
             node_id: default_node_id(),
         }
     }
@@ -308,11 +308,11 @@ pub struct DiscoverySpec {
 #[serde(rename_all = "camelCase")]
 pub struct EnvoySpec {
     /// Replicas, and the HPA's minimum when the HPA is enabled.
-    #[serde(default = "two")]
+    #[serde(default = "envoy_replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
     /// The HPA's maximum.
-    #[serde(default = "ten")]
+    #[serde(default = "envoy_max_replicas")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
     #[serde(default)]
@@ -330,8 +330,8 @@ pub struct EnvoySpec {
 impl Default for EnvoySpec {
     fn default() -> Self {
         Self {
-            replicas: 2,
-            max_replicas: 10,
+            replicas: envoy_replicas(),
+            max_replicas: envoy_max_replicas(),
             image: EnvoyImage::default(),
             resources: EnvoyResources::default(),
             ports: EnvoyPorts::default(),
@@ -410,21 +410,25 @@ impl Default for EnvoyPorts {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HpaSpec {
-    #[serde(default = "yes")]
+    #[serde(default = "hpa_enabled")]
     pub enabled: bool,
     /// Average CPU utilisation (percent of the request) the HPA aims for.
-    #[serde(default = "seventy", rename = "targetCPUUtilization")]
+    #[serde(default = "hpa_target_cpu", rename = "targetCPUUtilization")]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization: i32,
     /// Average memory utilisation (percent of the request) the HPA aims for.
-    #[serde(default = "eighty", rename = "targetMemoryUtilization")]
+    #[serde(default = "hpa_target_memory", rename = "targetMemoryUtilization")]
     #[schemars(range(min = 1, max = 100))]
     pub target_memory_utilization: i32,
 }
 
 impl Default for HpaSpec {
     fn default() -> Self {
-        Self { enabled: true, target_cpu_utilization: 70, target_memory_utilization: 80 }
+        Self {
+            enabled: hpa_enabled(),
+            target_cpu_utilization: hpa_target_cpu(),
+            target_memory_utilization: hpa_target_memory(),
+        }
     }
 }
 
@@ -450,7 +454,7 @@ impl Default for EnvoyServiceSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficDefaults {
-    #[serde(default = "hundred")]
+    #[serde(default = "blue_weight")]
     #[schemars(range(min = 0, max = 1000000))]
     pub blue_weight: u32,
     #[serde(default)]
@@ -460,7 +464,7 @@ pub struct TrafficDefaults {
 
 impl Default for TrafficDefaults {
     fn default() -> Self {
-        Self { blue_weight: 100, green_weight: 0 }
+        Self { blue_weight: blue_weight(), green_weight: 0 }
     }
 }
 
@@ -561,26 +565,31 @@ fn image_reference(repository: &str, name: &str, tag: &str) -> String {
     }
 }
 
-fn two() -> i32 {
+// Each default once: the serde default of its field, and what its struct's `Default` uses (the
+// OpenAPI default is derived from the serde one).
+fn xds_replicas() -> i32 {
     2
 }
-fn five() -> i32 {
+fn xds_poll_interval() -> i32 {
     5
 }
-fn ten() -> i32 {
+fn envoy_replicas() -> i32 {
+    2
+}
+fn envoy_max_replicas() -> i32 {
     10
 }
-fn seventy() -> i32 {
+fn hpa_enabled() -> bool {
+    true
+}
+fn hpa_target_cpu() -> i32 {
     70
 }
-fn eighty() -> i32 {
+fn hpa_target_memory() -> i32 {
     80
 }
-fn hundred() -> u32 {
+fn blue_weight() -> u32 {
     100
-}
-fn yes() -> bool {
-    true
 }
 fn grpc_xds() -> i32 {
     18000
