@@ -89,13 +89,14 @@ static RELISTS: std::sync::LazyLock<Family<Vec<(String, String)>, Counter>> = st
 
 /// Registers the provider's metrics.
 pub fn register_metrics(registry: &mut prometheus_client::registry::Registry) {
-    registry.register(
-        "weir_kube_watch_errors",
+    let r = registry.sub_registry_with_prefix("weir_kube");
+    r.register(
+        "watch_errors",
         "Failed Kubernetes lists and watches of the provider, by kind and HTTP status (403: RBAC denied)",
         WATCH_ERRORS.clone(),
     );
-    registry.register(
-        "weir_kube_relists",
+    r.register(
+        "relists",
         "Periodic full re-lists beside the watch, by kind and result (changed: the watch had missed a change)",
         RELISTS.clone(),
     );
