@@ -93,8 +93,9 @@ impl AwsMetrics {
     /// Registers the process-wide family in `registry` (once per registry).
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
-        registry.register(
-            "weir_aws_requests",
+        let r = registry.sub_registry_with_prefix("weir_aws");
+        r.register(
+            "requests",
             "AWS API calls (every attempt) by service, operation and outcome",
             metrics.requests.clone(),
         );

@@ -60,8 +60,9 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
-        registry.register(
-            "weir_http_limit_hits",
+        let r = registry.sub_registry_with_prefix("weir_http");
+        r.register(
+            "limit_hits",
             "HTTP connections or requests cut because a limit was hit, by server and limit",
             m.hits.clone(),
         );

@@ -1,8 +1,11 @@
 //! Prometheus metrics, `/healthz` and `/readyz` on `--metrics-addr`.
 //!
-//! Each component registers its own metrics (`XxxMetrics::register(&mut Registry) -> Self`); the
-//! wiring creates one [`Registry`] per process (`app::runtime`), hands `&mut` to every component,
-//! and serves it.
+//! Each component registers its own metrics (`XxxMetrics::register(&mut Registry) -> Self`) into
+//! its own sub-registry of the process's one [`Registry`] (`app::runtime`), named by the prefix its
+//! families share (`weir_xds`, `weir_dns`, `weir_infra`, ...; `weir` when they share no more), so a
+//! component's prefix is written once; only the earlier controller's `cluster_traffic_controller_*`
+//! names sit at the root. The wiring hands `&mut` of the root to every component and serves it.
+//! `names::every_component_keeps_its_exposed_names` lists every family.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -200,11 +203,8 @@ pub struct InvalidInputs(
 impl InvalidInputs {
     pub fn register(registry: &mut Registry) -> Self {
         let me = Self::default();
-        registry.register(
-            "weir_invalid_input",
-            "Inputs refused (bad manifest, annotation, weight, ...), by kind",
-            me.0.clone(),
-        );
+        let r = registry.sub_registry_with_prefix("weir");
+        r.register("invalid_input", "Inputs refused (bad manifest, annotation, weight, ...), by kind", me.0.clone());
         // Expose 0 for the common kinds from the start, so that alerts and tests see the increase.
         use crate::ir::InputKind::*;
         for kind in [
@@ -271,5 +271,110 @@ mod tests {
         fast.beat();
         let stale = l.stale();
         assert_eq!(stale.iter().map(|s| s.0).collect::<Vec<_>>(), ["provider"]);
+    }
+}
+
+#[cfg(test)]
+mod names {
+    use prometheus_client::registry::Registry;
+
+    /// Every family every component registers, as `weir controller`, `weir xds` and `weir local`
+    /// wire them into one registry: exposed under the names the chart's alerts, its promtool tests
+    /// and the docs use.
+    #[test]
+    fn every_component_keeps_its_exposed_names() {
+        let mut r = Registry::default();
+        crate::providers::kubernetes::register_metrics(&mut r);
+        super::InvalidInputs::register(&mut r);
+        crate::http_serve::HttpMetrics::register(&mut r);
+        crate::xds::limits::StreamLimiter::new(Default::default()).register(&mut r);
+        crate::xds::server::XdsMetrics::register(&mut r);
+        crate::xds::admin::AdminMetrics::register(&mut r);
+        crate::xds::server::NodePolicy::any().register(&mut r);
+        crate::xds::vs_status::VsReporter::register_gauge(&mut r);
+        crate::dns::server::DnsServerMetrics::register(&mut r);
+        crate::reconciler::metrics::WeightMetrics::register(&mut r);
+        crate::aws::AwsMetrics::register(&mut r);
+        crate::dns::route53::HealthMetrics::register(&mut r);
+        crate::reconciler::metrics::ReconcileMetrics::register(&mut r);
+        crate::reconciler::ramp::RampMetrics::register(&mut r);
+        crate::reconciler::infra::InfraMetrics::register(&mut r);
+        crate::reconciler::leader::LeaderMetrics::register(&mut r);
+        // Counters are exposed with `_total`.
+        assert_eq!(
+            registered_names(&r),
+            [
+                "cluster_traffic_controller_ingress_weight_current",
+                "cluster_traffic_controller_ingress_weight_desired",
+                "weir_ack_blocked_hosts",
+                "weir_admin_requests",
+                "weir_aws_requests",
+                "weir_dns_changes",
+                "weir_dns_queries",
+                "weir_dns_tcp_connections_refused",
+                "weir_dns_zone_record_sets",
+                "weir_dns_zone_reload_errors",
+                "weir_health_check_healthy",
+                "weir_http_limit_hits",
+                "weir_infra_reconcile",
+                "weir_infra_writes",
+                "weir_invalid_input",
+                "weir_kube_relists",
+                "weir_kube_watch_errors",
+                "weir_leader",
+                "weir_leader_transitions",
+                "weir_override_active",
+                "weir_ramp_aborted",
+                "weir_ramp_active",
+                "weir_ramp_target_weight",
+                "weir_reconcile",
+                "weir_reconcile_duration_seconds",
+                "weir_record_weight",
+                "weir_virtualservices_unmatched",
+                "weir_weight_drift_seconds",
+                "weir_weight_refused",
+                "weir_weight_row_invalid",
+                "weir_weight_store_errors",
+                "weir_xds_bytes_sent",
+                "weir_xds_connected_clients",
+                "weir_xds_initial_wait_seconds",
+                "weir_xds_initial_waiting",
+                "weir_xds_limits_hit",
+                "weir_xds_nacks",
+                "weir_xds_push_latency_seconds",
+                "weir_xds_pushes",
+                "weir_xds_rejected_nodes",
+                "weir_xds_resources_sent",
+            ]
+        );
+    }
+
+    /// The name of every family in `r`, with its (sub-)registry's prefix, sorted. A family without
+    /// samples is not encoded, so the names come from the registry's `Debug`: each registry shows
+    /// its whole prefix, then its families' descriptors, then its sub-registries.
+    fn registered_names(r: &Registry) -> Vec<String> {
+        let debug = format!("{r:?}");
+        let mut prefix: Option<String> = None;
+        let mut names = Vec::new();
+        let mut rest = debug.as_str();
+        loop {
+            let next = ["prefix: None", "prefix: Some(Prefix(\"", "Descriptor { name: \""]
+                .iter()
+                .filter_map(|m| rest.find(m).map(|at| (at, *m)))
+                .min();
+            let Some((at, marker)) = next else { break };
+            rest = &rest[at + marker.len()..];
+            let quoted = || rest.split('"').next().unwrap_or_default().to_string();
+            match marker {
+                "prefix: None" => prefix = None,
+                m if m.starts_with("prefix") => prefix = Some(quoted()),
+                _ => names.push(match &prefix {
+                    Some(p) => format!("{p}_{}", quoted()),
+                    None => quoted(),
+                }),
+            }
+        }
+        names.sort();
+        names
     }
 }

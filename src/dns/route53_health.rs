@@ -88,8 +88,9 @@ impl Default for HealthMetrics {
 impl HealthMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
-        registry.register(
-            "weir_health_check_healthy",
+        let r = registry.sub_registry_with_prefix("weir_health_check");
+        r.register(
+            "healthy",
             "Route53 health check status of each cluster target (1 healthy, 0 unhealthy)",
             m.healthy.clone(),
         );

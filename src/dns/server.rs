@@ -84,15 +84,16 @@ pub struct DnsServerMetrics {
 impl DnsServerMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
-        registry.register("weir_dns_queries", "DNS queries answered by the embedded server", m.queries.clone());
-        registry.register("weir_dns_zone_record_sets", "Record sets in the zone being served", m.record_sets.clone());
-        registry.register(
-            "weir_dns_zone_reload_errors",
+        let r = registry.sub_registry_with_prefix("weir_dns");
+        r.register("queries", "DNS queries answered by the embedded server", m.queries.clone());
+        r.register("zone_record_sets", "Record sets in the zone being served", m.record_sets.clone());
+        r.register(
+            "zone_reload_errors",
             "Failed reads of the embedded zone (the last good zone keeps serving)",
             m.reload_errors.clone(),
         );
-        registry.register(
-            "weir_dns_tcp_connections_refused",
+        r.register(
+            "tcp_connections_refused",
             "DNS TCP connections closed at accept because a cap was reached (reason: per_ip, total)",
             m.tcp_refused.clone(),
         );

@@ -373,33 +373,7 @@ impl ManifestDir {
         self.files.retain(|p, _| paths.iter().any(|(q, _)| q == p));
         outcome.changed |= self.files.len() != before;
 
-        // Which files moved since they were last taken; a moved file is read only once it has held
-        // still for the settle time (a writer rewriting in place is never read half-way).
-        let mut moved = Vec::new();
-        let mut total: u64 = 0;
-        for (path, listed) in &paths {
-            let state = self.files.entry(path.clone()).or_default();
-            match listed {
-                Listed::Regular(st) if st.len > self.limits.max_file_bytes => {
-                    let error = ManifestError::TooLarge { size: st.len, cap: self.limits.max_file_bytes };
-                    report(state, path, error, &mut outcome);
-                    state.taken = None;
-                }
-                Listed::Regular(st) => {
-                    total = total.saturating_add(st.len);
-                    if total > self.limits.max_total_bytes {
-                        let error = ManifestError::DirectoryTooLarge { cap: self.limits.max_total_bytes };
-                        report(state, path, error, &mut outcome);
-                        state.taken = None;
-                    } else if state.taken != Some(*st) || recent(st) {
-                        // mtime is coarse (a few ms): a same-size rewrite within one tick keeps the
-                        // stamp, so a recently modified file is re-read (and compared by hash).
-                        moved.push((path.clone(), *st));
-                    }
-                }
-                Listed::Special(kind) => report(state, path, ManifestError::NotRegular((*kind).into()), &mut outcome),
-            }
-        }
+        let moved = self.moved(&paths, &mut outcome);
         if moved.is_empty() {
             return outcome;
         }
@@ -413,24 +387,7 @@ impl ManifestDir {
                 // Still being written: look again at the next poll.
                 continue;
             }
-            let result = read_regular(&path, self.limits.max_file_bytes).and_then(|(bytes, read_stamp)| {
-                if read_stamp != before {
-                    return Ok(None);
-                }
-                state.taken = Some(before);
-                let hash: [u8; 32] = Sha256::digest(&bytes).into();
-                if state.seen == Some(hash) {
-                    return Ok(None);
-                }
-                state.seen = Some(hash);
-                let text = String::from_utf8(bytes).map_err(|e| ManifestError::Read(format!("not UTF-8: {e}")))?;
-                let (objects, warnings) = parse_manifests_checked(&text)?;
-                for w in warnings {
-                    tracing::warn!(file = %path.display(), "{w}");
-                }
-                Ok(Some(objects))
-            });
-            match result {
+            match take(state, &path, before, self.limits.max_file_bytes) {
                 Ok(None) => {}
                 Ok(Some(objects)) => {
                     state.last_error = None;
@@ -452,10 +409,63 @@ impl ManifestDir {
         outcome
     }
 
+    /// Which listed files moved since they were last taken, with their stamps; a moved file is read
+    /// only once it has held still for the settle time (a writer rewriting in place is never read
+    /// half-way). Files past the size bounds and special files are reported instead.
+    fn moved(&mut self, paths: &[(PathBuf, Listed)], outcome: &mut PollOutcome) -> Vec<(PathBuf, Stamp)> {
+        let mut moved = Vec::new();
+        let mut total: u64 = 0;
+        for (path, listed) in paths {
+            let state = self.files.entry(path.clone()).or_default();
+            match listed {
+                Listed::Regular(st) if st.len > self.limits.max_file_bytes => {
+                    let error = ManifestError::TooLarge { size: st.len, cap: self.limits.max_file_bytes };
+                    report(state, path, error, outcome);
+                    state.taken = None;
+                }
+                Listed::Regular(st) => {
+                    total = total.saturating_add(st.len);
+                    if total > self.limits.max_total_bytes {
+                        let error = ManifestError::DirectoryTooLarge { cap: self.limits.max_total_bytes };
+                        report(state, path, error, outcome);
+                        state.taken = None;
+                    } else if state.taken != Some(*st) || recent(st) {
+                        // mtime is coarse (a few ms): a same-size rewrite within one tick keeps the
+                        // stamp, so a recently modified file is re-read (and compared by hash).
+                        moved.push((path.clone(), *st));
+                    }
+                }
+                Listed::Special(kind) => report(state, path, ManifestError::NotRegular((*kind).into()), outcome),
+            }
+        }
+        moved
+    }
+
     /// The snapshot of every file's last good objects.
     pub fn snapshot(&self, revision: u64) -> Snapshot {
         snapshot_of(self.files.values().filter_map(|f| f.good.as_ref()).flatten(), revision)
     }
+}
+
+/// Reads a file that held still at `before`: its objects when its content is new and parses,
+/// `None` when it moved while being read or its content was already looked at.
+fn take(state: &mut FileState, path: &Path, before: Stamp, cap: u64) -> Result<Option<Vec<Object>>, ManifestError> {
+    let (bytes, read_stamp) = read_regular(path, cap)?;
+    if read_stamp != before {
+        return Ok(None);
+    }
+    state.taken = Some(before);
+    let hash: [u8; 32] = Sha256::digest(&bytes).into();
+    if state.seen == Some(hash) {
+        return Ok(None);
+    }
+    state.seen = Some(hash);
+    let text = String::from_utf8(bytes).map_err(|e| ManifestError::Read(format!("not UTF-8: {e}")))?;
+    let (objects, warnings) = parse_manifests_checked(&text)?;
+    for w in warnings {
+        tracing::warn!(file = %path.display(), "{w}");
+    }
+    Ok(Some(objects))
 }
 
 /// Reports a problem once per distinct error; the file's last good objects keep serving.

@@ -89,13 +89,14 @@ static RELISTS: std::sync::LazyLock<Family<Vec<(String, String)>, Counter>> = st
 
 /// Registers the provider's metrics.
 pub fn register_metrics(registry: &mut prometheus_client::registry::Registry) {
-    registry.register(
-        "weir_kube_watch_errors",
+    let r = registry.sub_registry_with_prefix("weir_kube");
+    r.register(
+        "watch_errors",
         "Failed Kubernetes lists and watches of the provider, by kind and HTTP status (403: RBAC denied)",
         WATCH_ERRORS.clone(),
     );
-    registry.register(
-        "weir_kube_relists",
+    r.register(
+        "relists",
         "Periodic full re-lists beside the watch, by kind and result (changed: the watch had missed a change)",
         RELISTS.clone(),
     );
@@ -320,18 +321,14 @@ where
 {
     let (reader, mut writer) = reflector::store::<K>();
     let kind = K::kind(&());
-    let plural = K::plural(&()).to_string();
-    let group = K::group(&()).to_string();
     let stream = watcher(api.clone(), watcher::Config::default())
         // Field-manager bookkeeping and kubectl's copy of the last applied object are never read;
         // dropping them keeps the caches small.
         .modify(strip)
         .default_backoff();
     let store = reader.clone();
-    // One watch of a kind may be denied while another (in another namespace) works.
-    let denied_key = format!("{kind} {where_}");
+    let mut health = WatchHealth::of::<K>(where_);
     tokio::spawn(async move {
-        let mut failing = false;
         let mut stream = std::pin::pin!(stream);
         // Between a watch's Init and InitDone the store is being refilled; a re-list waits.
         let mut in_init = false;
@@ -359,41 +356,75 @@ where
             }
             match event {
                 Ok(_) => {
-                    if failing {
-                        tracing::info!(%kind, "watch recovered");
-                        failing = false;
-                    }
-                    DENIED.lock().remove(&denied_key);
+                    health.ok();
                     changed.notify_one();
                 }
-                Err(e) => {
-                    let code = status_code(&e);
-                    let labels = vec![
-                        ("kind".to_string(), kind.to_string()),
-                        ("code".to_string(), code.map_or("none".to_string(), |c| c.to_string())),
-                    ];
-                    WATCH_ERRORS.get_or_create(&labels).inc();
-                    if code == Some(403) {
-                        // RBAC changed under us (or was never granted): say exactly what is missing.
-                        if DENIED.lock().insert(denied_key.clone(), std::time::Instant::now()).is_none() {
-                            tracing::error!(%kind, verb = "list/watch", resource = %plural, group = %group, scope = %where_, error = %e,
-                                "Kubernetes denied list/watch of {plural} (group {group:?}) {where_}: not ready until it is granted; what is published stays");
-                        }
-                        failing = true;
-                        continue;
-                    }
-                    // Log the first failure loudly and the retries quietly: a missing CRD repeats.
-                    if failing {
-                        tracing::debug!(%kind, error = %e, "watch still failing; retrying");
-                    } else {
-                        tracing::warn!(%kind, error = %e, "watch failed; retrying with backoff (is the CRD installed and is RBAC granted?)");
-                        failing = true;
-                    }
-                }
+                Err(e) => health.failed(&e),
             }
         }
     });
     reader
+}
+
+/// How one watch is doing: its logs (the first failure loudly, retries quietly), the denied list
+/// and `weir_kube_watch_errors_total`.
+struct WatchHealth {
+    kind: String,
+    plural: String,
+    group: String,
+    /// `in namespace NS` or `at the cluster scope`.
+    where_: String,
+    /// One watch of a kind may be denied while another (in another namespace) works.
+    denied_key: String,
+    failing: bool,
+}
+
+impl WatchHealth {
+    fn of<K: Resource<DynamicType = ()>>(where_: String) -> Self {
+        let kind = K::kind(&()).to_string();
+        Self {
+            denied_key: format!("{kind} {where_}"),
+            kind,
+            plural: K::plural(&()).to_string(),
+            group: K::group(&()).to_string(),
+            where_,
+            failing: false,
+        }
+    }
+
+    fn ok(&mut self) {
+        if self.failing {
+            tracing::info!(kind = %self.kind, "watch recovered");
+            self.failing = false;
+        }
+        DENIED.lock().remove(&self.denied_key);
+    }
+
+    fn failed(&mut self, e: &watcher::Error) {
+        let Self { kind, plural, group, where_, .. } = &*self;
+        let code = status_code(e);
+        let labels = vec![
+            ("kind".to_string(), kind.to_string()),
+            ("code".to_string(), code.map_or("none".to_string(), |c| c.to_string())),
+        ];
+        WATCH_ERRORS.get_or_create(&labels).inc();
+        if code == Some(403) {
+            // RBAC changed under us (or was never granted): say exactly what is missing.
+            if DENIED.lock().insert(self.denied_key.clone(), std::time::Instant::now()).is_none() {
+                tracing::error!(%kind, verb = "list/watch", resource = %plural, group = %group, scope = %where_, error = %e,
+                    "Kubernetes denied list/watch of {plural} (group {group:?}) {where_}: not ready until it is granted; what is published stays");
+            }
+            self.failing = true;
+            return;
+        }
+        // Log the first failure loudly and the retries quietly: a missing CRD repeats.
+        if self.failing {
+            tracing::debug!(%kind, error = %e, "watch still failing; retrying");
+        } else {
+            tracing::warn!(%kind, error = %e, "watch failed; retrying with backoff (is the CRD installed and is RBAC granted?)");
+            self.failing = true;
+        }
+    }
 }
 
 fn strip<K: Resource>(o: &mut K) {

@@ -98,12 +98,9 @@ pub struct InfraMetrics {
 impl InfraMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
-        registry.register("weir_infra_reconcile", "Infra manager passes by result", m.reconciles.clone());
-        registry.register(
-            "weir_infra_writes",
-            "Writes of the infra manager by operation (apply, delete, status)",
-            m.writes.clone(),
-        );
+        let r = registry.sub_registry_with_prefix("weir_infra");
+        r.register("reconcile", "Infra manager passes by result", m.reconciles.clone());
+        r.register("writes", "Writes of the infra manager by operation (apply, delete, status)", m.writes.clone());
         m
     }
 }

@@ -227,9 +227,10 @@ pub struct LeaderMetrics {
 impl LeaderMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
-        registry.register("weir_leader", "1 while this replica holds the leader Lease", m.leader.clone());
-        registry.register(
-            "weir_leader_transitions",
+        let r = registry.sub_registry_with_prefix("weir");
+        r.register("leader", "1 while this replica holds the leader Lease", m.leader.clone());
+        r.register(
+            "leader_transitions",
             "Times this replica became or stopped being the leader",
             m.transitions.clone(),
         );

@@ -48,19 +48,20 @@ impl WeightMetrics {
             "CurrentWeight of this cluster in the weight store (acknowledged after the records were written)",
             m.current.clone(),
         );
-        registry.register(
-            "weir_weight_drift_seconds",
+        let r = registry.sub_registry_with_prefix("weir_weight");
+        r.register(
+            "drift_seconds",
             "Seconds since DesiredWeight and CurrentWeight started to differ; 0 when equal",
             m.drift.clone(),
         );
-        registry.register("weir_weight_store_errors", "Failed weight store calls", m.store_errors.clone());
-        registry.register(
-            "weir_weight_row_invalid",
+        r.register("store_errors", "Failed weight store calls", m.store_errors.clone());
+        r.register(
+            "row_invalid",
             "1 while this cluster's DesiredWeight in the weight store is not a weight (0-100)",
             m.row_invalid.clone(),
         );
-        registry.register(
-            "weir_weight_refused",
+        r.register(
+            "refused",
             "1 while this cluster's DesiredWeight is refused by a safety rule, by rule",
             m.refused.clone(),
         );
@@ -103,23 +104,20 @@ impl Default for ReconcileMetrics {
 impl ReconcileMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
-        registry.register(
-            "weir_record_weight",
-            "Weight of this cluster's published record, per host",
-            m.record_weight.clone(),
-        );
-        registry.register("weir_reconcile", "DNS reconcile passes by result", m.reconciles.clone());
+        let r = registry.sub_registry_with_prefix("weir");
+        r.register("record_weight", "Weight of this cluster's published record, per host", m.record_weight.clone());
+        r.register("reconcile", "DNS reconcile passes by result", m.reconciles.clone());
         // Every result from the start, so that `rate()` and alerts see the first failure of a kind.
         for result in super::dns::PassError::RESULTS {
             let _ = m.reconciles.get_or_create(&labels(&[("result", result)]));
         }
-        registry.register("weir_reconcile_duration_seconds", "Duration of DNS reconcile passes", m.duration.clone());
-        registry.register("weir_dns_changes", "DNS record changes applied, by action", m.changes.clone());
+        r.register("reconcile_duration_seconds", "Duration of DNS reconcile passes", m.duration.clone());
+        r.register("dns_changes", "DNS record changes applied, by action", m.changes.clone());
         for action in ["UPSERT", "DELETE"] {
             let _ = m.changes.get_or_create(&labels(&[("action", action)]));
         }
-        registry.register(
-            "weir_ack_blocked_hosts",
+        r.register(
+            "ack_blocked_hosts",
             "Hosts held off the weight derived from the cluster weight (bad annotation, no load-balancer \
              address, no health check); while above 0 the cluster weight is not acknowledged",
             m.ack_blocked.clone(),

@@ -24,11 +24,12 @@ pub struct RampMetrics {
 impl RampMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
-        registry.register("weir_ramp_aborted", "Ramps stopped by a failed gate and reverted", m.aborted.clone());
-        registry.register("weir_ramp_active", "1 while a ramp of this cluster is running", m.active.clone());
-        registry.register("weir_ramp_target_weight", "The target weight of the running ramp", m.target.clone());
-        registry.register(
-            "weir_override_active",
+        let r = registry.sub_registry_with_prefix("weir");
+        r.register("ramp_aborted", "Ramps stopped by a failed gate and reverted", m.aborted.clone());
+        r.register("ramp_active", "1 while a ramp of this cluster is running", m.active.clone());
+        r.register("ramp_target_weight", "The target weight of the running ramp", m.target.clone());
+        r.register(
+            "override_active",
             "1 while a time-boxed override of this cluster's weight runs",
             m.override_active.clone(),
         );

@@ -64,7 +64,8 @@ pub struct AdminMetrics {
 impl AdminMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self { requests: Family::default() };
-        registry.register("weir_admin_requests", "Admin API requests, by path and status code", m.requests.clone());
+        let r = registry.sub_registry_with_prefix("weir_admin");
+        r.register("requests", "Admin API requests, by path and status code", m.requests.clone());
         m
     }
 }

@@ -78,8 +78,9 @@ impl StreamLimiter {
 
     /// Registers `weir_xds_limits_hit_total{limit}`.
     pub fn register(self, registry: &mut Registry) -> Self {
-        registry.register(
-            "weir_xds_limits_hit",
+        let r = registry.sub_registry_with_prefix("weir_xds");
+        r.register(
+            "limits_hit",
             "ADS streams refused or ended because a bound was hit (limit: streams, streams_per_connection, \
              names_per_type, name_length)",
             self.hits.clone(),

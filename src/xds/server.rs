@@ -166,8 +166,9 @@ impl NodePolicy {
     }
 
     pub fn register(self, registry: &mut Registry) -> Self {
-        registry.register(
-            "weir_xds_rejected_nodes",
+        let r = registry.sub_registry_with_prefix("weir_xds");
+        r.register(
+            "rejected_nodes",
             "ADS streams refused because their node id is not the TrafficInfra's xds.nodeID",
             self.rejected.clone(),
         );

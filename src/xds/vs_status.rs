@@ -42,8 +42,9 @@ pub struct VsReporter {
 impl VsReporter {
     pub fn register_gauge(registry: &mut Registry) -> Gauge {
         let g = Gauge::default();
-        registry.register(
-            "weir_virtualservices_unmatched",
+        let r = registry.sub_registry_with_prefix("weir_virtualservices");
+        r.register(
+            "unmatched",
             "Accepted VirtualServices whose spec.selector matches no connected Envoy's node labels",
             g.clone(),
         );

@@ -76,33 +76,37 @@ pub struct PolicyTargetRef {
 }
 
 /// How the endpoints' addresses are resolved: the cluster becomes a DNS cluster.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Dns {
     /// `strict` (every address resolved, all results used) or `logical` (first result only, for
     /// large DNS-balanced services). Default `strict`.
     #[serde(default = "strict", rename = "type")]
-    #[schemars(extend("enum" = ["logical", "strict"]), extend("default" = "strict"))]
+    #[schemars(extend("enum" = ["logical", "strict"]))]
     pub type_: String,
     /// Re-resolve when the record's TTL expires instead of at Envoy's fixed refresh rate.
     #[serde(default)]
     pub respect_dns_ttl: bool,
 }
 
+impl Default for Dns {
+    fn default() -> Self {
+        Self { type_: strict(), respect_dns_ttl: false }
+    }
+}
+
 /// Address families used for the backends.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct Protocols {
     #[serde(default = "yes", rename = "enableIPv4")]
-    #[schemars(extend("default" = true))]
     pub enable_ipv4: bool,
     #[serde(default, rename = "enableIPv6")]
-    #[schemars(extend("default" = false))]
     pub enable_ipv6: bool,
 }
 
 impl Default for Protocols {
     fn default() -> Self {
-        Self { enable_ipv4: true, enable_ipv6: false }
+        Self { enable_ipv4: yes(), enable_ipv6: false }
     }
 }
 
@@ -112,16 +116,16 @@ impl Default for Protocols {
 pub struct CircuitBreaker {
     /// `default` or `high`.
     #[serde(default = "default_priority")]
-    #[schemars(extend("enum" = ["default", "high"]), extend("default" = "default"))]
+    #[schemars(extend("enum" = ["default", "high"]))]
     pub priority: String,
     #[serde(default = "n1024")]
-    #[schemars(range(min = 1, max = 4294967295_u32), extend("default" = 1024))]
+    #[schemars(range(min = 1, max = 4294967295_u32))]
     pub max_connections: i64,
     #[serde(default = "n1024")]
-    #[schemars(range(min = 1, max = 4294967295_u32), extend("default" = 1024))]
+    #[schemars(range(min = 1, max = 4294967295_u32))]
     pub max_pending_requests: i64,
     #[serde(default = "n1024")]
-    #[schemars(range(min = 1, max = 4294967295_u32), extend("default" = 1024))]
+    #[schemars(range(min = 1, max = 4294967295_u32))]
     pub max_parallel_requests: i64,
 }
 
@@ -129,9 +133,9 @@ impl Default for CircuitBreaker {
     fn default() -> Self {
         Self {
             priority: default_priority(),
-            max_connections: 1024,
-            max_pending_requests: 1024,
-            max_parallel_requests: 1024,
+            max_connections: n1024(),
+            max_pending_requests: n1024(),
+            max_parallel_requests: n1024(),
         }
     }
 }
@@ -142,25 +146,25 @@ impl Default for CircuitBreaker {
 pub struct KeepAliveProbes {
     /// Idle time before the first probe.
     #[serde(default = "s7200")]
-    #[schemars(regex(pattern = DURATION_PATTERN), extend("default" = "7200s"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub idle_time: String,
     /// Time between probes.
     #[serde(default = "s75")]
-    #[schemars(regex(pattern = DURATION_PATTERN), extend("default" = "75s"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub interval: String,
     /// Unanswered probes before the connection is dropped.
     #[serde(default = "nine")]
-    #[schemars(range(min = 1, max = 1000), extend("default" = 9))]
+    #[schemars(range(min = 1, max = 1000))]
     pub max_probes: i64,
 }
 
 impl Default for KeepAliveProbes {
     fn default() -> Self {
-        Self { idle_time: s7200(), interval: s75(), max_probes: 9 }
+        Self { idle_time: s7200(), interval: s75(), max_probes: nine() }
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self.type != 'http' || has(self.http)", "message": "retryStrategy.http is required when type is http"},
@@ -177,12 +181,18 @@ pub struct RetryStrategy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc: Option<GrpcRetry>,
     #[serde(default = "one")]
-    #[schemars(range(min = 0, max = 10), extend("default" = 1))]
+    #[schemars(range(min = 0, max = 10))]
     pub num_retries: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_retry: Option<PerRetry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_limits: Option<RetryLimits>,
+}
+
+impl Default for RetryStrategy {
+    fn default() -> Self {
+        Self { type_: String::new(), http: None, grpc: None, num_retries: one(), per_retry: None, retry_limits: None }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -258,13 +268,13 @@ pub struct RetryLimits {
 pub struct StaticRetryLimit {
     /// Retries in flight at once to the cluster.
     #[serde(default = "three")]
-    #[schemars(range(min = 1, max = 4294967295_u32), extend("default" = 3))]
+    #[schemars(range(min = 1, max = 4294967295_u32))]
     pub max_parallel: i64,
 }
 
 impl Default for StaticRetryLimit {
     fn default() -> Self {
-        Self { max_parallel: 3 }
+        Self { max_parallel: three() }
     }
 }
 
@@ -273,17 +283,17 @@ impl Default for StaticRetryLimit {
 pub struct RetryBudget {
     /// Retries in flight as a percentage of active requests.
     #[serde(default = "twenty")]
-    #[schemars(range(min = 1, max = 100), extend("default" = 20))]
+    #[schemars(range(min = 1, max = 100))]
     pub active_request_percent: i64,
     /// Retries always allowed in flight, whatever the percentage gives.
     #[serde(default = "three")]
-    #[schemars(range(min = 0, max = 4294967295_u32), extend("default" = 3))]
+    #[schemars(range(min = 0, max = 4294967295_u32))]
     pub min_concurrent: i64,
 }
 
 impl Default for RetryBudget {
     fn default() -> Self {
-        Self { active_request_percent: 20, min_concurrent: 3 }
+        Self { active_request_percent: twenty(), min_concurrent: three() }
     }
 }
 
@@ -310,16 +320,16 @@ pub struct ActiveCheck {
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub connection_timeout: Option<String>,
     #[serde(default = "s5")]
-    #[schemars(regex(pattern = DURATION_PATTERN), extend("default" = "5s"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub healthy_check_interval: String,
     #[serde(default = "s10")]
-    #[schemars(regex(pattern = DURATION_PATTERN), extend("default" = "10s"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub unhealthy_check_interval: String,
     #[serde(default = "three")]
-    #[schemars(range(min = 1, max = 1000), extend("default" = 3))]
+    #[schemars(range(min = 1, max = 1000))]
     pub unhealthy_threshold: i64,
     #[serde(default = "one")]
-    #[schemars(range(min = 1, max = 1000), extend("default" = 1))]
+    #[schemars(range(min = 1, max = 1000))]
     pub healthy_threshold: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logging: Option<HealthCheckLogging>,
@@ -339,8 +349,8 @@ impl Default for ActiveCheck {
             connection_timeout: None,
             healthy_check_interval: s5(),
             unhealthy_check_interval: s10(),
-            unhealthy_threshold: 3,
-            healthy_threshold: 1,
+            unhealthy_threshold: three(),
+            healthy_threshold: one(),
             logging: None,
             type_: String::new(),
             grpc: None,
@@ -431,7 +441,7 @@ pub struct HeaderNameValue {
 #[serde(rename_all = "camelCase")]
 pub struct OutlierDetection {
     #[serde(default = "s10")]
-    #[schemars(regex(pattern = DURATION_PATTERN), extend("default" = "10s"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub check_interval: String,
     #[serde(default, rename = "consecutive5XX", skip_serializing_if = "Option::is_none")]
     pub consecutive_5xx: Option<Consecutive5xx>,
@@ -449,13 +459,13 @@ impl Default for OutlierDetection {
 #[serde(rename_all = "camelCase")]
 pub struct Consecutive5xx {
     #[serde(default = "five")]
-    #[schemars(range(min = 1, max = 4294967295_u32), extend("default" = 5))]
+    #[schemars(range(min = 1, max = 4294967295_u32))]
     pub threshold: i64,
 }
 
 impl Default for Consecutive5xx {
     fn default() -> Self {
-        Self { threshold: 5 }
+        Self { threshold: five() }
     }
 }
 
@@ -464,17 +474,17 @@ impl Default for Consecutive5xx {
 pub struct FailurePercentage {
     /// An endpoint whose failure percentage reaches this is ejected.
     #[serde(default = "eighty_five")]
-    #[schemars(range(min = 0, max = 100), extend("default" = 85))]
+    #[schemars(range(min = 0, max = 100))]
     pub threshold: i64,
     /// Requests an endpoint must have had in the interval before its percentage counts.
     #[serde(default = "fifty")]
-    #[schemars(range(min = 1, max = 4294967295_u32), extend("default" = 50))]
+    #[schemars(range(min = 1, max = 4294967295_u32))]
     pub minimum_requests: i64,
 }
 
 impl Default for FailurePercentage {
     fn default() -> Self {
-        Self { threshold: 85, minimum_requests: 50 }
+        Self { threshold: eighty_five(), minimum_requests: fifty() }
     }
 }
 

@@ -84,7 +84,7 @@ pub struct VsCluster {
     /// `strictdns` (the seed's only value, the default): endpoints by `host.address` are resolved by
     /// Envoy (STRICT_DNS); `eds`: every endpoint is by `host.selector`, served by EDS.
     #[serde(default = "strictdns")]
-    #[schemars(extend("enum" = ["strictdns", "eds"]), extend("default" = "strictdns"))]
+    #[schemars(extend("enum" = ["strictdns", "eds"]))]
     pub service_discovery: String,
     /// Active TCP health checks of every endpoint on its `health_check_port`. Absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,7 +120,7 @@ pub struct VsHealthCheck {
     pub interval: i64,
     /// `TCP` only.
     #[serde(default = "tcp")]
-    #[schemars(extend("enum" = ["TCP"]), extend("default" = "TCP"))]
+    #[schemars(extend("enum" = ["TCP"]))]
     pub protocol: String,
 }
 

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::record::{DesiredRecords, Ownership, RecordKey, RecordSet, RecordType};
+use super::adopt::Adoption;
+use super::record::{DesiredRecords, Hold, Ownership, RecordKey, RecordSet, RecordType};
 use crate::ir::{InputKind, Refusal};
 use crate::model::ObjectRef;
 
@@ -192,6 +193,56 @@ impl Default for BatchLimits {
 /// removed hosts are deleted). Records with this cluster's set identifier but no ownership TXT are
 /// never touched.
 pub fn plan(desired: &DesiredRecords, current: &[RecordSet], owner: &Ownership, allow_all_zero: bool) -> Plan {
+    let by_host = published_by_host(current, owner);
+    let wanted = wanted_by_host(desired, owner);
+    let mut plan = Plan::default();
+    let hosts: BTreeSet<&str> = by_host.keys().map(String::as_str).chain(wanted.keys().copied()).collect();
+    for host in hosts {
+        let empty = HostView::default();
+        let view = by_host.get(host).unwrap_or(&empty);
+        if let Some(hold) = desired.keep.get(host) {
+            plan.held.extend(held(host, hold, view));
+            continue;
+        }
+        let records = wanted.get(host).map(Vec::as_slice).unwrap_or_default();
+        let has_our_records = !view.ours.is_empty();
+        let adopting = desired.adopt.get(host).filter(|_| has_our_records && !view.owned);
+        if has_our_records && !view.owned && adopting.is_none() {
+            if !records.is_empty() {
+                plan.refusals.push(not_owned(host, desired, owner));
+            }
+            continue;
+        }
+        if records.is_empty() && !view.owned {
+            continue;
+        }
+        let upserts = upserts(host, records, view, desired, owner, allow_all_zero, &mut plan.refusals);
+        let wanted_keys: BTreeSet<&RecordKey> = records.iter().map(|r| &r.key).collect();
+        let deletes: Vec<Change> = view
+            .ours
+            .values()
+            .filter(|r| !wanted_keys.contains(&r.key))
+            .map(|r| Change::Delete { record: (*r).clone() })
+            .collect();
+        let changes = ordered(host, upserts, deletes, adopting);
+        if let Some(adoption) = adopting {
+            plan.adopted.push(Adopted {
+                host: host.to_string(),
+                external_owner: adoption.external_owner.clone(),
+                registry_txt: adoption.registry.iter().map(|r| r.key.name.clone()).collect(),
+            });
+        }
+        if !changes.is_empty() {
+            plan.hosts.push(HostChanges { host: host.to_string(), changes });
+        }
+    }
+    plan.refusals.sort();
+    plan
+}
+
+/// What is published, by host (a TXT under its host's name): this cluster's records, whether it
+/// owns them, and the other clusters' traffic records.
+fn published_by_host<'a>(current: &'a [RecordSet], owner: &Ownership) -> BTreeMap<String, HostView<'a>> {
     let mut by_host: BTreeMap<String, HostView> = BTreeMap::new();
     for record in current {
         let host = match record.key.rtype {
@@ -217,6 +268,11 @@ pub fn plan(desired: &DesiredRecords, current: &[RecordSet], owner: &Ownership, 
             view.ours.insert(record.key.clone(), record);
         }
     }
+    by_host
+}
+
+/// The desired records, by host (a TXT under its host's name).
+fn wanted_by_host<'a>(desired: &'a DesiredRecords, owner: &Ownership) -> BTreeMap<&'a str, Vec<&'a RecordSet>> {
     let mut wanted: BTreeMap<&str, Vec<&RecordSet>> = BTreeMap::new();
     for record in &desired.records {
         let host = match record.key.rtype {
@@ -225,122 +281,108 @@ pub fn plan(desired: &DesiredRecords, current: &[RecordSet], owner: &Ownership, 
         };
         wanted.entry(host).or_default().push(record);
     }
+    wanted
+}
 
-    let mut plan = Plan::default();
-    let hosts: BTreeSet<&str> = by_host.keys().map(String::as_str).chain(wanted.keys().copied()).collect();
-    for host in hosts {
-        let empty = HostView::default();
-        let view = by_host.get(host).unwrap_or(&empty);
-        if let Some(hold) = desired.keep.get(host) {
-            let published: Vec<u8> =
-                view.ours.values().filter(|r| r.key.rtype.is_traffic()).map(|r| r.weight).collect();
-            let at_derived = !published.is_empty() && published.iter().all(|w| Some(*w) == hold.weight);
-            if !at_derived {
-                plan.held.push(HeldHost {
-                    host: host.to_string(),
-                    source: hold.source.clone(),
-                    published: published.iter().copied().max(),
-                    derived: hold.weight,
-                    reason: hold.reason.describe().to_string(),
-                });
-            }
-            continue;
-        }
-        let records = wanted.get(host).map(Vec::as_slice).unwrap_or_default();
-        let has_our_records = !view.ours.is_empty();
-        let adopting = desired.adopt.get(host).filter(|_| has_our_records && !view.owned);
-        if has_our_records && !view.owned && adopting.is_none() {
-            if !records.is_empty() {
-                let source = desired.source_of(host);
-                plan.refusals.push(Refusal {
-                    object: source,
-                    kind: InputKind::Ownership,
-                    reason: "RecordNotOwned".into(),
-                    message: format!(
-                        "{host} already has records with set identifier {:?} that weir does not own (no \
-                         ownership TXT at {}); weir leaves them alone; delete them or pick another cluster name",
-                        owner.cluster,
-                        owner.txt_name(host)
-                    ),
-                });
-            }
-            continue;
-        }
-        if records.is_empty() && !view.owned {
-            continue;
-        }
-        let mut changes = Vec::new();
-        let mut upserts = Vec::new();
-        for &record in records {
-            let mut record = record.clone();
-            let previous = view.ours.get(&record.key).copied();
-            if record.key.rtype.is_traffic() && record.weight == 0 && !allow_all_zero {
-                let published = view.ours.values().filter(|r| r.key.rtype.is_traffic()).map(|r| r.weight).max();
-                let others_zero = view.others.iter().all(|r| r.weight == 0);
-                if let Some(w) = published.filter(|w| *w > 0) {
-                    if others_zero {
-                        plan.refusals.push(Refusal {
-                            object: desired.source_of(host),
-                            kind: InputKind::AllZeroGuard,
-                            reason: "AllZeroGuard".into(),
-                            message: format!(
-                                "refusing to set {host} to weight 0 in cluster {}: every other cluster's record \
-                                 for it is 0 or absent, and Route53 would then split traffic equally; raise \
-                                 another cluster's weight first, or run with --allow-all-zero",
-                                owner.cluster
-                            ),
-                        });
-                        record.weight = w;
-                    }
+/// A host kept at its published weight: reported unless every published record is already at the
+/// derived weight.
+fn held(host: &str, hold: &Hold, view: &HostView) -> Option<HeldHost> {
+    let published: Vec<u8> = view.ours.values().filter(|r| r.key.rtype.is_traffic()).map(|r| r.weight).collect();
+    let at_derived = !published.is_empty() && published.iter().all(|w| Some(*w) == hold.weight);
+    (!at_derived).then(|| HeldHost {
+        host: host.to_string(),
+        source: hold.source.clone(),
+        published: published.iter().copied().max(),
+        derived: hold.weight,
+        reason: hold.reason.describe().to_string(),
+    })
+}
+
+/// The refusal of a host whose records with this cluster's set identifier weir does not own.
+fn not_owned(host: &str, desired: &DesiredRecords, owner: &Ownership) -> Refusal {
+    Refusal {
+        object: desired.source_of(host),
+        kind: InputKind::Ownership,
+        reason: "RecordNotOwned".into(),
+        message: format!(
+            "{host} already has records with set identifier {:?} that weir does not own (no \
+             ownership TXT at {}); weir leaves them alone; delete them or pick another cluster name",
+            owner.cluster,
+            owner.txt_name(host)
+        ),
+    }
+}
+
+/// The upserts of the records that differ from what is published, with the all-zero guard: a
+/// weight of 0 stays at the published weight while every other cluster's record is 0 or absent
+/// (unless `allow_all_zero`), and is refused in `refusals`.
+fn upserts(
+    host: &str,
+    records: &[&RecordSet],
+    view: &HostView,
+    desired: &DesiredRecords,
+    owner: &Ownership,
+    allow_all_zero: bool,
+    refusals: &mut Vec<Refusal>,
+) -> Vec<Change> {
+    let mut upserts = Vec::new();
+    for &record in records {
+        let mut record = record.clone();
+        let previous = view.ours.get(&record.key).copied();
+        if record.key.rtype.is_traffic() && record.weight == 0 && !allow_all_zero {
+            let published = view.ours.values().filter(|r| r.key.rtype.is_traffic()).map(|r| r.weight).max();
+            let others_zero = view.others.iter().all(|r| r.weight == 0);
+            if let Some(w) = published.filter(|w| *w > 0) {
+                if others_zero {
+                    refusals.push(Refusal {
+                        object: desired.source_of(host),
+                        kind: InputKind::AllZeroGuard,
+                        reason: "AllZeroGuard".into(),
+                        message: format!(
+                            "refusing to set {host} to weight 0 in cluster {}: every other cluster's record \
+                             for it is 0 or absent, and Route53 would then split traffic equally; raise \
+                             another cluster's weight first, or run with --allow-all-zero",
+                            owner.cluster
+                        ),
+                    });
+                    record.weight = w;
                 }
             }
-            if previous != Some(&record) {
-                upserts.push(Change::Upsert { record, previous: previous.cloned() });
-            }
         }
-        let wanted_keys: BTreeSet<&RecordKey> = records.iter().map(|r| &r.key).collect();
-        let mut deletes: Vec<Change> = view
-            .ours
-            .values()
-            .filter(|r| !wanted_keys.contains(&r.key))
-            .map(|r| Change::Delete { record: (*r).clone() })
-            .collect();
-        // Traffic records go before their TXT when deleting, after it when creating: a traffic record is
-        // never published without an owner marker.
-        deletes.sort_by_key(|c| c.record().key.rtype == RecordType::Txt);
-        upserts.sort_by_key(|c| c.record().key.rtype != RecordType::Txt);
-        let (delete_txt, delete_traffic): (Vec<Change>, Vec<Change>) =
-            deletes.into_iter().partition(|c| c.record().key.rtype == RecordType::Txt);
-        // Adoption: external-dns's mark goes last, after weir's own is written (one batch, so the
-        // name answers throughout and is never left unowned), except an old-format mark at the name
-        // itself when a CNAME is written there (a CNAME shares its name with nothing).
-        let (registry_first, registry_last): (Vec<Change>, Vec<Change>) = adopting
-            .map(|a| a.registry.iter().map(|r| Change::Delete { record: r.clone() }).collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .partition(|c| {
-                c.record().key.name == host
-                    && upserts.iter().any(|u| u.record().key.rtype == RecordType::Cname && u.record().key.name == host)
-            });
-        // A type change (CNAME ↔ A) must delete the old type before the new one is created.
-        changes.extend(delete_traffic);
-        changes.extend(registry_first);
-        changes.extend(upserts);
-        changes.extend(delete_txt);
-        changes.extend(registry_last);
-        if let Some(adoption) = adopting {
-            plan.adopted.push(Adopted {
-                host: host.to_string(),
-                external_owner: adoption.external_owner.clone(),
-                registry_txt: adoption.registry.iter().map(|r| r.key.name.clone()).collect(),
-            });
-        }
-        if !changes.is_empty() {
-            plan.hosts.push(HostChanges { host: host.to_string(), changes });
+        if previous != Some(&record) {
+            upserts.push(Change::Upsert { record, previous: previous.cloned() });
         }
     }
-    plan.refusals.sort();
-    plan
+    upserts
+}
+
+/// One host's changes in the order they must be applied.
+fn ordered(host: &str, mut upserts: Vec<Change>, mut deletes: Vec<Change>, adopting: Option<&Adoption>) -> Vec<Change> {
+    // Traffic records go before their TXT when deleting, after it when creating: a traffic record is
+    // never published without an owner marker.
+    deletes.sort_by_key(|c| c.record().key.rtype == RecordType::Txt);
+    upserts.sort_by_key(|c| c.record().key.rtype != RecordType::Txt);
+    let (delete_txt, delete_traffic): (Vec<Change>, Vec<Change>) =
+        deletes.into_iter().partition(|c| c.record().key.rtype == RecordType::Txt);
+    // Adoption: external-dns's mark goes last, after weir's own is written (one batch, so the
+    // name answers throughout and is never left unowned), except an old-format mark at the name
+    // itself when a CNAME is written there (a CNAME shares its name with nothing).
+    let (registry_first, registry_last): (Vec<Change>, Vec<Change>) = adopting
+        .map(|a| a.registry.iter().map(|r| Change::Delete { record: r.clone() }).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .partition(|c| {
+            c.record().key.name == host
+                && upserts.iter().any(|u| u.record().key.rtype == RecordType::Cname && u.record().key.name == host)
+        });
+    // A type change (CNAME ↔ A) must delete the old type before the new one is created.
+    let mut changes = Vec::new();
+    changes.extend(delete_traffic);
+    changes.extend(registry_first);
+    changes.extend(upserts);
+    changes.extend(delete_txt);
+    changes.extend(registry_last);
+    changes
 }
 
 #[derive(Default)]

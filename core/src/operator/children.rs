@@ -25,7 +25,7 @@ use kube_core::ResourceExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::crd::{NamespaceConfig, TrafficInfra, API_VERSION, GROUP};
+use crate::crd::{EnvoySpec, NamespaceConfig, TrafficInfra, XdsSpec, API_VERSION, GROUP};
 
 /// Key of the bootstrap file inside the `{name}-envoy-bootstrap` ConfigMap.
 pub const BOOTSTRAP_KEY: &str = "envoy.yaml";
@@ -255,57 +255,8 @@ pub fn bootstrap_yaml(p: &BootstrapParams) -> String {
             "cds_config": { "resource_api_version": "V3", "ads": {} },
         },
         "static_resources": {
-            "listeners": [ {
-                "name": "probe",
-                "address": { "socket_address": { "address": "0.0.0.0", "port_value": p.probe_port } },
-                "filter_chains": [ { "filters": [ {
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "probe",
-                        "route_config": { "name": "probe", "virtual_hosts": [ {
-                            "name": "probe",
-                            "domains": ["*"],
-                            "routes": [
-                                { "match": { "path": "/ready", "headers": [ { "name": ":method", "string_match": { "exact": "GET" } } ] },
-                                  "route": { "cluster": ADMIN_CLUSTER } },
-                                { "match": { "prefix": "/" }, "direct_response": { "status": 404 } },
-                            ],
-                        } ] },
-                        "http_filters": [ { "name": "envoy.filters.http.router", "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
-                        } } ],
-                    },
-                } ] } ],
-            } ],
-            "clusters": [ {
-                "name": ADMIN_CLUSTER,
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "load_assignment": {
-                    "cluster_name": ADMIN_CLUSTER,
-                    "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": { "socket_address": {
-                        "address": p.admin_address, "port_value": p.admin_port,
-                    } } } } ] } ],
-                },
-            }, {
-                "name": XDS_CLUSTER,
-                // STRICT_DNS follows the Service's address if it changes; fine for an IP too.
-                "type": "STRICT_DNS",
-                "connect_timeout": "5s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": { "http2_protocol_options": {} },
-                    },
-                },
-                "load_assignment": {
-                    "cluster_name": XDS_CLUSTER,
-                    "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": { "socket_address": {
-                        "address": p.xds_host, "port_value": p.xds_port,
-                    } } } } ] } ],
-                },
-            } ],
+            "listeners": [ probe_listener(p.probe_port) ],
+            "clusters": [ admin_cluster(p), xds_cluster(p) ],
         },
         "layered_runtime": {
             "layers": [ { "name": "static", "static_layer": {
@@ -317,29 +268,136 @@ pub fn bootstrap_yaml(p: &BootstrapParams) -> String {
     serde_yaml::to_string(&bootstrap).expect("a JSON value always serialises to YAML")
 }
 
+/// The static listener on the probe port: `GET /ready` goes to the admin cluster, anything else is
+/// a 404.
+fn probe_listener(port: u16) -> serde_json::Value {
+    serde_json::json!({
+        "name": "probe",
+        "address": { "socket_address": { "address": "0.0.0.0", "port_value": port } },
+        "filter_chains": [ { "filters": [ {
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "probe",
+                "route_config": { "name": "probe", "virtual_hosts": [ {
+                    "name": "probe",
+                    "domains": ["*"],
+                    "routes": [
+                        { "match": { "path": "/ready", "headers": [ { "name": ":method", "string_match": { "exact": "GET" } } ] },
+                          "route": { "cluster": ADMIN_CLUSTER } },
+                        { "match": { "prefix": "/" }, "direct_response": { "status": 404 } },
+                    ],
+                } ] },
+                "http_filters": [ { "name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                } } ],
+            },
+        } ] } ],
+    })
+}
+
+/// Envoy's own admin interface, on loopback.
+fn admin_cluster(p: &BootstrapParams) -> serde_json::Value {
+    serde_json::json!({
+        "name": ADMIN_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": ADMIN_CLUSTER,
+            "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": { "socket_address": {
+                "address": p.admin_address, "port_value": p.admin_port,
+            } } } } ] } ],
+        },
+    })
+}
+
+/// The xDS control plane (HTTP/2), by the address of its Service.
+fn xds_cluster(p: &BootstrapParams) -> serde_json::Value {
+    serde_json::json!({
+        "name": XDS_CLUSTER,
+        // STRICT_DNS follows the Service's address if it changes; fine for an IP too.
+        "type": "STRICT_DNS",
+        "connect_timeout": "5s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} },
+            },
+        },
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER,
+            "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": { "socket_address": {
+                "address": p.xds_host, "port_value": p.xds_port,
+            } } } } ] } ],
+        },
+    })
+}
+
 /// The child objects of `ti`, given its namespace's NamespaceConfig (whose scheduling settings
 /// every pod inherits).
 pub fn children(ti: &TrafficInfra, ns_config: &NamespaceConfig) -> Children {
-    let name = ti.name_any();
-    let ns = ti.namespace().unwrap_or_else(|| "default".into());
-    let names = ChildNames::of(&name);
-    let owner = owner_reference(ti);
-    let meta = |child: &str, component: &str| ObjectMeta {
-        name: Some(child.to_string()),
-        namespace: Some(ns.clone()),
-        labels: Some(labels(&name, component)),
-        owner_references: Some(vec![owner.clone()]),
-        ..Default::default()
-    };
-    let xds = &ti.spec.xds;
-    let envoy = &ti.spec.envoy;
+    let parent = Parent::of(ti);
+    let names = &parent.names;
+    let bootstrap_text = bootstrap_yaml(&BootstrapParams::for_infra(ti));
+    let bootstrap_hash = hex::encode(&Sha256::digest(bootstrap_text.as_bytes())[..8]);
+    Children {
+        service_account: ServiceAccount { metadata: parent.meta(&names.service_account, "xds"), ..Default::default() },
+        role: Role { metadata: parent.meta(&names.role, "xds"), rules: Some(xds_rules(&parent.name, names)) },
+        role_binding: role_binding(&parent),
+        admin_token: Secret {
+            metadata: parent.meta(&names.admin_token, "xds"),
+            type_: Some("Opaque".into()),
+            ..Default::default()
+        },
+        xds_state: ConfigMap { metadata: parent.meta(&names.xds_state, "xds"), ..Default::default() },
+        xds_service: xds_service(&parent, &ti.spec.xds),
+        xds_deployment: xds_deployment(&parent, &ti.spec.xds, ns_config),
+        bootstrap: ConfigMap {
+            metadata: parent.meta(&names.bootstrap, "envoy"),
+            data: Some(BTreeMap::from([(BOOTSTRAP_KEY.to_string(), bootstrap_text)])),
+            ..Default::default()
+        },
+        envoy_service: envoy_service(&parent, &ti.spec.envoy),
+        envoy_deployment: envoy_deployment(&parent, &ti.spec.envoy, ns_config, bootstrap_hash),
+        hpa: hpa(&parent, &ti.spec.envoy),
+    }
+}
 
-    let service_account = ServiceAccount { metadata: meta(&names.service_account, "xds"), ..Default::default() };
+/// What every child's metadata comes from: its TrafficInfra's name, namespace and owner reference.
+struct Parent {
+    name: String,
+    ns: String,
+    names: ChildNames,
+    owner: OwnerReference,
+}
 
-    let role = Role { metadata: meta(&names.role, "xds"), rules: Some(xds_rules(&name, &names)) };
+impl Parent {
+    fn of(ti: &TrafficInfra) -> Self {
+        let name = ti.name_any();
+        Self {
+            ns: ti.namespace().unwrap_or_else(|| "default".into()),
+            names: ChildNames::of(&name),
+            owner: owner_reference(ti),
+            name,
+        }
+    }
 
-    let role_binding = RoleBinding {
-        metadata: meta(&names.role_binding, "xds"),
+    /// The metadata of the child `child` of component `component` (`xds` or `envoy`).
+    fn meta(&self, child: &str, component: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(child.to_string()),
+            namespace: Some(self.ns.clone()),
+            labels: Some(labels(&self.name, component)),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..Default::default()
+        }
+    }
+}
+
+fn role_binding(parent: &Parent) -> RoleBinding {
+    let names = &parent.names;
+    RoleBinding {
+        metadata: parent.meta(&names.role_binding, "xds"),
         role_ref: RoleRef {
             api_group: Some("rbac.authorization.k8s.io".into()),
             kind: "Role".into(),
@@ -348,21 +406,18 @@ pub fn children(ti: &TrafficInfra, ns_config: &NamespaceConfig) -> Children {
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
             name: names.service_account.clone(),
-            namespace: Some(ns.clone()),
+            namespace: Some(parent.ns.clone()),
             ..Default::default()
         }]),
-    };
+    }
+}
 
-    let admin_token =
-        Secret { metadata: meta(&names.admin_token, "xds"), type_: Some("Opaque".into()), ..Default::default() };
-
-    let xds_state = ConfigMap { metadata: meta(&names.xds_state, "xds"), ..Default::default() };
-
-    let xds_service = Service {
-        metadata: meta(&names.xds, "xds"),
+fn xds_service(parent: &Parent, xds: &XdsSpec) -> Service {
+    Service {
+        metadata: parent.meta(&parent.names.xds, "xds"),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
-            selector: Some(selector_labels(&name, "xds")),
+            selector: Some(selector_labels(&parent.name, "xds")),
             ports: Some(vec![
                 service_port("grpc", xds.ports.grpc, Some("grpc")),
                 service_port("admin", xds.ports.admin, Some("http")),
@@ -370,16 +425,19 @@ pub fn children(ti: &TrafficInfra, ns_config: &NamespaceConfig) -> Children {
             ..Default::default()
         }),
         ..Default::default()
-    };
+    }
+}
 
-    let mut xds_args = vec![
+/// The command line of `weir xds` for this TrafficInfra.
+fn xds_args(parent: &Parent, xds: &XdsSpec) -> Vec<String> {
+    let mut args = vec![
         "xds".to_string(),
         "--provider".into(),
         "kubernetes".into(),
         "--name".into(),
-        name.clone(),
+        parent.name.clone(),
         "--namespace".into(),
-        ns.clone(),
+        parent.ns.clone(),
         "--grpc-addr".into(),
         format!(":{}", xds.ports.grpc),
         "--admin-addr".into(),
@@ -388,21 +446,26 @@ pub fn children(ti: &TrafficInfra, ns_config: &NamespaceConfig) -> Children {
         format!("{ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_KEY}"),
     ];
     for svc in &xds.discovery.services {
-        xds_args.push("--service".into());
-        xds_args.push(svc.clone());
+        args.push("--service".into());
+        args.push(svc.clone());
     }
-    // Planner Services of the allowed namespaces are watched there; the Role below covers only this
+    // Planner Services of the allowed namespaces are watched there; the Role covers only this
     // namespace, so each allowed namespace's owner grants the list and watch (docs/kubernetes.md).
-    for allowed in xds.discovery.allowed_namespaces.iter().filter(|n| **n != ns) {
-        xds_args.push("--watch-namespace".into());
-        xds_args.push(allowed.clone());
+    for allowed in xds.discovery.allowed_namespaces.iter().filter(|n| **n != parent.ns) {
+        args.push("--watch-namespace".into());
+        args.push(allowed.clone());
     }
+    args
+}
+
+fn xds_deployment(parent: &Parent, xds: &XdsSpec, ns_config: &NamespaceConfig) -> Deployment {
+    let names = &parent.names;
     let xds_container = Container {
         name: "xds".into(),
         image: Some(xds.image.reference()),
         image_pull_policy: Some(xds.image.pull_policy.clone()),
         command: Some(vec!["weir".into()]),
-        args: Some(xds_args),
+        args: Some(xds_args(parent, xds)),
         // The replica's identity when it writes the shared state ConfigMap.
         env: Some(vec![EnvVar {
             name: "POD_NAME".into(),
@@ -436,43 +499,47 @@ pub fn children(ti: &TrafficInfra, ns_config: &NamespaceConfig) -> Children {
     }];
     let xds_pod =
         pod_spec(ns_config, vec![xds_container], Some(xds_volumes), Some(names.service_account.clone()), true);
-    let xds_deployment = Deployment {
-        metadata: meta(&names.xds, "xds"),
+    Deployment {
+        metadata: parent.meta(&names.xds, "xds"),
         spec: DeploymentSpec {
             replicas: Some(xds.replicas),
-            selector: LabelSelector { match_labels: Some(selector_labels(&name, "xds")), ..Default::default() },
+            selector: LabelSelector { match_labels: Some(selector_labels(&parent.name, "xds")), ..Default::default() },
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels(&name, "xds")), ..Default::default() }),
+                metadata: Some(ObjectMeta { labels: Some(labels(&parent.name, "xds")), ..Default::default() }),
                 spec: Some(xds_pod),
             },
             strategy: Some(rolling_update()),
             ..Default::default()
         },
         ..Default::default()
-    };
+    }
+}
 
-    let bootstrap_text = bootstrap_yaml(&BootstrapParams::for_infra(ti));
-    let bootstrap_hash = hex::encode(&Sha256::digest(bootstrap_text.as_bytes())[..8]);
-    let bootstrap = ConfigMap {
-        metadata: meta(&names.bootstrap, "envoy"),
-        data: Some(BTreeMap::from([(BOOTSTRAP_KEY.to_string(), bootstrap_text)])),
-        ..Default::default()
-    };
-
-    let envoy_service = Service {
+fn envoy_service(parent: &Parent, envoy: &EnvoySpec) -> Service {
+    Service {
         metadata: ObjectMeta {
             annotations: (!envoy.service.annotations.is_empty()).then(|| envoy.service.annotations.clone()),
-            ..meta(&names.envoy, "envoy")
+            ..parent.meta(&parent.names.envoy, "envoy")
         },
         spec: Some(ServiceSpec {
             type_: Some(envoy.service.type_.clone()),
-            selector: Some(selector_labels(&name, "envoy")),
+            selector: Some(selector_labels(&parent.name, "envoy")),
             ports: Some(vec![service_port("grpc", envoy.ports.grpc, None)]),
             ..Default::default()
         }),
         ..Default::default()
-    };
+    }
+}
 
+/// The Envoy Deployment; `bootstrap_hash` in its pod template rolls the pods when the bootstrap
+/// changes.
+fn envoy_deployment(
+    parent: &Parent,
+    envoy: &EnvoySpec,
+    ns_config: &NamespaceConfig,
+    bootstrap_hash: String,
+) -> Deployment {
+    let names = &parent.names;
     let envoy_container = Container {
         name: "envoy".into(),
         image: Some(envoy.image.reference()),
@@ -512,15 +579,18 @@ pub fn children(ti: &TrafficInfra, ns_config: &NamespaceConfig) -> Children {
     }];
     // Envoy needs no Kubernetes API access.
     let envoy_pod = pod_spec(ns_config, vec![envoy_container], Some(volumes), None, false);
-    let envoy_deployment = Deployment {
-        metadata: meta(&names.envoy, "envoy"),
+    Deployment {
+        metadata: parent.meta(&names.envoy, "envoy"),
         spec: DeploymentSpec {
             // With an HPA, replicas belong to it: applying a value here would fight it.
             replicas: (!envoy.hpa.enabled).then_some(envoy.replicas),
-            selector: LabelSelector { match_labels: Some(selector_labels(&name, "envoy")), ..Default::default() },
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&parent.name, "envoy")),
+                ..Default::default()
+            },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels(&name, "envoy")),
+                    labels: Some(labels(&parent.name, "envoy")),
                     annotations: Some(BTreeMap::from([(BOOTSTRAP_HASH_ANNOTATION.to_string(), bootstrap_hash)])),
                     ..Default::default()
                 }),
@@ -530,18 +600,21 @@ pub fn children(ti: &TrafficInfra, ns_config: &NamespaceConfig) -> Children {
             ..Default::default()
         },
         ..Default::default()
-    };
+    }
+}
 
-    let hpa = envoy.hpa.enabled.then(|| {
+/// The Envoy HPA, when enabled.
+fn hpa(parent: &Parent, envoy: &EnvoySpec) -> Option<HorizontalPodAutoscaler> {
+    envoy.hpa.enabled.then(|| {
         // An HPA's minimum must be at least 1.
         let min = envoy.replicas.max(1);
         HorizontalPodAutoscaler {
-            metadata: meta(&names.hpa, "envoy"),
+            metadata: parent.meta(&parent.names.hpa, "envoy"),
             spec: HorizontalPodAutoscalerSpec {
                 scale_target_ref: CrossVersionObjectReference {
                     api_version: Some("apps/v1".into()),
                     kind: "Deployment".into(),
-                    name: names.envoy.clone(),
+                    name: parent.names.envoy.clone(),
                 },
                 min_replicas: Some(min),
                 max_replicas: envoy.max_replicas.max(min),
@@ -553,21 +626,7 @@ pub fn children(ti: &TrafficInfra, ns_config: &NamespaceConfig) -> Children {
             },
             ..Default::default()
         }
-    });
-
-    Children {
-        service_account,
-        role,
-        role_binding,
-        admin_token,
-        xds_state,
-        xds_service,
-        xds_deployment,
-        bootstrap,
-        envoy_service,
-        envoy_deployment,
-        hpa,
-    }
+    })
 }
 
 /// Only what `weir xds` needs, in its namespace: watch planner Services, their EndpointSlices, its

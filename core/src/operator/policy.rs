@@ -518,28 +518,7 @@ pub fn validate(spec: &crd::BackendTrafficPolicySpec) -> Result<Policy, Vec<Stri
         Protocols { ipv4: pr.enable_ipv4, ipv6: pr.enable_ipv6 }
     });
 
-    let circuit_breakers = spec.circuit_breakers.as_ref().map(|list| {
-        let mut seen = BTreeSet::new();
-        list.iter()
-            .enumerate()
-            .map(|(i, cb)| {
-                let f = |name: &str| format!("circuitBreakers[{i}].{name}");
-                let priority = match p.one_of(&f("priority"), &cb.priority, &["default", "high"]) {
-                    Some("high") => Priority::High,
-                    _ => Priority::Default,
-                };
-                if !seen.insert(priority) {
-                    p.push(&f("priority"), format_args!("{:?}: each priority may appear once", cb.priority));
-                }
-                CircuitBreaker {
-                    priority,
-                    max_connections: p.range(&f("maxConnections"), cb.max_connections, 1, U32),
-                    max_pending_requests: p.range(&f("maxPendingRequests"), cb.max_pending_requests, 1, U32),
-                    max_parallel_requests: p.range(&f("maxParallelRequests"), cb.max_parallel_requests, 1, U32),
-                }
-            })
-            .collect()
-    });
+    let circuit_breakers = spec.circuit_breakers.as_ref().map(|list| circuit_breakers(list, &mut p));
 
     let keepalive = spec.keep_alive_probes.as_ref().map(|k| Keepalive {
         idle_time_secs: p.seconds("keepAliveProbes.idleTime", &k.idle_time),
@@ -559,60 +538,7 @@ pub fn validate(spec: &crd::BackendTrafficPolicySpec) -> Result<Policy, Vec<Stri
 
     let load_balancing = spec.load_balancing.as_ref().and_then(|lb| load_balancing(lb, &mut p));
 
-    let observability = spec.observability.as_ref().map(|o| {
-        let m = o.metrics.clone().unwrap_or_default();
-        for (field, v) in [
-            ("observability.metrics.clusterTag", &m.cluster_tag),
-            ("observability.metrics.statsName", &m.stats_name),
-            ("observability.metrics.statsPrefix", &m.stats_prefix),
-        ] {
-            if let Some(v) = v {
-                p.name(field, v);
-            }
-        }
-        let tracing = o.tracing.as_ref().map(|t| Tracing {
-            sample_percentage: t
-                .sample_percentage
-                .map(|v| p.range("observability.tracing.samplePercentage", v, 0, 100)),
-            tags: t
-                .add_tracing_tags
-                .iter()
-                .flatten()
-                .enumerate()
-                .filter_map(|(i, tag)| {
-                    let f = |name: &str| format!("observability.tracing.addTracingTags[{i}].{name}");
-                    if tag.name.is_empty() {
-                        p.push(&f("name"), "is required and may not be empty");
-                    }
-                    p.only_with(&f("literal"), tag.literal.is_some(), "type", "literal", &tag.type_);
-                    p.only_with(&f("requestHeader"), tag.request_header.is_some(), "type", "requestHeader", &tag.type_);
-                    match p.one_of(&f("type"), &tag.type_, &["literal", "requestHeader"])? {
-                        "literal" => match &tag.literal {
-                            Some(l) => Some(TracingTag::Literal { name: tag.name.clone(), value: l.value.clone() }),
-                            None => {
-                                p.required(&f("literal"), "when type is literal");
-                                None
-                            }
-                        },
-                        _ => match &tag.request_header {
-                            Some(h) => {
-                                p.name(&f("name"), &tag.name);
-                                Some(TracingTag::RequestHeader {
-                                    name: tag.name.clone(),
-                                    default_value: h.default_value.clone(),
-                                })
-                            }
-                            None => {
-                                p.required(&f("requestHeader"), "when type is requestHeader");
-                                None
-                            }
-                        },
-                    }
-                })
-                .collect(),
-        });
-        Observability { cluster_tag: m.cluster_tag, stats_name: m.stats_name, stats_prefix: m.stats_prefix, tracing }
-    });
+    let observability = spec.observability.as_ref().map(|o| observability(o, &mut p));
 
     let matching = spec.matching.as_ref().map(|m| Matching {
         ignore_authority_port: m.ignore_authority_port,
@@ -638,6 +564,78 @@ pub fn validate(spec: &crd::BackendTrafficPolicySpec) -> Result<Policy, Vec<Stri
         })
     } else {
         Err(p.0)
+    }
+}
+
+/// `circuitBreakers`: each priority at most once, every threshold within u32.
+fn circuit_breakers(list: &[crd::CircuitBreaker], p: &mut Problems) -> Vec<CircuitBreaker> {
+    let mut seen = BTreeSet::new();
+    list.iter()
+        .enumerate()
+        .map(|(i, cb)| {
+            let f = |name: &str| format!("circuitBreakers[{i}].{name}");
+            let priority = match p.one_of(&f("priority"), &cb.priority, &["default", "high"]) {
+                Some("high") => Priority::High,
+                _ => Priority::Default,
+            };
+            if !seen.insert(priority) {
+                p.push(&f("priority"), format_args!("{:?}: each priority may appear once", cb.priority));
+            }
+            CircuitBreaker {
+                priority,
+                max_connections: p.range(&f("maxConnections"), cb.max_connections, 1, U32),
+                max_pending_requests: p.range(&f("maxPendingRequests"), cb.max_pending_requests, 1, U32),
+                max_parallel_requests: p.range(&f("maxParallelRequests"), cb.max_parallel_requests, 1, U32),
+            }
+        })
+        .collect()
+}
+
+/// `observability`: metric names, the tracing sample percentage and tags.
+fn observability(o: &crd::Observability, p: &mut Problems) -> Observability {
+    let m = o.metrics.clone().unwrap_or_default();
+    for (field, v) in [
+        ("observability.metrics.clusterTag", &m.cluster_tag),
+        ("observability.metrics.statsName", &m.stats_name),
+        ("observability.metrics.statsPrefix", &m.stats_prefix),
+    ] {
+        if let Some(v) = v {
+            p.name(field, v);
+        }
+    }
+    let tracing = o.tracing.as_ref().map(|t| Tracing {
+        sample_percentage: t.sample_percentage.map(|v| p.range("observability.tracing.samplePercentage", v, 0, 100)),
+        tags: t.add_tracing_tags.iter().flatten().enumerate().filter_map(|(i, tag)| tracing_tag(i, tag, p)).collect(),
+    });
+    Observability { cluster_tag: m.cluster_tag, stats_name: m.stats_name, stats_prefix: m.stats_prefix, tracing }
+}
+
+/// `observability.tracing.addTracingTags[i]`: a literal or a request header, by `type`.
+fn tracing_tag(i: usize, tag: &crd::TracingTag, p: &mut Problems) -> Option<TracingTag> {
+    let f = |name: &str| format!("observability.tracing.addTracingTags[{i}].{name}");
+    if tag.name.is_empty() {
+        p.push(&f("name"), "is required and may not be empty");
+    }
+    p.only_with(&f("literal"), tag.literal.is_some(), "type", "literal", &tag.type_);
+    p.only_with(&f("requestHeader"), tag.request_header.is_some(), "type", "requestHeader", &tag.type_);
+    match p.one_of(&f("type"), &tag.type_, &["literal", "requestHeader"])? {
+        "literal" => match &tag.literal {
+            Some(l) => Some(TracingTag::Literal { name: tag.name.clone(), value: l.value.clone() }),
+            None => {
+                p.required(&f("literal"), "when type is literal");
+                None
+            }
+        },
+        _ => match &tag.request_header {
+            Some(h) => {
+                p.name(&f("name"), &tag.name);
+                Some(TracingTag::RequestHeader { name: tag.name.clone(), default_value: h.default_value.clone() })
+            }
+            None => {
+                p.required(&f("requestHeader"), "when type is requestHeader");
+                None
+            }
+        },
     }
 }
 
@@ -739,115 +737,111 @@ fn retry(r: &crd::RetryStrategy, p: &mut Problems) -> Retry {
 }
 
 fn health(h: &crd::HealthChecking, p: &mut Problems) -> Health {
-    let active = h
-        .active_checks
-        .iter()
-        .flatten()
-        .enumerate()
-        .filter_map(|(i, a)| {
-            let f = |name: &str| format!("healthChecking.activeChecks[{i}].{name}");
-            p.only_with(&f("http"), a.http.is_some(), "type", "http", &a.type_);
-            p.only_with(&f("grpc"), a.grpc.is_some(), "type", "grpc", &a.type_);
-            let kind = match p.one_of(&f("type"), &a.type_, &["grpc", "http", "tcp"])? {
-                "http" => {
-                    let Some(h) = &a.http else {
-                        p.required(&f("http"), "when type is http");
-                        return None;
-                    };
-                    if h.expected_statuses.is_empty() {
-                        p.push(&f("http.expectedStatuses"), "is required and needs at least one range");
-                    }
-                    let expected_statuses = h
-                        .expected_statuses
-                        .iter()
-                        .enumerate()
-                        .map(|(j, r)| {
-                            let g = |name: &str| f(&format!("http.expectedStatuses[{j}].{name}"));
-                            let min = p.range(&g("min"), r.min, 100, 599);
-                            let max = p.range(&g("max"), r.max, 100, 599);
-                            if r.min > r.max {
-                                p.push(&g("max"), format_args!("{}: must not be below min {}", r.max, r.min));
-                            }
-                            (min, max)
-                        })
-                        .collect();
-                    let path = h.path.clone().unwrap_or_else(|| DEFAULT_HEALTH_PATH.into());
-                    if !path.starts_with('/') {
-                        p.push(&f("http.path"), format_args!("{path:?}: must start with /"));
-                    }
-                    let headers = |list: &Option<Vec<crd::HeaderNameValue>>, field: &str, p: &mut Problems| {
-                        list.iter()
-                            .flatten()
-                            .enumerate()
-                            .map(|(j, hv)| {
-                                p.name(&f(&format!("http.addRequestHeaders.{field}[{j}].name")), &hv.name);
-                                (hv.name.clone(), hv.value.clone())
-                            })
-                            .collect::<Vec<_>>()
-                    };
-                    let add = h.add_request_headers.clone().unwrap_or_default();
-                    let remove_headers: Vec<String> = h.remove_request_headers.clone().unwrap_or_default();
-                    for (j, name) in remove_headers.iter().enumerate() {
-                        p.name(&f(&format!("http.removeRequestHeaders[{j}]")), name);
-                    }
-                    CheckKind::Http {
-                        path,
-                        host: h.hostname.clone(),
-                        expected_statuses,
-                        set_headers: headers(&add.set, "set", p),
-                        add_headers: headers(&add.add, "add", p),
-                        remove_headers,
-                    }
-                }
-                "grpc" => {
-                    let Some(g) = &a.grpc else {
-                        p.required(&f("grpc"), "when type is grpc");
-                        return None;
-                    };
-                    if g.upstream_name.is_empty() {
-                        p.push(&f("grpc.upstreamName"), "is required and may not be empty");
-                    }
-                    CheckKind::Grpc { service_name: g.upstream_name.clone(), authority: g.authority.clone() }
-                }
-                _ => CheckKind::Tcp,
+    let active = h.active_checks.iter().flatten().enumerate().filter_map(|(i, a)| active_check(i, a, p)).collect();
+    let outlier = h.outlier_detection.as_ref().map(|o| outlier(o, p));
+    Health { active, outlier }
+}
+
+/// `healthChecking.activeChecks[i]`: its kind by `type`, intervals, thresholds and logging.
+fn active_check(i: usize, a: &crd::ActiveCheck, p: &mut Problems) -> Option<ActiveCheck> {
+    let f = |name: &str| format!("healthChecking.activeChecks[{i}].{name}");
+    p.only_with(&f("http"), a.http.is_some(), "type", "http", &a.type_);
+    p.only_with(&f("grpc"), a.grpc.is_some(), "type", "grpc", &a.type_);
+    let kind = match p.one_of(&f("type"), &a.type_, &["grpc", "http", "tcp"])? {
+        "http" => {
+            let Some(h) = &a.http else {
+                p.required(&f("http"), "when type is http");
+                return None;
             };
-            let logging = a.logging.clone().unwrap_or_default();
-            Some(ActiveCheck {
-                kind,
-                timeout: p
-                    .opt_duration(&f("connectionTimeout"), &a.connection_timeout)
-                    .unwrap_or(Duration::from_secs(1)),
-                interval: p.duration(&f("healthyCheckInterval"), &a.healthy_check_interval).unwrap_or_default(),
-                unhealthy_interval: p
-                    .duration(&f("unhealthyCheckInterval"), &a.unhealthy_check_interval)
-                    .unwrap_or_default(),
-                healthy_threshold: p.range(&f("healthyThreshold"), a.healthy_threshold, 1, 1000),
-                unhealthy_threshold: p.range(&f("unhealthyThreshold"), a.unhealthy_threshold, 1, 1000),
-                log_events: logging.enabled,
-                always_log_failures: logging.always_log_failures,
-            })
+            http_check(&f, h, p)
+        }
+        "grpc" => {
+            let Some(g) = &a.grpc else {
+                p.required(&f("grpc"), "when type is grpc");
+                return None;
+            };
+            if g.upstream_name.is_empty() {
+                p.push(&f("grpc.upstreamName"), "is required and may not be empty");
+            }
+            CheckKind::Grpc { service_name: g.upstream_name.clone(), authority: g.authority.clone() }
+        }
+        _ => CheckKind::Tcp,
+    };
+    let logging = a.logging.clone().unwrap_or_default();
+    Some(ActiveCheck {
+        kind,
+        timeout: p.opt_duration(&f("connectionTimeout"), &a.connection_timeout).unwrap_or(Duration::from_secs(1)),
+        interval: p.duration(&f("healthyCheckInterval"), &a.healthy_check_interval).unwrap_or_default(),
+        unhealthy_interval: p.duration(&f("unhealthyCheckInterval"), &a.unhealthy_check_interval).unwrap_or_default(),
+        healthy_threshold: p.range(&f("healthyThreshold"), a.healthy_threshold, 1, 1000),
+        unhealthy_threshold: p.range(&f("unhealthyThreshold"), a.unhealthy_threshold, 1, 1000),
+        log_events: logging.enabled,
+        always_log_failures: logging.always_log_failures,
+    })
+}
+
+/// The `http` of an active check; `f` names a field of the check.
+fn http_check(f: &dyn Fn(&str) -> String, h: &crd::HttpHealthCheck, p: &mut Problems) -> CheckKind {
+    if h.expected_statuses.is_empty() {
+        p.push(&f("http.expectedStatuses"), "is required and needs at least one range");
+    }
+    let expected_statuses = h
+        .expected_statuses
+        .iter()
+        .enumerate()
+        .map(|(j, r)| {
+            let g = |name: &str| f(&format!("http.expectedStatuses[{j}].{name}"));
+            let min = p.range(&g("min"), r.min, 100, 599);
+            let max = p.range(&g("max"), r.max, 100, 599);
+            if r.min > r.max {
+                p.push(&g("max"), format_args!("{}: must not be below min {}", r.max, r.min));
+            }
+            (min, max)
         })
         .collect();
-    let outlier = h.outlier_detection.as_ref().map(|o| {
-        let f = "healthChecking.outlierDetection";
-        Outlier {
-            interval: p.duration(&format!("{f}.checkInterval"), &o.check_interval).unwrap_or_default(),
-            consecutive_5xx: o
-                .consecutive_5xx
-                .as_ref()
-                .map(|c| p.range(&format!("{f}.consecutive5XX.threshold"), c.threshold, 1, U32)),
-            failure_percentage: o.failure_percentage.as_ref().map(|fp| FailurePercentage {
-                threshold: p.range(&format!("{f}.failurePercentage.threshold"), fp.threshold, 0, 100),
-                minimum_requests: p.range(
-                    &format!("{f}.failurePercentage.minimumRequests"),
-                    fp.minimum_requests,
-                    1,
-                    U32,
-                ),
-            }),
-        }
-    });
-    Health { active, outlier }
+    let path = h.path.clone().unwrap_or_else(|| DEFAULT_HEALTH_PATH.into());
+    if !path.starts_with('/') {
+        p.push(&f("http.path"), format_args!("{path:?}: must start with /"));
+    }
+    let headers = |list: &Option<Vec<crd::HeaderNameValue>>, field: &str, p: &mut Problems| {
+        list.iter()
+            .flatten()
+            .enumerate()
+            .map(|(j, hv)| {
+                p.name(&f(&format!("http.addRequestHeaders.{field}[{j}].name")), &hv.name);
+                (hv.name.clone(), hv.value.clone())
+            })
+            .collect::<Vec<_>>()
+    };
+    let add = h.add_request_headers.clone().unwrap_or_default();
+    let remove_headers: Vec<String> = h.remove_request_headers.clone().unwrap_or_default();
+    for (j, name) in remove_headers.iter().enumerate() {
+        p.name(&f(&format!("http.removeRequestHeaders[{j}]")), name);
+    }
+    CheckKind::Http {
+        path,
+        host: h.hostname.clone(),
+        expected_statuses,
+        set_headers: headers(&add.set, "set", p),
+        add_headers: headers(&add.add, "add", p),
+        remove_headers,
+    }
+}
+
+/// `healthChecking.outlierDetection`.
+fn outlier(o: &crd::OutlierDetection, p: &mut Problems) -> Outlier {
+    let f = "healthChecking.outlierDetection";
+    Outlier {
+        interval: p.duration(&format!("{f}.checkInterval"), &o.check_interval).unwrap_or_default(),
+        consecutive_5xx: o
+            .consecutive_5xx
+            .as_ref()
+            .map(|c| p.range(&format!("{f}.consecutive5XX.threshold"), c.threshold, 1, U32)),
+        failure_percentage: o.failure_percentage.as_ref().map(|fp| FailurePercentage {
+            threshold: p.range(&format!("{f}.failurePercentage.threshold"), fp.threshold, 0, 100),
+            minimum_requests: p.range(&format!("{f}.failurePercentage.minimumRequests"), fp.minimum_requests, 1, U32),
+        }),
+    }
 }
 
 fn load_balancing(lb: &crd::LoadBalancing, p: &mut Problems) -> Option<LoadBalancing> {

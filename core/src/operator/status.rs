@@ -150,7 +150,7 @@ pub fn envoy_endpoint(svc: &Service) -> Option<String> {
 pub fn compute(ti: &TrafficInfra, outcome: &Outcome, observed: Observed<'_>, now: &Time) -> TrafficInfraStatus {
     let previous = ti.status.clone().unwrap_or_default();
     let generation = ti.metadata.generation;
-    let mut conds: Vec<(&str, bool, String, String)> = Vec::new();
+    let mut conds: Vec<Cond> = Vec::new();
     let mut status = TrafficInfraStatus { observed_generation: generation, ..Default::default() };
 
     let (phase, message) = match outcome {
@@ -165,55 +165,7 @@ pub fn compute(ti: &TrafficInfra, outcome: &Outcome, observed: Observed<'_>, now
             conds.push((CONDITION_READY, false, "Pending".into(), message.clone()));
             (Phase::Pending, message.clone())
         }
-        Outcome::Build => {
-            let names = ChildNames::of(&ti.name_any());
-            let ns = ti.namespace().unwrap_or_default();
-            conds.push((CONDITION_ACCEPTED, true, "Accepted".into(), "the only TrafficInfra in its namespace".into()));
-            conds.push((CONDITION_NAMESPACE_CONFIGURED, true, "Found".into(), "NamespaceConfig found".into()));
-            status.xds_endpoint = Some(format!("{}.{ns}.svc:{}", names.xds, ti.spec.xds.ports.grpc));
-
-            let mut missing = Vec::new();
-            let (xds_ready, xds_msg) = deployment_readiness("xDS", &names.xds, observed.xds_deployment);
-            let (envoy_ready, envoy_msg) = deployment_readiness("Envoy", &names.envoy, observed.envoy_deployment);
-            status.xds_ready = xds_ready;
-            status.envoy_ready = envoy_ready;
-            conds.push((
-                CONDITION_XDS_READY,
-                xds_ready,
-                if xds_ready { "Available" } else { "Unavailable" }.into(),
-                xds_msg.clone(),
-            ));
-            conds.push((
-                CONDITION_ENVOY_READY,
-                envoy_ready,
-                if envoy_ready { "Available" } else { "Unavailable" }.into(),
-                envoy_msg.clone(),
-            ));
-            if !xds_ready {
-                missing.push(xds_msg);
-            }
-            if !envoy_ready {
-                missing.push(envoy_msg);
-            }
-            status.envoy_endpoint = observed.envoy_service.and_then(envoy_endpoint);
-            if status.envoy_endpoint.is_none() {
-                missing.push(match observed.envoy_service {
-                    None => format!("Service {} does not exist yet", names.envoy),
-                    Some(_) => format!("Service {} has no load-balancer address yet", names.envoy),
-                });
-            }
-            if missing.is_empty() {
-                let msg = "xDS and Envoy available".to_string();
-                conds.push((CONDITION_READY, true, "Ready".into(), msg.clone()));
-                (Phase::Ready, msg)
-            } else {
-                let was_ready = matches!(previous.phase, Some(Phase::Ready | Phase::Degraded));
-                let phase = if was_ready { Phase::Degraded } else { Phase::Deploying };
-                let msg = missing.join("; ");
-                conds.push((CONDITION_READY, false, phase.as_str().into(), msg.clone()));
-                (phase, msg)
-            }
-        }
+        Outcome::Build => children_readiness(ti, observed, &previous, &mut status, &mut conds),
     };
 
     status.phase = Some(phase);
@@ -230,6 +182,67 @@ pub fn compute(ti: &TrafficInfra, outcome: &Outcome, observed: Observed<'_>, now
         .collect();
     status.conditions = ours;
     merge_operator_part(&previous, &status)
+}
+
+/// A condition to write: type, status, reason, message.
+type Cond = (&'static str, bool, String, String);
+
+/// The phase and message of a TrafficInfra whose children are applied, from how ready they are;
+/// the endpoints and readiness flags go into `status`, their conditions into `conds`.
+fn children_readiness(
+    ti: &TrafficInfra,
+    observed: Observed<'_>,
+    previous: &TrafficInfraStatus,
+    status: &mut TrafficInfraStatus,
+    conds: &mut Vec<Cond>,
+) -> (Phase, String) {
+    let names = ChildNames::of(&ti.name_any());
+    let ns = ti.namespace().unwrap_or_default();
+    conds.push((CONDITION_ACCEPTED, true, "Accepted".into(), "the only TrafficInfra in its namespace".into()));
+    conds.push((CONDITION_NAMESPACE_CONFIGURED, true, "Found".into(), "NamespaceConfig found".into()));
+    status.xds_endpoint = Some(format!("{}.{ns}.svc:{}", names.xds, ti.spec.xds.ports.grpc));
+
+    let mut missing = Vec::new();
+    let (xds_ready, xds_msg) = deployment_readiness("xDS", &names.xds, observed.xds_deployment);
+    let (envoy_ready, envoy_msg) = deployment_readiness("Envoy", &names.envoy, observed.envoy_deployment);
+    status.xds_ready = xds_ready;
+    status.envoy_ready = envoy_ready;
+    conds.push((
+        CONDITION_XDS_READY,
+        xds_ready,
+        if xds_ready { "Available" } else { "Unavailable" }.into(),
+        xds_msg.clone(),
+    ));
+    conds.push((
+        CONDITION_ENVOY_READY,
+        envoy_ready,
+        if envoy_ready { "Available" } else { "Unavailable" }.into(),
+        envoy_msg.clone(),
+    ));
+    if !xds_ready {
+        missing.push(xds_msg);
+    }
+    if !envoy_ready {
+        missing.push(envoy_msg);
+    }
+    status.envoy_endpoint = observed.envoy_service.and_then(envoy_endpoint);
+    if status.envoy_endpoint.is_none() {
+        missing.push(match observed.envoy_service {
+            None => format!("Service {} does not exist yet", names.envoy),
+            Some(_) => format!("Service {} has no load-balancer address yet", names.envoy),
+        });
+    }
+    if missing.is_empty() {
+        let msg = "xDS and Envoy available".to_string();
+        conds.push((CONDITION_READY, true, "Ready".into(), msg.clone()));
+        (Phase::Ready, msg)
+    } else {
+        let was_ready = matches!(previous.phase, Some(Phase::Ready | Phase::Degraded));
+        let phase = if was_ready { Phase::Degraded } else { Phase::Deploying };
+        let msg = missing.join("; ");
+        conds.push((CONDITION_READY, false, phase.as_str().into(), msg.clone()));
+        (phase, msg)
+    }
 }
 
 /// The JSON merge patch (RFC 7386) that turns `from` into `to`: changed values replaced, removed
