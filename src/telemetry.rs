@@ -316,6 +316,7 @@ mod names {
                 "weir_dns_zone_reload_errors",
                 "weir_health_check_healthy",
                 "weir_http_limit_hits",
+                "weir_index_divergence",
                 "weir_infra_reconcile",
                 "weir_infra_writes",
                 "weir_invalid_input",

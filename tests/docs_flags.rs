@@ -117,7 +117,7 @@ fn flags_in(text: &str) -> Vec<String> {
         if before_ok && name.starts_with(|c: char| c.is_ascii_lowercase()) {
             out.push(name.trim_end_matches('-').to_string());
         }
-        i = at + 2 + name.len().max(0);
+        i = at + 2 + name.len();
     }
     out
 }

@@ -122,8 +122,8 @@ impl ReconcileMetrics {
              address, no health check); while above 0 the cluster weight is not acknowledged",
             m.ack_blocked.clone(),
         );
-        registry.register(
-            "weir_index_divergence",
+        r.register(
+            "index_divergence",
             "Resyncs that found the incremental index differing from a translation from scratch (a bug: the \
              index was rebuilt from its objects)",
             m.index_divergence.clone(),
