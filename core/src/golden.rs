@@ -16,7 +16,12 @@ pub fn testdata(rel: &str) -> PathBuf {
 
 /// True when `WEIR_UPDATE_GOLDEN=1`; panics on any other value.
 pub fn update_requested() -> bool {
-    match std::env::var_os("WEIR_UPDATE_GOLDEN") {
+    update_requested_by(std::env::var_os("WEIR_UPDATE_GOLDEN").as_deref())
+}
+
+/// The rule of [`update_requested`] for a value of the variable (`None`: unset).
+fn update_requested_by(value: Option<&std::ffi::OsStr>) -> bool {
+    match value {
         None => false,
         Some(v) if v == "1" => true,
         Some(v) => panic!("WEIR_UPDATE_GOLDEN={v:?}: set it to 1 to regenerate golden files, or unset it"),
@@ -48,5 +53,44 @@ pub fn check_golden(path: &Path, actual: &str) -> Result<(), String> {
 pub fn assert_golden(rel: &str, actual: &str) {
     if let Err(e) = check_golden(&testdata(rel), actual) {
         panic!("{e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn only_1_regenerates_and_unset_compares() {
+        assert!(!update_requested_by(None));
+        assert!(update_requested_by(Some(OsStr::new("1"))));
+    }
+
+    #[test]
+    fn any_other_value_fails_instead_of_passing_or_regenerating() {
+        for v in ["", "0", "true", "yes", " 1", "1 "] {
+            let r = std::panic::catch_unwind(|| update_requested_by(Some(OsStr::new(v))));
+            let message = r.expect_err(&format!("WEIR_UPDATE_GOLDEN={v:?} was accepted"));
+            let text = message.downcast_ref::<String>().cloned().unwrap_or_default();
+            assert!(text.contains("set it to 1"), "{v:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn a_difference_is_an_error_and_equal_text_passes() {
+        let dir = std::env::temp_dir().join(format!("weir-golden-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("case.out.yaml");
+        std::fs::write(&path, "a: 1\n").unwrap();
+        // Only when the variable is unset: under WEIR_UPDATE_GOLDEN=1 check_golden rewrites.
+        if std::env::var_os("WEIR_UPDATE_GOLDEN").is_none() {
+            assert_eq!(check_golden(&path, "a: 1\n"), Ok(()));
+            let e = check_golden(&path, "a: 2\n").unwrap_err();
+            assert!(e.contains("differs") && e.contains("WEIR_UPDATE_GOLDEN=1"), "{e}");
+            let e = check_golden(&dir.join("missing.out.yaml"), "a: 1\n").unwrap_err();
+            assert!(e.contains("regenerate with WEIR_UPDATE_GOLDEN=1"), "{e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
