@@ -14,6 +14,8 @@ use weir::dns::DnsProvider;
 use weir::xds::model::TrafficState;
 use weir::xds::state::{SqliteStore, StateStore};
 
+mod local_support;
+
 const MANIFESTS: &str = r#"
 apiVersion: weir.dev/v1alpha1
 kind: TrafficInfra
@@ -351,43 +353,7 @@ fn published_weights(db: &Path) -> std::collections::BTreeMap<String, u64> {
 /// Runs `weir local` (the controller on the embedded default) on the test's files until its first
 /// pass has published everything (/readyz answers 200), then stops it.
 fn run_local_until_ready(dir: &Path) {
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
-    use std::time::{Duration, Instant};
-
-    let free_port = || TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let metrics_port = free_port();
-    let log_path = dir.join("local.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("WEIR_")) {
-        cmd.env_remove(k);
-    }
-    let mut local = cmd
-        .args(["local", "--cluster-name", "eu", "--manifests", dir.join("manifests").to_str().unwrap()])
-        .args(["--db", dir.join("weir.db").to_str().unwrap()])
-        .args(["--dns-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let ready = || -> Option<()> {
-        let mut s = TcpStream::connect(("127.0.0.1", metrics_port)).ok()?;
-        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).ok()?;
-        resp.starts_with("HTTP/1.1 200").then_some(())
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ready().is_none() {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        assert!(local.try_wait().unwrap().is_none(), "weir local exited:\n{log}");
-        assert!(Instant::now() < deadline, "weir local never became ready:\n{log}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    local.kill().unwrap();
-    local.wait().unwrap();
+    local_support::run_local_until_ready(&dir.join("manifests"), &dir.join("weir.db"), &dir.join("local.log"), &[]);
 }
 
 /// Explain = controller: on the same inputs (manifests, weight row, the xDS state `weir local`'s xDS

@@ -1,6 +1,9 @@
 //! `weir plan` and `weir explain` on examples/local: read everything, write nothing.
 
+use std::path::Path;
 use std::process::Command;
+
+mod local_support;
 
 fn weir(args: &[&str], db: &std::path::Path) -> serde_json::Value {
     let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/local");
@@ -96,43 +99,11 @@ fn explain_shows_every_factor_and_the_shares() {
 /// its database (same manifests, no extra flags) has nothing to change.
 #[test]
 fn plan_on_a_converged_local_db_shows_no_change() {
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
-    use std::time::{Duration, Instant};
-
-    let free_port = || TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("weir.db");
-    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/local");
-    let metrics_port = free_port();
-    let log = std::fs::File::create(tmp.path().join("local.log")).unwrap();
-    let mut local = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["local", "--cluster-name", "eu", "--manifests", examples, "--initial-weight", "100"])
-        .arg("--db")
-        .arg(&db)
-        .args(["--dns-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    // /readyz answers 200 once the first reconcile pass has published everything.
-    let ready = || -> Option<()> {
-        let mut s = TcpStream::connect(("127.0.0.1", metrics_port)).ok()?;
-        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).ok()?;
-        resp.starts_with("HTTP/1.1 200").then_some(())
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ready().is_none() {
-        let log = std::fs::read_to_string(tmp.path().join("local.log")).unwrap_or_default();
-        assert!(local.try_wait().unwrap().is_none(), "weir local exited:\n{log}");
-        assert!(Instant::now() < deadline, "weir local never became ready:\n{log}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    local.kill().unwrap();
-    local.wait().unwrap();
+    let examples = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/local"));
+    // Until /readyz answers 200: the first reconcile pass has published everything.
+    local_support::run_local_until_ready(examples, &db, &tmp.path().join("local.log"), &["--initial-weight", "100"]);
 
     let plan = weir(&["plan"], &db);
     // A plan lists only the hosts it would change.
